@@ -1,0 +1,3 @@
+//! Everything between an MCP call and a worker process.
+
+pub mod output;

@@ -1,0 +1,236 @@
+//! The agent loop: turns with the model until it ends its turn or a budget runs out,
+//! running the read-only tools it asks for, retrying failed turns, and reporting every
+//! step as an `Event`.
+//!
+//! Not here: signals and stdin (the binary), HTTP details (`provider`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::protocol::{ErrorKind, Event, TaskSpec, exit};
+use crate::provider::{
+    Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest,
+};
+use crate::tools;
+
+/// Where events go: stdout as JSONL, a terminal, a test.
+pub trait Emit {
+    fn emit(&self, event: &Event);
+}
+
+/// Longest wait between retries, whatever the backoff or `retry-after` says.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Runs the task to its end and returns the process exit code. Exactly one final event
+/// (`result` or `error`) is emitted.
+pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
+    out.emit(&Event::Started {
+        model: spec.model.clone(),
+        provider: spec.provider.name.clone(),
+        role: spec.role.clone(),
+        limits: spec.limits,
+    });
+    let tool_defs = tools::definitions(&spec.tools);
+    let root = Arc::new(spec.cwd.clone());
+    let mut messages = vec![Message {
+        role: Role::User,
+        content: vec![Block::Text {
+            text: spec.task.clone(),
+        }],
+    }];
+    let mut total = TokenUsage::default();
+    let limits = &spec.limits;
+
+    for turn in 1..=limits.max_turns {
+        let remaining = limits.max_total_tokens.saturating_sub(total.input_tokens + total.output_tokens);
+        let req = TurnRequest {
+            model: &spec.model,
+            system: &spec.system_prompt,
+            messages: &messages,
+            tools: &tool_defs,
+            max_tokens: (limits.max_tokens as u64).min(remaining.max(1)) as u32,
+        };
+        let output = match turn_with_retries(client, &req, spec.provider.max_retries, out).await {
+            Ok(o) => o,
+            Err(message) => return fail(out, ErrorKind::Provider, message),
+        };
+        total.input_tokens += output.usage.input_tokens;
+        total.output_tokens += output.usage.output_tokens;
+        let cost = spec.price.map(|p| p.cost(total.input_tokens, total.output_tokens));
+        out.emit(&Event::Usage {
+            input_tokens: total.input_tokens,
+            output_tokens: total.output_tokens,
+            cost_usd: cost,
+        });
+        if let Some(message) = budget_exceeded(spec, total, cost) {
+            return fail(out, ErrorKind::BudgetExceeded, message);
+        }
+
+        let TurnOutput {
+            content,
+            stop_reason,
+            ..
+        } = output;
+        let calls: Vec<(String, String, serde_json::Value)> = content
+            .iter()
+            .filter_map(|b| match b {
+                Block::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone())),
+                _ => None,
+            })
+            .collect();
+        let text: String = content
+            .iter()
+            .filter_map(|b| match b {
+                Block::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        messages.push(Message {
+            role: Role::Assistant,
+            content,
+        });
+        if calls.is_empty() {
+            out.emit(&Event::Result {
+                text,
+                stop_reason,
+                turns: turn,
+            });
+            return exit::DONE;
+        }
+        if turn == limits.max_turns {
+            break;
+        }
+        let mut results = Vec::with_capacity(calls.len());
+        for (id, name, input) in calls {
+            out.emit(&Event::ToolCall {
+                id: id.clone(),
+                name: name.clone(),
+                input: input.clone(),
+            });
+            let result = run_tool(spec, Arc::clone(&root), name.clone(), input).await;
+            out.emit(&Event::ToolResult {
+                id: id.clone(),
+                name,
+                bytes: result.content.len() as u64,
+                is_error: result.is_error,
+            });
+            results.push(Block::ToolResult {
+                tool_use_id: id,
+                content: result.content,
+                is_error: result.is_error,
+            });
+        }
+        messages.push(Message {
+            role: Role::User,
+            content: results,
+        });
+    }
+    fail(
+        out,
+        ErrorKind::BudgetExceeded,
+        format!(
+            "max_turns ({}) reached while the model still wanted tools; spawn again with a larger limits.max_turns or a narrower task",
+            limits.max_turns
+        ),
+    )
+}
+
+fn fail(out: &dyn Emit, kind: ErrorKind, message: String) -> i32 {
+    out.emit(&Event::Error { kind, message });
+    kind.exit_code()
+}
+
+fn budget_exceeded(spec: &TaskSpec, total: TokenUsage, cost: Option<f64>) -> Option<String> {
+    let tokens = total.input_tokens + total.output_tokens;
+    if tokens > spec.limits.max_total_tokens {
+        return Some(format!(
+            "token budget exhausted: {tokens} tokens used, max_total_tokens is {}",
+            spec.limits.max_total_tokens
+        ));
+    }
+    match cost {
+        Some(c) if c > spec.limits.budget_usd => Some(format!(
+            "USD budget exhausted: ${c:.4} spent, budget_usd is ${}",
+            spec.limits.budget_usd
+        )),
+        _ => None,
+    }
+}
+
+/// Runs a tool off the async thread, so signals stay responsive during a long grep.
+async fn run_tool(
+    spec: &TaskSpec,
+    root: Arc<PathBuf>,
+    name: String,
+    input: serde_json::Value,
+) -> tools::ToolOutput {
+    let allowed = spec.tools.clone();
+    tokio::task::spawn_blocking(move || tools::execute(&allowed, &name, &input, &root))
+        .await
+        .unwrap_or_else(|e| tools::ToolOutput {
+            content: format!("the tool failed: {e}"),
+            is_error: true,
+        })
+}
+
+/// One turn, retried on retryable failures with exponential backoff and jitter (or the
+/// provider's `retry-after`). Err is the final message for the `error` event.
+async fn turn_with_retries(
+    client: &Client,
+    req: &TurnRequest<'_>,
+    max_retries: u32,
+    out: &dyn Emit,
+) -> Result<TurnOutput, String> {
+    let mut attempt = 0;
+    loop {
+        let mut streamed = false;
+        let result = client
+            .turn(req, &mut |t| {
+                streamed = true;
+                out.emit(&Event::Text { text: t.to_string() });
+            })
+            .await;
+        match result {
+            Ok(o) => return Ok(o),
+            Err(ProviderError::Fatal(m)) => return Err(m),
+            Err(ProviderError::Retryable { reason, retry_after }) => {
+                if attempt >= max_retries {
+                    return Err(format!("{reason} (gave up after {attempt} retries)"));
+                }
+                attempt += 1;
+                let wait = retry_after.unwrap_or_else(|| backoff(attempt)).min(MAX_RETRY_WAIT);
+                out.emit(&Event::Retry {
+                    attempt,
+                    wait_ms: wait.as_millis() as u64,
+                    reason,
+                    discarded_output: streamed,
+                });
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// 0.5 s, 1 s, 2 s, ... capped at 30 s, each ±25 % so parallel agents spread out.
+fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    exp.min(BACKOFF_CAP).mul_f64(0.75 + fastrand::f64() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for _ in 0..50 {
+            let b1 = backoff(1);
+            assert!(b1 >= Duration::from_millis(375) && b1 <= Duration::from_millis(625), "{b1:?}");
+            let b10 = backoff(10);
+            assert!(b10 <= Duration::from_millis(37_500), "{b10:?}");
+        }
+    }
+}

@@ -1,0 +1,795 @@
+//! The configuration: its schema, loading (built-in `limits.toml` overridden key by key
+//! by a user file) and validation, done once at load.
+//!
+//! Not here: turning a spawn request into a model and a role (`routing`, `roles`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::ToolName;
+
+/// The repo's `limits.toml`: complete defaults, documented key by key.
+pub const BUILTIN: &str = include_str!("../../limits.toml");
+
+/// Environment variable naming a user configuration file.
+pub const CONFIG_ENV: &str = "BG_AGENTS_CONFIG";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub defaults: Limits,
+    pub max: Limits,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub tiers: Tiers,
+    pub routing: Routing,
+    pub roles: BTreeMap<String, RoleConfig>,
+    pub pricing: BTreeMap<String, Price>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub max_concurrent: usize,
+    pub max_queued: usize,
+    pub retained_agents: usize,
+    pub kill_grace_ms: u64,
+    pub max_wait_seconds: u64,
+    pub transcript_dir: String,
+    pub transcript_max_mb: u64,
+    pub keep_transcripts: bool,
+    pub worker: WorkerLocation,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerLocation {
+    pub path: String,
+}
+
+/// Effective per-agent limits. Enforced by the kernel (cpu, memory, files), the server
+/// (timeout, output) and the worker (turns, tokens, USD).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub cpu_seconds: u64,
+    pub memory_mb: u64,
+    pub open_files: u64,
+    pub max_file_mb: u64,
+    pub timeout_seconds: u64,
+    pub max_output_bytes: u64,
+    pub max_turns: u32,
+    pub max_tokens: u32,
+    pub max_total_tokens: u64,
+    pub budget_usd: f64,
+}
+
+/// A partial set of limits (a role's, or a spawn's request); absent keys fall through.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    pub cpu_seconds: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub open_files: Option<u64>,
+    pub max_file_mb: Option<u64>,
+    pub timeout_seconds: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+    pub max_turns: Option<u32>,
+    pub max_tokens: Option<u32>,
+    pub max_total_tokens: Option<u64>,
+    pub budget_usd: Option<f64>,
+}
+
+/// One limit key: its name, its allowed range and how to read it from the structs.
+struct LimitKey {
+    name: &'static str,
+    min: f64,
+    max: f64,
+    get: fn(&Limits) -> f64,
+    get_override: fn(&LimitsOverride) -> Option<f64>,
+}
+
+macro_rules! limit_keys {
+    ($($field:ident: $min:expr, $max:expr;)*) => {
+        const LIMIT_KEYS: &[LimitKey] = &[$(LimitKey {
+            name: stringify!($field),
+            min: $min as f64,
+            max: $max as f64,
+            get: |l| l.$field as f64,
+            get_override: |o| o.$field.map(|v| v as f64),
+        }),*];
+
+        impl Limits {
+            /// These limits with every key `o` sets replaced.
+            pub fn overridden_by(&self, o: &LimitsOverride) -> Limits {
+                Limits { $($field: o.$field.unwrap_or(self.$field)),* }
+            }
+        }
+    };
+}
+
+limit_keys! {
+    cpu_seconds: 1, 86_400;
+    memory_mb: 32, 65_536;
+    open_files: 16, 65_536;
+    max_file_mb: 0, 65_536;
+    timeout_seconds: 1, 86_400;
+    max_output_bytes: 4096, 268_435_456;
+    max_turns: 1, 1000;
+    max_tokens: 1, 200_000;
+    max_total_tokens: 1, 100_000_000;
+    budget_usd: 0, 10_000;
+}
+
+impl Limits {
+    /// The first key of `self` above the matching key of `ceiling`, as (key, value, max).
+    pub fn first_above(&self, ceiling: &Limits) -> Option<(&'static str, f64, f64)> {
+        LIMIT_KEYS.iter().find_map(|k| {
+            let (v, m) = ((k.get)(self), (k.get)(ceiling));
+            (v > m).then_some((k.name, v, m))
+        })
+    }
+}
+
+/// Formats a limit value the way it is written in TOML (integers without ".0").
+pub fn fmt_limit(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Anthropic,
+    Openai,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    #[serde(default)]
+    pub base_url_env: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    pub max_retries: u32,
+    pub request_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Fast,
+    Balanced,
+    Quality,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Fast, Tier::Balanced, Tier::Quality];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Fast => "fast",
+            Tier::Balanced => "balanced",
+            Tier::Quality => "quality",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskType {
+    Exploration,
+    Analysis,
+    Reasoning,
+    Critical,
+}
+
+impl TaskType {
+    pub const ALL: [TaskType; 4] = [
+        TaskType::Exploration,
+        TaskType::Analysis,
+        TaskType::Reasoning,
+        TaskType::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::Exploration => "exploration",
+            TaskType::Analysis => "analysis",
+            TaskType::Reasoning => "reasoning",
+            TaskType::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskType> {
+        TaskType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tiers {
+    pub fast: TierTarget,
+    pub balanced: TierTarget,
+    pub quality: TierTarget,
+}
+
+impl Tiers {
+    pub fn get(&self, tier: Tier) -> &TierTarget {
+        match tier {
+            Tier::Fast => &self.fast,
+            Tier::Balanced => &self.balanced,
+            Tier::Quality => &self.quality,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TierTarget {
+    pub provider: String,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    pub default_tier: Tier,
+    pub aliases: BTreeMap<String, Tier>,
+    pub allowed_models: Vec<String>,
+    pub denied_tiers: Vec<Tier>,
+    pub task_types: BTreeMap<TaskType, Tier>,
+    pub rules: Vec<TierRule>,
+    pub role_rules: Vec<RoleRule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TierRule {
+    pub tier: Tier,
+    pub keywords: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRule {
+    pub role: String,
+    pub keywords: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    #[serde(default)]
+    pub description: String,
+    pub system_prompt: String,
+    #[serde(default)]
+    pub tier: Option<Tier>,
+    pub tools: Vec<ToolName>,
+    #[serde(default)]
+    pub limits: LimitsOverride,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl Price {
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input + output_tokens as f64 * self.output) / 1_000_000.0
+    }
+}
+
+/// Where the effective configuration came from, for messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigSource {
+    Builtin,
+    File(PathBuf),
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Builtin => f.write_str("built-in limits.toml"),
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path} ({origin}): {source}; fix the path or unset it")]
+    Read {
+        path: PathBuf,
+        origin: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{source_name}: not valid TOML: {message}")]
+    Syntax {
+        source_name: ConfigSource,
+        message: String,
+    },
+    #[error("{source_name}: {key}: {message}")]
+    Schema {
+        source_name: ConfigSource,
+        key: String,
+        message: String,
+    },
+    #[error("{source_name}: {key} = {value}: {fix}")]
+    Invalid {
+        source_name: ConfigSource,
+        key: String,
+        value: String,
+        fix: String,
+    },
+}
+
+/// A loaded, validated configuration and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: ConfigSource,
+}
+
+impl Config {
+    /// The built-in defaults alone.
+    pub fn builtin() -> Result<Config, ConfigError> {
+        Self::from_layers(None, ConfigSource::Builtin)
+    }
+
+    /// Loads with the documented precedence: `explicit` (--config), else $BG_AGENTS_CONFIG,
+    /// else $XDG_CONFIG_HOME/bg-agents/limits.toml (or ~/.config/...) if it exists, else
+    /// the built-in defaults alone.
+    pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let env_path = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty());
+        let (path, origin) = if let Some(p) = explicit {
+            (Some(p.to_path_buf()), "--config")
+        } else if let Some(p) = env_path {
+            (Some(PathBuf::from(p)), CONFIG_ENV)
+        } else {
+            (user_config_path().filter(|p| p.is_file()), "user config")
+        };
+        match path {
+            None => Ok(Loaded {
+                config: Self::builtin()?,
+                source: ConfigSource::Builtin,
+            }),
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    origin,
+                    source,
+                })?;
+                let source = ConfigSource::File(path);
+                Ok(Loaded {
+                    config: Self::from_layers(Some(&text), source.clone())?,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Parses the built-in defaults, merges `user` over them key by key, validates.
+    pub fn from_layers(user: Option<&str>, source: ConfigSource) -> Result<Config, ConfigError> {
+        let mut merged: toml::Table = toml::from_str(BUILTIN).map_err(|e| ConfigError::Syntax {
+            source_name: ConfigSource::Builtin,
+            message: e.to_string(),
+        })?;
+        if let Some(text) = user {
+            let user: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+                source_name: source.clone(),
+                message: e.to_string(),
+            })?;
+            merge(&mut merged, user);
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
+            .map_err(|e| ConfigError::Schema {
+                source_name: source.clone(),
+                key: toml_key(&e.path().to_string()),
+                message: e.inner().to_string(),
+            })?;
+        config.validate(&source)?;
+        Ok(config)
+    }
+
+    /// Renders the effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    fn validate(&self, source: &ConfigSource) -> Result<(), ConfigError> {
+        let invalid = |key: String, value: String, fix: String| ConfigError::Invalid {
+            source_name: source.clone(),
+            key,
+            value,
+            fix,
+        };
+        let range = |key: &str, v: u64, min: u64, max: u64| {
+            if v < min || v > max {
+                Err(invalid(
+                    format!("[server] {key}"),
+                    v.to_string(),
+                    format!("must be between {min} and {max}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let s = &self.server;
+        range("max_concurrent", s.max_concurrent as u64, 1, 1024)?;
+        range("max_queued", s.max_queued as u64, 0, 100_000)?;
+        range("retained_agents", s.retained_agents as u64, 1, 100_000)?;
+        range("kill_grace_ms", s.kill_grace_ms, 0, 60_000)?;
+        range("max_wait_seconds", s.max_wait_seconds, 1, 3600)?;
+        range("transcript_max_mb", s.transcript_max_mb, 1, 10_240)?;
+
+        for (section, limits) in [("defaults", &self.defaults), ("max", &self.max)] {
+            check_limits(&format!("[{section}]"), &|k| Some((k.get)(limits)))
+                .map_err(|(k, v, fix)| invalid(k, v, fix))?;
+        }
+        if let Some((key, v, m)) = self.defaults.first_above(&self.max) {
+            return Err(invalid(
+                format!("[defaults] {key}"),
+                fmt_limit(v),
+                format!("must not exceed [max] {key} = {}", fmt_limit(m)),
+            ));
+        }
+
+        for (name, p) in &self.providers {
+            let key = |k: &str| format!("[providers.{name}] {k}");
+            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+                return Err(invalid(
+                    key("base_url"),
+                    format!("{:?}", p.base_url),
+                    "must start with http:// or https://".into(),
+                ));
+            }
+            if p.max_retries > 20 {
+                return Err(invalid(
+                    key("max_retries"),
+                    p.max_retries.to_string(),
+                    "must be between 0 and 20".into(),
+                ));
+            }
+            if !(1..=3600).contains(&p.request_timeout_seconds) {
+                return Err(invalid(
+                    key("request_timeout_seconds"),
+                    p.request_timeout_seconds.to_string(),
+                    "must be between 1 and 3600".into(),
+                ));
+            }
+        }
+
+        let provider_names = || self.providers.keys().cloned().collect::<Vec<_>>().join(", ");
+        for tier in Tier::ALL {
+            let t = self.tiers.get(tier);
+            if !self.providers.contains_key(&t.provider) {
+                return Err(invalid(
+                    format!("[tiers.{tier}] provider"),
+                    format!("{:?}", t.provider),
+                    format!(
+                        "no such provider; use one of {} or add [providers.{}]",
+                        provider_names(),
+                        t.provider
+                    ),
+                ));
+            }
+            if t.model.trim().is_empty() {
+                return Err(invalid(
+                    format!("[tiers.{tier}] model"),
+                    "\"\"".into(),
+                    "must name a model".into(),
+                ));
+            }
+        }
+
+        let role_names = || self.roles.keys().cloned().collect::<Vec<_>>().join(", ");
+        if !self.roles.contains_key(crate::roles::DEFAULT_ROLE) {
+            return Err(invalid(
+                format!("[roles.{}]", crate::roles::DEFAULT_ROLE),
+                "missing".into(),
+                "the default role must exist; do not remove it".into(),
+            ));
+        }
+        for (i, rule) in self.routing.role_rules.iter().enumerate() {
+            if !self.roles.contains_key(&rule.role) {
+                return Err(invalid(
+                    format!("[[routing.role_rules]] #{} role", i + 1),
+                    format!("{:?}", rule.role),
+                    format!("no such role; use one of {}", role_names()),
+                ));
+            }
+        }
+        for (name, role) in &self.roles {
+            if role.system_prompt.trim().is_empty() {
+                return Err(invalid(
+                    format!("[roles.{name}] system_prompt"),
+                    "\"\"".into(),
+                    "must not be empty".into(),
+                ));
+            }
+            let key = format!("[roles.{name}.limits]");
+            check_limits(&key, &|k| (k.get_override)(&role.limits))
+                .map_err(|(k, v, fix)| invalid(k, v, fix))?;
+            let effective = self.defaults.overridden_by(&role.limits);
+            if let Some((k, v, m)) = effective.first_above(&self.max) {
+                return Err(invalid(
+                    format!("{key} {k}"),
+                    fmt_limit(v),
+                    format!("must not exceed [max] {k} = {}", fmt_limit(m)),
+                ));
+            }
+        }
+        for (model, price) in &self.pricing {
+            for (k, v) in [("input", price.input), ("output", price.output)] {
+                if !(0.0..=10_000.0).contains(&v) {
+                    return Err(invalid(
+                        format!("[pricing.\"{model}\"] {k}"),
+                        v.to_string(),
+                        "must be between 0 and 10000 USD per million tokens".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks every limit key that `get` yields against its range; on failure
+/// returns (key, value, fix).
+fn check_limits(
+    section: &str,
+    get: &dyn Fn(&LimitKey) -> Option<f64>,
+) -> Result<(), (String, String, String)> {
+    for k in LIMIT_KEYS {
+        if let Some(v) = get(k)
+            && (v < k.min || v > k.max || v.is_nan())
+        {
+            let fix = if v < k.min {
+                format!("must be at least {}", fmt_limit(k.min))
+            } else {
+                format!("must be at most {}", fmt_limit(k.max))
+            };
+            return Err((format!("{section} {}", k.name), fmt_limit(v), fix));
+        }
+    }
+    Ok(())
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Turns serde_path_to_error's `max.memory_mb` into `[max] memory_mb`.
+fn toml_key(path: &str) -> String {
+    match path.rsplit_once('.') {
+        Some((table, key)) => format!("[{table}] {key}"),
+        None if path == "." || path.is_empty() => "(top level)".into(),
+        None => path.to_string(),
+    }
+}
+
+/// `$XDG_CONFIG_HOME/bg-agents/limits.toml`, else `~/.config/bg-agents/limits.toml`.
+pub fn user_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("bg-agents").join("limits.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(text: &str) -> Result<Config, ConfigError> {
+        Config::from_layers(Some(text), ConfigSource::File("user.toml".into()))
+    }
+
+    fn err(text: &str) -> String {
+        user(text).expect_err("config should be rejected").to_string()
+    }
+
+    #[test]
+    fn builtin_defaults_load_and_validate() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.tiers.fast.model, "claude-haiku-5-5");
+        assert_eq!(c.tiers.balanced.model, "claude-sonnet-5-5");
+        assert_eq!(c.tiers.quality.model, "claude-opus-5-5");
+        assert_eq!(c.server.max_wait_seconds, 50);
+        assert_eq!(c.server.kill_grace_ms, 2000);
+        assert_eq!(c.defaults.max_output_bytes, 1 << 20);
+        assert!(c.roles.contains_key("general"));
+        for role in ["explorer", "analyst", "reviewer", "architect"] {
+            assert!(c.roles.contains_key(role), "{role}");
+        }
+    }
+
+    #[test]
+    fn user_file_overrides_key_by_key() {
+        let c = user("[server]\nmax_concurrent = 3\n[tiers.fast]\nmodel = \"qwen3:8b\"\nprovider = \"ollama\"\n").unwrap();
+        assert_eq!(c.server.max_concurrent, 3);
+        assert_eq!(c.server.max_queued, 1000, "untouched keys keep defaults");
+        assert_eq!(c.tiers.fast.provider, "ollama");
+        assert_eq!(c.tiers.balanced.model, "claude-sonnet-5-5");
+    }
+
+    #[test]
+    fn user_file_adds_a_role_and_overrides_one_key_of_another() {
+        let c = user(
+            "[roles.security]\nsystem_prompt = \"Audit.\"\ntools = [\"grep\"]\ntier = \"quality\"\n\
+             [roles.explorer]\ntier = \"balanced\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.roles["security"].tools, vec![ToolName::Grep]);
+        assert_eq!(c.roles["explorer"].tier, Some(Tier::Balanced));
+        assert!(c.roles["explorer"].system_prompt.contains("explorer"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err("[max]\nmemroy_mb = 10\n");
+        assert!(e.contains("user.toml"), "{e}");
+        assert!(e.contains("[max] memroy_mb"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let e = err("[limitz]\nx = 1\n");
+        assert!(e.contains("limitz"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = err("[server]\nmax_concurrent = \"many\"\n");
+        assert!(e.contains("[server] max_concurrent"), "{e}");
+    }
+
+    #[test]
+    fn bad_toml_syntax_names_the_file() {
+        let e = err("[server\n");
+        assert!(e.contains("user.toml: not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn memory_below_minimum_names_key_and_fix() {
+        let e = err("[max]\nmemory_mb = 0\n");
+        assert!(e.contains("[max] memory_mb = 0: must be at least 32"), "{e}");
+    }
+
+    #[test]
+    fn each_limit_key_range_is_checked() {
+        for (key, bad) in [
+            ("cpu_seconds", "0"),
+            ("open_files", "1"),
+            ("timeout_seconds", "0"),
+            ("max_output_bytes", "10"),
+            ("max_turns", "0"),
+            ("max_tokens", "0"),
+            ("max_total_tokens", "0"),
+            ("budget_usd", "-1.0"),
+        ] {
+            let e = err(&format!("[defaults]\n{key} = {bad}\n"));
+            assert!(e.contains(&format!("[defaults] {key} = ")), "{key}: {e}");
+            assert!(e.contains("must be at least"), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn default_above_max_is_rejected() {
+        let e = err("[defaults]\nmax_turns = 500\n");
+        assert!(
+            e.contains("[defaults] max_turns = 500: must not exceed [max] max_turns = 200"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn server_ranges_are_checked() {
+        let e = err("[server]\nmax_concurrent = 0\n");
+        assert!(
+            e.contains("[server] max_concurrent = 0: must be between 1 and 1024"),
+            "{e}"
+        );
+        let e = err("[server]\nmax_wait_seconds = 0\n");
+        assert!(e.contains("[server] max_wait_seconds"), "{e}");
+    }
+
+    #[test]
+    fn tier_with_unknown_provider_is_rejected() {
+        let e = err("[tiers.fast]\nprovider = \"nope\"\n");
+        assert!(e.contains("[tiers.fast] provider = \"nope\""), "{e}");
+        assert!(e.contains("anthropic"), "{e}");
+    }
+
+    #[test]
+    fn provider_base_url_must_be_http() {
+        let e = err("[providers.anthropic]\nbase_url = \"ftp://x\"\n");
+        assert!(e.contains("[providers.anthropic] base_url"), "{e}");
+    }
+
+    #[test]
+    fn provider_kind_must_be_known() {
+        let e = err("[providers.x]\nkind = \"gemini\"\nbase_url = \"http://a\"\nmax_retries = 1\nrequest_timeout_seconds = 5\n");
+        assert!(e.contains("[providers.x] kind"), "{e}");
+    }
+
+    #[test]
+    fn role_rule_naming_unknown_role_is_rejected() {
+        let e = err("[[routing.role_rules]]\nrole = \"ghost\"\nkeywords = [\"x\"]\n");
+        assert!(e.contains("role_rules"), "{e}");
+        assert!(e.contains("ghost"), "{e}");
+    }
+
+    #[test]
+    fn role_with_unknown_tool_is_rejected() {
+        let e = err("[roles.x]\nsystem_prompt = \"p\"\ntools = [\"bash\"]\n");
+        assert!(e.contains("[roles.x] tools"), "{e}");
+    }
+
+    #[test]
+    fn role_limits_above_max_are_rejected() {
+        let e = err("[roles.explorer.limits]\nbudget_usd = 100.0\n");
+        assert!(e.contains("[roles.explorer.limits] budget_usd = 100"), "{e}");
+    }
+
+    #[test]
+    fn negative_price_is_rejected() {
+        let e = err("[pricing.\"m\"]\ninput = -1.0\noutput = 1.0\n");
+        assert!(e.contains("[pricing.\"m\"] input"), "{e}");
+    }
+
+    #[test]
+    fn unknown_tier_name_in_routing_is_rejected() {
+        let e = err("[routing]\ndefault_tier = \"turbo\"\n");
+        assert!(e.contains("[routing] default_tier"), "{e}");
+    }
+
+    #[test]
+    fn price_computes_cost_per_million() {
+        let p = Price {
+            input: 2.0,
+            output: 10.0,
+        };
+        assert!((p.cost(1_000_000, 100_000) - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn effective_config_renders_and_reparses() {
+        let c = Config::builtin().unwrap();
+        let text = c.to_toml();
+        let again = Config::from_layers(Some(&text), ConfigSource::Builtin).unwrap();
+        assert_eq!(c, again);
+    }
+}

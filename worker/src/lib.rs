@@ -1,0 +1,14 @@
+//! bg-agent-worker: one background agent per process.
+//!
+//! The library half holds what the bg-agents server and a manual run must agree on —
+//! the wire protocol, the configuration, tier and role resolution — plus the provider
+//! clients, the agent loop and the read-only tools the worker runs.
+
+pub mod agent;
+pub mod config;
+pub mod protocol;
+pub mod provider;
+pub mod resolve;
+pub mod roles;
+pub mod routing;
+pub mod tools;

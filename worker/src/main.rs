@@ -1,0 +1,267 @@
+//! bg-agent-worker: runs one agent. Started by the bg-agents server with `--spec -` (a
+//! TaskSpec on stdin, JSONL events on stdout), or by hand with a task on the command line.
+
+use std::cell::Cell;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bg_agent_worker::agent::{self, Emit};
+use bg_agent_worker::config::{Config, LimitsOverride, TaskType, Tier};
+use bg_agent_worker::protocol::{ErrorKind, Event, TaskSpec, exit};
+use bg_agent_worker::provider::Client;
+use bg_agent_worker::resolve::SpawnRequest;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Run one background agent: a model with read-only tools (read_file, glob, grep) working
+/// on TASK inside a directory, streaming its answer as it arrives.
+///
+/// Examples:
+///   bg-agent-worker "Find where the config file is parsed"
+///   bg-agent-worker --tier quality --cwd ../repo "Decide between the two cache designs in docs/"
+///   bg-agent-worker --json --max-turns 5 "List the public API of src/lib.rs"
+///
+/// The API key comes from the environment variable the provider names in the
+/// configuration (ANTHROPIC_API_KEY for the default tiers; ANTHROPIC_BASE_URL overrides
+/// the endpoint). Exit codes: 0 done, 1 provider error, 2 bad spec or configuration,
+/// 3 budget exhausted, 130/143 interrupted.
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    /// The task for the agent (omit with --spec or --check-config).
+    task: Option<String>,
+    /// Print the JSONL event stream instead of readable text.
+    #[arg(long)]
+    json: bool,
+    /// Model name or alias (haiku, sonnet, opus); overrides tier and routing.
+    #[arg(long)]
+    model: Option<String>,
+    /// Tier: fast, balanced or quality.
+    #[arg(long, value_parser = parse_tier)]
+    tier: Option<Tier>,
+    /// Task type: exploration, analysis, reasoning or critical (routes to a tier).
+    #[arg(long, value_parser = parse_task_type)]
+    task_type: Option<TaskType>,
+    /// Role (system prompt, tools, limits): general, explorer, analyst, reviewer,
+    /// architect, or one from your config. Default: picked from the task's words.
+    #[arg(long)]
+    role: Option<String>,
+    /// Workspace directory the tools may read (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Configuration file overriding the built-in limits.toml (else $BG_AGENTS_CONFIG,
+    /// else ~/.config/bg-agents/limits.toml if present).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Most model turns for this run.
+    #[arg(long, value_name = "N")]
+    max_turns: Option<u32>,
+    /// Most USD this run may spend.
+    #[arg(long, value_name = "USD")]
+    budget_usd: Option<f64>,
+    /// Read a complete TaskSpec (JSON) from FILE, or from stdin with `-` (the server's
+    /// way in: stdin then stays open, and its end means the server is gone).
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["task", "model", "tier", "task_type", "role", "cwd", "config", "max_turns", "budget_usd"])]
+    spec: Option<String>,
+    /// Validate the configuration, print the effective one, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn parse_tier(s: &str) -> Result<Tier, String> {
+    Tier::parse(s).ok_or_else(|| format!("unknown tier `{s}`; use fast, balanced or quality"))
+}
+
+fn parse_task_type(s: &str) -> Result<TaskType, String> {
+    TaskType::parse(s).ok_or_else(|| {
+        format!("unknown task type `{s}`; use exploration, analysis, reasoning or critical")
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bg-agent-worker: cannot start the runtime: {e}");
+            return ExitCode::from(exit::PROVIDER as u8);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    // Spawned tool threads may still be running; do not wait for them.
+    std::process::exit(code)
+}
+
+async fn run(cli: Cli) -> i32 {
+    if cli.check_config {
+        return match Config::load(cli.config.as_deref()) {
+            Ok(loaded) => {
+                println!("# effective configuration (from {})", loaded.source);
+                print!("{}", loaded.config.to_toml());
+                exit::DONE
+            }
+            Err(e) => {
+                eprintln!("bg-agent-worker: {e}");
+                exit::BAD_SPEC
+            }
+        };
+    }
+    let from_server = cli.spec.as_deref() == Some("-");
+    let json = cli.json || cli.spec.is_some();
+    let out: Box<dyn Emit> = if json {
+        Box::new(JsonOut)
+    } else {
+        Box::new(HumanOut::default())
+    };
+    let spec = match load_spec(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            out.emit(&Event::Error {
+                kind: ErrorKind::Config,
+                message: format!("{e:#}"),
+            });
+            return exit::BAD_SPEC;
+        }
+    };
+    let client = match Client::new(&spec.provider, |v| std::env::var(v).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            out.emit(&Event::Error {
+                kind: ErrorKind::Config,
+                message: e.to_string(),
+            });
+            return exit::BAD_SPEC;
+        }
+    };
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        eprintln!("bg-agent-worker: cannot install signal handlers");
+        return exit::PROVIDER;
+    };
+    let interrupted = |what: &str, code: i32| {
+        out.emit(&Event::Error {
+            kind: ErrorKind::Interrupted,
+            message: what.to_string(),
+        });
+        code
+    };
+    tokio::select! {
+        code = agent::run(&spec, &client, out.as_ref()) => code,
+        _ = term.recv() => interrupted("received SIGTERM", exit::INTERRUPTED_TERM),
+        _ = int.recv() => interrupted("received SIGINT", exit::INTERRUPTED_INT),
+        _ = stdin_closed(), if from_server => {
+            eprintln!("bg-agent-worker: stdin closed, the server is gone; exiting");
+            exit::INTERRUPTED_TERM
+        }
+    }
+}
+
+/// The spec: from `--spec FILE|-`, else resolved from the options and configuration,
+/// exactly as the server resolves a spawn.
+fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
+    match cli.spec.as_deref() {
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the TaskSpec from stdin")?;
+            serde_json::from_str(&line).context("stdin does not hold a valid TaskSpec line")
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the TaskSpec file {path}"))?;
+            serde_json::from_str(&text).with_context(|| format!("{path} is not a valid TaskSpec"))
+        }
+        None => {
+            let Some(task) = cli.task.clone() else {
+                anyhow::bail!("no task given; run `bg-agent-worker \"TASK\"` (see --help)");
+            };
+            let loaded = Config::load(cli.config.as_deref())?;
+            let req = SpawnRequest {
+                task,
+                role: cli.role.clone(),
+                task_type: cli.task_type,
+                tier: cli.tier,
+                model: cli.model.clone(),
+                cwd: cli.cwd.clone(),
+                limits: LimitsOverride {
+                    max_turns: cli.max_turns,
+                    budget_usd: cli.budget_usd,
+                    ..Default::default()
+                },
+                agent_id: None,
+            };
+            Ok(loaded.config.resolve(&req)?.spec)
+        }
+    }
+}
+
+/// Resolves when stdin reaches end of file (the rest of the spec line is ignored).
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// JSONL on stdout, flushed per event so the server sees each at once.
+struct JsonOut;
+
+impl Emit for JsonOut {
+    fn emit(&self, event: &Event) {
+        let mut stdout = std::io::stdout().lock();
+        let ok = writeln!(stdout, "{}", event.to_json_line()).and_then(|_| stdout.flush());
+        if ok.is_err() {
+            // Nobody is reading any more: the server is gone.
+            std::process::exit(exit::INTERRUPTED_TERM);
+        }
+    }
+}
+
+/// Readable output for a terminal: text as it streams, a line per tool call, a last
+/// line with turns, tokens and cost.
+#[derive(Default)]
+struct HumanOut {
+    mid_line: Cell<bool>,
+    usage: Cell<(u64, u64, Option<f64>)>,
+}
+
+impl Emit for HumanOut {
+    fn emit(&self, event: &Event) {
+        let mut stdout = std::io::stdout().lock();
+        let at_start = !self.mid_line.get();
+        if let Event::Usage {
+            input_tokens,
+            output_tokens,
+            cost_usd,
+        } = event
+        {
+            self.usage.set((*input_tokens, *output_tokens, *cost_usd));
+        }
+        let summary = match event {
+            Event::Result { turns, .. } => Some(*turns),
+            _ => None,
+        };
+        let mut text = event.render_human(at_start).unwrap_or_default();
+        if let Some(turns) = summary {
+            let (i, o, cost) = self.usage.get();
+            let cost = cost.map_or("cost unknown".into(), |c| format!("${c:.4}"));
+            let nl = if text.is_empty() && at_start || text.ends_with('\n') { "" } else { "\n" };
+            text.push_str(&format!(
+                "{nl}— {turns} turn{} · {i} in / {o} out tokens · {cost}\n",
+                if turns == 1 { "" } else { "s" }
+            ));
+        }
+        if text.is_empty() {
+            return;
+        }
+        self.mid_line.set(!text.ends_with('\n'));
+        let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush());
+    }
+}

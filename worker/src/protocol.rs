@@ -1,0 +1,269 @@
+//! The wire protocol between the bg-agents server and a worker: the `TaskSpec` the server
+//! writes to the worker's stdin, the `Event`s the worker writes to stdout (one JSON object
+//! per line), and the exit codes. Both sides use these types; nobody parses by hand.
+//!
+//! Not here: how a spec is resolved from configuration (`config`, `routing`, `roles`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Limits, Price, ProviderKind};
+
+/// Exit codes of the worker process (DESIGN.md).
+pub mod exit {
+    pub const DONE: i32 = 0;
+    pub const PROVIDER: i32 = 1;
+    pub const BAD_SPEC: i32 = 2;
+    pub const BUDGET: i32 = 3;
+    pub const INTERRUPTED_INT: i32 = 130;
+    pub const INTERRUPTED_TERM: i32 = 143;
+}
+
+/// Everything a worker needs to run one agent; fully resolved, so a worker started from a
+/// spec never reads configuration itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub task: String,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    pub role: String,
+    pub system_prompt: String,
+    pub tools: Vec<ToolName>,
+    pub provider: ProviderSpec,
+    pub model: String,
+    pub cwd: PathBuf,
+    pub limits: Limits,
+    /// USD per million tokens; `None` means the cost is unknown and budget_usd cannot apply.
+    #[serde(default)]
+    pub price: Option<Price>,
+}
+
+/// The provider a spec talks to, with the names of the environment variables that hold
+/// its secrets (never the secrets themselves).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    #[serde(default)]
+    pub base_url_env: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    pub max_retries: u32,
+    pub request_timeout_seconds: u64,
+}
+
+/// The read-only tools a worker can offer its model.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolName {
+    ReadFile,
+    Glob,
+    Grep,
+}
+
+impl ToolName {
+    pub const ALL: [ToolName; 3] = [ToolName::ReadFile, ToolName::Glob, ToolName::Grep];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolName::ReadFile => "read_file",
+            ToolName::Glob => "glob",
+            ToolName::Grep => "grep",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ToolName> {
+        ToolName::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+/// Why a run ended in an `error` event.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The provider refused or failed, retries included (exit 1).
+    Provider,
+    /// The spec or the configuration is unusable, e.g. a missing API key (exit 2).
+    Config,
+    /// max_turns, max_total_tokens or budget_usd ran out (exit 3).
+    BudgetExceeded,
+    /// SIGTERM/SIGINT, or the server went away (exit 130/143).
+    Interrupted,
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Provider => exit::PROVIDER,
+            ErrorKind::Config => exit::BAD_SPEC,
+            ErrorKind::BudgetExceeded => exit::BUDGET,
+            ErrorKind::Interrupted => exit::INTERRUPTED_TERM,
+        }
+    }
+}
+
+/// One line of worker stdout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Started {
+        model: String,
+        provider: String,
+        role: String,
+        limits: Limits,
+    },
+    /// A delta of assistant text, as it streams.
+    Text { text: String },
+    ToolCall {
+        id: String,
+        name: String,
+        input: serde_json::Value,
+    },
+    ToolResult {
+        id: String,
+        name: String,
+        bytes: u64,
+        is_error: bool,
+    },
+    /// Totals so far for the whole run.
+    Usage {
+        input_tokens: u64,
+        output_tokens: u64,
+        /// `None` when the model has no price configured: unknown, not free.
+        cost_usd: Option<f64>,
+    },
+    /// A turn is being retried; text streamed since the turn began is void.
+    Retry {
+        attempt: u32,
+        wait_ms: u64,
+        reason: String,
+        /// Whether text of the failed attempt had already been streamed.
+        #[serde(default)]
+        discarded_output: bool,
+    },
+    Result {
+        text: String,
+        stop_reason: String,
+        turns: u32,
+    },
+    Error { kind: ErrorKind, message: String },
+}
+
+impl Event {
+    /// Whether this event ends a run (exactly one does).
+    pub fn is_final(&self) -> bool {
+        matches!(self, Event::Result { .. } | Event::Error { .. })
+    }
+
+    /// One JSON line, without the newline.
+    pub fn to_json_line(&self) -> String {
+        // Serializing these plain enums cannot fail: no maps with non-string keys.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","kind":"provider","message":"unserializable event: {e}"}}"#)
+        })
+    }
+
+    /// The human-readable rendering shared by manual runs and the server's output buffer.
+    /// `Text` is passed through as it streams; everything else is one line of its own.
+    pub fn render_human(&self, at_line_start: bool) -> Option<String> {
+        let nl = if at_line_start { "" } else { "\n" };
+        match self {
+            Event::Started { .. } | Event::Usage { .. } | Event::Result { .. } => None,
+            Event::Text { text } => Some(text.clone()),
+            Event::ToolCall { name, input, .. } => {
+                Some(format!("{nl}→ {name} {}\n", summarize_input(input)))
+            }
+            Event::ToolResult {
+                name,
+                bytes,
+                is_error,
+                ..
+            } => Some(if *is_error {
+                format!("{nl}← {name}: error ({bytes} bytes)\n")
+            } else {
+                format!("{nl}← {name}: {bytes} bytes\n")
+            }),
+            Event::Retry {
+                attempt,
+                wait_ms,
+                reason,
+                discarded_output,
+            } => {
+                let void = if *discarded_output {
+                    " (text above from the failed attempt is void)"
+                } else {
+                    ""
+                };
+                Some(format!(
+                    "{nl}[retry {attempt} in {wait_ms} ms: {reason}{void}]\n"
+                ))
+            }
+            Event::Error { kind, message } => Some(format!("{nl}[error {kind:?}: {message}]\n")),
+        }
+    }
+}
+
+/// A one-line summary of a tool input, short enough for a terminal line.
+fn summarize_input(input: &serde_json::Value) -> String {
+    let mut s = match input {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s:?}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    };
+    if s.len() > 160 {
+        let mut cut = 157;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_with_type_tags() {
+        let e = Event::Usage {
+            input_tokens: 3,
+            output_tokens: 4,
+            cost_usd: None,
+        };
+        let line = e.to_json_line();
+        assert_eq!(
+            line,
+            r#"{"type":"usage","input_tokens":3,"output_tokens":4,"cost_usd":null}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), e);
+        let err: Event =
+            serde_json::from_str(r#"{"type":"error","kind":"budget_exceeded","message":"x"}"#)
+                .unwrap();
+        assert!(err.is_final());
+    }
+
+    #[test]
+    fn tool_calls_render_as_one_line() {
+        let e = Event::ToolCall {
+            id: "t1".into(),
+            name: "read_file".into(),
+            input: serde_json::json!({"path": "src/main.rs"}),
+        };
+        assert_eq!(
+            e.render_human(false).unwrap(),
+            "\n→ read_file path=\"src/main.rs\"\n"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! Anthropic Messages API, streamed over SSE (`POST {base}/v1/messages`).
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::{
+    Block, Client, Message, ProviderError, TokenUsage, TurnOutput, TurnRequest, error_body,
+    retry_after, status_error, transport_error,
+};
+
+pub const API_VERSION: &str = "2023-06-01";
+
+pub(super) async fn turn(
+    client: &Client,
+    req: &TurnRequest<'_>,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<TurnOutput, ProviderError> {
+    let mut http = client
+        .http
+        .post(format!("{}/v1/messages", client.base_url))
+        .header("anthropic-version", API_VERSION)
+        .header("accept", "text/event-stream")
+        .json(&body(req));
+    if let Some(key) = &client.api_key {
+        http = http.header("x-api-key", key);
+    }
+    let resp = http.send().await.map_err(transport_error)?;
+    let status = resp.status().as_u16();
+    if !resp.status().is_success() {
+        let after = retry_after(resp.headers());
+        let (message, spend_limit) = error_body(resp).await;
+        return Err(status_error(status, message, after, spend_limit));
+    }
+    let mut events = resp.bytes_stream().eventsource();
+    let mut acc = Accumulator::default();
+    while let Some(ev) = events.next().await {
+        let ev = ev.map_err(|e| ProviderError::Retryable {
+            reason: format!("stream broke off: {e}"),
+            retry_after: None,
+        })?;
+        let data: Value = match serde_json::from_str(&ev.data) {
+            Ok(v) => v,
+            Err(_) if ev.event == "ping" => continue,
+            Err(e) => {
+                return Err(ProviderError::Retryable {
+                    reason: format!("unparsable `{}` event: {e}", ev.event),
+                    retry_after: None,
+                });
+            }
+        };
+        if acc.apply(&data, on_text)? {
+            return acc.finish();
+        }
+    }
+    Err(ProviderError::Retryable {
+        reason: "stream closed before message_stop".into(),
+        retry_after: None,
+    })
+}
+
+fn body(req: &TurnRequest<'_>) -> Value {
+    let mut body = json!({
+        "model": req.model,
+        "max_tokens": req.max_tokens,
+        "stream": true,
+        "messages": req.messages.iter().map(message_json).collect::<Vec<_>>(),
+    });
+    if !req.system.is_empty() {
+        body["system"] = json!(req.system);
+    }
+    if !req.tools.is_empty() {
+        body["tools"] = req
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
+            .collect();
+    }
+    body
+}
+
+fn message_json(m: &Message) -> Value {
+    let content: Vec<Value> = m
+        .content
+        .iter()
+        .map(|b| match b {
+            Block::Text { text } => json!({"type": "text", "text": text}),
+            Block::ToolUse { id, name, input } => {
+                json!({"type": "tool_use", "id": id, "name": name, "input": input})
+            }
+            Block::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": content, "is_error": is_error}),
+            Block::Opaque(v) => v.clone(),
+        })
+        .collect();
+    json!({"role": m.role, "content": content})
+}
+
+/// A content block being streamed.
+enum Partial {
+    Text(String),
+    ToolUse {
+        id: String,
+        name: String,
+        json: String,
+    },
+    /// Kept as the provider sent it, with thinking/signature deltas applied.
+    Opaque(Value),
+}
+
+#[derive(Default)]
+struct Accumulator {
+    blocks: Vec<Option<Partial>>,
+    done: Vec<Block>,
+    stop_reason: Option<String>,
+    usage: TokenUsage,
+}
+
+impl Accumulator {
+    /// Applies one event; true when the message is complete.
+    fn apply(&mut self, data: &Value, on_text: &mut dyn FnMut(&str)) -> Result<bool, ProviderError> {
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        match data.get("type").and_then(Value::as_str).unwrap_or("") {
+            "message_start" => {
+                if let Some(u) = data.pointer("/message/usage") {
+                    self.usage.input_tokens = tokens(u, "input_tokens")
+                        + tokens(u, "cache_creation_input_tokens")
+                        + tokens(u, "cache_read_input_tokens");
+                    self.usage.output_tokens = tokens(u, "output_tokens");
+                }
+            }
+            "content_block_start" => {
+                let block = data.get("content_block").cloned().unwrap_or(Value::Null);
+                let partial = match block.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        let t = str_field(&block, "text");
+                        if !t.is_empty() {
+                            on_text(&t);
+                        }
+                        Partial::Text(t)
+                    }
+                    Some("tool_use") => Partial::ToolUse {
+                        id: str_field(&block, "id"),
+                        name: str_field(&block, "name"),
+                        json: String::new(),
+                    },
+                    _ => Partial::Opaque(block),
+                };
+                if self.blocks.len() <= index {
+                    self.blocks.resize_with(index + 1, || None);
+                }
+                self.blocks[index] = Some(partial);
+            }
+            "content_block_delta" => {
+                let delta = data.get("delta").unwrap_or(&Value::Null);
+                match (self.blocks.get_mut(index).and_then(Option::as_mut), delta.get("type").and_then(Value::as_str)) {
+                    (Some(Partial::Text(t)), Some("text_delta")) => {
+                        let d = str_field(delta, "text");
+                        on_text(&d);
+                        t.push_str(&d);
+                    }
+                    (Some(Partial::ToolUse { json, .. }), Some("input_json_delta")) => {
+                        json.push_str(&str_field(delta, "partial_json"));
+                    }
+                    (Some(Partial::Opaque(v)), Some("thinking_delta")) => {
+                        append_field(v, "thinking", &str_field(delta, "thinking"));
+                    }
+                    (Some(Partial::Opaque(v)), Some("signature_delta")) => {
+                        append_field(v, "signature", &str_field(delta, "signature"));
+                    }
+                    _ => {} // Unknown delta types are ignored, as the API asks.
+                }
+            }
+            "content_block_stop" => {
+                if let Some(p) = self.blocks.get_mut(index).and_then(Option::take) {
+                    self.done.push(finish_block(p)?);
+                }
+            }
+            "message_delta" => {
+                if let Some(r) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                    self.stop_reason = Some(r.to_string());
+                }
+                if let Some(u) = data.get("usage") {
+                    // Cumulative for the message.
+                    if u.get("output_tokens").is_some() {
+                        self.usage.output_tokens = tokens(u, "output_tokens");
+                    }
+                    if u.get("input_tokens").is_some_and(|v| !v.is_null()) {
+                        self.usage.input_tokens = tokens(u, "input_tokens")
+                            + tokens(u, "cache_creation_input_tokens")
+                            + tokens(u, "cache_read_input_tokens");
+                    }
+                }
+            }
+            "message_stop" => return Ok(true),
+            "error" => {
+                let kind = data.pointer("/error/type").and_then(Value::as_str).unwrap_or("error");
+                let msg = data.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+                let text = format!("{kind}: {msg}");
+                return Err(match kind {
+                    "overloaded_error" | "api_error" | "rate_limit_error" | "timeout_error" => {
+                        ProviderError::Retryable { reason: format!("mid-stream {text}"), retry_after: None }
+                    }
+                    _ => ProviderError::Fatal(text),
+                });
+            }
+            _ => {} // ping and future event types.
+        }
+        Ok(false)
+    }
+
+    fn finish(mut self) -> Result<TurnOutput, ProviderError> {
+        // Blocks never closed (should not happen after message_stop) are still kept.
+        for p in self.blocks.into_iter().flatten() {
+            self.done.push(finish_block(p)?);
+        }
+        Ok(TurnOutput {
+            content: self.done,
+            stop_reason: self.stop_reason.unwrap_or_else(|| "end_turn".into()),
+            usage: self.usage,
+        })
+    }
+}
+
+fn finish_block(p: Partial) -> Result<Block, ProviderError> {
+    Ok(match p {
+        Partial::Text(text) => Block::Text { text },
+        Partial::ToolUse { id, name, json } => {
+            let input = if json.trim().is_empty() {
+                Value::Object(Default::default())
+            } else {
+                serde_json::from_str(&json).map_err(|e| ProviderError::Retryable {
+                    reason: format!("tool input for `{name}` is not valid JSON: {e}"),
+                    retry_after: None,
+                })?
+            };
+            Block::ToolUse { id, name, input }
+        }
+        Partial::Opaque(v) => Block::Opaque(v),
+    })
+}
+
+fn tokens(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn str_field(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+fn append_field(v: &mut Value, key: &str, add: &str) {
+    if let Some(obj) = v.as_object_mut() {
+        let cur = obj.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+        obj.insert(key.to_string(), Value::String(cur + add));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thinking_blocks_are_passed_back_unchanged() {
+        let mut acc = Accumulator::default();
+        let mut sink = |_: &str| {};
+        for ev in [
+            json!({"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}),
+            json!({"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}),
+            json!({"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"sig"}}),
+            json!({"type":"content_block_stop","index":0}),
+            json!({"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":7}}),
+        ] {
+            assert!(!acc.apply(&ev, &mut sink).unwrap());
+        }
+        let out = acc.finish().unwrap();
+        assert_eq!(out.content, vec![Block::Opaque(json!({"type":"thinking","thinking":"hmm","signature":"sig"}))]);
+        assert_eq!(out.usage.output_tokens, 7);
+    }
+
+    #[test]
+    fn non_retryable_stream_error_is_fatal() {
+        let mut acc = Accumulator::default();
+        let e = acc
+            .apply(&json!({"type":"error","error":{"type":"invalid_request_error","message":"bad"}}), &mut |_| {})
+            .unwrap_err();
+        assert_eq!(e, ProviderError::Fatal("invalid_request_error: bad".into()));
+    }
+}

@@ -1,0 +1,229 @@
+//! OpenAI-compatible chat completions, streamed (`POST {base}/chat/completions`): OpenAI,
+//! Ollama, vLLM, LM Studio, OpenRouter.
+
+use std::collections::BTreeMap;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::{
+    Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest, error_body,
+    retry_after, status_error, transport_error,
+};
+
+pub(super) async fn turn(
+    client: &Client,
+    req: &TurnRequest<'_>,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<TurnOutput, ProviderError> {
+    let mut http = client
+        .http
+        .post(format!("{}/chat/completions", client.base_url))
+        .header("accept", "text/event-stream")
+        .json(&body(req));
+    if let Some(key) = &client.api_key {
+        http = http.bearer_auth(key);
+    }
+    let resp = http.send().await.map_err(transport_error)?;
+    let status = resp.status().as_u16();
+    if !resp.status().is_success() {
+        let after = retry_after(resp.headers());
+        let (message, spend_limit) = error_body(resp).await;
+        return Err(status_error(status, message, after, spend_limit));
+    }
+    let mut events = resp.bytes_stream().eventsource();
+    let mut acc = Accumulator::default();
+    while let Some(ev) = events.next().await {
+        let ev = ev.map_err(|e| ProviderError::Retryable {
+            reason: format!("stream broke off: {e}"),
+            retry_after: None,
+        })?;
+        if ev.data.trim() == "[DONE]" {
+            return acc.finish();
+        }
+        let data: Value = serde_json::from_str(&ev.data).map_err(|e| ProviderError::Retryable {
+            reason: format!("unparsable chunk: {e}"),
+            retry_after: None,
+        })?;
+        acc.apply(&data, on_text)?;
+    }
+    // Some servers end the stream without [DONE]; a finish_reason means it was complete.
+    if acc.finish_reason.is_some() {
+        return acc.finish();
+    }
+    Err(ProviderError::Retryable {
+        reason: "stream closed before the completion finished".into(),
+        retry_after: None,
+    })
+}
+
+fn body(req: &TurnRequest<'_>) -> Value {
+    let mut messages = Vec::new();
+    if !req.system.is_empty() {
+        messages.push(json!({"role": "system", "content": req.system}));
+    }
+    for m in req.messages {
+        messages.extend(message_json(m));
+    }
+    let mut body = json!({
+        "model": req.model,
+        "max_tokens": req.max_tokens,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": messages,
+    });
+    if !req.tools.is_empty() {
+        body["tools"] = req
+            .tools
+            .iter()
+            .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}))
+            .collect();
+    }
+    body
+}
+
+/// One neutral message can become several OpenAI messages (each tool result is its own).
+fn message_json(m: &Message) -> Vec<Value> {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    let mut results = Vec::new();
+    for b in &m.content {
+        match b {
+            Block::Text { text: t } => text.push_str(t),
+            Block::ToolUse { id, name, input } => calls.push(json!({
+                "id": id, "type": "function",
+                "function": {"name": name, "arguments": input.to_string()},
+            })),
+            Block::ToolResult { tool_use_id, content, is_error } => {
+                let content = if *is_error { format!("Error: {content}") } else { content.clone() };
+                results.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": content}));
+            }
+            Block::Opaque(_) => {}
+        }
+    }
+    let mut out = results;
+    match m.role {
+        Role::Assistant => {
+            let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
+            if !calls.is_empty() {
+                msg["tool_calls"] = Value::Array(calls);
+            }
+            out.push(msg);
+        }
+        Role::User if !text.is_empty() => out.push(json!({"role": "user", "content": text})),
+        Role::User => {}
+    }
+    out
+}
+
+#[derive(Default)]
+struct Call {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+#[derive(Default)]
+struct Accumulator {
+    text: String,
+    calls: BTreeMap<u64, Call>,
+    finish_reason: Option<String>,
+    usage: TokenUsage,
+}
+
+impl Accumulator {
+    fn apply(&mut self, data: &Value, on_text: &mut dyn FnMut(&str)) -> Result<(), ProviderError> {
+        if let Some(err) = data.get("error") {
+            let msg = err.get("message").and_then(Value::as_str).unwrap_or("stream error");
+            return Err(ProviderError::Retryable { reason: format!("mid-stream error: {msg}"), retry_after: None });
+        }
+        if let Some(u) = data.get("usage").filter(|u| !u.is_null()) {
+            self.usage.input_tokens = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
+            self.usage.output_tokens = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+        }
+        let Some(choice) = data.get("choices").and_then(|c| c.get(0)) else {
+            return Ok(());
+        };
+        let delta = choice.get("delta").unwrap_or(&Value::Null);
+        if let Some(t) = delta.get("content").and_then(Value::as_str)
+            && !t.is_empty()
+        {
+            on_text(t);
+            self.text.push_str(t);
+        }
+        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+            for c in calls {
+                let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let call = self.calls.entry(idx).or_default();
+                if let Some(id) = c.get("id").and_then(Value::as_str) {
+                    call.id = id.to_string();
+                }
+                if let Some(f) = c.get("function") {
+                    if let Some(n) = f.get("name").and_then(Value::as_str) {
+                        call.name.push_str(n);
+                    }
+                    if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                        call.arguments.push_str(a);
+                    }
+                }
+            }
+        }
+        if let Some(r) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(r.to_string());
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<TurnOutput, ProviderError> {
+        let mut content = Vec::new();
+        if !self.text.is_empty() {
+            content.push(Block::Text { text: self.text });
+        }
+        for (i, c) in self.calls {
+            let input = if c.arguments.trim().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_str(&c.arguments).map_err(|e| ProviderError::Retryable {
+                    reason: format!("tool arguments for `{}` are not valid JSON: {e}", c.name),
+                    retry_after: None,
+                })?
+            };
+            let id = if c.id.is_empty() { format!("call_{i}") } else { c.id };
+            content.push(Block::ToolUse { id, name: c.name, input });
+        }
+        let has_calls = content.iter().any(|b| matches!(b, Block::ToolUse { .. }));
+        let stop_reason = match self.finish_reason.as_deref() {
+            Some("tool_calls") | Some("function_call") => "tool_use",
+            _ if has_calls => "tool_use",
+            Some("length") => "max_tokens",
+            _ => "end_turn",
+        };
+        Ok(TurnOutput { content, stop_reason: stop_reason.into(), usage: self.usage })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_results_become_tool_messages() {
+        let m = Message {
+            role: Role::User,
+            content: vec![Block::ToolResult { tool_use_id: "c1".into(), content: "nope".into(), is_error: true }],
+        };
+        assert_eq!(message_json(&m), vec![json!({"role":"tool","tool_call_id":"c1","content":"Error: nope"})]);
+    }
+
+    #[test]
+    fn streamed_tool_call_pieces_are_joined() {
+        let mut acc = Accumulator::default();
+        let mut sink = |_: &str| {};
+        acc.apply(&json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"glob","arguments":"{\"pat"}}]}}]}), &mut sink).unwrap();
+        acc.apply(&json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"tern\":\"*\"}"}}]},"finish_reason":"tool_calls"}]}), &mut sink).unwrap();
+        let out = acc.finish().unwrap();
+        assert_eq!(out.stop_reason, "tool_use");
+        assert_eq!(out.content, vec![Block::ToolUse { id: "c1".into(), name: "glob".into(), input: json!({"pattern":"*"}) }]);
+    }
+}

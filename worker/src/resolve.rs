@@ -1,0 +1,243 @@
+//! Turns what a caller asks for (a spawn, or a manual run's options) into a complete
+//! `TaskSpec`: role, tier, model, provider, effective limits, price. The server and a
+//! manual run both resolve here, so they agree.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{Config, Limits, LimitsOverride, TaskType, Tier, fmt_limit};
+use crate::protocol::{ProviderSpec, TaskSpec};
+use crate::roles::{RoleChoice, UnknownRole, select_role};
+use crate::routing::{Route, RouteError, RouteRequest, route};
+
+/// Longest task text accepted (bytes).
+pub const MAX_TASK_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct SpawnRequest {
+    pub task: String,
+    pub role: Option<String>,
+    pub task_type: Option<TaskType>,
+    pub tier: Option<Tier>,
+    pub model: Option<String>,
+    pub cwd: Option<PathBuf>,
+    pub limits: LimitsOverride,
+    pub agent_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolution {
+    pub spec: TaskSpec,
+    pub route: Route,
+    pub role_choice: RoleChoice,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("task is empty; describe the work for the agent in `task`")]
+    EmptyTask,
+    #[error("task is {0} bytes, above the {MAX_TASK_BYTES}-byte limit; put long material in a file under cwd and point the agent at it")]
+    TaskTooLong(usize),
+    #[error(transparent)]
+    Role(#[from] UnknownRole),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("limits.{key} = {value} is above the ceiling {max} ([max] {key}); ask for at most {max}, or raise [max] {key} in the config")]
+    AboveCeiling { key: &'static str, value: String, max: String },
+    #[error("limits.{key} = {value} is below the minimum {min}; ask for at least {min}")]
+    BelowMinimum { key: &'static str, value: String, min: String },
+    #[error("cwd {path}: {reason}; give an existing directory (absolute, or relative to the server's directory)")]
+    BadCwd { path: PathBuf, reason: String },
+}
+
+impl Config {
+    /// Resolves a request completely, or says what to change.
+    pub fn resolve(&self, req: &SpawnRequest) -> Result<Resolution, ResolveError> {
+        if req.task.trim().is_empty() {
+            return Err(ResolveError::EmptyTask);
+        }
+        if req.task.len() > MAX_TASK_BYTES {
+            return Err(ResolveError::TaskTooLong(req.task.len()));
+        }
+        let (role_name, role_choice) = select_role(self, req.role.as_deref(), &req.task)?;
+        // select_role only returns names present in the map.
+        let role = &self.roles[&role_name];
+        let route = route(
+            self,
+            &RouteRequest {
+                model: req.model.as_deref(),
+                tier: req.tier,
+                task_type: req.task_type,
+                role_tier: role.tier,
+                task: &req.task,
+            },
+        )?;
+        let limits = self.effective_limits(&role.limits, &req.limits)?;
+        let cwd = resolve_cwd(req.cwd.as_deref())?;
+        // Validation guarantees every tier's provider exists.
+        let p = &self.providers[&route.provider];
+        let spec = TaskSpec {
+            task: req.task.clone(),
+            agent_id: req.agent_id.clone(),
+            role: role_name,
+            system_prompt: role.system_prompt.clone(),
+            tools: role.tools.clone(),
+            provider: ProviderSpec {
+                name: route.provider.clone(),
+                kind: p.kind,
+                base_url: p.base_url.clone(),
+                base_url_env: p.base_url_env.clone().filter(|s| !s.is_empty()),
+                api_key_env: p.api_key_env.clone().filter(|s| !s.is_empty()),
+                max_retries: p.max_retries,
+                request_timeout_seconds: p.request_timeout_seconds,
+            },
+            model: route.model.clone(),
+            cwd,
+            limits,
+            price: self.pricing.get(&route.model).copied(),
+        };
+        Ok(Resolution {
+            spec,
+            route,
+            role_choice,
+        })
+    }
+
+    /// Spawn's limits > the role's > `[defaults]`; a spawn above `[max]` is an error,
+    /// never a silent clamp.
+    pub fn effective_limits(
+        &self,
+        role: &LimitsOverride,
+        spawn: &LimitsOverride,
+    ) -> Result<Limits, ResolveError> {
+        let requested = self.defaults.overridden_by(role).overridden_by(spawn);
+        if let Some((key, value, max)) = requested.first_above(&self.max) {
+            return Err(ResolveError::AboveCeiling {
+                key,
+                value: fmt_limit(value),
+                max: fmt_limit(max),
+            });
+        }
+        let floor = Limits {
+            cpu_seconds: 1,
+            memory_mb: 32,
+            open_files: 16,
+            max_file_mb: 0,
+            timeout_seconds: 1,
+            max_output_bytes: 4096,
+            max_turns: 1,
+            max_tokens: 1,
+            max_total_tokens: 1,
+            budget_usd: 0.0,
+        };
+        if let Some((key, value, min)) = floor.first_above(&requested) {
+            return Err(ResolveError::BelowMinimum {
+                key,
+                value: fmt_limit(min),
+                min: fmt_limit(value),
+            });
+        }
+        Ok(requested)
+    }
+}
+
+fn resolve_cwd(cwd: Option<&Path>) -> Result<PathBuf, ResolveError> {
+    let raw = match cwd {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let bad = |reason: String| ResolveError::BadCwd {
+        path: raw.clone(),
+        reason,
+    };
+    let canon = std::fs::canonicalize(&raw).map_err(|e| bad(e.to_string()))?;
+    if !canon.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    Ok(canon)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(task: &str) -> SpawnRequest {
+        SpawnRequest {
+            task: task.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resolves_a_complete_spec() {
+        let c = Config::builtin().unwrap();
+        let r = c.resolve(&req("Review this diff for races")).unwrap();
+        assert_eq!(r.spec.role, "reviewer");
+        assert_eq!(r.spec.model, "claude-sonnet-5-5");
+        assert_eq!(r.route.tier, Tier::Balanced);
+        assert_eq!(r.spec.provider.api_key_env.as_deref(), Some("ANTHROPIC_API_KEY"));
+        assert_eq!(r.spec.price.unwrap().input, 2.0);
+        assert!(r.spec.cwd.is_absolute());
+    }
+
+    #[test]
+    fn limits_fall_through_spawn_role_defaults() {
+        let c = Config::builtin().unwrap();
+        let mut r = req("x");
+        r.role = Some("architect".into());
+        r.limits.max_turns = Some(5);
+        let l = c.resolve(&r).unwrap().spec.limits;
+        assert_eq!(l.max_turns, 5, "spawn");
+        assert_eq!(l.budget_usd, 2.0, "role");
+        assert_eq!(l.memory_mb, c.defaults.memory_mb, "defaults");
+    }
+
+    #[test]
+    fn limit_above_ceiling_names_it() {
+        let c = Config::builtin().unwrap();
+        let mut r = req("x");
+        r.limits.memory_mb = Some(100_000);
+        let e = c.resolve(&r).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "limits.memory_mb = 100000 is above the ceiling 8192 ([max] memory_mb); ask for at most 8192, or raise [max] memory_mb in the config"
+        );
+        let mut r = req("x");
+        r.limits.budget_usd = Some(25.5);
+        assert!(c.resolve(&r).unwrap_err().to_string().contains("budget_usd = 25.5"));
+    }
+
+    #[test]
+    fn limit_below_minimum_is_refused() {
+        let c = Config::builtin().unwrap();
+        let mut r = req("x");
+        r.limits.max_turns = Some(0);
+        let e = c.resolve(&r).unwrap_err().to_string();
+        assert!(e.contains("limits.max_turns = 0 is below the minimum 1"), "{e}");
+    }
+
+    #[test]
+    fn empty_task_and_bad_cwd_are_refused() {
+        let c = Config::builtin().unwrap();
+        assert!(matches!(c.resolve(&req("  ")), Err(ResolveError::EmptyTask)));
+        let mut r = req("x");
+        r.cwd = Some("/definitely/not/here".into());
+        let e = c.resolve(&r).unwrap_err().to_string();
+        assert!(e.starts_with("cwd /definitely/not/here:"), "{e}");
+    }
+
+    #[test]
+    fn unpriced_model_has_no_price() {
+        let c = Config::from_layers(
+            Some("[tiers.fast]\nprovider = \"ollama\"\nmodel = \"qwen3:8b\"\n"),
+            crate::config::ConfigSource::Builtin,
+        )
+        .unwrap();
+        let mut r = req("x");
+        r.tier = Some(Tier::Fast);
+        let spec = c.resolve(&r).unwrap().spec;
+        assert_eq!(spec.price, None);
+        assert_eq!(spec.provider.api_key_env, None);
+    }
+}

@@ -1,0 +1,59 @@
+//! `glob`: workspace paths matching a glob, honouring .gitignore.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{sandbox, str_arg};
+
+const MAX_PATHS: usize = 500;
+
+pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
+    let pattern = str_arg(input, "pattern")?;
+    if pattern.starts_with('/') || pattern.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "pattern `{pattern}` leaves the workspace; use a pattern relative to the workspace root"
+        ));
+    }
+    let matcher = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("bad glob `{pattern}`: {e}"))?
+        .compile_matcher();
+    let mut paths = Vec::new();
+    let mut more = false;
+    for entry in walker(root).build().flatten() {
+        let Ok(rel) = entry.path().strip_prefix(root) else {
+            continue;
+        };
+        if rel.as_os_str().is_empty() || !matcher.is_match(rel) {
+            continue;
+        }
+        if !sandbox::is_inside(root, entry.path()) {
+            continue;
+        }
+        if paths.len() == MAX_PATHS {
+            more = true;
+            break;
+        }
+        paths.push(rel.to_string_lossy().into_owned());
+    }
+    paths.sort();
+    if paths.is_empty() {
+        return Ok(format!("no paths match `{pattern}`"));
+    }
+    let mut out = paths.join("\n");
+    out.push('\n');
+    if more {
+        out.push_str(&format!("[stopped at {MAX_PATHS} paths; narrow the pattern]\n"));
+    }
+    Ok(out)
+}
+
+/// A walk of the workspace that honours .gitignore (also outside git repositories),
+/// skips hidden files and never follows symlinks.
+pub(super) fn walker(root: &Path) -> ignore::WalkBuilder {
+    let mut b = ignore::WalkBuilder::new(root);
+    b.require_git(false).follow_links(false);
+    b
+}

@@ -1,0 +1,166 @@
+//! The read-only workspace tools offered to the model: `read_file`, `glob`, `grep`.
+//! Every path is resolved inside the agent's cwd (`sandbox`); a refusal or any other
+//! failure is an `is_error` result for the model, never the end of the run.
+//!
+//! Not here: anything that writes, runs commands or spawns agents; workers never get those.
+
+mod glob;
+mod grep;
+mod read_file;
+pub mod sandbox;
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::protocol::ToolName;
+use crate::provider::ToolDef;
+
+/// Cap of one tool result, in bytes; longer output is cut and says so.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
+
+/// What a tool call returns to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutput {
+    pub content: String,
+    pub is_error: bool,
+}
+
+impl ToolOutput {
+    fn ok(content: String) -> Self {
+        ToolOutput {
+            content: cap(content),
+            is_error: false,
+        }
+    }
+
+    fn error(message: impl Into<String>) -> Self {
+        ToolOutput {
+            content: message.into(),
+            is_error: true,
+        }
+    }
+}
+
+fn cap(mut s: String) -> String {
+    if s.len() > MAX_RESULT_BYTES {
+        let mut cut = MAX_RESULT_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let total = s.len();
+        s.truncate(cut);
+        s.push_str(&format!(
+            "\n[output cut at {MAX_RESULT_BYTES} of {total} bytes; narrow the request]"
+        ));
+    }
+    s
+}
+
+/// The definitions of `tools`, as offered to the model.
+pub fn definitions(tools: &[ToolName]) -> Vec<ToolDef> {
+    tools.iter().map(|&t| definition(t)).collect()
+}
+
+fn definition(tool: ToolName) -> ToolDef {
+    match tool {
+        ToolName::ReadFile => ToolDef {
+            name: "read_file",
+            description: "Read a text file in the workspace. Returns numbered lines (`N\\tline`). Use offset/limit to page through long files.",
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "Path relative to the workspace root."},
+                    "offset": {"type": "integer", "minimum": 1, "description": "First line to return (1-based). Default 1."},
+                    "limit": {"type": "integer", "minimum": 1, "description": "Lines to return. Default 2000."}
+                },
+                "required": ["path"]
+            }),
+        },
+        ToolName::Glob => ToolDef {
+            name: "glob",
+            description: "List files in the workspace whose relative path matches a glob (e.g. `src/**/*.rs`, `**/Cargo.toml`). Honours .gitignore. Sorted, at most 500 paths.",
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "pattern": {"type": "string", "description": "Glob over paths relative to the workspace root."}
+                },
+                "required": ["pattern"]
+            }),
+        },
+        ToolName::Grep => ToolDef {
+            name: "grep",
+            description: "Search file contents in the workspace with a regular expression (Rust regex syntax). Honours .gitignore. Returns `path:line:text` lines.",
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "pattern": {"type": "string", "description": "Regular expression searched per line."},
+                    "path_glob": {"type": "string", "description": "Only files whose relative path matches this glob, e.g. `**/*.rs`."},
+                    "case_insensitive": {"type": "boolean", "description": "Default false."},
+                    "max_results": {"type": "integer", "minimum": 1, "description": "Default 200, at most 2000."}
+                },
+                "required": ["pattern"]
+            }),
+        },
+    }
+}
+
+/// Runs tool `name` with `input` inside `root` (the agent's canonical cwd). Tools not
+/// in `allowed` are refused.
+pub fn execute(allowed: &[ToolName], name: &str, input: &Value, root: &Path) -> ToolOutput {
+    let Some(tool) = ToolName::parse(name).filter(|t| allowed.contains(t)) else {
+        let offered: Vec<&str> = allowed.iter().map(|t| t.as_str()).collect();
+        return ToolOutput::error(format!(
+            "unknown tool `{name}`; the tools available are: {}",
+            offered.join(", ")
+        ));
+    };
+    let result = match tool {
+        ToolName::ReadFile => read_file::run(input, root),
+        ToolName::Glob => glob::run(input, root),
+        ToolName::Grep => grep::run(input, root),
+    };
+    match result {
+        Ok(s) => ToolOutput::ok(s),
+        Err(e) => ToolOutput::error(e),
+    }
+}
+
+/// A required string field of a tool input.
+fn str_arg<'a>(input: &'a Value, key: &str) -> Result<&'a str, String> {
+    input
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing string argument `{key}`"))
+}
+
+/// An optional positive integer field of a tool input.
+fn uint_arg(input: &Value, key: &str) -> Result<Option<usize>, String> {
+    match input.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| format!("`{key}` must be a positive integer")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_outside_the_role_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = execute(&[ToolName::Grep], "read_file", &json!({"path": "x"}), dir.path());
+        assert!(out.is_error);
+        assert!(out.content.contains("the tools available are: grep"), "{}", out.content);
+    }
+
+    #[test]
+    fn long_results_are_capped_and_say_so() {
+        let s = cap("x".repeat(MAX_RESULT_BYTES + 10));
+        assert!(s.ends_with("narrow the request]"));
+    }
+}
