@@ -1,0 +1,872 @@
+//! Ties processes, records and output together: spawning under `max_concurrent` with a
+//! FIFO queue, supervising each worker (output, wall clock, kill), waiting without
+//! polling, and shutting everything down.
+//!
+//! Not here: the MCP protocol (`mcp`), fork/exec details (`process`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bg_agent_worker::config::Config;
+use bg_agent_worker::protocol::Event;
+use bg_agent_worker::resolve::{ResolveError, SpawnRequest};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::sync::{mpsc, watch};
+
+use super::output::{OutputBuffer, OutputError, ReadRequest, StderrTail, Transcript, compile_filter};
+use super::process::{self, SpawnError, Spawner};
+use super::registry::{
+    AgentRecord, AgentState, Control, EndFacts, ExitInfo, Registry, ServerCause, Status, Usage, classify,
+    describe_end,
+};
+use super::view::{ListRow, LimitsView, SpawnView, StatusView};
+
+/// Longest event line kept from a worker; the rest of such a line is counted as dropped.
+const MAX_EVENT_LINE: usize = 1024 * 1024;
+/// How long to wait for a worker's pipes to close after it was reaped.
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
+/// Characters of the task kept in records and lists.
+const TASK_PREVIEW_CHARS: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("unknown agent `{id}`; {hint}")]
+    UnknownAgent { id: String, hint: String },
+    #[error(
+        "the queue is full: {queued} agents are waiting ([server] max_queued = {max}); wait for some to finish (agent_wait) or kill some (agent_kill), then spawn again"
+    )]
+    QueueFull { queued: usize, max: usize },
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("{0}; make [server] transcript_dir writable or point it at another directory")]
+    Transcript(OutputError),
+    #[error(transparent)]
+    Filter(OutputError),
+    #[error("the server is shutting down; no new agents start")]
+    ShuttingDown,
+    #[error("agent_ids is empty; pass one or more ids returned by agent_spawn (agent_list shows them)")]
+    NoIds,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitMode {
+    Any,
+    All,
+}
+
+/// What a read of an agent's output asks for.
+#[derive(Debug, Clone, Default)]
+pub struct OutputQuery {
+    pub filter: Option<String>,
+    pub since: Option<u64>,
+    pub tail_lines: Option<usize>,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct OutputPage {
+    pub agent_id: String,
+    pub text: String,
+    /// Pass as `since` to continue after what was returned.
+    pub next_cursor: u64,
+    /// Bytes between `since` and the oldest byte still in memory (read the transcript for them).
+    pub dropped_bytes: u64,
+    /// True when more output in range was not returned because of max_bytes.
+    pub truncated: bool,
+    pub matched_lines: usize,
+    pub status: Status,
+    pub transcript_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ListView {
+    pub agents: Vec<ListRow>,
+    pub counts: HashMap<String, usize>,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    /// Sum over agents with a known cost.
+    pub total_cost_usd: f64,
+    /// Agents whose cost is unknown (no price configured), left out of the total.
+    pub agents_with_unknown_cost: usize,
+}
+
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct WaitView {
+    /// True when the condition (any or all ended) was met; false when the wait ran out.
+    pub done: bool,
+    pub ended: Vec<String>,
+    pub still_running: Vec<String>,
+    pub agents: Vec<StatusView>,
+    pub waited_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShutdownReport {
+    pub killed: usize,
+    pub cancelled: usize,
+    pub already_ended: usize,
+    /// Process groups still present after SIGKILL and the drain (should be 0).
+    pub survivors: usize,
+}
+
+/// The supervisor of every agent of one server.
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    transcript_dir: PathBuf,
+    registry: Mutex<Registry>,
+    /// Bumped on every status change; waiters subscribe.
+    changed: watch::Sender<u64>,
+    spawner: Spawner,
+    shutting_down: AtomicBool,
+}
+
+impl Manager {
+    /// A manager for `config`; transcripts go to a fresh session directory under the
+    /// configured (or default) transcript dir. Must be called inside a tokio runtime.
+    pub fn new(config: Arc<Config>) -> std::io::Result<Manager> {
+        let base = transcript_base(&config.server.transcript_dir);
+        let session = format!(
+            "session-{}-{}",
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            std::process::id()
+        );
+        Ok(Manager {
+            inner: Arc::new(Inner {
+                transcript_dir: base.join(session),
+                config,
+                registry: Mutex::new(Registry::default()),
+                changed: watch::channel(0).0,
+                spawner: Spawner::new(tokio::runtime::Handle::current())?,
+                shutting_down: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn transcript_dir(&self) -> &Path {
+        &self.inner.transcript_dir
+    }
+
+    /// Starts an agent now, or queues it when `max_concurrent` are running.
+    pub async fn spawn(&self, req: SpawnRequest, label: Option<String>) -> Result<SpawnView, ManagerError> {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(ManagerError::ShuttingDown);
+        }
+        let resolution = inner.config.resolve(&req)?;
+        let exe = process::locate_worker(&inner.config.server.worker.path)?;
+        let server = &inner.config.server;
+        let (id, view, start_now) = {
+            let mut reg = inner.lock();
+            let start_now = reg.running < server.max_concurrent && reg.queue.is_empty();
+            if !start_now && reg.queue.len() >= server.max_queued {
+                return Err(ManagerError::QueueFull {
+                    queued: reg.queue.len(),
+                    max: server.max_queued,
+                });
+            }
+            let id = reg.new_id();
+            let transcript = Transcript::create(&inner.transcript_dir, &id, server.transcript_max_mb * 1024 * 1024)
+                .map_err(ManagerError::Transcript)?;
+            let mut spec = resolution.spec;
+            spec.agent_id = Some(id.clone());
+            let route = resolution.route;
+            let view = SpawnView {
+                agent_id: id.clone(),
+                status: if start_now { Status::Running } else { Status::Queued },
+                role: spec.role.clone(),
+                role_selected_by: serde_json::to_value(&resolution.role_choice)
+                    .ok()
+                    .map(|v| match v.get("keyword").and_then(|k| k.as_str()) {
+                        Some(k) => format!("keyword `{k}`"),
+                        None => v.get("by").and_then(|b| b.as_str()).unwrap_or("default").to_string(),
+                    })
+                    .unwrap_or_default(),
+                tier: route.tier.to_string(),
+                model: route.model.clone(),
+                provider: route.provider.clone(),
+                routed_by: route.routed_by.as_str().to_string(),
+                routing_reason: route.reason.clone(),
+                limits: LimitsView::from(&spec.limits),
+                label: label.clone(),
+            };
+            let record = AgentRecord {
+                id: id.clone(),
+                label,
+                task_preview: preview(&spec.task),
+                role: spec.role.clone(),
+                role_choice: resolution.role_choice,
+                tier: route.tier,
+                model: route.model,
+                provider: route.provider,
+                routed_by: route.routed_by,
+                routing_reason: route.reason,
+                limits: spec.limits,
+                cwd: spec.cwd.display().to_string(),
+                created_at: SystemTime::now(),
+                output: OutputBuffer::new(spec.limits.max_output_bytes as usize),
+                state: AgentState::Queued { spec: Box::new(spec) },
+                usage: Usage::default(),
+                turns: 0,
+                result: None,
+                error: None,
+                error_kind: None,
+                transcript: Some(transcript),
+                stderr: StderrTail::new(64 * 1024),
+                stdout_bytes: 0,
+                oversize_dropped: 0,
+                mid_line: false,
+                output_seq: watch::channel(0).0,
+                control: None,
+            };
+            reg.agents.insert(id.clone(), record);
+            if start_now {
+                reg.running += 1;
+            } else {
+                reg.queue.push_back(id.clone());
+            }
+            (id, view, start_now)
+        };
+        if start_now && let Err(e) = inner.start(&id, &exe).await {
+            // Nothing may change on an error: forget the record and its transcript.
+            let removed = {
+                let mut reg = inner.lock();
+                reg.running -= 1;
+                reg.agents.remove(&id)
+            };
+            if let Some(path) = removed.and_then(|r| r.transcript.map(|t| t.path().to_path_buf())) {
+                let _ = std::fs::remove_file(path);
+            }
+            inner.start_next();
+            return Err(e.into());
+        }
+        inner.bump();
+        Ok(view)
+    }
+
+    pub fn status(&self, id: &str) -> Result<StatusView, ManagerError> {
+        let reg = self.inner.lock();
+        Ok(StatusView::of(self.inner.get(&reg, id)?))
+    }
+
+    /// The status once the agent has ended, or after `wait` (whichever first).
+    pub async fn wait_status(&self, id: &str, wait: Duration) -> Result<StatusView, ManagerError> {
+        let ids = [id.to_string()];
+        self.wait(&ids, WaitMode::All, wait).await?;
+        self.status(id)
+    }
+
+    pub fn output(&self, id: &str, q: &OutputQuery) -> Result<OutputPage, ManagerError> {
+        let filter = match q.filter.as_deref() {
+            Some(p) => Some(compile_filter(p).map_err(ManagerError::Filter)?),
+            None => None,
+        };
+        let reg = self.inner.lock();
+        let rec = self.inner.get(&reg, id)?;
+        let status = rec.status();
+        let r = rec.output.read(&ReadRequest {
+            since: q.since,
+            filter: filter.as_ref(),
+            tail_lines: q.tail_lines,
+            max_bytes: q.max_bytes,
+            include_partial: filter.is_none() || status.is_terminal(),
+        });
+        Ok(OutputPage {
+            agent_id: id.to_string(),
+            text: r.text,
+            next_cursor: r.next_cursor,
+            dropped_bytes: r.dropped_bytes,
+            truncated: r.truncated,
+            matched_lines: r.matched_lines,
+            status,
+            transcript_path: rec.transcript.as_ref().map(|t| t.path().display().to_string()),
+        })
+    }
+
+    /// Like `output`, but first waits up to `wait` for output past `since` (or the end).
+    pub async fn wait_output(&self, id: &str, q: &OutputQuery, wait: Duration) -> Result<OutputPage, ManagerError> {
+        if let Some(p) = q.filter.as_deref() {
+            compile_filter(p).map_err(ManagerError::Filter)?;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = {
+            let reg = self.inner.lock();
+            self.inner.get(&reg, id)?.output_seq.subscribe()
+        };
+        loop {
+            let page = self.output(id, q)?;
+            let since = q.since.unwrap_or(0);
+            if page.status.is_terminal() || page.next_cursor > since || !page.text.is_empty() {
+                return Ok(page);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return self.output(id, q) },
+                _ = tokio::time::sleep_until(deadline) => return Ok(page),
+            }
+        }
+    }
+
+    /// Stops an agent: a queued one is cancelled; a running one gets SIGTERM to its group,
+    /// SIGKILL after the grace; an ended one is reported as it is.
+    pub async fn kill(&self, id: &str, grace_ms: Option<u64>) -> Result<StatusView, ManagerError> {
+        let inner = &self.inner;
+        let grace_ms = grace_ms.unwrap_or(inner.config.server.kill_grace_ms).min(60_000);
+        {
+            let mut reg = inner.lock();
+            let rec = inner.get(&reg, id)?;
+            match rec.status() {
+                Status::Queued => {
+                    inner.cancel_queued(&mut reg, id);
+                    drop(reg);
+                    inner.bump();
+                    return self.status(id);
+                }
+                Status::Running => {
+                    if let Some(c) = &rec.control {
+                        let _ = c.send(Control::Kill { grace_ms });
+                    }
+                }
+                _ => return Ok(StatusView::of(rec)),
+            }
+        }
+        let bound = Duration::from_millis(grace_ms) + Duration::from_secs(10);
+        let ids = [id.to_string()];
+        self.wait(&ids, WaitMode::All, bound).await?;
+        self.status(id)
+    }
+
+    pub fn list(&self, status: Option<Status>, role: Option<&str>) -> ListView {
+        let reg = self.inner.lock();
+        let mut recs: Vec<&AgentRecord> = reg
+            .agents
+            .values()
+            .filter(|r| status.is_none_or(|s| r.status() == s))
+            .filter(|r| role.is_none_or(|x| r.role == x))
+            .collect();
+        recs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        let mut counts = HashMap::new();
+        for r in reg.agents.values() {
+            *counts.entry(r.status().as_str().to_string()).or_insert(0) += 1;
+        }
+        ListView {
+            total_input_tokens: recs.iter().map(|r| r.usage.input_tokens).sum(),
+            total_output_tokens: recs.iter().map(|r| r.usage.output_tokens).sum(),
+            total_cost_usd: recs.iter().filter_map(|r| r.usage.cost_usd).sum(),
+            agents_with_unknown_cost: recs
+                .iter()
+                .filter(|r| r.usage.cost_usd.is_none() && r.usage.input_tokens + r.usage.output_tokens > 0)
+                .count(),
+            agents: recs.into_iter().map(ListRow::of).collect(),
+            counts,
+        }
+    }
+
+    /// Waits until any or all of `ids` have ended, or `wait` passes. Unknown ids are an
+    /// error before any waiting.
+    pub async fn wait(&self, ids: &[String], mode: WaitMode, wait: Duration) -> Result<WaitView, ManagerError> {
+        if ids.is_empty() {
+            return Err(ManagerError::NoIds);
+        }
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let (ended, running, agents) = {
+                let reg = self.inner.lock();
+                let mut ended = Vec::new();
+                let mut running = Vec::new();
+                let mut agents = Vec::new();
+                for id in ids {
+                    let rec = self.inner.get(&reg, id)?;
+                    if rec.status().is_terminal() {
+                        ended.push(id.clone());
+                    } else {
+                        running.push(id.clone());
+                    }
+                    agents.push(StatusView::of(rec));
+                }
+                (ended, running, agents)
+            };
+            let done = match mode {
+                WaitMode::Any => !ended.is_empty(),
+                WaitMode::All => running.is_empty(),
+            };
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            if done || timed_out {
+                return Ok(WaitView {
+                    done,
+                    ended,
+                    still_running: running,
+                    agents,
+                    waited_seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Err(ManagerError::ShuttingDown) },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Stops every agent (TERM, grace, KILL), cancels the queue, reaps everything, and
+    /// removes the transcripts unless they are kept.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        let inner = &self.inner;
+        inner.shutting_down.store(true, Ordering::SeqCst);
+        let grace = inner.config.server.kill_grace_ms;
+        let mut report = ShutdownReport::default();
+        let mut rx = inner.changed.subscribe();
+        let pids: Vec<u32> = {
+            let mut reg = inner.lock();
+            let queued: Vec<String> = reg.queue.iter().cloned().collect();
+            for id in &queued {
+                inner.cancel_queued(&mut reg, id);
+            }
+            report.cancelled = queued.len();
+            let mut pids = Vec::new();
+            for rec in reg.agents.values() {
+                match &rec.state {
+                    AgentState::Running { pid, .. } => {
+                        report.killed += 1;
+                        pids.push(*pid);
+                        if let Some(c) = &rec.control {
+                            let _ = c.send(Control::Kill { grace_ms: grace });
+                        }
+                    }
+                    AgentState::Ended { .. } => report.already_ended += 1,
+                    AgentState::Queued { .. } => {}
+                }
+            }
+            pids
+        };
+        inner.bump();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(grace) + Duration::from_secs(5);
+        while inner.lock().running > 0 {
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        // Whatever is left (a supervising task that could not finish) gets SIGKILL.
+        for &pid in &pids {
+            process::signal_group(pid, Signal::SIGKILL);
+        }
+        report.survivors = pids.iter().filter(|&&p| process::group_alive(p)).count();
+        if !inner.config.server.keep_transcripts {
+            let _ = std::fs::remove_dir_all(&inner.transcript_dir);
+        }
+        report
+    }
+}
+
+impl Drop for Manager {
+    /// A last guard: no worker outlives its manager, even without `shutdown`.
+    fn drop(&mut self) {
+        if let Ok(reg) = self.inner.registry.lock() {
+            for rec in reg.agents.values() {
+                if let AgentState::Running { pid, .. } = rec.state {
+                    process::signal_group(pid, Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock leaves plain data; keep serving.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn get<'r>(&self, reg: &'r Registry, id: &str) -> Result<&'r AgentRecord, ManagerError> {
+        reg.agents.get(id).ok_or_else(|| {
+            let near = reg.nearest_ids(id, 3);
+            ManagerError::UnknownAgent {
+                id: id.to_string(),
+                hint: if near.is_empty() {
+                    "no agents exist yet; spawn one with agent_spawn".to_string()
+                } else {
+                    format!("did you mean {}? agent_list shows every agent", near.join(", "))
+                },
+            }
+        })
+    }
+
+    fn cancel_queued(&self, reg: &mut Registry, id: &str) {
+        reg.queue.retain(|q| q != id);
+        if let Some(rec) = reg.agents.get_mut(id)
+            && rec.state.end(Status::Killed, ExitInfo { reason: "cancelled".into(), ..Default::default() }).is_ok()
+        {
+            rec.error = Some("cancelled before it started".into());
+            rec.output_seq.send_modify(|v| *v += 1);
+            let retain = self.config.server.retained_agents;
+            reg.note_ended(id, retain);
+        }
+    }
+
+    /// Forks the worker for queued record `id` and hands it to a supervising task.
+    async fn start(self: &Arc<Self>, id: &str, exe: &Path) -> Result<(), SpawnError> {
+        let spec = {
+            let reg = self.lock();
+            match reg.agents.get(id).map(|r| &r.state) {
+                Some(AgentState::Queued { spec }) => spec.clone(),
+                _ => {
+                    // Cancelled between dequeue and start: give the slot back.
+                    drop(reg);
+                    self.lock().running -= 1;
+                    self.start_next();
+                    return Ok(());
+                }
+            }
+        };
+        let line = serde_json::to_string(&spec).unwrap_or_default() + "\n";
+        let cmd = process::command(exe, &["--spec", "-"], process::worker_env(&spec.provider), &spec.cwd, &spec.limits);
+        let child = self.spawner.spawn(cmd, exe).await?;
+        let pid = child.id().unwrap_or(0);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let still_wanted = {
+            let mut reg = self.lock();
+            match reg.agents.get_mut(id) {
+                Some(rec) => {
+                    let ok = rec.state.start(pid).is_ok();
+                    if ok {
+                        rec.control = Some(ctl_tx.clone());
+                    }
+                    ok
+                }
+                None => false,
+            }
+        };
+        if !still_wanted {
+            // Killed while it was being forked: end it at once.
+            let _ = ctl_tx.send(Control::Kill { grace_ms: 0 });
+        }
+        tokio::spawn(Arc::clone(self).supervise(id.to_string(), child, line, spec.limits, ctl_tx, ctl_rx));
+        self.bump();
+        Ok(())
+    }
+
+    /// Starts queued agents while slots are free.
+    fn start_next(self: &Arc<Self>) {
+        let ids: Vec<String> = {
+            let mut reg = self.lock();
+            let mut ids = Vec::new();
+            while reg.running < self.config.server.max_concurrent
+                && !self.shutting_down.load(Ordering::SeqCst)
+            {
+                let Some(id) = reg.queue.pop_front() else { break };
+                reg.running += 1;
+                ids.push(id);
+            }
+            ids
+        };
+        for id in ids {
+            let inner = Arc::clone(self);
+            tokio::spawn(async move {
+                let started = match process::locate_worker(&inner.config.server.worker.path) {
+                    Ok(exe) => inner.start(&id, &exe).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = started {
+                    inner.fail_start(&id, e.to_string());
+                }
+            });
+        }
+    }
+
+    fn fail_start(self: &Arc<Self>, id: &str, message: String) {
+        {
+            let mut reg = self.lock();
+            reg.running -= 1;
+            if let Some(rec) = reg.agents.get_mut(id)
+                && rec.state.end(Status::Failed, ExitInfo { reason: "spawn_failed".into(), ..Default::default() }).is_ok()
+            {
+                rec.error = Some(format!("could not start: {message}"));
+                rec.output_seq.send_modify(|v| *v += 1);
+                let retain = self.config.server.retained_agents;
+                reg.note_ended(id, retain);
+            }
+        }
+        self.bump();
+        self.start_next();
+    }
+
+    /// Owns one running worker until it is reaped: feeds its stdin, reads its output,
+    /// enforces the wall clock, carries out kills, then classifies its end.
+    async fn supervise(
+        self: Arc<Self>,
+        id: String,
+        mut child: Child,
+        spec_line: String,
+        limits: bg_agent_worker::config::Limits,
+        ctl_tx: mpsc::UnboundedSender<Control>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
+        let pid = child.id().unwrap_or(0);
+        let started = Instant::now();
+        let (stdin_done_tx, stdin_done_rx) = tokio::sync::oneshot::channel::<()>();
+        if let Some(mut stdin) = child.stdin.take() {
+            // Written from its own task: a large spec must not stall supervision. Stdin then
+            // stays open until the agent ends; its EOF tells the worker the server is gone.
+            tokio::spawn(async move {
+                let _ = stdin.write_all(spec_line.as_bytes()).await;
+                let _ = stdin_done_rx.await;
+            });
+        }
+        let out_task = child.stdout.take().map(|s| tokio::spawn(Arc::clone(&self).read_stdout(id.clone(), s, ctl_tx)));
+        let err_task = child.stderr.take().map(|s| tokio::spawn(Arc::clone(&self).read_stderr(id.clone(), s)));
+
+        let timeout = tokio::time::sleep(Duration::from_secs(limits.timeout_seconds));
+        tokio::pin!(timeout);
+        let mut cause: Option<ServerCause> = None;
+        let mut kill_at: Option<tokio::time::Instant> = None;
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let status = loop {
+            tokio::select! {
+                st = child.wait() => break st,
+                _ = &mut timeout, if cause.is_none() => {
+                    cause = Some(ServerCause::TimedOut);
+                    kill_at = Some(terminate(pid, self.config.server.kill_grace_ms));
+                }
+                Some(c) = control.recv() => {
+                    let (why, grace) = match c {
+                        Control::Kill { grace_ms } => (ServerCause::Killed, grace_ms),
+                        Control::OutputLimit => (ServerCause::OutputLimit, 0),
+                    };
+                    if cause.is_none() {
+                        cause = Some(why);
+                        kill_at = Some(terminate(pid, grace));
+                    } else {
+                        // A second request may only shorten the grace.
+                        let at = tokio::time::Instant::now() + Duration::from_millis(grace);
+                        kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
+                    }
+                }
+                _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
+                    process::signal_group(pid, Signal::SIGKILL);
+                    kill_at = None;
+                }
+            }
+        };
+        // Anything left in the group (workers do not fork, but a test program might).
+        process::signal_group(pid, Signal::SIGKILL);
+        let _ = stdin_done_tx.send(());
+        for task in [out_task, err_task].into_iter().flatten() {
+            if tokio::time::timeout(PIPE_DRAIN, task).await.is_err() {
+                tracing::warn!(agent = %id, "output pipe still open {PIPE_DRAIN:?} after exit");
+            }
+        }
+        let (code, signal) = match &status {
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                (s.code(), s.signal())
+            }
+            Err(_) => (None, None),
+        };
+        self.finish(&id, code, signal, cause, started.elapsed());
+    }
+
+    fn finish(
+        self: &Arc<Self>,
+        id: &str,
+        code: Option<i32>,
+        signal: Option<i32>,
+        cause: Option<ServerCause>,
+        ran_for: Duration,
+    ) {
+        let evicted = {
+            let mut reg = self.lock();
+            reg.running -= 1;
+            let retain = self.config.server.retained_agents;
+            match reg.agents.get_mut(id) {
+                Some(rec) if !rec.status().is_terminal() => {
+                    let facts = EndFacts {
+                        code,
+                        signal,
+                        cause,
+                        limits: rec.limits,
+                        ran_for,
+                        result_seen: rec.result.is_some(),
+                        error_kind: rec.error_kind,
+                        stderr_tail: rec.stderr.text(),
+                    };
+                    let (status, exit) = classify(&facts);
+                    rec.error = describe_end(status, &exit, &rec.limits, rec.error.as_deref());
+                    let _ = rec.state.end(status, exit);
+                    rec.control = None;
+                    if let Some(t) = rec.transcript.as_mut() {
+                        t.flush();
+                    }
+                    rec.output_seq.send_modify(|v| *v += 1);
+                    reg.note_ended(id, retain)
+                }
+                _ => Vec::new(),
+            }
+        };
+        drop(evicted);
+        self.bump();
+        self.start_next();
+    }
+
+    /// Reads JSONL events in chunks; never blocks on anything but the pipe, and keeps at
+    /// most one event line (capped) beyond what the buffers hold.
+    async fn read_stdout(self: Arc<Self>, id: String, mut stdout: ChildStdout, ctl: mpsc::UnboundedSender<Control>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut dropped_in_line = 0u64;
+        let mut limit_sent = false;
+        loop {
+            let n = match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut lines = Vec::new();
+            let mut dropped = 0u64;
+            for piece in buf[..n].split_inclusive(|&b| b == b'\n') {
+                let (body, complete) = match piece.strip_suffix(b"\n") {
+                    Some(b) => (b, true),
+                    None => (piece, false),
+                };
+                let room = MAX_EVENT_LINE.saturating_sub(pending.len());
+                let keep = body.len().min(room);
+                pending.extend_from_slice(&body[..keep]);
+                dropped_in_line += (body.len() - keep) as u64;
+                if complete {
+                    lines.push(std::mem::take(&mut pending));
+                    dropped += std::mem::take(&mut dropped_in_line);
+                }
+            }
+            let over_cap = self.apply_lines(&id, &lines, n as u64, dropped);
+            if over_cap && !limit_sent {
+                limit_sent = true;
+                let _ = ctl.send(Control::OutputLimit);
+            }
+        }
+        if !pending.is_empty() {
+            self.apply_lines(&id, &[pending], 0, dropped_in_line);
+        }
+    }
+
+    /// Applies complete stdout lines to the record; true once the transcript overflowed.
+    fn apply_lines(&self, id: &str, lines: &[Vec<u8>], bytes: u64, dropped: u64) -> bool {
+        let mut reg = self.lock();
+        let Some(rec) = reg.agents.get_mut(id) else { return false };
+        rec.stdout_bytes += bytes;
+        rec.oversize_dropped += dropped;
+        for raw in lines {
+            let line = String::from_utf8_lossy(raw);
+            match serde_json::from_str::<Event>(&line) {
+                Ok(event) => {
+                    if let Some(t) = rec.transcript.as_mut() {
+                        t.append_line(&line);
+                    }
+                    apply_event(rec, event);
+                }
+                Err(_) => {
+                    // Not our protocol (a crash message, a foreign program): keep it readable.
+                    if let Some(t) = rec.transcript.as_mut() {
+                        t.append_line(&serde_json::json!({"type": "raw", "line": line}).to_string());
+                    }
+                    push_text(rec, &format!("{line}\n"));
+                }
+            }
+        }
+        rec.output_seq.send_modify(|v| *v += 1);
+        rec.transcript.as_ref().is_some_and(|t| t.dropped_bytes() > 0) || rec.oversize_dropped > 0
+    }
+
+    async fn read_stderr(self: Arc<Self>, id: String, mut stderr: ChildStderr) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match stderr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut reg = self.lock();
+            if let Some(rec) = reg.agents.get_mut(&id) {
+                rec.stderr.push(&buf[..n]);
+            }
+        }
+    }
+}
+
+/// SIGTERM to the group now; returns when SIGKILL is due.
+fn terminate(pid: u32, grace_ms: u64) -> tokio::time::Instant {
+    process::signal_group(pid, Signal::SIGTERM);
+    tokio::time::Instant::now() + Duration::from_millis(grace_ms)
+}
+
+fn apply_event(rec: &mut AgentRecord, event: Event) {
+    match &event {
+        Event::Usage { input_tokens, output_tokens, cost_usd } => {
+            rec.usage = Usage {
+                input_tokens: *input_tokens,
+                output_tokens: *output_tokens,
+                cost_usd: *cost_usd,
+            };
+        }
+        Event::Result { text, turns, .. } => {
+            rec.result = Some(text.clone());
+            rec.turns = *turns;
+        }
+        Event::Error { kind, message } => {
+            rec.error = Some(message.clone());
+            rec.error_kind = Some(*kind);
+        }
+        _ => {}
+    }
+    if let Some(text) = event.render_human(!rec.mid_line) {
+        push_text(rec, &text);
+    }
+}
+
+fn push_text(rec: &mut AgentRecord, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    rec.output.push(text);
+    rec.mid_line = !text.ends_with('\n');
+}
+
+fn preview(task: &str) -> String {
+    let one_line = task.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= TASK_PREVIEW_CHARS {
+        one_line
+    } else {
+        one_line.chars().take(TASK_PREVIEW_CHARS - 1).collect::<String>() + "…"
+    }
+}
+
+/// `configured`, else $XDG_STATE_HOME/bg-agents/transcripts, else
+/// ~/.local/state/bg-agents/transcripts, else the temp dir.
+fn transcript_base(configured: &str) -> PathBuf {
+    if !configured.is_empty() {
+        return PathBuf::from(configured);
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+    state.map_or_else(|| std::env::temp_dir().join("bg-agents"), |s| s.join("bg-agents")).join("transcripts")
+}

@@ -1,0 +1,502 @@
+//! Agent records and their status state machine, and how a worker's end is classified.
+//!
+//! Not here: processes (`process`), output storage (`output`), scheduling (`manager`).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use bg_agent_worker::config::{Limits, Tier};
+use bg_agent_worker::protocol::{ErrorKind, TaskSpec};
+use bg_agent_worker::roles::RoleChoice;
+use bg_agent_worker::routing::RoutedBy;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use super::output::{OutputBuffer, StderrTail, Transcript};
+
+/// Every status an agent can be in (DESIGN.md); the names are the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Killed,
+    TimedOut,
+    CpuLimit,
+    MemoryLimit,
+    OutputLimit,
+    BudgetExceeded,
+}
+
+impl Status {
+    pub const ALL: [Status; 10] = [
+        Status::Queued,
+        Status::Running,
+        Status::Completed,
+        Status::Failed,
+        Status::Killed,
+        Status::TimedOut,
+        Status::CpuLimit,
+        Status::MemoryLimit,
+        Status::OutputLimit,
+        Status::BudgetExceeded,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Killed => "killed",
+            Status::TimedOut => "timed_out",
+            Status::CpuLimit => "cpu_limit",
+            Status::MemoryLimit => "memory_limit",
+            Status::OutputLimit => "output_limit",
+            Status::BudgetExceeded => "budget_exceeded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// How a process ended, as the kernel said.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    /// Machine-readable cause: completed, killed, timed_out, cpu_limit, memory_limit,
+    /// file_limit, output_limit, budget_exceeded, provider_error, config_error,
+    /// interrupted, crashed, spawn_failed, cancelled.
+    pub reason: String,
+}
+
+/// Why the server itself ended an agent, when it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerCause {
+    Killed,
+    TimedOut,
+    OutputLimit,
+}
+
+/// The lifecycle with only the data each state can have.
+#[derive(Debug)]
+pub enum AgentState {
+    Queued {
+        spec: Box<TaskSpec>,
+    },
+    Running {
+        pid: u32,
+        started_at: SystemTime,
+    },
+    Ended {
+        status: Status,
+        exit: ExitInfo,
+        started_at: Option<SystemTime>,
+        pid: Option<u32>,
+        ended_at: SystemTime,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("illegal status transition {from:?} → {to:?}")]
+pub struct IllegalTransition {
+    pub from: Status,
+    pub to: Status,
+}
+
+impl AgentState {
+    pub fn status(&self) -> Status {
+        match self {
+            AgentState::Queued { .. } => Status::Queued,
+            AgentState::Running { .. } => Status::Running,
+            AgentState::Ended { status, .. } => *status,
+        }
+    }
+
+    /// queued → running; queued → killed (cancelled) or failed (could not start);
+    /// running → any terminal status. Terminal states never change.
+    pub fn check_transition(from: Status, to: Status) -> Result<(), IllegalTransition> {
+        let ok = match from {
+            Status::Queued => matches!(to, Status::Running | Status::Killed | Status::Failed),
+            Status::Running => to.is_terminal(),
+            _ => false,
+        };
+        ok.then_some(()).ok_or(IllegalTransition { from, to })
+    }
+
+    pub fn start(&mut self, pid: u32) -> Result<Box<TaskSpec>, IllegalTransition> {
+        Self::check_transition(self.status(), Status::Running)?;
+        let old = std::mem::replace(
+            self,
+            AgentState::Running {
+                pid,
+                started_at: SystemTime::now(),
+            },
+        );
+        match old {
+            AgentState::Queued { spec } => Ok(spec),
+            // check_transition only allows Running from Queued.
+            _ => unreachable!("start from a non-queued state passed the transition check"),
+        }
+    }
+
+    pub fn end(&mut self, status: Status, exit: ExitInfo) -> Result<(), IllegalTransition> {
+        Self::check_transition(self.status(), status)?;
+        let (started_at, pid) = match self {
+            AgentState::Running { pid, started_at } => (Some(*started_at), Some(*pid)),
+            _ => (None, None),
+        };
+        *self = AgentState::Ended {
+            status,
+            exit,
+            started_at,
+            pid,
+            ended_at: SystemTime::now(),
+        };
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// `None`: the model has no price, the cost is unknown (not zero).
+    pub cost_usd: Option<f64>,
+}
+
+/// Everything known about one agent.
+#[derive(Debug)]
+pub struct AgentRecord {
+    pub id: String,
+    pub label: Option<String>,
+    pub task_preview: String,
+    pub role: String,
+    pub role_choice: RoleChoice,
+    pub tier: Tier,
+    pub model: String,
+    pub provider: String,
+    pub routed_by: RoutedBy,
+    pub routing_reason: String,
+    pub limits: Limits,
+    pub cwd: String,
+    pub created_at: SystemTime,
+    pub state: AgentState,
+    pub usage: Usage,
+    pub turns: u32,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub error_kind: Option<ErrorKind>,
+    pub output: OutputBuffer,
+    pub transcript: Option<Transcript>,
+    pub stderr: StderrTail,
+    /// Bytes read from the worker's stdout (events), all of them.
+    pub stdout_bytes: u64,
+    /// Event lines longer than the line cap, cut; their bytes are counted here.
+    pub oversize_dropped: u64,
+    /// Whether the readable output ends in the middle of a line.
+    pub mid_line: bool,
+    /// Bumped whenever output arrives or the agent ends; waiters on output subscribe.
+    pub output_seq: tokio::sync::watch::Sender<u64>,
+    /// How the server tells the agent's supervising task to stop it (while running).
+    pub control: Option<tokio::sync::mpsc::UnboundedSender<Control>>,
+}
+
+/// A request to the task supervising a running agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Kill { grace_ms: u64 },
+    OutputLimit,
+}
+
+impl AgentRecord {
+    pub fn status(&self) -> Status {
+        self.state.status()
+    }
+}
+
+/// Records by id, plus the FIFO of queued agents and the order in which agents ended
+/// (for eviction).
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub agents: HashMap<String, AgentRecord>,
+    pub queue: VecDeque<String>,
+    ended: VecDeque<String>,
+    pub running: usize,
+}
+
+impl Registry {
+    /// A fresh id like `a-7f3k2`, unique among the records.
+    pub fn new_id(&self) -> String {
+        const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
+        loop {
+            let suffix: String = (0..5)
+                .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+                .collect();
+            let id = format!("a-{suffix}");
+            if !self.agents.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Records that `id` ended and evicts the oldest ended records past `retain`.
+    /// Returns the evicted records (their transcripts are closed when dropped).
+    pub fn note_ended(&mut self, id: &str, retain: usize) -> Vec<AgentRecord> {
+        self.ended.push_back(id.to_string());
+        let mut evicted = Vec::new();
+        while self.ended.len() > retain {
+            if let Some(old) = self.ended.pop_front()
+                && let Some(rec) = self.agents.remove(&old)
+            {
+                evicted.push(rec);
+            }
+        }
+        evicted
+    }
+
+    /// Ids that look like `wanted`, for "did you mean" messages: same prefix first.
+    pub fn nearest_ids(&self, wanted: &str, n: usize) -> Vec<String> {
+        let mut ids: Vec<(usize, &String)> = self
+            .agents
+            .keys()
+            .map(|id| (edit_distance(wanted, id), id))
+            .collect();
+        ids.sort();
+        ids.into_iter().take(n).map(|(_, id)| id.clone()).collect()
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// What the server knows when a worker process has been reaped.
+#[derive(Debug, Clone)]
+pub struct EndFacts {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub cause: Option<ServerCause>,
+    pub limits: Limits,
+    pub ran_for: Duration,
+    /// The worker's own final event.
+    pub result_seen: bool,
+    pub error_kind: Option<ErrorKind>,
+    pub stderr_tail: String,
+}
+
+/// Classifies a worker's end into a status and exit info (DESIGN.md, "Exit codes").
+pub fn classify(f: &EndFacts) -> (Status, ExitInfo) {
+    let signal_name = f.signal.map(signal_name);
+    let info = |reason: &str| ExitInfo {
+        code: f.code,
+        signal: signal_name.clone(),
+        reason: reason.to_string(),
+    };
+    match f.cause {
+        Some(ServerCause::Killed) => return (Status::Killed, info("killed")),
+        Some(ServerCause::TimedOut) => return (Status::TimedOut, info("timed_out")),
+        Some(ServerCause::OutputLimit) => return (Status::OutputLimit, info("output_limit")),
+        None => {}
+    }
+    if let Some(sig) = f.signal {
+        let sig = Signal::try_from(sig).ok();
+        return match sig {
+            Some(Signal::SIGXCPU) => (Status::CpuLimit, info("cpu_limit")),
+            // The hard CPU limit ends with SIGKILL from the kernel when SIGXCPU was
+            // ignored; the process must have run at least that long.
+            Some(Signal::SIGKILL) if cpu_limit_plausible(f) => (Status::CpuLimit, info("cpu_limit")),
+            Some(Signal::SIGXFSZ) => (Status::Failed, info("file_limit")),
+            Some(Signal::SIGABRT) | Some(Signal::SIGSEGV) | Some(Signal::SIGBUS)
+                if allocation_failed(&f.stderr_tail) =>
+            {
+                (Status::MemoryLimit, info("memory_limit"))
+            }
+            _ => (Status::Failed, info("crashed")),
+        };
+    }
+    match f.code {
+        Some(0) if f.result_seen => (Status::Completed, info("completed")),
+        Some(0) => (Status::Failed, info("no_result")),
+        Some(3) => (Status::BudgetExceeded, info("budget_exceeded")),
+        Some(_) if f.error_kind.is_none() && allocation_failed(&f.stderr_tail) => {
+            (Status::MemoryLimit, info("memory_limit"))
+        }
+        Some(1) => (Status::Failed, info("provider_error")),
+        Some(2) => (Status::Failed, info("config_error")),
+        Some(130) | Some(143) => (Status::Failed, info("interrupted")),
+        _ => (Status::Failed, info("crashed")),
+    }
+}
+
+fn cpu_limit_plausible(f: &EndFacts) -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    f.ran_for.as_secs_f64() * cores >= f.limits.cpu_seconds as f64
+}
+
+/// Allocation failures under RLIMIT_AS as runtimes report them: Rust's
+/// "memory allocation of N bytes failed", C's ENOMEM text, Python's MemoryError.
+fn allocation_failed(stderr_tail: &str) -> bool {
+    ["memory allocation of", "Cannot allocate memory", "MemoryError", "out of memory"]
+        .iter()
+        .any(|m| stderr_tail.contains(m))
+}
+
+pub fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
+}
+
+/// A human sentence for an ended agent's `error`, when the status is not `completed`.
+pub fn describe_end(status: Status, exit: &ExitInfo, limits: &Limits, worker_error: Option<&str>) -> Option<String> {
+    let detail = worker_error.map(|e| format!(": {e}")).unwrap_or_default();
+    Some(match (status, exit.reason.as_str()) {
+        (Status::Completed, _) => return None,
+        (Status::Killed, _) => "killed by agent_kill".to_string(),
+        (Status::TimedOut, _) => format!("ran past timeout_seconds = {}; stopped", limits.timeout_seconds),
+        (Status::CpuLimit, _) => format!("used its CPU limit (cpu_seconds = {})", limits.cpu_seconds),
+        (Status::MemoryLimit, _) => format!("ran out of memory under RLIMIT_AS (memory_mb = {})", limits.memory_mb),
+        (Status::OutputLimit, _) => "wrote more output than the transcript cap; stopped so nothing is lost silently".to_string(),
+        (Status::BudgetExceeded, _) => format!("budget exhausted{detail}"),
+        (_, "file_limit") => format!("wrote a file past the file size limit (SIGXFSZ, max_file_mb = {})", limits.max_file_mb),
+        (_, "spawn_failed") => format!("could not start{detail}"),
+        (_, "no_result") => "exited 0 without a result event".to_string(),
+        (_, reason) => {
+            let how = match (&exit.signal, exit.code) {
+                (Some(s), _) => format!("killed by {s}"),
+                (None, Some(c)) => format!("exited with code {c}"),
+                (None, None) => "ended".to_string(),
+            };
+            format!("{reason}: {how}{detail}")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        bg_agent_worker::config::Config::builtin().unwrap().defaults
+    }
+
+    fn facts(code: Option<i32>, signal: Option<Signal>) -> EndFacts {
+        EndFacts {
+            code,
+            signal: signal.map(|s| s as i32),
+            cause: None,
+            limits: limits(),
+            ran_for: Duration::from_secs(1),
+            result_seen: false,
+            error_kind: None,
+            stderr_tail: String::new(),
+        }
+    }
+
+    #[test]
+    fn terminal_states_never_change() {
+        for from in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in Status::ALL {
+                assert!(AgentState::check_transition(from, to).is_err(), "{from:?} → {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn legal_transitions() {
+        use Status::*;
+        assert!(AgentState::check_transition(Queued, Running).is_ok());
+        assert!(AgentState::check_transition(Queued, Killed).is_ok());
+        assert!(AgentState::check_transition(Queued, Completed).is_err());
+        assert!(AgentState::check_transition(Running, Queued).is_err());
+        assert!(AgentState::check_transition(Running, Running).is_err());
+        for to in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
+            assert!(AgentState::check_transition(Running, to).is_ok(), "{to:?}");
+        }
+    }
+
+    #[test]
+    fn state_carries_pid_and_times_through_the_end() {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "task": "t", "role": "general", "system_prompt": "s", "tools": [],
+            "provider": {"name": "a", "kind": "anthropic", "base_url": "http://x", "max_retries": 0, "request_timeout_seconds": 1},
+            "model": "m", "cwd": "/", "limits": limits(),
+        }))
+        .unwrap();
+        let mut s = AgentState::Queued { spec: Box::new(spec) };
+        s.start(42).unwrap();
+        assert!(s.start(43).is_err());
+        s.end(Status::Completed, ExitInfo::default()).unwrap();
+        assert!(matches!(s, AgentState::Ended { pid: Some(42), started_at: Some(_), .. }));
+        assert!(s.end(Status::Failed, ExitInfo::default()).is_err());
+        assert_eq!(s.status(), Status::Completed);
+    }
+
+    #[test]
+    fn classification_table() {
+        let mut f = facts(Some(0), None);
+        f.result_seen = true;
+        assert_eq!(classify(&f).0, Status::Completed);
+        assert_eq!(classify(&facts(Some(0), None)).0, Status::Failed);
+        assert_eq!(classify(&facts(Some(3), None)).0, Status::BudgetExceeded);
+        assert_eq!(classify(&facts(Some(1), None)).1.reason, "provider_error");
+        assert_eq!(classify(&facts(Some(2), None)).1.reason, "config_error");
+        assert_eq!(classify(&facts(None, Some(Signal::SIGXCPU))).0, Status::CpuLimit);
+        let (s, e) = classify(&facts(None, Some(Signal::SIGXFSZ)));
+        assert_eq!((s, e.reason.as_str(), e.signal.as_deref()), (Status::Failed, "file_limit", Some("SIGXFSZ")));
+        assert_eq!(classify(&facts(None, Some(Signal::SIGSEGV))).1.reason, "crashed");
+        let mut f = facts(None, Some(Signal::SIGABRT));
+        f.stderr_tail = "memory allocation of 1073741824 bytes failed\n".into();
+        assert_eq!(classify(&f).0, Status::MemoryLimit);
+        // SIGKILL from outside after a short run is a crash, not the CPU limit.
+        assert_eq!(classify(&facts(None, Some(Signal::SIGKILL))).0, Status::Failed);
+        let mut f = facts(None, Some(Signal::SIGKILL));
+        f.ran_for = Duration::from_secs(f.limits.cpu_seconds + 10);
+        assert_eq!(classify(&f).0, Status::CpuLimit);
+        // The server's own causes win over whatever the process did.
+        let mut f = facts(Some(143), None);
+        f.cause = Some(ServerCause::Killed);
+        assert_eq!(classify(&f).0, Status::Killed);
+        f.cause = Some(ServerCause::TimedOut);
+        assert_eq!(classify(&f).0, Status::TimedOut);
+        f.cause = Some(ServerCause::OutputLimit);
+        assert_eq!(classify(&f).0, Status::OutputLimit);
+    }
+
+    #[test]
+    fn ids_are_short_and_unique() {
+        let mut r = Registry::default();
+        for _ in 0..2000 {
+            let id = r.new_id();
+            assert_eq!(id.len(), 7);
+            assert!(id.starts_with("a-"));
+            assert!(!r.agents.contains_key(&id));
+            // Reserve it by inserting a marker in the ended list only; uniqueness is by map.
+            r.ended.push_back(id.clone());
+        }
+    }
+
+    #[test]
+    fn nearest_ids_rank_by_edit_distance() {
+        assert_eq!(edit_distance("a-7f3k2", "a-7f3k3"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+}

@@ -1,0 +1,229 @@
+//! What callers see of agents: serializable snapshots taken under the registry lock.
+//! These are the structured results of the MCP tools (their output schemas come from
+//! here), so field names are part of the contract.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::registry::{AgentRecord, AgentState, Status};
+
+/// Limits as callers see them (also what agent_spawn reports as effective).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LimitsView {
+    pub cpu_seconds: u64,
+    pub memory_mb: u64,
+    pub open_files: u64,
+    pub max_file_mb: u64,
+    pub timeout_seconds: u64,
+    pub max_output_bytes: u64,
+    pub max_turns: u32,
+    pub max_tokens: u32,
+    pub max_total_tokens: u64,
+    pub budget_usd: f64,
+}
+
+impl From<&bg_agent_worker::config::Limits> for LimitsView {
+    fn from(l: &bg_agent_worker::config::Limits) -> Self {
+        LimitsView {
+            cpu_seconds: l.cpu_seconds,
+            memory_mb: l.memory_mb,
+            open_files: l.open_files,
+            max_file_mb: l.max_file_mb,
+            timeout_seconds: l.timeout_seconds,
+            max_output_bytes: l.max_output_bytes,
+            max_turns: l.max_turns,
+            max_tokens: l.max_tokens,
+            max_total_tokens: l.max_total_tokens,
+            budget_usd: l.budget_usd,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SpawnView {
+    pub agent_id: String,
+    pub status: Status,
+    pub role: String,
+    /// Why this role: explicit, keyword (with the keyword) or default.
+    pub role_selected_by: String,
+    pub tier: String,
+    pub model: String,
+    pub provider: String,
+    /// Which rule chose the model: model, tier, task_type, role, keyword or default.
+    pub routed_by: String,
+    pub routing_reason: String,
+    pub limits: LimitsView,
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+pub struct UsageView {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// USD so far; null when the model has no configured price (unknown, not free).
+    pub cost_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ExitView {
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct OutputCounts {
+    /// Readable output bytes produced so far (the cursor of the newest byte).
+    pub output_bytes: u64,
+    /// Bytes of readable output no longer in the in-memory window (still in the transcript).
+    pub output_evicted_bytes: u64,
+    /// Raw event bytes the worker wrote to stdout.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub transcript_path: Option<String>,
+    pub transcript_bytes: u64,
+    /// Bytes not written to the transcript because of its cap (or a write error).
+    pub transcript_dropped_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StatusView {
+    pub agent_id: String,
+    pub status: Status,
+    pub label: Option<String>,
+    pub task: String,
+    pub role: String,
+    pub tier: String,
+    pub model: String,
+    pub provider: String,
+    pub routed_by: String,
+    pub pid: Option<u32>,
+    /// Unix seconds.
+    pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub ended_at: Option<f64>,
+    /// Seconds running (so far, or in all).
+    pub elapsed_seconds: Option<f64>,
+    pub exit: Option<ExitView>,
+    pub usage: UsageView,
+    pub turns: u32,
+    /// The final answer, once completed.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub output: OutputCounts,
+    /// Last lines of the worker's stderr (diagnostics), when not completed.
+    pub stderr_tail: Option<String>,
+    pub limits: LimitsView,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ListRow {
+    pub agent_id: String,
+    pub status: Status,
+    pub label: Option<String>,
+    pub role: String,
+    pub model: String,
+    pub task: String,
+    pub elapsed_seconds: Option<f64>,
+    pub usage: UsageView,
+}
+
+fn secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn elapsed(started: Option<SystemTime>, ended: Option<SystemTime>) -> Option<f64> {
+    let start = started?;
+    let end = ended.unwrap_or_else(SystemTime::now);
+    Some(end.duration_since(start).map_or(0.0, |d| d.as_secs_f64()))
+}
+
+fn times(state: &AgentState) -> (Option<u32>, Option<SystemTime>, Option<SystemTime>) {
+    match state {
+        AgentState::Queued { .. } => (None, None, None),
+        AgentState::Running { pid, started_at } => (Some(*pid), Some(*started_at), None),
+        AgentState::Ended {
+            pid,
+            started_at,
+            ended_at,
+            ..
+        } => (*pid, *started_at, Some(*ended_at)),
+    }
+}
+
+impl UsageView {
+    fn of(r: &AgentRecord) -> Self {
+        UsageView {
+            input_tokens: r.usage.input_tokens,
+            output_tokens: r.usage.output_tokens,
+            cost_usd: r.usage.cost_usd,
+        }
+    }
+}
+
+impl StatusView {
+    pub fn of(r: &AgentRecord) -> Self {
+        let (pid, started, ended) = times(&r.state);
+        let exit = match &r.state {
+            AgentState::Ended { exit, .. } => Some(ExitView {
+                code: exit.code,
+                signal: exit.signal.clone(),
+                reason: exit.reason.clone(),
+            }),
+            _ => None,
+        };
+        let status = r.status();
+        let stderr = r.stderr.text();
+        StatusView {
+            agent_id: r.id.clone(),
+            status,
+            label: r.label.clone(),
+            task: r.task_preview.clone(),
+            role: r.role.clone(),
+            tier: r.tier.to_string(),
+            model: r.model.clone(),
+            provider: r.provider.clone(),
+            routed_by: r.routed_by.as_str().to_string(),
+            pid,
+            created_at: secs(r.created_at),
+            started_at: started.map(secs),
+            ended_at: ended.map(secs),
+            elapsed_seconds: elapsed(started, ended),
+            exit,
+            usage: UsageView::of(r),
+            turns: r.turns,
+            result: r.result.clone().filter(|_| status == Status::Completed),
+            error: r.error.clone(),
+            output: OutputCounts {
+                output_bytes: r.output.end_cursor(),
+                output_evicted_bytes: r.output.start_cursor(),
+                stdout_bytes: r.stdout_bytes,
+                stderr_bytes: r.stderr.total_bytes(),
+                transcript_path: r.transcript.as_ref().map(|t| t.path().display().to_string()),
+                transcript_bytes: r.transcript.as_ref().map_or(0, |t| t.written_bytes()),
+                transcript_dropped_bytes: r.transcript.as_ref().map_or(0, |t| t.dropped_bytes())
+                    + r.oversize_dropped,
+            },
+            stderr_tail: (status != Status::Completed && !stderr.trim().is_empty()).then_some(stderr),
+            limits: LimitsView::from(&r.limits),
+        }
+    }
+}
+
+impl ListRow {
+    pub fn of(r: &AgentRecord) -> Self {
+        let (_, started, ended) = times(&r.state);
+        ListRow {
+            agent_id: r.id.clone(),
+            status: r.status(),
+            label: r.label.clone(),
+            role: r.role.clone(),
+            model: r.model.clone(),
+            task: r.task_preview.clone(),
+            elapsed_seconds: elapsed(started, ended),
+            usage: UsageView::of(r),
+        }
+    }
+}
