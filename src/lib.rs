@@ -3,4 +3,5 @@
 //! `supervisor` owns processes, records, output and their lifecycle; `mcp` translates
 //! the MCP protocol to the supervisor and nothing else.
 
+pub mod mcp;
 pub mod supervisor;

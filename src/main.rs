@@ -1,1 +1,110 @@
-fn main(){}
+//! bg-agents: the MCP server (stdio) that runs background agents as supervised worker
+//! processes. Logs go to stderr; stdout carries the protocol alone.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bg_agent_worker::config::Config;
+use bg_agents::mcp::BgAgents;
+use bg_agents::supervisor::Manager;
+use clap::Parser;
+use rmcp::ServiceExt;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// MCP server (stdio) that runs lightweight background agents: each agent is a separate
+/// bg-agent-worker process with kernel CPU/memory limits, token and USD budgets, and
+/// read-only tools, calling the provider API directly.
+///
+/// Register with Claude Code:  claude mcp add bg-agents -- bg-agents
+/// Logs go to stderr (level from RUST_LOG, default info).
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    /// Configuration file overriding the built-in limits.toml key by key (else
+    /// $BG_AGENTS_CONFIG, else ~/.config/bg-agents/limits.toml if present).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the effective one, and exit (2 on error).
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match Config::load(cli.config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bg-agents: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!("# effective configuration (from {})", loaded.source);
+        print!("{}", loaded.config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bg-agents: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(serve(loaded.config)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            1
+        }
+    };
+    // The stdin reader may sit in a blocking read; every worker is already gone.
+    std::process::exit(code)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let manager = Arc::new(Manager::new(Arc::new(config)).context("cannot start the supervisor")?);
+    tracing::info!(transcripts = %manager.transcript_dir().display(), "bg-agents serving MCP on stdio");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let session = async {
+        let service = BgAgents::new(Arc::clone(&manager))
+            .serve(rmcp::transport::stdio())
+            .await?;
+        service.waiting().await?;
+        anyhow::Ok(())
+    };
+    let why = tokio::select! {
+        r = session => match r {
+            Ok(()) => "session ended".to_string(),
+            Err(e) => format!("session failed: {e:#}"),
+        },
+        _ = term.recv() => "SIGTERM".to_string(),
+        _ = int.recv() => "SIGINT".to_string(),
+        _ = hup.recv() => "SIGHUP".to_string(),
+    };
+    let report = manager.shutdown().await;
+    tracing::info!(
+        reason = %why,
+        killed = report.killed,
+        cancelled = report.cancelled,
+        already_ended = report.already_ended,
+        survivors = report.survivors,
+        "shut down"
+    );
+    Ok(())
+}

@@ -159,6 +159,16 @@ impl Manager {
         &self.inner.config
     }
 
+    /// A receiver that changes whenever any agent's status changes.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// Every agent's id and status.
+    pub fn statuses(&self) -> Vec<(String, Status)> {
+        self.inner.lock().agents.values().map(|r| (r.id.clone(), r.status())).collect()
+    }
+
     pub fn transcript_dir(&self) -> &Path {
         &self.inner.transcript_dir
     }

@@ -111,6 +111,8 @@ pub struct StatusView {
     pub turns: u32,
     /// The final answer, once completed.
     pub result: Option<String>,
+    /// True when `result` was cut to fit this reply; read the rest with agent_output.
+    pub result_truncated: bool,
     pub error: Option<String>,
     pub output: OutputCounts,
     /// Last lines of the worker's stderr (diagnostics), when not completed.
@@ -195,6 +197,7 @@ impl StatusView {
             usage: UsageView::of(r),
             turns: r.turns,
             result: r.result.clone().filter(|_| status == Status::Completed),
+            result_truncated: false,
             error: r.error.clone(),
             output: OutputCounts {
                 output_bytes: r.output.end_cursor(),

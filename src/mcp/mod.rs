@@ -1,0 +1,120 @@
+//! The MCP face of bg-agents: tools and resources that translate to the supervisor's
+//! `Manager` and nothing else.
+
+mod params;
+pub mod resources;
+mod text;
+mod tools;
+
+use std::sync::Arc;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::model::{
+    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
+    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
+};
+use rmcp::service::{RequestContext, SubscriptionContext};
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
+
+use crate::supervisor::Manager;
+
+/// What the client model reads first: when background agents help and how to use them.
+pub const INSTRUCTIONS: &str = "\
+bg-agents runs background agents: each is a separate OS process working on one task with \
+its own model, read-only tools (read_file, glob, grep) inside a directory, kernel CPU and \
+memory limits, and token and USD budgets. Use it to hand off side work and keep going: \
+exploring how something works, reviewing a diff, tracing behaviour, weighing designs. \
+Several agents can run in parallel.\n\
+How: agent_spawn {task, task_type?} returns an agent_id at once. task_type picks the model: \
+exploration/analysis → fast (Haiku), reasoning → balanced (Sonnet), critical → quality \
+(Opus). Continue your own work, then collect answers with agent_wait {agent_ids} (blocks up \
+to 50 s; call again to keep waiting) or agent_status {agent_id, wait_seconds}; the final \
+answer is in `result`. agent_output reads the streamed text (regex filter, paging). \
+agent_kill stops an agent for real; agent_list shows all. Write tasks self-contained: \
+agents see nothing of your conversation.";
+
+/// The MCP server: one per session, over one manager.
+#[derive(Clone)]
+pub struct BgAgents {
+    manager: Arc<Manager>,
+    tool_router: ToolRouter<Self>,
+    legacy_subscriptions: Arc<resources::LegacySubscriptions>,
+}
+
+impl BgAgents {
+    pub fn new(manager: Arc<Manager>) -> Self {
+        BgAgents {
+            manager,
+            tool_router: Self::tool_router(),
+            legacy_subscriptions: Arc::default(),
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for BgAgents {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .build(),
+        )
+        .with_server_info(Implementation::new("bg-agents", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(resources::templates())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(resources::list(&self.manager))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        resources::read(&self.manager, &request.uri).map(Into::into)
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(requested.supported_by(&self.get_info().capabilities))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        resources::listen(&self.manager, context).await
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.legacy_subscriptions
+            .subscribe(Arc::clone(&self.manager), request.uri, context.peer)
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.legacy_subscriptions.unsubscribe(&request.uri);
+        Ok(())
+    }
+}

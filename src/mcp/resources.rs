@@ -1,0 +1,201 @@
+//! `agent://{id}/status` and `agent://{id}/output` resources, and their update
+//! notifications: `subscriptions/listen` on 2026-07-28 connections, the legacy
+//! `resources/subscribe` on older ones.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use rmcp::model::{
+    ListResourceTemplatesResult, ListResourcesResult, ReadResourceResult, Resource, ResourceContents,
+    ResourceTemplate, ResourceUpdatedNotificationParam,
+};
+use rmcp::service::SubscriptionContext;
+use rmcp::{ErrorData, Peer, RoleServer};
+
+use super::tools::OUTPUT_DEFAULT_BYTES;
+use crate::supervisor::manager::{Manager, OutputQuery};
+use crate::supervisor::view::StatusView;
+use crate::supervisor::Status;
+
+/// Newest agents listed by resources/list (templates cover the rest).
+const LISTED_AGENTS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Status,
+    Output,
+}
+
+pub fn uri(id: &str, kind: Kind) -> String {
+    match kind {
+        Kind::Status => format!("agent://{id}/status"),
+        Kind::Output => format!("agent://{id}/output"),
+    }
+}
+
+/// `agent://{id}/status|output` → (id, kind).
+pub fn parse(uri: &str) -> Option<(&str, Kind)> {
+    let rest = uri.strip_prefix("agent://")?;
+    let (id, what) = rest.split_once('/')?;
+    let kind = match what {
+        "status" => Kind::Status,
+        "output" => Kind::Output,
+        _ => return None,
+    };
+    (!id.is_empty()).then_some((id, kind))
+}
+
+pub fn templates() -> ListResourceTemplatesResult {
+    ListResourceTemplatesResult::with_all_items(vec![
+        ResourceTemplate::new("agent://{id}/status", "agent status")
+            .with_description("Status of a background agent as JSON: status, result once completed, usage, exit.")
+            .with_mime_type("application/json"),
+        ResourceTemplate::new("agent://{id}/output", "agent output")
+            .with_description("The newest readable output of a background agent (up to 20 KB).")
+            .with_mime_type("text/plain"),
+    ])
+}
+
+pub fn list(manager: &Manager) -> ListResourcesResult {
+    let view = manager.list(None, None);
+    let skip = view.agents.len().saturating_sub(LISTED_AGENTS);
+    let mut items = Vec::new();
+    for a in view.agents.into_iter().skip(skip) {
+        items.push(
+            Resource::new(uri(&a.agent_id, Kind::Status), format!("{} status", a.agent_id))
+                .with_description(format!("{} · {}", a.status.as_str(), a.task))
+                .with_mime_type("application/json"),
+        );
+        items.push(
+            Resource::new(uri(&a.agent_id, Kind::Output), format!("{} output", a.agent_id)).with_mime_type("text/plain"),
+        );
+    }
+    ListResourcesResult::with_all_items(items)
+}
+
+pub fn read(manager: &Manager, uri_str: &str) -> Result<ReadResourceResult, ErrorData> {
+    let Some((id, kind)) = parse(uri_str) else {
+        return Err(ErrorData::resource_not_found(
+            format!("unknown resource `{uri_str}`; use agent://{{id}}/status or agent://{{id}}/output"),
+            None,
+        ));
+    };
+    let not_found = |e: crate::supervisor::ManagerError| ErrorData::resource_not_found(e.to_string(), None);
+    let text = match kind {
+        Kind::Status => {
+            let view: StatusView = manager.status(id).map_err(not_found)?;
+            serde_json::to_string_pretty(&view).map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+        }
+        Kind::Output => {
+            let q = OutputQuery {
+                tail_lines: Some(10_000),
+                max_bytes: OUTPUT_DEFAULT_BYTES,
+                ..Default::default()
+            };
+            manager.output(id, &q).map_err(not_found)?.text
+        }
+    };
+    Ok(ReadResourceResult::new(vec![ResourceContents::text(text, uri_str)]))
+}
+
+/// Agents whose status changed since the last call.
+#[derive(Default)]
+struct ChangeTracker {
+    seen: HashMap<String, Status>,
+}
+
+impl ChangeTracker {
+    fn changed(&mut self, now: Vec<(String, Status)>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, st) in now {
+            if self.seen.insert(id.clone(), st) != Some(st) {
+                out.push(id);
+            }
+        }
+        out
+    }
+}
+
+/// 2026-07-28: run one `subscriptions/listen` stream until the client cancels it.
+pub async fn listen(manager: &Manager, context: SubscriptionContext) -> Result<(), ErrorData> {
+    let mut rx = manager.subscribe_changes();
+    let mut tracker = ChangeTracker::default();
+    tracker.changed(manager.statuses());
+    loop {
+        tokio::select! {
+            _ = context.cancelled() => return Ok(()),
+            r = rx.changed() => if r.is_err() { return Ok(()) },
+        }
+        for id in tracker.changed(manager.statuses()) {
+            for kind in [Kind::Status, Kind::Output] {
+                // URIs the client did not ask for are refused by the sink; that is fine.
+                let _ = context.sink().notify_resource_updated(uri(&id, kind)).await;
+            }
+        }
+    }
+}
+
+/// Legacy `resources/subscribe`: the URIs a client subscribed to, and one notifier task
+/// per session.
+#[derive(Default)]
+pub struct LegacySubscriptions {
+    uris: Arc<Mutex<HashSet<String>>>,
+    started: Mutex<bool>,
+}
+
+impl LegacySubscriptions {
+    pub fn subscribe(&self, manager: Arc<Manager>, wanted_uri: String, peer: Peer<RoleServer>) -> Result<(), ErrorData> {
+        if parse(&wanted_uri).is_none() {
+            return Err(ErrorData::invalid_params(
+                format!("cannot subscribe to `{wanted_uri}`; subscribe to agent://{{id}}/status or agent://{{id}}/output"),
+                None,
+            ));
+        }
+        self.uris.lock().unwrap_or_else(|p| p.into_inner()).insert(wanted_uri);
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if !*started {
+            *started = true;
+            let uris = Arc::clone(&self.uris);
+            tokio::spawn(async move {
+                let mut rx = manager.subscribe_changes();
+                let mut tracker = ChangeTracker::default();
+                tracker.changed(manager.statuses());
+                while rx.changed().await.is_ok() {
+                    let wanted: Vec<String> = {
+                        let uris = uris.lock().unwrap_or_else(|p| p.into_inner());
+                        tracker
+                            .changed(manager.statuses())
+                            .into_iter()
+                            .flat_map(|id| [uri(&id, Kind::Status), uri(&id, Kind::Output)])
+                            .filter(|u| uris.contains(u))
+                            .collect()
+                    };
+                    for u in wanted {
+                        if peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(u)).await.is_err() {
+                            return; // The session is gone.
+                        }
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    pub fn unsubscribe(&self, uri: &str) {
+        self.uris.lock().unwrap_or_else(|p| p.into_inner()).remove(uri);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_round_trip() {
+        assert_eq!(parse(&uri("a-12345", Kind::Status)), Some(("a-12345", Kind::Status)));
+        assert_eq!(parse("agent://a-1/output"), Some(("a-1", Kind::Output)));
+        assert_eq!(parse("agent:///status"), None);
+        assert_eq!(parse("file:///x"), None);
+        assert_eq!(parse("agent://a-1/other"), None);
+    }
+}

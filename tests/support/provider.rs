@@ -1,0 +1,988 @@
+//! The provider test double: a local, scriptable fake of the Anthropic Messages streaming
+//! API (`POST /v1/messages`) and the OpenAI chat-completions streaming API
+//! (`POST /v1/chat/completions`), listening on 127.0.0.1 only.
+//!
+//! It speaks the real wire formats (SSE event names, JSON shapes, error bodies, headers) so
+//! that the provider clients are tested against what the real services send. It is the only
+//! test double in the project; it is not a model: unscripted conversations get an echo.
+//!
+//! A conversation is identified by its *first user message*: `script(needle, steps)` applies
+//! to every request whose first user message contains `needle`, and the n-th such request
+//! (retries included) is answered with `steps[n]`.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+const ANTHROPIC_PATH: &str = "/v1/messages";
+const OPENAI_PATH: &str = "/v1/chat/completions";
+/// The Messages API accepts request bodies up to 32 MB; axum's default of 2 MB would
+/// reject long conversations before they are recorded.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// A running fake provider. Dropping it stops accepting connections.
+pub struct FakeProvider {
+    addr: SocketAddr,
+    state: Arc<Mutex<FakeState>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// One request as the fake received it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// "/v1/messages" or "/v1/chat/completions" (or whatever unknown path was hit).
+    pub path: String,
+    pub model: String,
+    /// Anthropic top-level `system` (string, or text blocks joined with "\n"), or OpenAI's
+    /// first system (or developer) message.
+    pub system: Option<String>,
+    /// Names of the tools offered.
+    pub tools: Vec<String>,
+    /// Anthropic `max_tokens`; OpenAI `max_completion_tokens` or `max_tokens`.
+    pub max_tokens: Option<u64>,
+    pub stream: bool,
+    /// The whole request body (`Value::Null` when it was not valid JSON).
+    pub body: Value,
+    /// `x-api-key` header, or the token of `Authorization: Bearer`.
+    pub api_key: Option<String>,
+    pub anthropic_version: Option<String>,
+}
+
+impl RecordedRequest {
+    /// Text of the first user message (text blocks or parts joined with "\n").
+    pub fn first_user_text(&self) -> String {
+        first_user_text(&self.body)
+    }
+
+    /// Text of the last user message, or "tool results received" when the conversation
+    /// ends with tool results (Anthropic `tool_result` blocks, OpenAI `tool` messages).
+    pub fn last_user_text(&self) -> String {
+        match last_user_input(&self.body) {
+            UserInput::Text(text) => text,
+            UserInput::ToolResults => "tool results received".to_string(),
+        }
+    }
+}
+
+/// What the fake answers to one request.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Stream `chunks` as text deltas, `delay_ms` between chunks, then end the turn
+    /// (stop_reason end_turn / finish_reason stop).
+    Text { chunks: Vec<String>, delay_ms: u64 },
+    /// Optionally some text, then one tool call (stop_reason tool_use / finish_reason
+    /// tool_calls) whose input is streamed as several partial JSON pieces.
+    ToolUse {
+        text: Option<String>,
+        id: String,
+        name: String,
+        input: Value,
+    },
+    /// Non-2xx HTTP response with the provider's JSON error body. `retry_after` sets the
+    /// `retry-after` header (seconds).
+    Status {
+        code: u16,
+        error_type: String,
+        message: String,
+        retry_after: Option<u64>,
+    },
+    /// Non-2xx HTTP response with exactly this JSON body, for error bodies the other
+    /// variants cannot express (e.g. `error.details.error_code`).
+    StatusBody {
+        code: u16,
+        body: Value,
+        retry_after: Option<u64>,
+    },
+    /// Stream `after_chunks` text chunks, then an SSE `error` event (Anthropic) or an error
+    /// data object (OpenAI), and end the response.
+    MidStreamError {
+        after_chunks: Vec<String>,
+        error_type: String,
+        message: String,
+    },
+    /// Stream `after_chunks` text chunks, then send nothing more, keeping the connection
+    /// open until the client goes away.
+    Hang { after_chunks: Vec<String> },
+    /// Stream `after_chunks` text chunks, then drop the connection abruptly: no
+    /// message_stop / [DONE] and no end of the chunked body, so the client sees a body error.
+    CloseMidMessage { after_chunks: Vec<String> },
+}
+
+impl Step {
+    /// One text turn, `s` split into 3 roughly equal chunks, no delay.
+    pub fn text(s: &str) -> Step {
+        Step::Text {
+            chunks: split_even(s, 3),
+            delay_ms: 0,
+        }
+    }
+
+    /// An error response with the error type the Anthropic API uses for `code`,
+    /// and no `retry-after` header.
+    pub fn status(code: u16) -> Step {
+        let (error_type, message) = match code {
+            400 => ("invalid_request_error", "Invalid request"),
+            401 => ("authentication_error", "invalid x-api-key"),
+            403 => (
+                "permission_error",
+                "Your API key does not have permission to use the specified resource.",
+            ),
+            404 => ("not_found_error", "The requested resource was not found."),
+            413 => (
+                "request_too_large",
+                "Request exceeds the maximum allowed size.",
+            ),
+            429 => (
+                "rate_limit_error",
+                "This request would exceed the rate limit for your organization.",
+            ),
+            529 => ("overloaded_error", "Overloaded"),
+            c if c >= 500 => ("api_error", "Internal server error"),
+            _ => ("invalid_request_error", "Invalid request"),
+        };
+        Step::Status {
+            code,
+            error_type: error_type.to_string(),
+            message: message.to_string(),
+            retry_after: None,
+        }
+    }
+}
+
+impl FakeProvider {
+    /// Binds 127.0.0.1:0 and serves on the current tokio runtime.
+    pub async fn start() -> FakeProvider {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("fake provider: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("fake provider: local address");
+        let state = Arc::new(Mutex::new(FakeState::default()));
+        let app = Router::new()
+            .fallback(handle)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(state.clone());
+        let server = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                eprintln!("fake provider: server stopped: {err}");
+            }
+        });
+        FakeProvider {
+            addr,
+            state,
+            server,
+        }
+    }
+
+    /// "http://127.0.0.1:PORT": Anthropic base URL; requests go to POST {base}/v1/messages.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// "http://127.0.0.1:PORT/v1": OpenAI-compatible base URL; requests go to
+    /// POST {base}/chat/completions.
+    pub fn openai_base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Script the conversation whose first user message contains `needle` (substring match,
+    /// first rule added wins). The n-th request of that conversation (0-based, retries
+    /// included) gets `steps[n]`; past the end, the default echo reply.
+    pub fn script(&self, needle: &str, steps: Vec<Step>) {
+        lock(&self.state).rules.push(Rule {
+            needle: needle.to_string(),
+            steps,
+            served: 0,
+        });
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state).requests.clone()
+    }
+
+    /// The requests whose first user message contains `needle`, in arrival order.
+    pub fn requests_for(&self, needle: &str) -> Vec<RecordedRequest> {
+        lock(&self.state)
+            .requests
+            .iter()
+            .filter(|r| r.first_user_text().contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Number of requests whose first user message contains `needle`.
+    pub fn request_count(&self, needle: &str) -> usize {
+        lock(&self.state)
+            .requests
+            .iter()
+            .filter(|r| r.first_user_text().contains(needle))
+            .count()
+    }
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[derive(Default)]
+struct FakeState {
+    rules: Vec<Rule>,
+    requests: Vec<RecordedRequest>,
+    /// Source of `msg_fake_N` / `chatcmpl-fake-N` / `req_fake_N` numbers.
+    next_id: u64,
+}
+
+struct Rule {
+    needle: String,
+    steps: Vec<Step>,
+    served: usize,
+}
+
+type Shared = Arc<Mutex<FakeState>>;
+
+/// A panicking test thread must not turn every later request into a second panic.
+fn lock(state: &Mutex<FakeState>) -> MutexGuard<'_, FakeState> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Anthropic,
+    OpenAi,
+}
+
+async fn handle(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    raw_body: Bytes,
+) -> Response {
+    let parsed = serde_json::from_slice::<Value>(&raw_body);
+    let recorded = record(uri.path(), &headers, parsed.as_ref().ok());
+    let checked = check(&method, uri.path(), &headers, parsed);
+    // One lock for recording and step selection, so steps are served in recorded order.
+    let (id, outcome) = {
+        let mut state = lock(&state);
+        state.requests.push(recorded.clone());
+        state.next_id += 1;
+        let outcome = checked.map(|accepted| (accepted, next_step(&mut state, &recorded)));
+        (state.next_id, outcome)
+    };
+    match outcome {
+        Ok(((api, body), step)) => {
+            let turn = Turn {
+                id,
+                model: recorded.model,
+                input_tokens: (raw_body.len() as u64 / 4).max(1),
+                include_usage: body
+                    .pointer("/stream_options/include_usage")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            };
+            respond(api, step, &turn)
+        }
+        Err(rejected) => error_response(
+            rejected.api,
+            rejected.code,
+            rejected.error_type,
+            &rejected.message,
+            None,
+            id,
+        ),
+    }
+}
+
+/// A request the real service would refuse before doing any work.
+struct Rejected {
+    api: Api,
+    code: u16,
+    error_type: &'static str,
+    message: String,
+}
+
+/// Accepts a request the real service would serve, as `(api, body)`.
+fn check(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    parsed: Result<Value, serde_json::Error>,
+) -> Result<(Api, Value), Rejected> {
+    let api = match path {
+        ANTHROPIC_PATH => Api::Anthropic,
+        OPENAI_PATH => Api::OpenAi,
+        _ => {
+            return Err(Rejected {
+                api: Api::Anthropic,
+                code: 404,
+                error_type: "not_found_error",
+                message: format!("Not found: {method} {path}"),
+            });
+        }
+    };
+    let reject = |code, error_type, message: &str| Rejected {
+        api,
+        code,
+        error_type,
+        message: message.to_string(),
+    };
+    let invalid = |message: &str| Err(reject(400, "invalid_request_error", message));
+    if method != Method::POST {
+        return Err(reject(
+            405,
+            "invalid_request_error",
+            "Method not allowed; use POST",
+        ));
+    }
+    let body = match parsed {
+        Ok(body) if body.is_object() => body,
+        Ok(_) => return invalid("The request body must be a JSON object"),
+        Err(err) => {
+            return invalid(&format!(
+                "There was an error parsing the body of your request: {err}"
+            ));
+        }
+    };
+    match api {
+        Api::Anthropic => {
+            if api_key(headers).is_none() {
+                let message = "x-api-key header is required";
+                return Err(reject(401, "authentication_error", message));
+            }
+            if header_str(headers, "anthropic-version").is_none() {
+                return invalid("anthropic-version: header is required");
+            }
+            if !body["model"].is_string() {
+                return invalid("model: Field required");
+            }
+            if !body["messages"].is_array() {
+                return invalid("messages: Field required");
+            }
+            if body["max_tokens"].as_u64().is_none() {
+                return invalid("max_tokens: Field required");
+            }
+        }
+        Api::OpenAi => {
+            if !body["model"].is_string() {
+                return invalid("you must provide a model parameter");
+            }
+            if !body["messages"].is_array() {
+                return invalid("Missing required parameter: 'messages'.");
+            }
+        }
+    }
+    if body["stream"] != Value::Bool(true) {
+        return invalid("this fake only streams: set \"stream\": true");
+    }
+    Ok((api, body))
+}
+
+fn next_step(state: &mut FakeState, request: &RecordedRequest) -> Step {
+    let first_user = request.first_user_text();
+    let rule = state
+        .rules
+        .iter_mut()
+        .find(|rule| first_user.contains(&rule.needle));
+    match rule {
+        Some(rule) => {
+            let step = rule.steps.get(rule.served).cloned();
+            rule.served += 1;
+            step.unwrap_or_else(|| echo_step(&request.body))
+        }
+        None => echo_step(&request.body),
+    }
+}
+
+fn echo_step(body: &Value) -> Step {
+    let said = match last_user_input(body) {
+        UserInput::Text(text) => text,
+        UserInput::ToolResults => "tool results received".to_string(),
+    };
+    Step::text(&format!("echo: {said}"))
+}
+
+fn record(path: &str, headers: &HeaderMap, body: Option<&Value>) -> RecordedRequest {
+    let body = body.cloned().unwrap_or(Value::Null);
+    let openai = path == OPENAI_PATH;
+    let system = if openai {
+        body["messages"].as_array().and_then(|messages| {
+            messages
+                .iter()
+                .find(|m| m["role"] == "system" || m["role"] == "developer")
+                .map(|m| content_text(&m["content"]))
+        })
+    } else {
+        match &body["system"] {
+            Value::Null => None,
+            system => Some(content_text(system)),
+        }
+    };
+    let tools = body["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|tool| {
+                    tool["name"]
+                        .as_str()
+                        .or_else(|| tool["function"]["name"].as_str())
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    RecordedRequest {
+        path: path.to_string(),
+        model: body["model"].as_str().unwrap_or_default().to_string(),
+        system,
+        tools,
+        max_tokens: body["max_tokens"]
+            .as_u64()
+            .or_else(|| body["max_completion_tokens"].as_u64()),
+        stream: body["stream"] == Value::Bool(true),
+        api_key: api_key(headers),
+        anthropic_version: header_str(headers, "anthropic-version"),
+        body,
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string)
+}
+
+fn api_key(headers: &HeaderMap) -> Option<String> {
+    header_str(headers, "x-api-key")
+        .filter(|key| !key.is_empty())
+        .or_else(|| {
+            header_str(headers, "authorization")
+                .and_then(|value| value.strip_prefix("Bearer ").map(str::to_string))
+                .filter(|key| !key.is_empty())
+        })
+}
+
+/// Text of a message `content` (or Anthropic `system`): a string, or the text of its
+/// text blocks / parts joined with "\n".
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter(|block| block["type"] == "text")
+            .filter_map(|block| block["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn first_user_text(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .and_then(|messages| messages.iter().find(|m| m["role"] == "user"))
+        .map(|m| content_text(&m["content"]))
+        .unwrap_or_default()
+}
+
+enum UserInput {
+    Text(String),
+    ToolResults,
+}
+
+fn last_user_input(body: &Value) -> UserInput {
+    let last = body["messages"].as_array().and_then(|messages| {
+        messages
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user" || m["role"] == "tool")
+    });
+    let Some(message) = last else {
+        return UserInput::Text(String::new());
+    };
+    let has_tool_results = message["content"]
+        .as_array()
+        .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_result"));
+    if message["role"] == "tool" || has_tool_results {
+        UserInput::ToolResults
+    } else {
+        UserInput::Text(content_text(&message["content"]))
+    }
+}
+
+/// Splits `s` into at most `parts` non-empty pieces of roughly equal length (in chars).
+fn split_even(s: &str, parts: usize) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let parts = parts.min(chars.len()).max(1);
+    if chars.is_empty() {
+        return Vec::new();
+    }
+    let (base, extra) = (chars.len() / parts, chars.len() % parts);
+    let mut pieces = Vec::with_capacity(parts);
+    let mut start = 0;
+    for i in 0..parts {
+        let len = base + usize::from(i < extra);
+        pieces.push(chars[start..start + len].iter().collect());
+        start += len;
+    }
+    pieces
+}
+
+/// What every response of one turn needs to know about the request.
+struct Turn {
+    id: u64,
+    model: String,
+    input_tokens: u64,
+    /// OpenAI `stream_options.include_usage`: only then does the real API send usage.
+    include_usage: bool,
+}
+
+/// How a streamed body ends after its last frame.
+enum Ending {
+    Finish,
+    Hang,
+    Abort,
+}
+
+/// A streamed response: frames written in order, each after its delay.
+struct Sse {
+    frames: VecDeque<(Duration, String)>,
+    ending: Ending,
+}
+
+impl Sse {
+    fn new() -> Sse {
+        Sse {
+            frames: VecDeque::new(),
+            ending: Ending::Finish,
+        }
+    }
+
+    fn push(&mut self, delay: Duration, frame: String) {
+        self.frames.push_back((delay, frame));
+    }
+
+    fn into_response(self, request_id_header: &'static str, id: u64) -> Response {
+        let stream = futures_util::stream::unfold(Some(self), |sse| async move {
+            let mut sse = sse?;
+            if let Some((delay, frame)) = sse.frames.pop_front() {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                return Some((Ok(Bytes::from(frame)), Some(sse)));
+            }
+            match sse.ending {
+                Ending::Finish => None,
+                Ending::Hang => std::future::pending().await,
+                // An error from the body makes hyper drop the connection mid-body. Pausing
+                // first lets hyper flush the frames already written, as a real drop would.
+                Ending::Abort => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "fake provider: scripted connection drop",
+                        )),
+                        None,
+                    ))
+                }
+            }
+        });
+        let mut response = Response::new(Body::from_stream(stream));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        insert_request_id(headers, request_id_header, id);
+        response
+    }
+}
+
+fn insert_request_id(headers: &mut HeaderMap, name: &'static str, id: u64) {
+    if let Ok(value) = HeaderValue::from_str(&format!("req_fake_{id}")) {
+        headers.insert(name, value);
+    }
+}
+
+fn respond(api: Api, step: Step, turn: &Turn) -> Response {
+    match step {
+        Step::Status {
+            code,
+            error_type,
+            message,
+            retry_after,
+        } => error_response(api, code, &error_type, &message, retry_after, turn.id),
+        Step::StatusBody {
+            code,
+            body,
+            retry_after,
+        } => json_response(api, code, &body, retry_after, turn.id),
+        streamed => {
+            let sse = match api {
+                Api::Anthropic => anthropic::stream(streamed, turn),
+                Api::OpenAi => openai::stream(streamed, turn),
+            };
+            let request_id_header = match api {
+                Api::Anthropic => "request-id",
+                Api::OpenAi => "x-request-id",
+            };
+            sse.into_response(request_id_header, turn.id)
+        }
+    }
+}
+
+fn error_response(
+    api: Api,
+    code: u16,
+    error_type: &str,
+    message: &str,
+    retry_after: Option<u64>,
+    id: u64,
+) -> Response {
+    let body = match api {
+        Api::Anthropic => json!({
+            "type": "error",
+            "error": {"type": error_type, "message": message},
+            "request_id": format!("req_fake_{id}"),
+        }),
+        Api::OpenAi => json!({
+            "error": {"message": message, "type": error_type, "param": null, "code": null}
+        }),
+    };
+    json_response(api, code, &body, retry_after, id)
+}
+
+fn json_response(api: Api, code: u16, body: &Value, retry_after: Option<u64>, id: u64) -> Response {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() =
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(seconds) = retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    let request_id_header = match api {
+        Api::Anthropic => "request-id",
+        Api::OpenAi => "x-request-id",
+    };
+    insert_request_id(headers, request_id_header, id);
+    response
+}
+
+fn output_tokens(streamed_chars: usize) -> u64 {
+    (streamed_chars as u64 / 4).max(1)
+}
+
+fn chars(pieces: &[String]) -> usize {
+    pieces.iter().map(|p| p.chars().count()).sum()
+}
+
+/// The Anthropic Messages streaming format: named SSE events with typed JSON data.
+mod anthropic {
+    use super::*;
+
+    fn event(sse: &mut Sse, delay: Duration, data: Value) {
+        let name = data["type"].as_str().unwrap_or("unknown").to_string();
+        sse.push(delay, format!("event: {name}\ndata: {data}\n\n"));
+    }
+
+    fn message_start(sse: &mut Sse, turn: &Turn) {
+        let message = json!({
+            "id": format!("msg_fake_{}", turn.id),
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": turn.model,
+            "stop_reason": null,
+            "stop_sequence": null,
+            "usage": {
+                "input_tokens": turn.input_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 1,
+            },
+        });
+        event(
+            sse,
+            Duration::ZERO,
+            json!({"type": "message_start", "message": message}),
+        );
+    }
+
+    /// A text block at `index`: start, a ping (as the real API sends early), deltas, stop.
+    fn text_block(sse: &mut Sse, index: usize, chunks: &[String], delay: Duration, stop: bool) {
+        event(
+            sse,
+            Duration::ZERO,
+            json!({"type": "content_block_start", "index": index,
+                   "content_block": {"type": "text", "text": ""}}),
+        );
+        if index == 0 {
+            event(sse, Duration::ZERO, json!({"type": "ping"}));
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            let delay = if i == 0 { Duration::ZERO } else { delay };
+            event(
+                sse,
+                delay,
+                json!({"type": "content_block_delta", "index": index,
+                       "delta": {"type": "text_delta", "text": chunk}}),
+            );
+        }
+        if stop {
+            event(
+                sse,
+                Duration::ZERO,
+                json!({"type": "content_block_stop", "index": index}),
+            );
+        }
+    }
+
+    fn message_end(sse: &mut Sse, stop_reason: &str, streamed_chars: usize) {
+        event(
+            sse,
+            Duration::ZERO,
+            json!({"type": "message_delta",
+                   "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+                   "usage": {"output_tokens": output_tokens(streamed_chars)}}),
+        );
+        event(sse, Duration::ZERO, json!({"type": "message_stop"}));
+    }
+
+    pub(super) fn stream(step: Step, turn: &Turn) -> Sse {
+        let mut sse = Sse::new();
+        message_start(&mut sse, turn);
+        match step {
+            Step::Text { chunks, delay_ms } => {
+                text_block(&mut sse, 0, &chunks, Duration::from_millis(delay_ms), true);
+                message_end(&mut sse, "end_turn", chars(&chunks));
+            }
+            Step::ToolUse {
+                text,
+                id,
+                name,
+                input,
+            } => {
+                let text_chunks = text
+                    .as_deref()
+                    .map(|t| split_even(t, 3))
+                    .unwrap_or_default();
+                let index = usize::from(text.is_some());
+                if text.is_some() {
+                    text_block(&mut sse, 0, &text_chunks, Duration::ZERO, true);
+                }
+                event(
+                    &mut sse,
+                    Duration::ZERO,
+                    json!({"type": "content_block_start", "index": index,
+                           "content_block": {"type": "tool_use", "id": id, "name": name,
+                                             "input": {}}}),
+                );
+                let json_text = input.to_string();
+                // The real API opens every tool input with an empty partial_json.
+                let mut pieces = vec![String::new()];
+                pieces.extend(split_even(&json_text, 3));
+                for piece in &pieces {
+                    event(
+                        &mut sse,
+                        Duration::ZERO,
+                        json!({"type": "content_block_delta", "index": index,
+                               "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                    );
+                }
+                event(
+                    &mut sse,
+                    Duration::ZERO,
+                    json!({"type": "content_block_stop", "index": index}),
+                );
+                let streamed = chars(&text_chunks) + json_text.chars().count();
+                message_end(&mut sse, "tool_use", streamed);
+            }
+            Step::MidStreamError {
+                after_chunks,
+                error_type,
+                message,
+            } => {
+                text_block(&mut sse, 0, &after_chunks, Duration::ZERO, false);
+                event(
+                    &mut sse,
+                    Duration::ZERO,
+                    json!({"type": "error",
+                           "error": {"type": error_type, "message": message}}),
+                );
+            }
+            Step::Hang { after_chunks } => {
+                text_block(&mut sse, 0, &after_chunks, Duration::ZERO, false);
+                sse.ending = Ending::Hang;
+            }
+            Step::CloseMidMessage { after_chunks } => {
+                text_block(&mut sse, 0, &after_chunks, Duration::ZERO, false);
+                sse.ending = Ending::Abort;
+            }
+            Step::Status { .. } | Step::StatusBody { .. } => {
+                unreachable!("status steps are answered without a stream")
+            }
+        }
+        sse
+    }
+}
+
+/// The OpenAI chat-completions streaming format: unnamed `data:` chunks, then `[DONE]`.
+mod openai {
+    use super::*;
+
+    struct Chunks<'a> {
+        sse: Sse,
+        turn: &'a Turn,
+        created: u64,
+    }
+
+    impl Chunks<'_> {
+        fn data(&mut self, delay: Duration, data: Value) {
+            self.sse.push(delay, format!("data: {data}\n\n"));
+        }
+
+        fn chunk(&mut self, delay: Duration, delta: Value, finish_reason: Option<&str>) {
+            let mut chunk = json!({
+                "id": format!("chatcmpl-fake-{}", self.turn.id),
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.turn.model,
+                "system_fingerprint": null,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null,
+                             "finish_reason": finish_reason}],
+            });
+            if self.turn.include_usage {
+                chunk["usage"] = Value::Null;
+            }
+            self.data(delay, chunk);
+        }
+
+        fn text(&mut self, chunks: &[String], delay: Duration) {
+            for (i, chunk) in chunks.iter().enumerate() {
+                let delay = if i == 0 { Duration::ZERO } else { delay };
+                self.chunk(delay, json!({"content": chunk}), None);
+            }
+        }
+
+        fn finish(&mut self, finish_reason: &str, streamed_chars: usize) {
+            self.chunk(Duration::ZERO, json!({}), Some(finish_reason));
+            if self.turn.include_usage {
+                let completion_tokens = output_tokens(streamed_chars);
+                self.data(
+                    Duration::ZERO,
+                    json!({
+                        "id": format!("chatcmpl-fake-{}", self.turn.id),
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.turn.model,
+                        "system_fingerprint": null,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": self.turn.input_tokens,
+                            "completion_tokens": completion_tokens,
+                            "total_tokens": self.turn.input_tokens + completion_tokens,
+                        },
+                    }),
+                );
+            }
+            self.sse
+                .push(Duration::ZERO, "data: [DONE]\n\n".to_string());
+        }
+    }
+
+    pub(super) fn stream(step: Step, turn: &Turn) -> Sse {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let mut out = Chunks {
+            sse: Sse::new(),
+            turn,
+            created,
+        };
+        out.chunk(
+            Duration::ZERO,
+            json!({"role": "assistant", "content": "", "refusal": null}),
+            None,
+        );
+        match step {
+            Step::Text { chunks, delay_ms } => {
+                out.text(&chunks, Duration::from_millis(delay_ms));
+                out.finish("stop", chars(&chunks));
+            }
+            Step::ToolUse {
+                text,
+                id,
+                name,
+                input,
+            } => {
+                let text_chunks = text
+                    .as_deref()
+                    .map(|t| split_even(t, 3))
+                    .unwrap_or_default();
+                out.text(&text_chunks, Duration::ZERO);
+                out.chunk(
+                    Duration::ZERO,
+                    json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
+                                           "function": {"name": name, "arguments": ""}}]}),
+                    None,
+                );
+                let arguments = input.to_string();
+                for piece in split_even(&arguments, 3) {
+                    out.chunk(
+                        Duration::ZERO,
+                        json!({"tool_calls": [{"index": 0,
+                                               "function": {"arguments": piece}}]}),
+                        None,
+                    );
+                }
+                let streamed = chars(&text_chunks) + arguments.chars().count();
+                out.finish("tool_calls", streamed);
+            }
+            Step::MidStreamError {
+                after_chunks,
+                error_type,
+                message,
+            } => {
+                out.text(&after_chunks, Duration::ZERO);
+                out.data(
+                    Duration::ZERO,
+                    json!({"error": {"message": message, "type": error_type,
+                                     "param": null, "code": null}}),
+                );
+            }
+            Step::Hang { after_chunks } => {
+                out.text(&after_chunks, Duration::ZERO);
+                out.sse.ending = Ending::Hang;
+            }
+            Step::CloseMidMessage { after_chunks } => {
+                out.text(&after_chunks, Duration::ZERO);
+                out.sse.ending = Ending::Abort;
+            }
+            Step::Status { .. } | Step::StatusBody { .. } => {
+                unreachable!("status steps are answered without a stream")
+            }
+        }
+        out.sse
+    }
+}
