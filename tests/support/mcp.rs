@@ -1,0 +1,170 @@
+//! Runs the real `bg-agents` binary as a child process behind rmcp's client, against the
+//! provider double, with a private HOME, config and transcript directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion};
+use rmcp::service::RunningService;
+use rmcp::transport::TokioChildProcess;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use super::provider::FakeProvider;
+
+pub const API_KEY: &str = "sk-test-bg-agents-0123456789";
+
+/// The server binary under test.
+pub fn server_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bg-agents"))
+}
+
+/// A server session: the fake provider, the server process, its client.
+pub struct Session<H: ClientHandler = ()> {
+    pub fake: FakeProvider,
+    pub client: RunningService<RoleClient, H>,
+    pub dir: TempDir,
+    pub server_pid: u32,
+}
+
+/// Config text every session starts from: transcripts in the temp dir, short grace.
+pub fn base_config(dir: &Path) -> String {
+    format!(
+        "[server]\ntranscript_dir = {:?}\nkill_grace_ms = 500\n",
+        dir.join("transcripts").display().to_string()
+    )
+}
+
+impl Session<()> {
+    pub async fn start(extra_config: &str) -> Session<()> {
+        Self::start_with((), extra_config).await
+    }
+}
+
+impl<H: ClientHandler> Session<H> {
+    /// Starts a server whose config is `base_config` + `extra_config` (later keys of the
+    /// same table must not repeat base keys; use separate tables).
+    pub async fn start_with(handler: H, extra_config: &str) -> Session<H> {
+        let fake = FakeProvider::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("limits.toml");
+        std::fs::write(&config, format!("{}{extra_config}", base_config(dir.path()))).expect("write config");
+        let mut cmd = tokio::process::Command::new(server_exe());
+        cmd.arg("--config")
+            .arg(&config)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .env("RUST_LOG", "warn")
+            .env("ANTHROPIC_API_KEY", API_KEY)
+            .env("ANTHROPIC_BASE_URL", fake.base_url());
+        let transport = TokioChildProcess::new(cmd).expect("spawn bg-agents");
+        let server_pid = transport.id().expect("server pid");
+        let client = handler.serve(transport).await.expect("MCP handshake");
+        Session {
+            fake,
+            client,
+            dir,
+            server_pid,
+        }
+    }
+
+    pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
+        let Value::Object(map) = args else {
+            panic!("arguments must be an object")
+        };
+        self.client
+            .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(map))
+            .await
+            .unwrap_or_else(|e| panic!("{tool} failed at the protocol level: {e}"))
+    }
+
+    /// Calls a tool that must succeed; returns its structured content.
+    pub async fn ok(&self, tool: &str, args: Value) -> Value {
+        let r = self.call(tool, args.clone()).await;
+        assert_ne!(r.is_error, Some(true), "{tool} {args} failed: {}", text_of(&r));
+        assert!(!text_of(&r).is_empty(), "{tool} returned no readable text");
+        r.structured_content
+            .unwrap_or_else(|| panic!("{tool} returned no structuredContent"))
+    }
+
+    /// Calls a tool that must fail as a tool error; returns the error text.
+    pub async fn tool_error(&self, tool: &str, args: Value) -> String {
+        let r = self.call(tool, args.clone()).await;
+        assert_eq!(r.is_error, Some(true), "{tool} {args} should have failed: {}", text_of(&r));
+        text_of(&r)
+    }
+
+    /// Spawns an agent on `task` and returns its id.
+    pub async fn spawn(&self, task: &str) -> String {
+        self.spawn_with(json!({ "task": task })).await
+    }
+
+    pub async fn spawn_with(&self, args: Value) -> String {
+        let v = self.ok("agent_spawn", args).await;
+        v["agent_id"].as_str().expect("agent_id").to_string()
+    }
+
+    /// Waits (through agent_wait, repeatedly) until every id has ended; returns the wait view.
+    pub async fn wait_all(&self, ids: &[String]) -> Value {
+        for _ in 0..10 {
+            let v = self
+                .ok("agent_wait", json!({ "agent_ids": ids, "mode": "all", "wait_seconds": 30 }))
+                .await;
+            if v["done"] == json!(true) {
+                return v;
+            }
+        }
+        panic!("agents {ids:?} did not end within 300 s")
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        self.ok("agent_status", json!({ "agent_id": id })).await
+    }
+}
+
+pub fn text_of(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A client that speaks the older, initialize-based protocol version.
+#[derive(Clone, Default)]
+pub struct LegacyClient;
+
+impl ClientHandler for LegacyClient {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::default().with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Polls `cond` until it holds or `within` passes (for things the OS does
+/// asynchronously, like a process exiting after its parent died).
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
