@@ -3,18 +3,22 @@
 
 mod params;
 pub mod resources;
+mod tasks;
 mod text;
 mod tools;
 
 use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
-    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
+    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams, UpdateTaskParams,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
+use rmcp::task_manager::TaskManager;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
 
 use crate::supervisor::Manager;
@@ -40,6 +44,7 @@ pub struct BgAgents {
     manager: Arc<Manager>,
     tool_router: ToolRouter<Self>,
     legacy_subscriptions: Arc<resources::LegacySubscriptions>,
+    tasks: TaskManager,
 }
 
 impl BgAgents {
@@ -48,7 +53,13 @@ impl BgAgents {
             manager,
             tool_router: Self::tool_router(),
             legacy_subscriptions: Arc::default(),
+            tasks: TaskManager::new(),
         }
+    }
+
+    /// Ends every MCP task (their agents are stopped by the manager's shutdown).
+    pub fn shutdown_tasks(&self) {
+        self.tasks.shutdown();
     }
 }
 
@@ -60,10 +71,58 @@ impl ServerHandler for BgAgents {
                 .enable_tools()
                 .enable_resources()
                 .enable_resources_subscribe()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new("bg-agents", env!("CARGO_PKG_VERSION")))
         .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let wants_task = request.name == "agent_spawn"
+            && context
+                .client_capabilities()
+                .is_some_and(|c| c.supports_tasks());
+        if wants_task {
+            let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+            let params = serde_json::from_value(args)
+                .map_err(|e| ErrorData::invalid_params(format!("agent_spawn: {e}"), None))?;
+            return Ok(match self.spawn_as_task(params).await? {
+                Ok(task) => CallToolResponse::Task(task),
+                Err(tool_error) => tool_error.into(),
+            });
+        }
+        let tcc = ToolCallContext::new(self, request, context);
+        self.tool_router.call(tcc).await
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        Ok(GetTaskResult::new(self.tasks.get_task(&request.task_id)?))
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks.cancel_task(&request.task_id)
     }
 
     async fn list_resource_templates(
@@ -90,7 +149,10 @@ impl ServerHandler for BgAgents {
         resources::read(&self.manager, &request.uri).map(Into::into)
     }
 
-    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
         Some(requested.supported_by(&self.get_info().capabilities))
     }
 

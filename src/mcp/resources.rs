@@ -6,16 +6,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rmcp::model::{
-    ListResourceTemplatesResult, ListResourcesResult, ReadResourceResult, Resource, ResourceContents,
-    ResourceTemplate, ResourceUpdatedNotificationParam,
+    ListResourceTemplatesResult, ListResourcesResult, ReadResourceResult, Resource,
+    ResourceContents, ResourceTemplate, ResourceUpdatedNotificationParam,
 };
 use rmcp::service::SubscriptionContext;
 use rmcp::{ErrorData, Peer, RoleServer};
 
 use super::tools::OUTPUT_DEFAULT_BYTES;
+use crate::supervisor::Status;
 use crate::supervisor::manager::{Manager, OutputQuery};
 use crate::supervisor::view::StatusView;
-use crate::supervisor::Status;
 
 /// Newest agents listed by resources/list (templates cover the rest).
 const LISTED_AGENTS: usize = 100;
@@ -48,7 +48,9 @@ pub fn parse(uri: &str) -> Option<(&str, Kind)> {
 pub fn templates() -> ListResourceTemplatesResult {
     ListResourceTemplatesResult::with_all_items(vec![
         ResourceTemplate::new("agent://{id}/status", "agent status")
-            .with_description("Status of a background agent as JSON: status, result once completed, usage, exit.")
+            .with_description(
+                "Status of a background agent as JSON: status, result once completed, usage, exit.",
+            )
             .with_mime_type("application/json"),
         ResourceTemplate::new("agent://{id}/output", "agent output")
             .with_description("The newest readable output of a background agent (up to 20 KB).")
@@ -62,12 +64,19 @@ pub fn list(manager: &Manager) -> ListResourcesResult {
     let mut items = Vec::new();
     for a in view.agents.into_iter().skip(skip) {
         items.push(
-            Resource::new(uri(&a.agent_id, Kind::Status), format!("{} status", a.agent_id))
-                .with_description(format!("{} · {}", a.status.as_str(), a.task))
-                .with_mime_type("application/json"),
+            Resource::new(
+                uri(&a.agent_id, Kind::Status),
+                format!("{} status", a.agent_id),
+            )
+            .with_description(format!("{} · {}", a.status.as_str(), a.task))
+            .with_mime_type("application/json"),
         );
         items.push(
-            Resource::new(uri(&a.agent_id, Kind::Output), format!("{} output", a.agent_id)).with_mime_type("text/plain"),
+            Resource::new(
+                uri(&a.agent_id, Kind::Output),
+                format!("{} output", a.agent_id),
+            )
+            .with_mime_type("text/plain"),
         );
     }
     ListResourcesResult::with_all_items(items)
@@ -76,15 +85,19 @@ pub fn list(manager: &Manager) -> ListResourcesResult {
 pub fn read(manager: &Manager, uri_str: &str) -> Result<ReadResourceResult, ErrorData> {
     let Some((id, kind)) = parse(uri_str) else {
         return Err(ErrorData::resource_not_found(
-            format!("unknown resource `{uri_str}`; use agent://{{id}}/status or agent://{{id}}/output"),
+            format!(
+                "unknown resource `{uri_str}`; use agent://{{id}}/status or agent://{{id}}/output"
+            ),
             None,
         ));
     };
-    let not_found = |e: crate::supervisor::ManagerError| ErrorData::resource_not_found(e.to_string(), None);
+    let not_found =
+        |e: crate::supervisor::ManagerError| ErrorData::resource_not_found(e.to_string(), None);
     let text = match kind {
         Kind::Status => {
             let view: StatusView = manager.status(id).map_err(not_found)?;
-            serde_json::to_string_pretty(&view).map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+            serde_json::to_string_pretty(&view)
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
         }
         Kind::Output => {
             let q = OutputQuery {
@@ -95,7 +108,9 @@ pub fn read(manager: &Manager, uri_str: &str) -> Result<ReadResourceResult, Erro
             manager.output(id, &q).map_err(not_found)?.text
         }
     };
-    Ok(ReadResourceResult::new(vec![ResourceContents::text(text, uri_str)]))
+    Ok(ReadResourceResult::new(vec![ResourceContents::text(
+        text, uri_str,
+    )]))
 }
 
 /// Agents whose status changed since the last call.
@@ -144,14 +159,24 @@ pub struct LegacySubscriptions {
 }
 
 impl LegacySubscriptions {
-    pub fn subscribe(&self, manager: Arc<Manager>, wanted_uri: String, peer: Peer<RoleServer>) -> Result<(), ErrorData> {
+    pub fn subscribe(
+        &self,
+        manager: Arc<Manager>,
+        wanted_uri: String,
+        peer: Peer<RoleServer>,
+    ) -> Result<(), ErrorData> {
         if parse(&wanted_uri).is_none() {
             return Err(ErrorData::invalid_params(
-                format!("cannot subscribe to `{wanted_uri}`; subscribe to agent://{{id}}/status or agent://{{id}}/output"),
+                format!(
+                    "cannot subscribe to `{wanted_uri}`; subscribe to agent://{{id}}/status or agent://{{id}}/output"
+                ),
                 None,
             ));
         }
-        self.uris.lock().unwrap_or_else(|p| p.into_inner()).insert(wanted_uri);
+        self.uris
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(wanted_uri);
         let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
         if !*started {
             *started = true;
@@ -171,7 +196,11 @@ impl LegacySubscriptions {
                             .collect()
                     };
                     for u in wanted {
-                        if peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(u)).await.is_err() {
+                        if peer
+                            .notify_resource_updated(ResourceUpdatedNotificationParam::new(u))
+                            .await
+                            .is_err()
+                        {
                             return; // The session is gone.
                         }
                     }
@@ -182,7 +211,10 @@ impl LegacySubscriptions {
     }
 
     pub fn unsubscribe(&self, uri: &str) {
-        self.uris.lock().unwrap_or_else(|p| p.into_inner()).remove(uri);
+        self.uris
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uri);
     }
 }
 
@@ -192,7 +224,10 @@ mod tests {
 
     #[test]
     fn uris_round_trip() {
-        assert_eq!(parse(&uri("a-12345", Kind::Status)), Some(("a-12345", Kind::Status)));
+        assert_eq!(
+            parse(&uri("a-12345", Kind::Status)),
+            Some(("a-12345", Kind::Status))
+        );
         assert_eq!(parse("agent://a-1/output"), Some(("a-1", Kind::Output)));
         assert_eq!(parse("agent:///status"), None);
         assert_eq!(parse("file:///x"), None);

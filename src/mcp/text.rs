@@ -8,7 +8,9 @@ use crate::supervisor::view::{SpawnView, StatusView, UsageView};
 
 /// Cuts `view.result` to `max` bytes (at a char boundary); true when it cut.
 pub fn cap_result(view: &mut StatusView, max: usize) -> bool {
-    let Some(r) = view.result.as_mut() else { return false };
+    let Some(r) = view.result.as_mut() else {
+        return false;
+    };
     if r.len() <= max {
         return false;
     }
@@ -22,8 +24,13 @@ pub fn cap_result(view: &mut StatusView, max: usize) -> bool {
 }
 
 fn usage(u: &UsageView) -> String {
-    let cost = u.cost_usd.map_or("cost unknown".to_string(), |c| format!("${c:.4}"));
-    format!("{} in / {} out tokens, {cost}", u.input_tokens, u.output_tokens)
+    let cost = u
+        .cost_usd
+        .map_or("cost unknown".to_string(), |c| format!("${c:.4}"));
+    format!(
+        "{} in / {} out tokens, {cost}",
+        u.input_tokens, u.output_tokens
+    )
 }
 
 pub fn spawned(v: &SpawnView) -> String {
@@ -45,7 +52,13 @@ pub fn status(v: &StatusView, result_cut: bool, wait_capped: Option<Duration>) -
     if let Some(e) = v.elapsed_seconds {
         let _ = write!(s, " after {e:.1} s");
     }
-    let _ = write!(s, " · {} · {} turn(s) · {}", v.model, v.turns, usage(&v.usage));
+    let _ = write!(
+        s,
+        " · {} · {} turn(s) · {}",
+        v.model,
+        v.turns,
+        usage(&v.usage)
+    );
     if let Some(exit) = &v.exit
         && v.status.as_str() != "completed"
     {
@@ -74,15 +87,24 @@ pub fn output(p: &OutputPage) -> String {
     if !s.is_empty() && !s.ends_with('\n') {
         s.push('\n');
     }
-    let mut notes = vec![format!("next_cursor {}", p.next_cursor), format!("status {}", p.status.as_str())];
+    let mut notes = vec![
+        format!("next_cursor {}", p.next_cursor),
+        format!("status {}", p.status.as_str()),
+    ];
     if p.truncated {
-        notes.push(format!("truncated: call again with since={} for more", p.next_cursor));
+        notes.push(format!(
+            "truncated: call again with since={} for more",
+            p.next_cursor
+        ));
     }
     if p.dropped_bytes > 0 {
         notes.push(format!(
             "{} earlier bytes are no longer in memory (see the transcript{})",
             p.dropped_bytes,
-            p.transcript_path.as_deref().map(|t| format!(" {t}")).unwrap_or_default()
+            p.transcript_path
+                .as_deref()
+                .map(|t| format!(" {t}"))
+                .unwrap_or_default()
         ));
     }
     if p.text.is_empty() {
@@ -98,12 +120,28 @@ pub fn list(v: &ListView) -> String {
     }
     let mut s = String::new();
     for a in &v.agents {
-        let label = a.label.as_deref().map(|l| format!(" [{l}]")).unwrap_or_default();
-        let _ = writeln!(s, "{} {}{} · {} · {} · {}", a.agent_id, a.status.as_str(), label, a.role, a.model, a.task);
+        let label = a
+            .label
+            .as_deref()
+            .map(|l| format!(" [{l}]"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{} {}{} · {} · {} · {}",
+            a.agent_id,
+            a.status.as_str(),
+            label,
+            a.role,
+            a.model,
+            a.task
+        );
     }
     let mut counts: Vec<_> = v.counts.iter().collect();
     counts.sort();
-    let counts: Vec<String> = counts.into_iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let counts: Vec<String> = counts
+        .into_iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
     let _ = write!(
         s,
         "{} · {} in / {} out tokens · ${:.4}",
@@ -113,14 +151,23 @@ pub fn list(v: &ListView) -> String {
         v.total_cost_usd
     );
     if v.agents_with_unknown_cost > 0 {
-        let _ = write!(s, " (+{} agents with unknown cost)", v.agents_with_unknown_cost);
+        let _ = write!(
+            s,
+            " (+{} agents with unknown cost)",
+            v.agents_with_unknown_cost
+        );
     }
     s
 }
 
 pub fn waited(v: &WaitView, results_cut: bool, wait_capped: Option<Duration>) -> String {
     let mut s = if v.done {
-        format!("{} ended ({} still running) after {:.1} s.", v.ended.len(), v.still_running.len(), v.waited_seconds)
+        format!(
+            "{} ended ({} still running) after {:.1} s.",
+            v.ended.len(),
+            v.still_running.len(),
+            v.waited_seconds
+        )
     } else {
         format!(
             "Wait ran out after {:.1} s: {} ended, {} still running; call agent_wait again to keep waiting.",

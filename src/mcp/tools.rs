@@ -83,33 +83,8 @@ impl Blocking {
 }
 
 impl BgAgents {
-    /// `wait_seconds` as a duration within the configured maximum; Err for a bad value.
-    fn wait_duration(&self, secs: Option<f64>, default: f64) -> Result<(Duration, bool), String> {
-        let max = self.manager.config().server.max_wait_seconds as f64;
-        let s = secs.unwrap_or(default);
-        if !s.is_finite() || s < 0.0 {
-            return Err(format!(
-                "wait_seconds = {s} is not valid; give a number of seconds from 0 to {max}"
-            ));
-        }
-        Ok((Duration::from_secs_f64(s.min(max)), s > max))
-    }
-}
-
-#[tool_router(router = tool_router, vis = "pub(super)")]
-impl BgAgents {
-    /// Start a background agent on a task and return at once with its id. The agent is
-    /// a separate process with kernel CPU/memory limits, token and USD budgets, and
-    /// read-only tools (read_file, glob, grep) inside `cwd`. Keep working; collect the
-    /// answer later with agent_wait or agent_status (its `result`). Pick `task_type`
-    /// (exploration/analysis → fast model, reasoning → balanced, critical → quality) or
-    /// let the task's words decide.
-    #[tool(
-        name = "agent_spawn",
-        output_schema = schema_for_output::<SpawnView>(),
-        annotations(title = "Spawn background agent", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
-    )]
-    async fn agent_spawn(&self, Parameters(p): Parameters<SpawnParams>) -> ToolResult {
+    /// Checks a spawn request and starts (or queues) the agent.
+    pub(super) async fn spawn_agent(&self, p: SpawnParams) -> Result<SpawnView, String> {
         let task_type = match p.task_type.as_deref() {
             None => None,
             Some(s) => Some(TaskType::parse(s).ok_or_else(|| {
@@ -144,7 +119,37 @@ impl BgAgents {
             },
             agent_id: None,
         };
-        let view = self.manager.spawn(req, p.label).await.map_err(caller_error)?;
+        self.manager.spawn(req, p.label).await.map_err(caller_error)
+    }
+
+    /// `wait_seconds` as a duration within the configured maximum; Err for a bad value.
+    fn wait_duration(&self, secs: Option<f64>, default: f64) -> Result<(Duration, bool), String> {
+        let max = self.manager.config().server.max_wait_seconds as f64;
+        let s = secs.unwrap_or(default);
+        if !s.is_finite() || s < 0.0 {
+            return Err(format!(
+                "wait_seconds = {s} is not valid; give a number of seconds from 0 to {max}"
+            ));
+        }
+        Ok((Duration::from_secs_f64(s.min(max)), s > max))
+    }
+}
+
+#[tool_router(router = tool_router, vis = "pub(super)")]
+impl BgAgents {
+    /// Start a background agent on a task and return at once with its id. The agent is
+    /// a separate process with kernel CPU/memory limits, token and USD budgets, and
+    /// read-only tools (read_file, glob, grep) inside `cwd`. Keep working; collect the
+    /// answer later with agent_wait or agent_status (its `result`). Pick `task_type`
+    /// (exploration/analysis → fast model, reasoning → balanced, critical → quality) or
+    /// let the task's words decide.
+    #[tool(
+        name = "agent_spawn",
+        output_schema = schema_for_output::<SpawnView>(),
+        annotations(title = "Spawn background agent", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
+    )]
+    async fn agent_spawn(&self, Parameters(p): Parameters<SpawnParams>) -> ToolResult {
+        let view = self.spawn_agent(p).await?;
         let readable = text::spawned(&view);
         reply(&view, readable)
     }
@@ -172,7 +177,10 @@ impl BgAgents {
             self.manager.status(&p.agent_id).map_err(caller_error)?;
             let b = Blocking { meta, peer, ct };
             let what = format!("waiting for {}", p.agent_id);
-            match b.run(wait, &what, self.manager.wait_status(&p.agent_id, wait)).await {
+            match b
+                .run(wait, &what, self.manager.wait_status(&p.agent_id, wait))
+                .await
+            {
                 Some(r) => r.map_err(caller_error)?,
                 None => return Err("the request was cancelled; the agent keeps running".into()),
             }
@@ -221,7 +229,10 @@ impl BgAgents {
             self.manager.output(&p.agent_id, &q).map_err(caller_error)?;
             let b = Blocking { meta, peer, ct };
             let what = format!("waiting for output of {}", p.agent_id);
-            match b.run(wait, &what, self.manager.wait_output(&p.agent_id, &q, wait)).await {
+            match b
+                .run(wait, &what, self.manager.wait_output(&p.agent_id, &q, wait))
+                .await
+            {
                 Some(r) => r.map_err(caller_error)?,
                 None => return Err("the request was cancelled; the agent keeps running".into()),
             }
@@ -242,9 +253,15 @@ impl BgAgents {
         if let Some(g) = p.grace_ms
             && g > 60_000
         {
-            return Err(format!("grace_ms = {g} is above 60000; give 0 to 60000 milliseconds"));
+            return Err(format!(
+                "grace_ms = {g} is above 60000; give 0 to 60000 milliseconds"
+            ));
         }
-        let mut view = self.manager.kill(&p.agent_id, p.grace_ms).await.map_err(caller_error)?;
+        let mut view = self
+            .manager
+            .kill(&p.agent_id, p.grace_ms)
+            .await
+            .map_err(caller_error)?;
         let cut = text::cap_result(&mut view, RESULT_MAX_BYTES);
         let readable = text::status(&view, cut, None);
         reply(&view, readable)
@@ -268,8 +285,17 @@ impl BgAgents {
         if let Some(role) = p.role.as_deref()
             && !self.manager.config().roles.contains_key(role)
         {
-            let valid: Vec<&str> = self.manager.config().roles.keys().map(String::as_str).collect();
-            return Err(format!("unknown role `{role}`; use one of: {}", valid.join(", ")));
+            let valid: Vec<&str> = self
+                .manager
+                .config()
+                .roles
+                .keys()
+                .map(String::as_str)
+                .collect();
+            return Err(format!(
+                "unknown role `{role}`; use one of: {}",
+                valid.join(", ")
+            ));
         }
         let view = self.manager.list(status, p.role.as_deref());
         let readable = text::list(&view);
@@ -301,10 +327,16 @@ impl BgAgents {
         let mut ids = p.agent_ids.clone();
         ids.dedup();
         // Unknown ids fail before any waiting.
-        self.manager.wait(&ids, mode, Duration::ZERO).await.map_err(caller_error)?;
+        self.manager
+            .wait(&ids, mode, Duration::ZERO)
+            .await
+            .map_err(caller_error)?;
         let b = Blocking { meta, peer, ct };
         let what = format!("waiting for {} agent(s)", ids.len());
-        let mut view = match b.run(wait, &what, self.manager.wait(&ids, mode, wait)).await {
+        let mut view = match b
+            .run(wait, &what, self.manager.wait(&ids, mode, wait))
+            .await
+        {
             Some(r) => r.map_err(caller_error)?,
             None => return Err("the request was cancelled; the agents keep running".into()),
         };

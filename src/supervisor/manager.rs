@@ -19,13 +19,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::sync::{mpsc, watch};
 
-use super::output::{OutputBuffer, OutputError, ReadRequest, StderrTail, Transcript, compile_filter};
+use super::output::{
+    OutputBuffer, OutputError, ReadRequest, StderrTail, Transcript, compile_filter,
+};
 use super::process::{self, SpawnError, Spawner};
 use super::registry::{
-    AgentRecord, AgentState, Control, EndFacts, ExitInfo, Registry, ServerCause, Status, Usage, classify,
-    describe_end,
+    AgentRecord, AgentState, Control, EndFacts, ExitInfo, Registry, ServerCause, Status, Usage,
+    classify, describe_end,
 };
-use super::view::{ListRow, LimitsView, SpawnView, StatusView};
+use super::view::{LimitsView, ListRow, SpawnView, StatusView};
 
 /// Longest event line kept from a worker; the rest of such a line is counted as dropped.
 const MAX_EVENT_LINE: usize = 1024 * 1024;
@@ -52,11 +54,15 @@ pub enum ManagerError {
     Filter(OutputError),
     #[error("the server is shutting down; no new agents start")]
     ShuttingDown,
-    #[error("agent_ids is empty; pass one or more ids returned by agent_spawn (agent_list shows them)")]
+    #[error(
+        "agent_ids is empty; pass one or more ids returned by agent_spawn (agent_list shows them)"
+    )]
     NoIds,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitMode {
     Any,
@@ -140,7 +146,9 @@ impl Manager {
         let base = transcript_base(&config.server.transcript_dir);
         let session = format!(
             "session-{}-{}",
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             std::process::id()
         );
         Ok(Manager {
@@ -166,7 +174,12 @@ impl Manager {
 
     /// Every agent's id and status.
     pub fn statuses(&self) -> Vec<(String, Status)> {
-        self.inner.lock().agents.values().map(|r| (r.id.clone(), r.status())).collect()
+        self.inner
+            .lock()
+            .agents
+            .values()
+            .map(|r| (r.id.clone(), r.status()))
+            .collect()
     }
 
     pub fn transcript_dir(&self) -> &Path {
@@ -174,7 +187,11 @@ impl Manager {
     }
 
     /// Starts an agent now, or queues it when `max_concurrent` are running.
-    pub async fn spawn(&self, req: SpawnRequest, label: Option<String>) -> Result<SpawnView, ManagerError> {
+    pub async fn spawn(
+        &self,
+        req: SpawnRequest,
+        label: Option<String>,
+    ) -> Result<SpawnView, ManagerError> {
         let inner = &self.inner;
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ManagerError::ShuttingDown);
@@ -192,20 +209,32 @@ impl Manager {
                 });
             }
             let id = reg.new_id();
-            let transcript = Transcript::create(&inner.transcript_dir, &id, server.transcript_max_mb * 1024 * 1024)
-                .map_err(ManagerError::Transcript)?;
+            let transcript = Transcript::create(
+                &inner.transcript_dir,
+                &id,
+                server.transcript_max_mb * 1024 * 1024,
+            )
+            .map_err(ManagerError::Transcript)?;
             let mut spec = resolution.spec;
             spec.agent_id = Some(id.clone());
             let route = resolution.route;
             let view = SpawnView {
                 agent_id: id.clone(),
-                status: if start_now { Status::Running } else { Status::Queued },
+                status: if start_now {
+                    Status::Running
+                } else {
+                    Status::Queued
+                },
                 role: spec.role.clone(),
                 role_selected_by: serde_json::to_value(&resolution.role_choice)
                     .ok()
                     .map(|v| match v.get("keyword").and_then(|k| k.as_str()) {
                         Some(k) => format!("keyword `{k}`"),
-                        None => v.get("by").and_then(|b| b.as_str()).unwrap_or("default").to_string(),
+                        None => v
+                            .get("by")
+                            .and_then(|b| b.as_str())
+                            .unwrap_or("default")
+                            .to_string(),
                     })
                     .unwrap_or_default(),
                 tier: route.tier.to_string(),
@@ -231,7 +260,9 @@ impl Manager {
                 cwd: spec.cwd.display().to_string(),
                 created_at: SystemTime::now(),
                 output: OutputBuffer::new(spec.limits.max_output_bytes as usize),
-                state: AgentState::Queued { spec: Box::new(spec) },
+                state: AgentState::Queued {
+                    spec: Box::new(spec),
+                },
                 usage: Usage::default(),
                 turns: 0,
                 result: None,
@@ -305,12 +336,20 @@ impl Manager {
             truncated: r.truncated,
             matched_lines: r.matched_lines,
             status,
-            transcript_path: rec.transcript.as_ref().map(|t| t.path().display().to_string()),
+            transcript_path: rec
+                .transcript
+                .as_ref()
+                .map(|t| t.path().display().to_string()),
         })
     }
 
     /// Like `output`, but first waits up to `wait` for output past `since` (or the end).
-    pub async fn wait_output(&self, id: &str, q: &OutputQuery, wait: Duration) -> Result<OutputPage, ManagerError> {
+    pub async fn wait_output(
+        &self,
+        id: &str,
+        q: &OutputQuery,
+        wait: Duration,
+    ) -> Result<OutputPage, ManagerError> {
         if let Some(p) = q.filter.as_deref() {
             compile_filter(p).map_err(ManagerError::Filter)?;
         }
@@ -336,7 +375,9 @@ impl Manager {
     /// SIGKILL after the grace; an ended one is reported as it is.
     pub async fn kill(&self, id: &str, grace_ms: Option<u64>) -> Result<StatusView, ManagerError> {
         let inner = &self.inner;
-        let grace_ms = grace_ms.unwrap_or(inner.config.server.kill_grace_ms).min(60_000);
+        let grace_ms = grace_ms
+            .unwrap_or(inner.config.server.kill_grace_ms)
+            .min(60_000);
         {
             let mut reg = inner.lock();
             let rec = inner.get(&reg, id)?;
@@ -380,7 +421,9 @@ impl Manager {
             total_cost_usd: recs.iter().filter_map(|r| r.usage.cost_usd).sum(),
             agents_with_unknown_cost: recs
                 .iter()
-                .filter(|r| r.usage.cost_usd.is_none() && r.usage.input_tokens + r.usage.output_tokens > 0)
+                .filter(|r| {
+                    r.usage.cost_usd.is_none() && r.usage.input_tokens + r.usage.output_tokens > 0
+                })
                 .count(),
             agents: recs.into_iter().map(ListRow::of).collect(),
             counts,
@@ -389,7 +432,12 @@ impl Manager {
 
     /// Waits until any or all of `ids` have ended, or `wait` passes. Unknown ids are an
     /// error before any waiting.
-    pub async fn wait(&self, ids: &[String], mode: WaitMode, wait: Duration) -> Result<WaitView, ManagerError> {
+    pub async fn wait(
+        &self,
+        ids: &[String],
+        mode: WaitMode,
+        wait: Duration,
+    ) -> Result<WaitView, ManagerError> {
         if ids.is_empty() {
             return Err(ManagerError::NoIds);
         }
@@ -467,7 +515,8 @@ impl Manager {
             pids
         };
         inner.bump();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(grace) + Duration::from_secs(5);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(grace) + Duration::from_secs(5);
         while inner.lock().running > 0 {
             tokio::select! {
                 r = rx.changed() => if r.is_err() { break },
@@ -517,7 +566,10 @@ impl Inner {
                 hint: if near.is_empty() {
                     "no agents exist yet; spawn one with agent_spawn".to_string()
                 } else {
-                    format!("did you mean {}? agent_list shows every agent", near.join(", "))
+                    format!(
+                        "did you mean {}? agent_list shows every agent",
+                        near.join(", ")
+                    )
                 },
             }
         })
@@ -526,7 +578,16 @@ impl Inner {
     fn cancel_queued(&self, reg: &mut Registry, id: &str) {
         reg.queue.retain(|q| q != id);
         if let Some(rec) = reg.agents.get_mut(id)
-            && rec.state.end(Status::Killed, ExitInfo { reason: "cancelled".into(), ..Default::default() }).is_ok()
+            && rec
+                .state
+                .end(
+                    Status::Killed,
+                    ExitInfo {
+                        reason: "cancelled".into(),
+                        ..Default::default()
+                    },
+                )
+                .is_ok()
         {
             rec.error = Some("cancelled before it started".into());
             rec.output_seq.send_modify(|v| *v += 1);
@@ -551,7 +612,13 @@ impl Inner {
             }
         };
         let line = serde_json::to_string(&spec).unwrap_or_default() + "\n";
-        let cmd = process::command(exe, &["--spec", "-"], process::worker_env(&spec.provider), &spec.cwd, &spec.limits);
+        let cmd = process::command(
+            exe,
+            &["--spec", "-"],
+            process::worker_env(&spec.provider),
+            &spec.cwd,
+            &spec.limits,
+        );
         let child = self.spawner.spawn(cmd, exe).await?;
         let pid = child.id().unwrap_or(0);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -572,7 +639,14 @@ impl Inner {
             // Killed while it was being forked: end it at once.
             let _ = ctl_tx.send(Control::Kill { grace_ms: 0 });
         }
-        tokio::spawn(Arc::clone(self).supervise(id.to_string(), child, line, spec.limits, ctl_tx, ctl_rx));
+        tokio::spawn(Arc::clone(self).supervise(
+            id.to_string(),
+            child,
+            line,
+            spec.limits,
+            ctl_tx,
+            ctl_rx,
+        ));
         self.bump();
         Ok(())
     }
@@ -585,7 +659,9 @@ impl Inner {
             while reg.running < self.config.server.max_concurrent
                 && !self.shutting_down.load(Ordering::SeqCst)
             {
-                let Some(id) = reg.queue.pop_front() else { break };
+                let Some(id) = reg.queue.pop_front() else {
+                    break;
+                };
                 reg.running += 1;
                 ids.push(id);
             }
@@ -610,7 +686,16 @@ impl Inner {
             let mut reg = self.lock();
             reg.running -= 1;
             if let Some(rec) = reg.agents.get_mut(id)
-                && rec.state.end(Status::Failed, ExitInfo { reason: "spawn_failed".into(), ..Default::default() }).is_ok()
+                && rec
+                    .state
+                    .end(
+                        Status::Failed,
+                        ExitInfo {
+                            reason: "spawn_failed".into(),
+                            ..Default::default()
+                        },
+                    )
+                    .is_ok()
             {
                 rec.error = Some(format!("could not start: {message}"));
                 rec.output_seq.send_modify(|v| *v += 1);
@@ -644,8 +729,14 @@ impl Inner {
                 let _ = stdin_done_rx.await;
             });
         }
-        let out_task = child.stdout.take().map(|s| tokio::spawn(Arc::clone(&self).read_stdout(id.clone(), s, ctl_tx)));
-        let err_task = child.stderr.take().map(|s| tokio::spawn(Arc::clone(&self).read_stderr(id.clone(), s)));
+        let out_task = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(Arc::clone(&self).read_stdout(id.clone(), s, ctl_tx)));
+        let err_task = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(Arc::clone(&self).read_stderr(id.clone(), s)));
 
         let timeout = tokio::time::sleep(Duration::from_secs(limits.timeout_seconds));
         tokio::pin!(timeout);
@@ -741,7 +832,12 @@ impl Inner {
 
     /// Reads JSONL events in chunks; never blocks on anything but the pipe, and keeps at
     /// most one event line (capped) beyond what the buffers hold.
-    async fn read_stdout(self: Arc<Self>, id: String, mut stdout: ChildStdout, ctl: mpsc::UnboundedSender<Control>) {
+    async fn read_stdout(
+        self: Arc<Self>,
+        id: String,
+        mut stdout: ChildStdout,
+        ctl: mpsc::UnboundedSender<Control>,
+    ) {
         let mut buf = vec![0u8; 64 * 1024];
         let mut pending: Vec<u8> = Vec::new();
         let mut dropped_in_line = 0u64;
@@ -781,7 +877,9 @@ impl Inner {
     /// Applies complete stdout lines to the record; true once the transcript overflowed.
     fn apply_lines(&self, id: &str, lines: &[Vec<u8>], bytes: u64, dropped: u64) -> bool {
         let mut reg = self.lock();
-        let Some(rec) = reg.agents.get_mut(id) else { return false };
+        let Some(rec) = reg.agents.get_mut(id) else {
+            return false;
+        };
         rec.stdout_bytes += bytes;
         rec.oversize_dropped += dropped;
         for raw in lines {
@@ -796,14 +894,19 @@ impl Inner {
                 Err(_) => {
                     // Not our protocol (a crash message, a foreign program): keep it readable.
                     if let Some(t) = rec.transcript.as_mut() {
-                        t.append_line(&serde_json::json!({"type": "raw", "line": line}).to_string());
+                        t.append_line(
+                            &serde_json::json!({"type": "raw", "line": line}).to_string(),
+                        );
                     }
                     push_text(rec, &format!("{line}\n"));
                 }
             }
         }
         rec.output_seq.send_modify(|v| *v += 1);
-        rec.transcript.as_ref().is_some_and(|t| t.dropped_bytes() > 0) || rec.oversize_dropped > 0
+        rec.transcript
+            .as_ref()
+            .is_some_and(|t| t.dropped_bytes() > 0)
+            || rec.oversize_dropped > 0
     }
 
     async fn read_stderr(self: Arc<Self>, id: String, mut stderr: ChildStderr) {
@@ -829,7 +932,11 @@ fn terminate(pid: u32, grace_ms: u64) -> tokio::time::Instant {
 
 fn apply_event(rec: &mut AgentRecord, event: Event) {
     match &event {
-        Event::Usage { input_tokens, output_tokens, cost_usd } => {
+        Event::Usage {
+            input_tokens,
+            output_tokens,
+            cost_usd,
+        } => {
             rec.usage = Usage {
                 input_tokens: *input_tokens,
                 output_tokens: *output_tokens,
@@ -864,7 +971,11 @@ fn preview(task: &str) -> String {
     if one_line.chars().count() <= TASK_PREVIEW_CHARS {
         one_line
     } else {
-        one_line.chars().take(TASK_PREVIEW_CHARS - 1).collect::<String>() + "…"
+        one_line
+            .chars()
+            .take(TASK_PREVIEW_CHARS - 1)
+            .collect::<String>()
+            + "…"
     }
 }
 
@@ -878,5 +989,10 @@ fn transcript_base(configured: &str) -> PathBuf {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
-    state.map_or_else(|| std::env::temp_dir().join("bg-agents"), |s| s.join("bg-agents")).join("transcripts")
+    state
+        .map_or_else(
+            || std::env::temp_dir().join("bg-agents"),
+            |s| s.join("bg-agents"),
+        )
+        .join("transcripts")
 }

@@ -19,10 +19,23 @@ pub const CPU_HARD_MARGIN_SECS: u64 = 5;
 
 /// Environment variables every worker may see; everything else is cleared.
 const ENV_ALLOWLIST: &[&str] = &[
-    "PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ",
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "TZ",
     // TLS roots and proxies, so a worker reaches its provider where the server could.
-    "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
-    "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +73,11 @@ pub fn locate_worker(configured: &str) -> Result<PathBuf, SpawnError> {
     };
     if !configured.is_empty() {
         let p = PathBuf::from(configured);
-        return if is_executable(&p) { Ok(p) } else { Err(not_found()) };
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(not_found())
+        };
     }
     if let Some(p) = beside.as_ref().filter(|p| is_executable(p)) {
         return Ok(p.clone());
@@ -94,7 +111,13 @@ pub fn worker_env(provider: &ProviderSpec) -> Vec<(String, OsString)> {
 
 /// A command for `exe` with piped stdio, its own process group, a cleared environment,
 /// and the kernel limits applied between fork and exec.
-pub fn command(exe: &Path, args: &[&str], env: Vec<(String, OsString)>, cwd: &Path, limits: &Limits) -> Command {
+pub fn command(
+    exe: &Path,
+    args: &[&str],
+    env: Vec<(String, OsString)>,
+    cwd: &Path,
+    limits: &Limits,
+) -> Command {
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .env_clear()

@@ -15,7 +15,9 @@ use serde::Serialize;
 use super::output::{OutputBuffer, StderrTail, Transcript};
 
 /// Every status an agent can be in (DESIGN.md); the names are the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Queued,
@@ -324,7 +326,9 @@ pub fn classify(f: &EndFacts) -> (Status, ExitInfo) {
             Some(Signal::SIGXCPU) => (Status::CpuLimit, info("cpu_limit")),
             // The hard CPU limit ends with SIGKILL from the kernel when SIGXCPU was
             // ignored; the process must have run at least that long.
-            Some(Signal::SIGKILL) if cpu_limit_plausible(f) => (Status::CpuLimit, info("cpu_limit")),
+            Some(Signal::SIGKILL) if cpu_limit_plausible(f) => {
+                (Status::CpuLimit, info("cpu_limit"))
+            }
             Some(Signal::SIGXFSZ) => (Status::Failed, info("file_limit")),
             Some(Signal::SIGABRT) | Some(Signal::SIGSEGV) | Some(Signal::SIGBUS)
                 if allocation_failed(&f.stderr_tail) =>
@@ -356,9 +360,14 @@ fn cpu_limit_plausible(f: &EndFacts) -> bool {
 /// Allocation failures under RLIMIT_AS as runtimes report them: Rust's
 /// "memory allocation of N bytes failed", C's ENOMEM text, Python's MemoryError.
 fn allocation_failed(stderr_tail: &str) -> bool {
-    ["memory allocation of", "Cannot allocate memory", "MemoryError", "out of memory"]
-        .iter()
-        .any(|m| stderr_tail.contains(m))
+    [
+        "memory allocation of",
+        "Cannot allocate memory",
+        "MemoryError",
+        "out of memory",
+    ]
+    .iter()
+    .any(|m| stderr_tail.contains(m))
 }
 
 pub fn signal_name(sig: i32) -> String {
@@ -366,17 +375,36 @@ pub fn signal_name(sig: i32) -> String {
 }
 
 /// A human sentence for an ended agent's `error`, when the status is not `completed`.
-pub fn describe_end(status: Status, exit: &ExitInfo, limits: &Limits, worker_error: Option<&str>) -> Option<String> {
+pub fn describe_end(
+    status: Status,
+    exit: &ExitInfo,
+    limits: &Limits,
+    worker_error: Option<&str>,
+) -> Option<String> {
     let detail = worker_error.map(|e| format!(": {e}")).unwrap_or_default();
     Some(match (status, exit.reason.as_str()) {
         (Status::Completed, _) => return None,
         (Status::Killed, _) => "killed by agent_kill".to_string(),
-        (Status::TimedOut, _) => format!("ran past timeout_seconds = {}; stopped", limits.timeout_seconds),
-        (Status::CpuLimit, _) => format!("used its CPU limit (cpu_seconds = {})", limits.cpu_seconds),
-        (Status::MemoryLimit, _) => format!("ran out of memory under RLIMIT_AS (memory_mb = {})", limits.memory_mb),
-        (Status::OutputLimit, _) => "wrote more output than the transcript cap; stopped so nothing is lost silently".to_string(),
+        (Status::TimedOut, _) => format!(
+            "ran past timeout_seconds = {}; stopped",
+            limits.timeout_seconds
+        ),
+        (Status::CpuLimit, _) => {
+            format!("used its CPU limit (cpu_seconds = {})", limits.cpu_seconds)
+        }
+        (Status::MemoryLimit, _) => format!(
+            "ran out of memory under RLIMIT_AS (memory_mb = {})",
+            limits.memory_mb
+        ),
+        (Status::OutputLimit, _) => {
+            "wrote more output than the transcript cap; stopped so nothing is lost silently"
+                .to_string()
+        }
         (Status::BudgetExceeded, _) => format!("budget exhausted{detail}"),
-        (_, "file_limit") => format!("wrote a file past the file size limit (SIGXFSZ, max_file_mb = {})", limits.max_file_mb),
+        (_, "file_limit") => format!(
+            "wrote a file past the file size limit (SIGXFSZ, max_file_mb = {})",
+            limits.max_file_mb
+        ),
         (_, "spawn_failed") => format!("could not start{detail}"),
         (_, "no_result") => "exited 0 without a result event".to_string(),
         (_, reason) => {
@@ -415,7 +443,10 @@ mod tests {
     fn terminal_states_never_change() {
         for from in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
             for to in Status::ALL {
-                assert!(AgentState::check_transition(from, to).is_err(), "{from:?} → {to:?}");
+                assert!(
+                    AgentState::check_transition(from, to).is_err(),
+                    "{from:?} → {to:?}"
+                );
             }
         }
     }
@@ -441,11 +472,20 @@ mod tests {
             "model": "m", "cwd": "/", "limits": limits(),
         }))
         .unwrap();
-        let mut s = AgentState::Queued { spec: Box::new(spec) };
+        let mut s = AgentState::Queued {
+            spec: Box::new(spec),
+        };
         s.start(42).unwrap();
         assert!(s.start(43).is_err());
         s.end(Status::Completed, ExitInfo::default()).unwrap();
-        assert!(matches!(s, AgentState::Ended { pid: Some(42), started_at: Some(_), .. }));
+        assert!(matches!(
+            s,
+            AgentState::Ended {
+                pid: Some(42),
+                started_at: Some(_),
+                ..
+            }
+        ));
         assert!(s.end(Status::Failed, ExitInfo::default()).is_err());
         assert_eq!(s.status(), Status::Completed);
     }
@@ -459,15 +499,27 @@ mod tests {
         assert_eq!(classify(&facts(Some(3), None)).0, Status::BudgetExceeded);
         assert_eq!(classify(&facts(Some(1), None)).1.reason, "provider_error");
         assert_eq!(classify(&facts(Some(2), None)).1.reason, "config_error");
-        assert_eq!(classify(&facts(None, Some(Signal::SIGXCPU))).0, Status::CpuLimit);
+        assert_eq!(
+            classify(&facts(None, Some(Signal::SIGXCPU))).0,
+            Status::CpuLimit
+        );
         let (s, e) = classify(&facts(None, Some(Signal::SIGXFSZ)));
-        assert_eq!((s, e.reason.as_str(), e.signal.as_deref()), (Status::Failed, "file_limit", Some("SIGXFSZ")));
-        assert_eq!(classify(&facts(None, Some(Signal::SIGSEGV))).1.reason, "crashed");
+        assert_eq!(
+            (s, e.reason.as_str(), e.signal.as_deref()),
+            (Status::Failed, "file_limit", Some("SIGXFSZ"))
+        );
+        assert_eq!(
+            classify(&facts(None, Some(Signal::SIGSEGV))).1.reason,
+            "crashed"
+        );
         let mut f = facts(None, Some(Signal::SIGABRT));
         f.stderr_tail = "memory allocation of 1073741824 bytes failed\n".into();
         assert_eq!(classify(&f).0, Status::MemoryLimit);
         // SIGKILL from outside after a short run is a crash, not the CPU limit.
-        assert_eq!(classify(&facts(None, Some(Signal::SIGKILL))).0, Status::Failed);
+        assert_eq!(
+            classify(&facts(None, Some(Signal::SIGKILL))).0,
+            Status::Failed
+        );
         let mut f = facts(None, Some(Signal::SIGKILL));
         f.ran_for = Duration::from_secs(f.limits.cpu_seconds + 10);
         assert_eq!(classify(&f).0, Status::CpuLimit);

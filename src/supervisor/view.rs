@@ -133,7 +133,8 @@ pub struct ListRow {
 }
 
 fn secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn elapsed(started: Option<SystemTime>, ended: Option<SystemTime>) -> Option<f64> {
@@ -204,12 +205,16 @@ impl StatusView {
                 output_evicted_bytes: r.output.start_cursor(),
                 stdout_bytes: r.stdout_bytes,
                 stderr_bytes: r.stderr.total_bytes(),
-                transcript_path: r.transcript.as_ref().map(|t| t.path().display().to_string()),
+                transcript_path: r
+                    .transcript
+                    .as_ref()
+                    .map(|t| t.path().display().to_string()),
                 transcript_bytes: r.transcript.as_ref().map_or(0, |t| t.written_bytes()),
                 transcript_dropped_bytes: r.transcript.as_ref().map_or(0, |t| t.dropped_bytes())
                     + r.oversize_dropped,
             },
-            stderr_tail: (status != Status::Completed && !stderr.trim().is_empty()).then_some(stderr),
+            stderr_tail: (status != Status::Completed && !stderr.trim().is_empty())
+                .then_some(stderr),
             limits: LimitsView::from(&r.limits),
         }
     }
