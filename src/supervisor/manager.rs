@@ -271,6 +271,7 @@ impl Manager {
                 transcript: Some(transcript),
                 stderr: StderrTail::new(64 * 1024),
                 stdout_bytes: 0,
+                first_event_at: None,
                 oversize_dropped: 0,
                 mid_line: false,
                 output_seq: watch::channel(0).0,
@@ -590,6 +591,9 @@ impl Inner {
                 .is_ok()
         {
             rec.error = Some("cancelled before it started".into());
+            if let Some(t) = rec.transcript.as_mut() {
+                t.close();
+            }
             rec.output_seq.send_modify(|v| *v += 1);
             let retain = self.config.server.retained_agents;
             reg.note_ended(id, retain);
@@ -698,6 +702,9 @@ impl Inner {
                     .is_ok()
             {
                 rec.error = Some(format!("could not start: {message}"));
+                if let Some(t) = rec.transcript.as_mut() {
+                    t.close();
+                }
                 rec.output_seq.send_modify(|v| *v += 1);
                 let retain = self.config.server.retained_agents;
                 reg.note_ended(id, retain);
@@ -817,7 +824,7 @@ impl Inner {
                     let _ = rec.state.end(status, exit);
                     rec.control = None;
                     if let Some(t) = rec.transcript.as_mut() {
-                        t.flush();
+                        t.close();
                     }
                     rec.output_seq.send_modify(|v| *v += 1);
                     reg.note_ended(id, retain)
@@ -880,6 +887,9 @@ impl Inner {
         let Some(rec) = reg.agents.get_mut(id) else {
             return false;
         };
+        if rec.first_event_at.is_none() && bytes > 0 {
+            rec.first_event_at = Some(SystemTime::now());
+        }
         rec.stdout_bytes += bytes;
         rec.oversize_dropped += dropped;
         for raw in lines {

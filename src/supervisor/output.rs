@@ -619,6 +619,14 @@ impl Transcript {
         }
     }
 
+    /// Flushes and closes the file once the agent has ended, so an ended agent holds no
+    /// file descriptor; later lines are counted as dropped.
+    pub fn close(&mut self) {
+        self.flush();
+        self.writer = None;
+        self.capped = true;
+    }
+
     fn write(&mut self, bytes: &[u8]) -> bool {
         let Some(writer) = self.writer.as_mut() else {
             return false;

@@ -203,6 +203,8 @@ pub struct AgentRecord {
     pub stderr: StderrTail,
     /// Bytes read from the worker's stdout (events), all of them.
     pub stdout_bytes: u64,
+    /// When the worker's first output arrived (its `started` event, normally).
+    pub first_event_at: Option<SystemTime>,
     /// Event lines longer than the line cap, cut; their bytes are counted here.
     pub oversize_dropped: u64,
     /// Whether the readable output ends in the middle of a line.

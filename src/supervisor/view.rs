@@ -103,6 +103,8 @@ pub struct StatusView {
     /// Unix seconds.
     pub created_at: f64,
     pub started_at: Option<f64>,
+    /// When the worker's first event arrived (Unix seconds).
+    pub first_event_at: Option<f64>,
     pub ended_at: Option<f64>,
     /// Seconds running (so far, or in all).
     pub elapsed_seconds: Option<f64>,
@@ -192,6 +194,7 @@ impl StatusView {
             pid,
             created_at: secs(r.created_at),
             started_at: started.map(secs),
+            first_event_at: r.first_event_at.map(secs),
             ended_at: ended.map(secs),
             elapsed_seconds: elapsed(started, ended),
             exit,
