@@ -27,6 +27,13 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Runs the task to its end and returns the process exit code. Exactly one final event
 /// (`result` or `error`) is emitted.
 pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
+    // The sandbox compares canonical paths, and a spec written by hand may name its cwd
+    // relatively or through a symlink.
+    let root = match std::fs::canonicalize(&spec.cwd) {
+        Ok(p) if p.is_dir() => Arc::new(p),
+        Ok(_) => return fail(out, ErrorKind::Config, bad_cwd(spec, "not a directory")),
+        Err(e) => return fail(out, ErrorKind::Config, bad_cwd(spec, &e.to_string())),
+    };
     out.emit(&Event::Started {
         model: spec.model.clone(),
         provider: spec.provider.name.clone(),
@@ -34,7 +41,6 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
         limits: spec.limits,
     });
     let tool_defs = tools::definitions(&spec.tools);
-    let root = Arc::new(spec.cwd.clone());
     let mut messages = vec![Message {
         role: Role::User,
         content: vec![Block::Text {
@@ -45,7 +51,9 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
     let limits = &spec.limits;
 
     for turn in 1..=limits.max_turns {
-        let remaining = limits.max_total_tokens.saturating_sub(total.input_tokens + total.output_tokens);
+        let remaining = limits
+            .max_total_tokens
+            .saturating_sub(total.input_tokens + total.output_tokens);
         let req = TurnRequest {
             model: &spec.model,
             system: &spec.system_prompt,
@@ -59,15 +67,15 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
         };
         total.input_tokens += output.usage.input_tokens;
         total.output_tokens += output.usage.output_tokens;
-        let cost = spec.price.map(|p| p.cost(total.input_tokens, total.output_tokens));
+        let cost = spec
+            .price
+            .map(|p| p.cost(total.input_tokens, total.output_tokens));
         out.emit(&Event::Usage {
             input_tokens: total.input_tokens,
             output_tokens: total.output_tokens,
             cost_usd: cost,
         });
-        if let Some(message) = budget_exceeded(spec, total, cost) {
-            return fail(out, ErrorKind::BudgetExceeded, message);
-        }
+        let over_budget = budget_exceeded(spec, total, cost);
 
         let TurnOutput {
             content,
@@ -77,7 +85,9 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
         let calls: Vec<(String, String, serde_json::Value)> = content
             .iter()
             .filter_map(|b| match b {
-                Block::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone())),
+                Block::ToolUse { id, name, input } => {
+                    Some((id.clone(), name.clone(), input.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -99,6 +109,11 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
                 turns: turn,
             });
             return exit::DONE;
+        }
+        // A finished answer is delivered even if its turn went over budget (it is paid
+        // for); the budget stops the run before it spends on another turn.
+        if let Some(message) = over_budget {
+            return fail(out, ErrorKind::BudgetExceeded, message);
         }
         if turn == limits.max_turns {
             break;
@@ -141,6 +156,13 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
 fn fail(out: &dyn Emit, kind: ErrorKind, message: String) -> i32 {
     out.emit(&Event::Error { kind, message });
     kind.exit_code()
+}
+
+fn bad_cwd(spec: &TaskSpec, reason: &str) -> String {
+    format!(
+        "cwd {}: {reason}; give an existing directory",
+        spec.cwd.display()
+    )
 }
 
 fn budget_exceeded(spec: &TaskSpec, total: TokenUsage, cost: Option<f64>) -> Option<String> {
@@ -190,18 +212,25 @@ async fn turn_with_retries(
         let result = client
             .turn(req, &mut |t| {
                 streamed = true;
-                out.emit(&Event::Text { text: t.to_string() });
+                out.emit(&Event::Text {
+                    text: t.to_string(),
+                });
             })
             .await;
         match result {
             Ok(o) => return Ok(o),
             Err(ProviderError::Fatal(m)) => return Err(m),
-            Err(ProviderError::Retryable { reason, retry_after }) => {
+            Err(ProviderError::Retryable {
+                reason,
+                retry_after,
+            }) => {
                 if attempt >= max_retries {
                     return Err(format!("{reason} (gave up after {attempt} retries)"));
                 }
                 attempt += 1;
-                let wait = retry_after.unwrap_or_else(|| backoff(attempt)).min(MAX_RETRY_WAIT);
+                let wait = retry_after
+                    .unwrap_or_else(|| backoff(attempt))
+                    .min(MAX_RETRY_WAIT);
                 out.emit(&Event::Retry {
                     attempt,
                     wait_ms: wait.as_millis() as u64,
@@ -228,7 +257,10 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         for _ in 0..50 {
             let b1 = backoff(1);
-            assert!(b1 >= Duration::from_millis(375) && b1 <= Duration::from_millis(625), "{b1:?}");
+            assert!(
+                b1 >= Duration::from_millis(375) && b1 <= Duration::from_millis(625),
+                "{b1:?}"
+            );
             let b10 = backoff(10);
             assert!(b10 <= Duration::from_millis(37_500), "{b10:?}");
         }

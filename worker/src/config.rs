@@ -404,11 +404,13 @@ impl Config {
             })?;
             merge(&mut merged, user);
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
-            .map_err(|e| ConfigError::Schema {
-                source_name: source.clone(),
-                key: toml_key(&e.path().to_string()),
-                message: e.inner().to_string(),
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+                ConfigError::Schema {
+                    source_name: source.clone(),
+                    key: toml_key(&e.path().to_string()),
+                    message: e.inner().to_string(),
+                }
             })?;
         config.validate(&source)?;
         Ok(config)
@@ -482,7 +484,13 @@ impl Config {
             }
         }
 
-        let provider_names = || self.providers.keys().cloned().collect::<Vec<_>>().join(", ");
+        let provider_names = || {
+            self.providers
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         for tier in Tier::ALL {
             let t = self.tiers.get(tier);
             if !self.providers.contains_key(&t.provider) {
@@ -617,7 +625,9 @@ mod tests {
     }
 
     fn err(text: &str) -> String {
-        user(text).expect_err("config should be rejected").to_string()
+        user(text)
+            .expect_err("config should be rejected")
+            .to_string()
     }
 
     #[test]
@@ -685,7 +695,10 @@ mod tests {
     #[test]
     fn memory_below_minimum_names_key_and_fix() {
         let e = err("[max]\nmemory_mb = 0\n");
-        assert!(e.contains("[max] memory_mb = 0: must be at least 32"), "{e}");
+        assert!(
+            e.contains("[max] memory_mb = 0: must be at least 32"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -741,7 +754,9 @@ mod tests {
 
     #[test]
     fn provider_kind_must_be_known() {
-        let e = err("[providers.x]\nkind = \"gemini\"\nbase_url = \"http://a\"\nmax_retries = 1\nrequest_timeout_seconds = 5\n");
+        let e = err(
+            "[providers.x]\nkind = \"gemini\"\nbase_url = \"http://a\"\nmax_retries = 1\nrequest_timeout_seconds = 5\n",
+        );
         assert!(e.contains("[providers.x] kind"), "{e}");
     }
 
@@ -761,7 +776,10 @@ mod tests {
     #[test]
     fn role_limits_above_max_are_rejected() {
         let e = err("[roles.explorer.limits]\nbudget_usd = 100.0\n");
-        assert!(e.contains("[roles.explorer.limits] budget_usd = 100"), "{e}");
+        assert!(
+            e.contains("[roles.explorer.limits] budget_usd = 100"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -82,7 +82,10 @@ fn parse_task_type(s: &str) -> Result<TaskType, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bg-agent-worker: cannot start the runtime: {e}");
@@ -108,6 +111,14 @@ async fn run(cli: Cli) -> i32 {
             }
         };
     }
+    // First, so a SIGTERM during startup still ends with `interrupted` and 143.
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("bg-agent-worker: cannot install signal handlers");
+        return exit::PROVIDER;
+    };
     let from_server = cli.spec.as_deref() == Some("-");
     let json = cli.json || cli.spec.is_some();
     let out: Box<dyn Emit> = if json {
@@ -134,10 +145,6 @@ async fn run(cli: Cli) -> i32 {
             });
             return exit::BAD_SPEC;
         }
-    };
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        eprintln!("bg-agent-worker: cannot install signal handlers");
-        return exit::PROVIDER;
     };
     let interrupted = |what: &str, code: i32| {
         out.emit(&Event::Error {
@@ -252,7 +259,11 @@ impl Emit for HumanOut {
         if let Some(turns) = summary {
             let (i, o, cost) = self.usage.get();
             let cost = cost.map_or("cost unknown".into(), |c| format!("${c:.4}"));
-            let nl = if text.is_empty() && at_start || text.ends_with('\n') { "" } else { "\n" };
+            let nl = if text.is_empty() && at_start || text.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
             text.push_str(&format!(
                 "{nl}— {turns} turn{} · {i} in / {o} out tokens · {cost}\n",
                 if turns == 1 { "" } else { "s" }
@@ -262,6 +273,14 @@ impl Emit for HumanOut {
             return;
         }
         self.mid_line.set(!text.ends_with('\n'));
-        let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush());
+        // An error goes to stderr, where someone running `bg-agent-worker TASK > out.md`
+        // still sees it.
+        let _ = if matches!(event, Event::Error { .. }) {
+            std::io::stderr().lock().write_all(text.as_bytes())
+        } else {
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|_| stdout.flush())
+        };
     }
 }

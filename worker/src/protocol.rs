@@ -117,7 +117,9 @@ pub enum Event {
         limits: Limits,
     },
     /// A delta of assistant text, as it streams.
-    Text { text: String },
+    Text {
+        text: String,
+    },
     ToolCall {
         id: String,
         name: String,
@@ -150,7 +152,10 @@ pub enum Event {
         stop_reason: String,
         turns: u32,
     },
-    Error { kind: ErrorKind, message: String },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl Event {

@@ -37,17 +37,31 @@ pub struct Resolution {
 pub enum ResolveError {
     #[error("task is empty; describe the work for the agent in `task`")]
     EmptyTask,
-    #[error("task is {0} bytes, above the {MAX_TASK_BYTES}-byte limit; put long material in a file under cwd and point the agent at it")]
+    #[error(
+        "task is {0} bytes, above the {MAX_TASK_BYTES}-byte limit; put long material in a file under cwd and point the agent at it"
+    )]
     TaskTooLong(usize),
     #[error(transparent)]
     Role(#[from] UnknownRole),
     #[error(transparent)]
     Route(#[from] RouteError),
-    #[error("limits.{key} = {value} is above the ceiling {max} ([max] {key}); ask for at most {max}, or raise [max] {key} in the config")]
-    AboveCeiling { key: &'static str, value: String, max: String },
+    #[error(
+        "limits.{key} = {value} is above the ceiling {max} ([max] {key}); ask for at most {max}, or raise [max] {key} in the config"
+    )]
+    AboveCeiling {
+        key: &'static str,
+        value: String,
+        max: String,
+    },
     #[error("limits.{key} = {value} is below the minimum {min}; ask for at least {min}")]
-    BelowMinimum { key: &'static str, value: String, min: String },
-    #[error("cwd {path}: {reason}; give an existing directory (absolute, or relative to the server's directory)")]
+    BelowMinimum {
+        key: &'static str,
+        value: String,
+        min: String,
+    },
+    #[error(
+        "cwd {path}: {reason}; give an existing directory (absolute, or relative to the server's directory)"
+    )]
     BadCwd { path: PathBuf, reason: String },
 }
 
@@ -176,7 +190,10 @@ mod tests {
         assert_eq!(r.spec.role, "reviewer");
         assert_eq!(r.spec.model, "claude-sonnet-5-5");
         assert_eq!(r.route.tier, Tier::Balanced);
-        assert_eq!(r.spec.provider.api_key_env.as_deref(), Some("ANTHROPIC_API_KEY"));
+        assert_eq!(
+            r.spec.provider.api_key_env.as_deref(),
+            Some("ANTHROPIC_API_KEY")
+        );
         assert_eq!(r.spec.price.unwrap().input, 2.0);
         assert!(r.spec.cwd.is_absolute());
     }
@@ -205,7 +222,12 @@ mod tests {
         );
         let mut r = req("x");
         r.limits.budget_usd = Some(25.5);
-        assert!(c.resolve(&r).unwrap_err().to_string().contains("budget_usd = 25.5"));
+        assert!(
+            c.resolve(&r)
+                .unwrap_err()
+                .to_string()
+                .contains("budget_usd = 25.5")
+        );
     }
 
     #[test]
@@ -214,13 +236,19 @@ mod tests {
         let mut r = req("x");
         r.limits.max_turns = Some(0);
         let e = c.resolve(&r).unwrap_err().to_string();
-        assert!(e.contains("limits.max_turns = 0 is below the minimum 1"), "{e}");
+        assert!(
+            e.contains("limits.max_turns = 0 is below the minimum 1"),
+            "{e}"
+        );
     }
 
     #[test]
     fn empty_task_and_bad_cwd_are_refused() {
         let c = Config::builtin().unwrap();
-        assert!(matches!(c.resolve(&req("  ")), Err(ResolveError::EmptyTask)));
+        assert!(matches!(
+            c.resolve(&req("  ")),
+            Err(ResolveError::EmptyTask)
+        ));
         let mut r = req("x");
         r.cwd = Some("/definitely/not/here".into());
         let e = c.resolve(&r).unwrap_err().to_string();

@@ -73,20 +73,33 @@ mod tests {
     #[test]
     fn unknown_role_lists_the_valid_ones() {
         let c = Config::builtin().unwrap();
-        let e = select_role(&c, Some("hacker"), "x").unwrap_err().to_string();
+        let e = select_role(&c, Some("hacker"), "x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown role `hacker`"), "{e}");
-        assert!(e.contains("analyst, architect, explorer, general, reviewer"), "{e}");
+        assert!(
+            e.contains("analyst, architect, explorer, general, reviewer"),
+            "{e}"
+        );
     }
 
     #[test]
     fn keywords_pick_roles_in_rule_order() {
         let table = [
-            ("Decide between Postgres and SQLite for the cache", "architect", "decide between"),
+            (
+                "Decide between Postgres and SQLite for the cache",
+                "architect",
+                "decide between",
+            ),
             ("Review this diff for bugs", "reviewer", "review"),
             ("Explain how the retry loop works", "analyst", "explain"),
             ("Find every caller of parse_config", "explorer", "find"),
             ("Where is the auth middleware?", "explorer", "where is"),
-            ("Trace the request id through the logger", "analyst", "trace"),
+            (
+                "Trace the request id through the logger",
+                "analyst",
+                "trace",
+            ),
         ];
         for (task, role, kw) in table {
             let (r, why) = pick(task);
@@ -97,7 +110,10 @@ mod tests {
 
     #[test]
     fn no_keyword_falls_back_to_general() {
-        assert_eq!(pick("Write a haiku about rust"), ("general".into(), RoleChoice::Default));
+        assert_eq!(
+            pick("Write a haiku about rust"),
+            ("general".into(), RoleChoice::Default)
+        );
         // Whole words only: "refinder" does not contain the keyword "find".
         assert_eq!(pick("refinder module notes").0, "general");
     }

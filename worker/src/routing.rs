@@ -61,7 +61,9 @@ pub enum RouteError {
         known: String,
         aliases: String,
     },
-    #[error("model `{model}` is not allowed by policy ([routing] allowed_models); use one of: {allowed}")]
+    #[error(
+        "model `{model}` is not allowed by policy ([routing] allowed_models); use one of: {allowed}"
+    )]
     ModelNotAllowed { model: String, allowed: String },
     #[error("tier `{tier}` is denied by policy ([routing] denied_tiers); use one of: {allowed}")]
     TierDenied { tier: Tier, allowed: String },
@@ -102,13 +104,21 @@ fn route_model(
     req: &RouteRequest<'_>,
 ) -> Result<(Tier, RoutedBy, String), RouteError> {
     if let Some(&tier) = config.routing.aliases.get(model) {
-        return Ok((tier, RoutedBy::Model, format!("model alias `{model}` → {tier}")));
+        return Ok((
+            tier,
+            RoutedBy::Model,
+            format!("model alias `{model}` → {tier}"),
+        ));
     }
     if let Some(tier) = Tier::ALL
         .into_iter()
         .find(|&t| config.tiers.get(t).model == model)
     {
-        return Ok((tier, RoutedBy::Model, format!("model `{model}` ({tier} tier)")));
+        return Ok((
+            tier,
+            RoutedBy::Model,
+            format!("model `{model}` ({tier} tier)"),
+        ));
     }
     let known = config.pricing.contains_key(model)
         || config.routing.allowed_models.iter().any(|m| m == model);
@@ -123,7 +133,13 @@ fn route_model(
         return Err(RouteError::UnknownModel {
             model: model.to_string(),
             known: names.join(", "),
-            aliases: config.routing.aliases.keys().cloned().collect::<Vec<_>>().join(", "),
+            aliases: config
+                .routing
+                .aliases
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     let (tier, _, _) = route_tier(config, req);
@@ -141,7 +157,11 @@ fn route_tier(config: &Config, req: &RouteRequest<'_>) -> (Tier, RoutedBy, Strin
     if let Some(tt) = req.task_type
         && let Some(&t) = config.routing.task_types.get(&tt)
     {
-        return (t, RoutedBy::TaskType, format!("task_type `{}` → {t}", tt.as_str()));
+        return (
+            t,
+            RoutedBy::TaskType,
+            format!("task_type `{}` → {t}", tt.as_str()),
+        );
     }
     if let Some(t) = req.role_tier {
         return (t, RoutedBy::Role, format!("the role's tier → {t}"));
@@ -249,13 +269,21 @@ mod tests {
             ("Refactor the config loader into modules", Balanced, Keyword),
             ("Debug the flaky integration test", Balanced, Keyword),
             ("Find the root cause of the deadlock", Balanced, Keyword),
-            ("Why does the worker leak file descriptors?", Balanced, Keyword),
+            (
+                "Why does the worker leak file descriptors?",
+                Balanced,
+                Keyword,
+            ),
             ("Design a retry API for the client", Balanced, Keyword),
             ("Implement pagination for list endpoints", Balanced, Keyword),
             ("Is there a race condition in the queue?", Balanced, Keyword),
             ("REVIEW the error handling", Balanced, Keyword),
             ("Decide between gRPC and REST for the API", Quality, Keyword),
-            ("This is a critical decision about storage", Quality, Keyword),
+            (
+                "This is a critical decision about storage",
+                Quality,
+                Keyword,
+            ),
             ("Weigh the trade-off of sharding now", Quality, Keyword),
             ("Write a migration plan for the database", Quality, Keyword),
             ("Make an architecture decision on queues", Quality, Keyword),
@@ -282,7 +310,10 @@ mod tests {
             task: "find things",
         };
         let r = route(&c, &req).unwrap();
-        assert_eq!((r.tier, r.routed_by, r.model.as_str()), (Tier::Quality, RoutedBy::Model, "claude-opus-5-5"));
+        assert_eq!(
+            (r.tier, r.routed_by, r.model.as_str()),
+            (Tier::Quality, RoutedBy::Model, "claude-opus-5-5")
+        );
         req.model = None;
         let r = route(&c, &req).unwrap();
         assert_eq!((r.tier, r.routed_by), (Tier::Fast, RoutedBy::Tier));
@@ -306,7 +337,15 @@ mod tests {
             (TaskType::Reasoning, Tier::Balanced),
             (TaskType::Critical, Tier::Quality),
         ] {
-            let r = route(&c, &RouteRequest { task_type: Some(tt), task: "x", ..Default::default() }).unwrap();
+            let r = route(
+                &c,
+                &RouteRequest {
+                    task_type: Some(tt),
+                    task: "x",
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             assert_eq!(r.tier, tier);
             assert_eq!(r.model, c.tiers.get(tier).model);
         }
@@ -315,8 +354,20 @@ mod tests {
     #[test]
     fn aliases_resolve_to_tier_models() {
         let c = cfg();
-        for (alias, model) in [("haiku", "claude-haiku-5-5"), ("sonnet", "claude-sonnet-5-5"), ("opus", "claude-opus-5-5")] {
-            let r = route(&c, &RouteRequest { model: Some(alias), task: "x", ..Default::default() }).unwrap();
+        for (alias, model) in [
+            ("haiku", "claude-haiku-5-5"),
+            ("sonnet", "claude-sonnet-5-5"),
+            ("opus", "claude-opus-5-5"),
+        ] {
+            let r = route(
+                &c,
+                &RouteRequest {
+                    model: Some(alias),
+                    task: "x",
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             assert_eq!(r.model, model);
             assert_eq!(r.routed_by, RoutedBy::Model);
         }
@@ -324,15 +375,33 @@ mod tests {
 
     #[test]
     fn priced_model_runs_on_the_routed_tiers_provider() {
-        let r = route(&cfg(), &RouteRequest { model: Some("claude-sonnet-4-6"), task: "find x", ..Default::default() }).unwrap();
-        assert_eq!((r.model.as_str(), r.tier, r.provider.as_str()), ("claude-sonnet-4-6", Tier::Fast, "anthropic"));
+        let r = route(
+            &cfg(),
+            &RouteRequest {
+                model: Some("claude-sonnet-4-6"),
+                task: "find x",
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (r.model.as_str(), r.tier, r.provider.as_str()),
+            ("claude-sonnet-4-6", Tier::Fast, "anthropic")
+        );
     }
 
     #[test]
     fn unknown_model_lists_known_ones() {
-        let e = route(&cfg(), &RouteRequest { model: Some("claude-sonet-5-5"), task: "x", ..Default::default() })
-            .unwrap_err()
-            .to_string();
+        let e = route(
+            &cfg(),
+            &RouteRequest {
+                model: Some("claude-sonet-5-5"),
+                task: "x",
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown model `claude-sonet-5-5`"), "{e}");
         assert!(e.contains("claude-sonnet-5-5"), "{e}");
         assert!(e.contains("haiku, opus, sonnet"), "{e}");
@@ -340,19 +409,67 @@ mod tests {
 
     #[test]
     fn denied_tier_says_what_is_allowed() {
-        let c = Config::from_layers(Some("[routing]\ndenied_tiers = [\"quality\"]\n"), ConfigSource::Builtin).unwrap();
-        let e = route(&c, &RouteRequest { tier: Some(Tier::Quality), task: "x", ..Default::default() }).unwrap_err();
-        assert_eq!(e.to_string(), "tier `quality` is denied by policy ([routing] denied_tiers); use one of: fast, balanced");
+        let c = Config::from_layers(
+            Some("[routing]\ndenied_tiers = [\"quality\"]\n"),
+            ConfigSource::Builtin,
+        )
+        .unwrap();
+        let e = route(
+            &c,
+            &RouteRequest {
+                tier: Some(Tier::Quality),
+                task: "x",
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "tier `quality` is denied by policy ([routing] denied_tiers); use one of: fast, balanced"
+        );
         // The keyword classifier landing on a denied tier is refused too, not silently moved.
-        assert!(route(&c, &RouteRequest { task: "decide between a and b", ..Default::default() }).is_err());
+        assert!(
+            route(
+                &c,
+                &RouteRequest {
+                    task: "decide between a and b",
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn allowed_models_policy_is_enforced() {
-        let c = Config::from_layers(Some("[routing]\nallowed_models = [\"claude-haiku-5-5\"]\n"), ConfigSource::Builtin).unwrap();
-        assert!(route(&c, &RouteRequest { task: "find x", ..Default::default() }).is_ok());
-        let e = route(&c, &RouteRequest { tier: Some(Tier::Balanced), task: "x", ..Default::default() }).unwrap_err();
-        assert!(e.to_string().contains("use one of: claude-haiku-5-5"), "{e}");
+        let c = Config::from_layers(
+            Some("[routing]\nallowed_models = [\"claude-haiku-5-5\"]\n"),
+            ConfigSource::Builtin,
+        )
+        .unwrap();
+        assert!(
+            route(
+                &c,
+                &RouteRequest {
+                    task: "find x",
+                    ..Default::default()
+                }
+            )
+            .is_ok()
+        );
+        let e = route(
+            &c,
+            &RouteRequest {
+                tier: Some(Tier::Balanced),
+                task: "x",
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("use one of: claude-haiku-5-5"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -362,7 +479,17 @@ mod tests {
             ConfigSource::Builtin,
         )
         .unwrap();
-        let r = route(&c, &RouteRequest { task: "find the parser", ..Default::default() }).unwrap();
-        assert_eq!((r.provider.as_str(), r.model.as_str()), ("ollama", "qwen3:8b"));
+        let r = route(
+            &c,
+            &RouteRequest {
+                task: "find the parser",
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (r.provider.as_str(), r.model.as_str()),
+            ("ollama", "qwen3:8b")
+        );
     }
 }

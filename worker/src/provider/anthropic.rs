@@ -121,7 +121,11 @@ struct Accumulator {
 
 impl Accumulator {
     /// Applies one event; true when the message is complete.
-    fn apply(&mut self, data: &Value, on_text: &mut dyn FnMut(&str)) -> Result<bool, ProviderError> {
+    fn apply(
+        &mut self,
+        data: &Value,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<bool, ProviderError> {
         let index = data.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
         match data.get("type").and_then(Value::as_str).unwrap_or("") {
             "message_start" => {
@@ -156,7 +160,10 @@ impl Accumulator {
             }
             "content_block_delta" => {
                 let delta = data.get("delta").unwrap_or(&Value::Null);
-                match (self.blocks.get_mut(index).and_then(Option::as_mut), delta.get("type").and_then(Value::as_str)) {
+                match (
+                    self.blocks.get_mut(index).and_then(Option::as_mut),
+                    delta.get("type").and_then(Value::as_str),
+                ) {
                     (Some(Partial::Text(t)), Some("text_delta")) => {
                         let d = str_field(delta, "text");
                         on_text(&d);
@@ -197,12 +204,21 @@ impl Accumulator {
             }
             "message_stop" => return Ok(true),
             "error" => {
-                let kind = data.pointer("/error/type").and_then(Value::as_str).unwrap_or("error");
-                let msg = data.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+                let kind = data
+                    .pointer("/error/type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error");
+                let msg = data
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let text = format!("{kind}: {msg}");
                 return Err(match kind {
                     "overloaded_error" | "api_error" | "rate_limit_error" | "timeout_error" => {
-                        ProviderError::Retryable { reason: format!("mid-stream {text}"), retry_after: None }
+                        ProviderError::Retryable {
+                            reason: format!("mid-stream {text}"),
+                            retry_after: None,
+                        }
                     }
                     _ => ProviderError::Fatal(text),
                 });
@@ -253,7 +269,11 @@ fn str_field(v: &Value, key: &str) -> String {
 
 fn append_field(v: &mut Value, key: &str, add: &str) {
     if let Some(obj) = v.as_object_mut() {
-        let cur = obj.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+        let cur = obj
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         obj.insert(key.to_string(), Value::String(cur + add));
     }
 }
@@ -276,7 +296,12 @@ mod tests {
             assert!(!acc.apply(&ev, &mut sink).unwrap());
         }
         let out = acc.finish().unwrap();
-        assert_eq!(out.content, vec![Block::Opaque(json!({"type":"thinking","thinking":"hmm","signature":"sig"}))]);
+        assert_eq!(
+            out.content,
+            vec![Block::Opaque(
+                json!({"type":"thinking","thinking":"hmm","signature":"sig"})
+            )]
+        );
         assert_eq!(out.usage.output_tokens, 7);
     }
 
@@ -284,7 +309,10 @@ mod tests {
     fn non_retryable_stream_error_is_fatal() {
         let mut acc = Accumulator::default();
         let e = acc
-            .apply(&json!({"type":"error","error":{"type":"invalid_request_error","message":"bad"}}), &mut |_| {})
+            .apply(
+                &json!({"type":"error","error":{"type":"invalid_request_error","message":"bad"}}),
+                &mut |_| {},
+            )
             .unwrap_err();
         assert_eq!(e, ProviderError::Fatal("invalid_request_error: bad".into()));
     }

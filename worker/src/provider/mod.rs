@@ -151,9 +151,29 @@ impl Client {
         req: &TurnRequest<'_>,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<TurnOutput, ProviderError> {
-        match self.kind {
+        let result = match self.kind {
             ProviderKind::Anthropic => anthropic::turn(self, req, on_text).await,
             ProviderKind::Openai => openai::turn(self, req, on_text).await,
+        };
+        result.map_err(|e| self.redact(e))
+    }
+
+    /// Error messages quote the provider, and a provider may quote the key it was sent
+    /// (some OpenAI-compatible servers do); the key must never reach any output.
+    fn redact(&self, e: ProviderError) -> ProviderError {
+        let Some(key) = self.api_key.as_deref() else {
+            return e;
+        };
+        let hide = |s: String| s.replace(key, "[redacted API key]");
+        match e {
+            ProviderError::Retryable {
+                reason,
+                retry_after,
+            } => ProviderError::Retryable {
+                reason: hide(reason),
+                retry_after,
+            },
+            ProviderError::Fatal(m) => ProviderError::Fatal(hide(m)),
         }
     }
 }
@@ -283,11 +303,26 @@ mod tests {
     #[test]
     fn statuses_split_into_retryable_and_fatal() {
         for s in [429, 500, 502, 503, 504, 529] {
-            assert!(matches!(status_error(s, "m".into(), None, false), ProviderError::Retryable { .. }), "{s}");
+            assert!(
+                matches!(
+                    status_error(s, "m".into(), None, false),
+                    ProviderError::Retryable { .. }
+                ),
+                "{s}"
+            );
         }
         for s in [400, 401, 403, 404, 413] {
-            assert!(matches!(status_error(s, "m".into(), None, false), ProviderError::Fatal(_)), "{s}");
+            assert!(
+                matches!(
+                    status_error(s, "m".into(), None, false),
+                    ProviderError::Fatal(_)
+                ),
+                "{s}"
+            );
         }
-        assert!(matches!(status_error(429, "m".into(), None, true), ProviderError::Fatal(_)));
+        assert!(matches!(
+            status_error(429, "m".into(), None, true),
+            ProviderError::Fatal(_)
+        ));
     }
 }

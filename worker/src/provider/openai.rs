@@ -95,9 +95,18 @@ fn message_json(m: &Message) -> Vec<Value> {
                 "id": id, "type": "function",
                 "function": {"name": name, "arguments": input.to_string()},
             })),
-            Block::ToolResult { tool_use_id, content, is_error } => {
-                let content = if *is_error { format!("Error: {content}") } else { content.clone() };
-                results.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": content}));
+            Block::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => {
+                let content = if *is_error {
+                    format!("Error: {content}")
+                } else {
+                    content.clone()
+                };
+                results
+                    .push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": content}));
             }
             Block::Opaque(_) => {}
         }
@@ -135,12 +144,21 @@ struct Accumulator {
 impl Accumulator {
     fn apply(&mut self, data: &Value, on_text: &mut dyn FnMut(&str)) -> Result<(), ProviderError> {
         if let Some(err) = data.get("error") {
-            let msg = err.get("message").and_then(Value::as_str).unwrap_or("stream error");
-            return Err(ProviderError::Retryable { reason: format!("mid-stream error: {msg}"), retry_after: None });
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("stream error");
+            return Err(ProviderError::Retryable {
+                reason: format!("mid-stream error: {msg}"),
+                retry_after: None,
+            });
         }
         if let Some(u) = data.get("usage").filter(|u| !u.is_null()) {
             self.usage.input_tokens = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
-            self.usage.output_tokens = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+            self.usage.output_tokens = u
+                .get("completion_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
         }
         let Some(choice) = data.get("choices").and_then(|c| c.get(0)) else {
             return Ok(());
@@ -189,8 +207,16 @@ impl Accumulator {
                     retry_after: None,
                 })?
             };
-            let id = if c.id.is_empty() { format!("call_{i}") } else { c.id };
-            content.push(Block::ToolUse { id, name: c.name, input });
+            let id = if c.id.is_empty() {
+                format!("call_{i}")
+            } else {
+                c.id
+            };
+            content.push(Block::ToolUse {
+                id,
+                name: c.name,
+                input,
+            });
         }
         let has_calls = content.iter().any(|b| matches!(b, Block::ToolUse { .. }));
         let stop_reason = match self.finish_reason.as_deref() {
@@ -199,7 +225,11 @@ impl Accumulator {
             Some("length") => "max_tokens",
             _ => "end_turn",
         };
-        Ok(TurnOutput { content, stop_reason: stop_reason.into(), usage: self.usage })
+        Ok(TurnOutput {
+            content,
+            stop_reason: stop_reason.into(),
+            usage: self.usage,
+        })
     }
 }
 
@@ -211,9 +241,16 @@ mod tests {
     fn tool_results_become_tool_messages() {
         let m = Message {
             role: Role::User,
-            content: vec![Block::ToolResult { tool_use_id: "c1".into(), content: "nope".into(), is_error: true }],
+            content: vec![Block::ToolResult {
+                tool_use_id: "c1".into(),
+                content: "nope".into(),
+                is_error: true,
+            }],
         };
-        assert_eq!(message_json(&m), vec![json!({"role":"tool","tool_call_id":"c1","content":"Error: nope"})]);
+        assert_eq!(
+            message_json(&m),
+            vec![json!({"role":"tool","tool_call_id":"c1","content":"Error: nope"})]
+        );
     }
 
     #[test]
@@ -224,6 +261,13 @@ mod tests {
         acc.apply(&json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"tern\":\"*\"}"}}]},"finish_reason":"tool_calls"}]}), &mut sink).unwrap();
         let out = acc.finish().unwrap();
         assert_eq!(out.stop_reason, "tool_use");
-        assert_eq!(out.content, vec![Block::ToolUse { id: "c1".into(), name: "glob".into(), input: json!({"pattern":"*"}) }]);
+        assert_eq!(
+            out.content,
+            vec![Block::ToolUse {
+                id: "c1".into(),
+                name: "glob".into(),
+                input: json!({"pattern":"*"})
+            }]
+        );
     }
 }

@@ -45,7 +45,9 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
     let mut out = paths.join("\n");
     out.push('\n');
     if more {
-        out.push_str(&format!("[stopped at {MAX_PATHS} paths; narrow the pattern]\n"));
+        out.push_str(&format!(
+            "[stopped at {MAX_PATHS} paths; narrow the pattern]\n"
+        ));
     }
     Ok(out)
 }

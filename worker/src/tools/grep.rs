@@ -66,7 +66,10 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
         for (i, line) in text.lines().enumerate() {
             if re.is_match(line) {
                 if hits == max {
-                    let _ = writeln!(out, "[stopped at {max} matches; narrow the pattern or path_glob]");
+                    let _ = writeln!(
+                        out,
+                        "[stopped at {max} matches; narrow the pattern or path_glob]"
+                    );
                     break 'files;
                 }
                 let shown: String = line.chars().take(MAX_LINE_CHARS).collect();

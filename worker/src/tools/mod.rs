@@ -153,9 +153,18 @@ mod tests {
     #[test]
     fn tools_outside_the_role_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let out = execute(&[ToolName::Grep], "read_file", &json!({"path": "x"}), dir.path());
+        let out = execute(
+            &[ToolName::Grep],
+            "read_file",
+            &json!({"path": "x"}),
+            dir.path(),
+        );
         assert!(out.is_error);
-        assert!(out.content.contains("the tools available are: grep"), "{}", out.content);
+        assert!(
+            out.content.contains("the tools available are: grep"),
+            "{}",
+            out.content
+        );
     }
 
     #[test]

@@ -45,10 +45,16 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
     }
     let shown_end = (offset - 1 + limit).min(total);
     if offset > total && total > 0 {
-        return Err(format!("offset {offset} is past the end (`{rel}` has {total} lines)"));
+        return Err(format!(
+            "offset {offset} is past the end (`{rel}` has {total} lines)"
+        ));
     }
     if shown_end < total {
-        let _ = writeln!(out, "[lines {offset}-{shown_end} of {total}; continue with offset {}]", shown_end + 1);
+        let _ = writeln!(
+            out,
+            "[lines {offset}-{shown_end} of {total}; continue with offset {}]",
+            shown_end + 1
+        );
     }
     Ok(out)
 }

@@ -1,0 +1,165 @@
+//! The command line a person meets: --help, --check-config, configuration errors and a
+//! missing API key.
+
+mod common;
+
+use bg_agent_worker::protocol::{ErrorKind, Event, exit};
+use common::{Harness, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_explains_every_option() {
+    let h = Harness::start().await;
+
+    let r = run(h.worker(&["--help"])).await;
+
+    assert_eq!(r.code, Some(0), "{}", r.dump());
+    for option in [
+        "--json",
+        "--model",
+        "--tier",
+        "--task-type",
+        "--role",
+        "--cwd",
+        "--config",
+        "--max-turns",
+        "--budget-usd",
+        "--spec",
+        "--check-config",
+        "--help",
+        "--version",
+    ] {
+        assert!(
+            r.stdout.contains(option),
+            "--help does not mention {option}"
+        );
+    }
+    assert!(r.stdout.contains("ANTHROPIC_API_KEY"), "{}", r.stdout);
+    assert!(r.stdout.contains("Exit codes"), "{}", r.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_prints_the_effective_configuration() {
+    let h = Harness::start().await;
+    let config = h.write(
+        "user.toml",
+        "[defaults]\nmax_turns = 7\n\n[tiers.fast]\nmodel = \"claude-haiku-4-5\"\n",
+    );
+
+    let r = run(h.worker(&["--check-config", "--config", config.to_str().unwrap()])).await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let first = r.stdout.lines().next().unwrap_or_default();
+    assert!(first.contains(config.to_str().unwrap()), "{first}");
+    let effective: toml::Table = toml::from_str(&r.stdout).expect("the output is TOML");
+    assert_eq!(effective["defaults"]["max_turns"].as_integer(), Some(7));
+    assert_eq!(
+        effective["tiers"]["fast"]["model"].as_str(),
+        Some("claude-haiku-4-5")
+    );
+    // Keys the file does not set keep their built-in values.
+    assert_eq!(effective["defaults"]["max_tokens"].as_integer(), Some(8192));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_exits_2_naming_the_key() {
+    let h = Harness::start().await;
+    let cases = [
+        ("[providers.anthropic]\nmax_retries = 99\n", "max_retries"),
+        ("[defaults]\nmax_turnz = 3\n", "max_turnz"),
+    ];
+    for (text, key) in cases {
+        let config = h.write("bad.toml", text);
+        for args in [
+            vec!["--check-config", "--config", config.to_str().unwrap()],
+            vec!["--config", config.to_str().unwrap(), "some task"],
+        ] {
+            let r = run(h.worker(&args)).await;
+            assert_eq!(r.code, Some(exit::BAD_SPEC), "{args:?}\n{}", r.dump());
+            let all = format!("{}{}", r.stdout, r.stderr);
+            assert!(
+                all.contains(key),
+                "{args:?} does not name {key}\n{}",
+                r.dump()
+            );
+        }
+    }
+    assert!(h.fake.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_from_bg_agents_config_env_is_used() {
+    let h = Harness::start().await;
+    let config = h.write("env.toml", "[defaults]\nmax_turns = 9\n");
+
+    let mut cmd = h.worker(&["--check-config"]);
+    cmd.env("BG_AGENTS_CONFIG", &config);
+    let r = run(cmd).await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let effective: toml::Table = toml::from_str(&r.stdout).expect("TOML");
+    assert_eq!(effective["defaults"]["max_turns"].as_integer(), Some(9));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_api_key_is_one_line_naming_the_variable_and_exits_2() {
+    let h = Harness::start().await;
+
+    let mut cmd = h.worker(&["find the parser"]);
+    cmd.env_remove("ANTHROPIC_API_KEY");
+    let r = run(cmd).await;
+
+    assert_eq!(r.code, Some(exit::BAD_SPEC), "{}", r.dump());
+    assert_eq!(r.stdout, "", "errors go to stderr");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", r.dump());
+    assert!(lines[0].contains("ANTHROPIC_API_KEY"), "{}", lines[0]);
+    assert!(h.fake.requests().is_empty());
+
+    let mut cmd = h.worker(&["--json", "find the parser"]);
+    cmd.env_remove("ANTHROPIC_API_KEY");
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(exit::BAD_SPEC), "{}", r.dump());
+    match r.last() {
+        Event::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::Config);
+            assert!(message.contains("ANTHROPIC_API_KEY"), "{message}");
+        }
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_spec_exits_2_with_a_config_error() {
+    let h = Harness::start().await;
+    let mut unknown_field = serde_json::to_value(h.spec("x")).expect("spec json");
+    unknown_field["colour"] = "blue".into();
+    let mut missing_cwd = h.spec("x");
+    missing_cwd.cwd = h.root().join("not-here");
+    let cases = [
+        ("not json\n".to_string(), "valid TaskSpec"),
+        (format!("{unknown_field}\n"), "colour"),
+        (
+            serde_json::to_string(&missing_cwd).expect("spec json") + "\n",
+            "not-here",
+        ),
+    ];
+    for (line, expected) in cases {
+        let mut cmd = h.worker(&["--spec", "-"]);
+        cmd.stdin(std::process::Stdio::piped());
+        let mut live = common::Live::spawn(cmd);
+        let stdin = live.stdin.as_mut().expect("stdin");
+        tokio::io::AsyncWriteExt::write_all(stdin, line.as_bytes())
+            .await
+            .expect("write spec");
+        let r = live.finish().await;
+        assert_eq!(r.code, Some(exit::BAD_SPEC), "{line}\n{}", r.dump());
+        match r.last() {
+            Event::Error { kind, message } => {
+                assert_eq!(kind, ErrorKind::Config);
+                assert!(message.contains(expected), "{message}");
+            }
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+    assert!(h.fake.requests().is_empty());
+}

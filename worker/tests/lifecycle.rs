@@ -1,0 +1,133 @@
+//! How a run ends other than with an answer: budgets running out, SIGTERM, and the
+//! server going away (stdin EOF).
+
+mod common;
+
+use std::time::Instant;
+
+use bg_agent_worker::protocol::{ErrorKind, Event, exit};
+use common::{Harness, Live, Step, run, tool_use};
+use nix::sys::signal::{Signal, kill};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_turns_reached_in_a_tool_loop_exits_3_with_budget_exceeded() {
+    let h = Harness::start().await;
+    h.write("workspace/a.txt", "a\n");
+    let endless = (0..10)
+        .map(|i| tool_use(&format!("toolu_{i}"), "glob", json!({"pattern": "*"})))
+        .collect();
+    h.fake.script("loop forever", endless);
+
+    let r = run(h.worker(&["--json", "--max-turns", "3", "loop forever"])).await;
+
+    assert_eq!(r.code, Some(exit::BUDGET), "{}", r.dump());
+    assert_eq!(h.fake.request_count("loop forever"), 3);
+    match r.last() {
+        Event::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::BudgetExceeded);
+            assert!(message.contains("max_turns (3)"), "{message}");
+        }
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usd_budget_spent_stops_the_run_with_exit_3() {
+    let h = Harness::start().await;
+    let steps = (0..5)
+        .map(|i| tool_use(&format!("toolu_{i}"), "glob", json!({"pattern": "*"})))
+        .collect();
+    h.fake.script("spend money", steps);
+
+    let r = run(h.worker(&["--json", "--budget-usd", "0.00001", "spend money"])).await;
+
+    assert_eq!(r.code, Some(exit::BUDGET), "{}", r.dump());
+    assert_eq!(
+        h.fake.request_count("spend money"),
+        1,
+        "no turn after the budget is spent"
+    );
+    let spent = r.events().into_iter().find_map(|e| match e {
+        Event::Usage { cost_usd, .. } => cost_usd,
+        _ => None,
+    });
+    assert!(spent.is_some_and(|c| c > 0.00001), "{}", r.dump());
+    match r.last() {
+        Event::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::BudgetExceeded);
+            assert!(message.contains("budget_usd"), "{message}");
+        }
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_ends_with_interrupted_and_exit_143() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "hang after a while",
+        vec![Step::Hang {
+            after_chunks: vec!["Working on it".into()],
+        }],
+    );
+    let mut live = Live::spawn(h.worker(&["--json", "hang after a while"]));
+    live.wait_for(|e| matches!(e, Event::Text { .. })).await;
+
+    let sent = Instant::now();
+    kill(live.pid(), Signal::SIGTERM).expect("send SIGTERM");
+    let r = live.finish().await;
+    eprintln!("SIGTERM to exit: {:?}", sent.elapsed());
+
+    assert_eq!(r.code, Some(exit::INTERRUPTED_TERM), "{}", r.dump());
+    match r.last() {
+        Event::Error { kind, .. } => assert_eq!(kind, ErrorKind::Interrupted),
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_mid_stream_ends_with_interrupted_and_exit_130() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "interrupt me",
+        vec![Step::Hang {
+            after_chunks: vec!["Working".into()],
+        }],
+    );
+    let mut live = Live::spawn(h.worker(&["--json", "interrupt me"]));
+    live.wait_for(|e| matches!(e, Event::Text { .. })).await;
+
+    kill(live.pid(), Signal::SIGINT).expect("send SIGINT");
+    let r = live.finish().await;
+
+    assert_eq!(r.code, Some(exit::INTERRUPTED_INT), "{}", r.dump());
+    assert!(matches!(
+        r.last(),
+        Event::Error {
+            kind: ErrorKind::Interrupted,
+            ..
+        }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_eof_in_spec_mode_exits_at_once() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "server goes away",
+        vec![Step::Hang {
+            after_chunks: vec!["Started".into()],
+        }],
+    );
+    let mut live = h.start_spec(&h.spec("server goes away")).await;
+    live.wait_for(|e| matches!(e, Event::Text { .. })).await;
+
+    let closed = Instant::now();
+    live.close_stdin();
+    let r = live.finish().await;
+    eprintln!("stdin EOF to exit: {:?}", closed.elapsed());
+
+    assert_eq!(r.code, Some(exit::INTERRUPTED_TERM), "{}", r.dump());
+    assert!(r.stderr.contains("stdin closed"), "{}", r.dump());
+}

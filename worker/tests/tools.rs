@@ -1,0 +1,164 @@
+//! The read-only tools through the real loop: results go back to the provider, and
+//! paths that leave the workspace are refused to the model while the run goes on.
+
+mod common;
+
+use bg_agent_worker::protocol::{Event, exit};
+use common::{Harness, Step, anthropic_tool_results, run, tool_use};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_file_tool_result_goes_back_to_the_provider() {
+    let h = Harness::start().await;
+    h.write(
+        "workspace/src/config.rs",
+        "fn parse() {}\n// marker: 7c1e-parse-here\n",
+    );
+    h.fake.script(
+        "where is the config parsed",
+        vec![
+            tool_use("toolu_read", "read_file", json!({"path": "src/config.rs"})),
+            Step::text("In src/config.rs."),
+        ],
+    );
+
+    let r = run(h.worker(&["--json", "where is the config parsed"])).await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let requests = h.fake.requests_for("where is the config parsed");
+    assert_eq!(requests.len(), 2);
+    let results = anthropic_tool_results(&requests[1]);
+    assert_eq!(results.len(), 1, "{results:?}");
+    let (id, content, is_error) = &results[0];
+    assert_eq!(id, "toolu_read");
+    assert!(!is_error);
+    assert_eq!(content, "1\tfn parse() {}\n2\t// marker: 7c1e-parse-here\n");
+    // The assistant's tool_use is sent back before its result.
+    let messages = requests[1].body["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 3);
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["content"][0]["type"], "tool_use");
+    assert_eq!(messages[1]["content"][0]["id"], "toolu_read");
+
+    assert_eq!(
+        r.tool_results(),
+        [Event::ToolResult {
+            id: "toolu_read".into(),
+            name: "read_file".into(),
+            bytes: content.len() as u64,
+            is_error: false,
+        }]
+    );
+    assert!(matches!(r.last(), Event::Result { turns: 2, .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_leaving_the_workspace_are_refused_and_the_run_goes_on() {
+    let h = Harness::start().await;
+    let secret = "outside-secret-0b9d";
+    let outside = h.write("secret.txt", &format!("{secret}\n"));
+    h.write("workspace/inside.txt", "inside\n");
+    std::os::unix::fs::symlink(&outside, h.workspace().join("link.txt")).expect("symlink");
+    std::os::unix::fs::symlink(h.root(), h.workspace().join("up")).expect("dir symlink");
+    let attempts = [
+        json!({"path": "../secret.txt"}),
+        json!({"path": "/etc/passwd"}),
+        json!({"path": "link.txt"}),
+        json!({"path": "up/secret.txt"}),
+    ];
+    let mut steps: Vec<Step> = attempts
+        .iter()
+        .enumerate()
+        .map(|(i, input)| tool_use(&format!("toolu_{i}"), "read_file", input.clone()))
+        .collect();
+    steps.push(Step::text("I could not read them."));
+    h.fake.script("read the secrets", steps);
+
+    let r = run(h.worker(&["--json", "read the secrets"])).await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let results = r.tool_results();
+    assert_eq!(results.len(), attempts.len(), "{}", r.dump());
+    assert!(
+        results
+            .iter()
+            .all(|e| matches!(e, Event::ToolResult { is_error: true, .. })),
+        "{}",
+        r.dump()
+    );
+    let requests = h.fake.requests_for("read the secrets");
+    assert_eq!(requests.len(), attempts.len() + 1);
+    let sent = anthropic_tool_results(requests.last().expect("requests"));
+    assert_eq!(sent.len(), attempts.len());
+    for ((_, content, is_error), input) in sent.iter().zip(&attempts) {
+        assert!(is_error, "{input}: {content}");
+        assert!(content.contains("refused"), "{input}: {content}");
+        assert!(!content.contains(secret), "{input} leaked: {content}");
+        assert!(!content.contains("root:"), "{input} leaked: {content}");
+    }
+    assert!(matches!(r.last(), Event::Result { turns: 5, .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grep_does_not_follow_symlinks_out_of_the_workspace() {
+    let h = Harness::start().await;
+    let outside = h.write("outside/keys.txt", "needle-3e4f outside\n");
+    h.write("workspace/a.txt", "needle-3e4f inside\n");
+    std::os::unix::fs::symlink(&outside, h.workspace().join("keys.txt")).expect("symlink");
+    std::os::unix::fs::symlink(outside.parent().expect("dir"), h.workspace().join("out"))
+        .expect("dir symlink");
+    h.fake.script(
+        "grep for the needle",
+        vec![
+            tool_use("toolu_grep", "grep", json!({"pattern": "needle-3e4f"})),
+            Step::text("done"),
+        ],
+    );
+
+    let r = run(h.worker(&["--json", "grep for the needle"])).await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let requests = h.fake.requests_for("grep for the needle");
+    let sent = anthropic_tool_results(requests.last().expect("requests"));
+    assert_eq!(
+        sent,
+        [(
+            "toolu_grep".to_string(),
+            "a.txt:1:needle-3e4f inside\n".to_string(),
+            false
+        )]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_cwd_given_through_a_symlink_still_reads_its_files() {
+    let h = Harness::start().await;
+    h.write("workspace/notes.txt", "through the alias\n");
+    let alias = h.root().join("alias");
+    std::os::unix::fs::symlink(h.workspace(), &alias).expect("symlink");
+    h.fake.script(
+        "read through the alias",
+        vec![
+            tool_use("toolu_1", "read_file", json!({"path": "notes.txt"})),
+            Step::text("done"),
+        ],
+    );
+    let mut spec = h.spec("read through the alias");
+    spec.cwd = alias.join(".");
+
+    let r = h.start_spec(&spec).await.finish().await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let requests = h.fake.requests_for("read through the alias");
+    let sent = anthropic_tool_results(requests.last().expect("requests"));
+    assert_eq!(
+        sent,
+        [(
+            "toolu_1".to_string(),
+            "1\tthrough the alias\n".to_string(),
+            false
+        )],
+        "{}",
+        r.dump()
+    );
+}
