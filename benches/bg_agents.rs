@@ -1,0 +1,412 @@
+//! The costs that matter, measured the same way every time, printed as one table.
+//!
+//!     cargo build --release --workspace && cargo bench --bench bg_agents
+//!
+//! Everything runs the release binaries against the provider double on 127.0.0.1.
+//! Numbers go to BENCHMARKS.md; nothing here asserts a time.
+
+#[path = "../tests/support/provider.rs"]
+mod provider;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bg_agent_worker::config::{Config, ConfigSource};
+use bg_agent_worker::resolve::SpawnRequest;
+use bg_agents::supervisor::Manager;
+use bg_agents::supervisor::output::{OutputBuffer, ReadRequest, compile_filter};
+use futures_util::future::join_all;
+use provider::{FakeProvider, Step};
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::RunningService;
+use rmcp::transport::TokioChildProcess;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+const KEY: &str = "sk-bench";
+
+struct Row {
+    what: &'static str,
+    value: String,
+    target: &'static str,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn p50_p99(mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!(
+        "p50 {} · p99 {} (n={})",
+        ms(pct(&v, 0.5)),
+        ms(pct(&v, 0.99)),
+        v.len()
+    )
+}
+
+fn release_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bg-agents"))
+        .parent()
+        .expect("target dir")
+        .to_path_buf()
+}
+
+fn worker_exe() -> PathBuf {
+    let w = release_dir().join("bg-agent-worker");
+    assert!(
+        w.exists(),
+        "{} is missing; run `cargo build --release --workspace` first",
+        w.display()
+    );
+    w
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn config_text(dir: &Path, extra: &str) -> String {
+    format!(
+        "[server]\ntranscript_dir = {:?}\nkeep_transcripts = false\nmax_concurrent = 64\n{extra}",
+        dir.join("transcripts").display().to_string()
+    )
+}
+
+/// Peak RSS of one simple worker run, from the kernel's accounting of waited children.
+/// Runs before any other child exists, so the maximum is the worker's.
+fn worker_peak_rss(fake_url: &str, dir: &Path) -> u64 {
+    let spec = {
+        let cfg = Config::builtin().expect("config");
+        let mut r = cfg
+            .resolve(&SpawnRequest {
+                task: "peak rss".into(),
+                cwd: Some(dir.to_path_buf()),
+                ..Default::default()
+            })
+            .expect("resolve")
+            .spec;
+        r.provider.base_url = fake_url.to_string();
+        serde_json::to_string(&r).expect("spec")
+    };
+    let path = dir.join("spec.json");
+    std::fs::write(&path, spec).expect("write spec");
+    let status = std::process::Command::new(worker_exe())
+        .arg("--spec")
+        .arg(&path)
+        .env_clear()
+        .env("ANTHROPIC_API_KEY", KEY)
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run worker");
+    assert!(status.success(), "worker run failed: {status}");
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .expect("getrusage");
+    usage.max_rss() as u64
+}
+
+async fn mcp_session(fake: &FakeProvider, dir: &Path) -> (RunningService<RoleClient, ()>, u32) {
+    let config = dir.join("limits.toml");
+    std::fs::write(&config, config_text(dir, "")).expect("config");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bg-agents"));
+    cmd.arg("--config")
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("RUST_LOG", "warn")
+        .env("ANTHROPIC_API_KEY", KEY)
+        .env("ANTHROPIC_BASE_URL", fake.base_url());
+    let transport = TokioChildProcess::new(cmd).expect("spawn server");
+    let pid = transport.id().expect("pid");
+    let client = ().serve(transport).await.expect("handshake");
+    (client, pid)
+}
+
+async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> Value {
+    let Value::Object(map) = args else {
+        unreachable!()
+    };
+    let r = client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(map))
+        .await
+        .expect("call");
+    assert_ne!(r.is_error, Some(true), "{tool} failed: {:?}", r.content);
+    r.structured_content.expect("structured")
+}
+
+async fn wait_all(client: &RunningService<RoleClient, ()>, ids: &[String]) {
+    loop {
+        let v = call(
+            client,
+            "agent_wait",
+            json!({ "agent_ids": ids, "wait_seconds": 50 }),
+        )
+        .await;
+        if v["done"] == json!(true) {
+            return;
+        }
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rows = runtime.block_on(run());
+    println!("\n| measurement | result | target |\n| --- | --- | --- |");
+    for r in rows {
+        println!("| {} | {} | {} |", r.what, r.value, r.target);
+    }
+}
+
+/// p50-ready spawn times of the worker binary with tokio::process alone; `fork` adds a
+/// trivial pre_exec hook (one setrlimit), which makes std fork instead of posix_spawn.
+async fn bare_spawns(fork: bool) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let mut cmd = tokio::process::Command::new(worker_exe());
+        cmd.args(["--spec", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if fork {
+            // SAFETY: setrlimit(2) is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    rlimit::setrlimit(rlimit::Resource::CORE, 0, 0)?;
+                    Ok(())
+                });
+            }
+        }
+        let t = Instant::now();
+        let mut child = cmd.spawn().expect("bare spawn");
+        times.push(t.elapsed());
+        drop(child.stdin.take());
+        let _ = child.wait().await;
+    }
+    times.sort();
+    times
+}
+
+async fn run() -> Vec<Row> {
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rows = Vec::new();
+
+    // Worker peak RSS first: no other child may have been waited for yet.
+    let peak = worker_peak_rss(&fake.base_url(), dir.path());
+    rows.push(Row {
+        what: "worker peak RSS, one simple run",
+        value: format!("{:.1} MiB", peak as f64 / 1024.0),
+        target: "≤ 15 MiB",
+    });
+
+    // Over MCP: the release server as Claude Code runs it.
+    let (client, server_pid) = mcp_session(&fake, dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = vm_rss_kib(server_pid);
+    rows.push(Row {
+        what: "server RSS idle",
+        value: format!("{:.1} MiB", idle as f64 / 1024.0),
+        target: "≤ 15 MiB",
+    });
+
+    let mut round_trips = Vec::new();
+    let mut first_events = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let t = Instant::now();
+        let v = call(
+            &client,
+            "agent_spawn",
+            json!({ "task": format!("bench spawn {i}") }),
+        )
+        .await;
+        round_trips.push(t.elapsed());
+        let id = v["agent_id"].as_str().expect("id").to_string();
+        // Spread the agents out so each spawn starts a process instead of queueing.
+        wait_all(&client, std::slice::from_ref(&id)).await;
+        let st = call(&client, "agent_status", json!({ "agent_id": id })).await;
+        let created = st["created_at"].as_f64().expect("created_at");
+        let first = st["first_event_at"].as_f64().expect("first_event_at");
+        first_events.push(Duration::from_secs_f64((first - created).max(0.0)));
+        ids.push(id);
+    }
+    rows.push(Row {
+        what: "agent_spawn round trip over MCP",
+        value: p50_p99(round_trips),
+        target: "p50 ≤ 5 ms",
+    });
+    rows.push(Row {
+        what: "spawn → worker's first event",
+        value: p50_p99(first_events),
+        target: "p50 ≤ 20 ms",
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = vm_rss_kib(server_pid);
+    rows.push(Row {
+        what: "server RSS after 100 finished agents",
+        value: format!("{:.1} MiB", after as f64 / 1024.0),
+        target: "(idle + records)",
+    });
+
+    // 200-agent burst: concurrent spawns (64 run, the rest queue), then wait for all.
+    let t = Instant::now();
+    let tasks: Vec<String> = (0..200).map(|i| format!("burst {i}")).collect();
+    let spawned = join_all(
+        tasks
+            .iter()
+            .map(|task| call(&client, "agent_spawn", json!({ "task": task }))),
+    )
+    .await;
+    let burst_ids: Vec<String> = spawned
+        .iter()
+        .map(|v| v["agent_id"].as_str().expect("id").to_string())
+        .collect();
+    wait_all(&client, &burst_ids).await;
+    rows.push(Row {
+        what: "200-agent burst, spawn → all completed",
+        value: format!("{:.2} s", t.elapsed().as_secs_f64()),
+        target: "(2 cores)",
+    });
+    let _ = client.cancel().await;
+
+    // In-process: the supervisor against a bare tokio::process spawn of the same binary.
+    let cfg_text = config_text(
+        dir.path(),
+        &format!("worker.path = {:?}\n", worker_exe().display().to_string()),
+    );
+    let config =
+        Arc::new(Config::from_layers(Some(&cfg_text), ConfigSource::Builtin).expect("config"));
+    let manager = Manager::new(config).expect("manager");
+    fake.script(
+        "kill bench",
+        (0..50)
+            .map(|_| Step::Hang {
+                after_chunks: vec!["working\n".into()],
+            })
+            .collect(),
+    );
+    // SAFETY of the environment: the manager passes only allow-listed variables on.
+    // SAFETY: single-threaded setup phase of the bench; no other thread reads the env now.
+    unsafe {
+        std::env::set_var("ANTHROPIC_API_KEY", KEY);
+        std::env::set_var("ANTHROPIC_BASE_URL", fake.base_url());
+    }
+    let mut ours = Vec::new();
+    let mut kills = Vec::new();
+    for i in 0..50 {
+        let t = Instant::now();
+        let v = manager
+            .spawn(
+                SpawnRequest {
+                    task: format!("kill bench {i}"),
+                    cwd: Some(dir.path().to_path_buf()),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .expect("spawn");
+        ours.push(t.elapsed());
+        let page = manager
+            .wait_output(
+                &v.agent_id,
+                &bg_agents::supervisor::manager::OutputQuery {
+                    max_bytes: 1000,
+                    ..Default::default()
+                },
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("output");
+        assert_eq!(page.text, "working\n");
+        let t = Instant::now();
+        let st = manager.kill(&v.agent_id, Some(2000)).await.expect("kill");
+        kills.push(t.elapsed());
+        assert_eq!(st.status.as_str(), "killed");
+    }
+    // Two baselines: the plain spawn (std uses posix_spawn, a vfork), and the same spawn
+    // with a pre_exec hook, which forces fork(): the price of setting rlimits and
+    // PR_SET_PDEATHSIG in the child before exec, race-free.
+    let bare = bare_spawns(false).await;
+    let bare_fork = bare_spawns(true).await;
+    ours.sort();
+    let (o, b, f) = (pct(&ours, 0.5), pct(&bare, 0.5), pct(&bare_fork, 0.5));
+    rows.push(Row {
+        what: "spawn → running: supervisor vs bare tokio::process (p50)",
+        value: format!(
+            "{} vs {} = {:.2}×",
+            ms(o),
+            ms(b),
+            o.as_secs_f64() / b.as_secs_f64()
+        ),
+        target: "≤ 1.5×",
+    });
+    rows.push(Row {
+        what: "  … vs bare tokio::process with a pre_exec hook (fork) (p50)",
+        value: format!(
+            "{} vs {} = {:.2}×",
+            ms(o),
+            ms(f),
+            o.as_secs_f64() / f.as_secs_f64()
+        ),
+        target: "(context)",
+    });
+    kills.sort();
+    rows.push(Row {
+        what: "kill → reaped, cooperative worker (p50)",
+        value: format!("{} (p99 {})", ms(pct(&kills, 0.5)), ms(pct(&kills, 0.99))),
+        target: "≤ 50 ms",
+    });
+    manager.shutdown().await;
+
+    // The regex filter over a full 1 MiB ring buffer.
+    let mut buf = OutputBuffer::new(1 << 20);
+    let mut n = 0;
+    while buf.end_cursor() < 2 << 20 {
+        buf.push(&format!(
+            "line {n}: → read_file path=\"src/module_{n}.rs\" ok, {} bytes\n",
+            n * 7
+        ));
+        n += 1;
+    }
+    let re = compile_filter(r"module_\d*7\.rs").expect("filter");
+    let mut filters = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let r = buf.read(&ReadRequest {
+            since: None,
+            filter: Some(&re),
+            tail_lines: None,
+            max_bytes: usize::MAX,
+            include_partial: true,
+        });
+        filters.push(t.elapsed());
+        assert!(r.matched_lines > 0);
+    }
+    filters.sort();
+    rows.push(Row {
+        what: "regex filter over a full 1 MiB ring buffer",
+        value: format!("p50 {}", ms(pct(&filters, 0.5))),
+        target: "≤ 5 ms",
+    });
+    rows
+}
