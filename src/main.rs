@@ -2,8 +2,10 @@
 //! processes. Logs go to stderr; stdout carries the protocol alone.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
 use anyhow::Context;
 use bg_agent_worker::config::Config;
@@ -11,7 +13,9 @@ use bg_agents::mcp::BgAgents;
 use bg_agents::supervisor::Manager;
 use clap::Parser;
 use rmcp::ServiceExt;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 /// MCP server (stdio) that runs lightweight background agents: each agent is a separate
 /// bg-agent-worker process with kernel CPU/memory limits, token and USD budgets, and
@@ -81,9 +85,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let (stdin, stdout) = rmcp::transport::stdio();
+    let stdin_closed = CancellationToken::new();
+    let stdin = NotifyEof {
+        inner: stdin,
+        eof: stdin_closed.clone(),
+    };
     let session = async {
         let service = BgAgents::new(Arc::clone(&manager))
-            .serve(rmcp::transport::stdio())
+            .serve((stdin, stdout))
             .await?;
         service.waiting().await?;
         anyhow::Ok(())
@@ -93,6 +103,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Ok(()) => "session ended".to_string(),
             Err(e) => format!("session failed: {e:#}"),
         },
+        // rmcp waits up to 5 s for in-flight calls after EOF; a blocking wait would hold
+        // the agents running that long, so shut down as soon as stdin ends.
+        _ = stdin_closed.cancelled() => "session ended (stdin closed)".to_string(),
         _ = term.recv() => "SIGTERM".to_string(),
         _ = int.recv() => "SIGINT".to_string(),
         _ = hup.recv() => "SIGHUP".to_string(),
@@ -107,4 +120,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "shut down"
     );
     Ok(())
+}
+
+/// The protocol's input, cancelling `eof` when it ends (a read that returns no bytes).
+struct NotifyEof<R> {
+    inner: R,
+    eof: CancellationToken,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for NotifyEof<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let asked = buf.remaining() > 0;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if asked && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() == before {
+            self.eof.cancel();
+        }
+        polled
+    }
 }

@@ -20,15 +20,26 @@ fn test_worker() -> PathBuf {
 
 /// A session whose agents run `examples/test_worker` instead of the real worker.
 async fn misbehaving() -> Session {
-    Session::start(&format!("worker.path = {:?}\n", test_worker().display().to_string())).await
+    Session::start(&format!(
+        "worker.path = {:?}\n",
+        test_worker().display().to_string()
+    ))
+    .await
 }
 
 /// Spawns `mode` with `limits` in the session's temp dir and waits for its end.
 async fn run_to_end(s: &Session, mode: &str, limits: Value) -> Value {
     let id = s
-        .spawn_with(json!({ "task": mode, "limits": limits, "cwd": s.dir.path().display().to_string() }))
+        .spawn_with(
+            json!({ "task": mode, "limits": limits, "cwd": s.dir.path().display().to_string() }),
+        )
         .await;
-    let st = s.ok("agent_status", json!({ "agent_id": id, "wait_seconds": 30 })).await;
+    let st = s
+        .ok(
+            "agent_status",
+            json!({ "agent_id": id, "wait_seconds": 30 }),
+        )
+        .await;
     assert!(
         st["status"] != "running" && st["status"] != "queued",
         "{mode} did not end in 30 s: {st}"
@@ -65,7 +76,10 @@ async fn allocation_past_rlimit_as_is_memory_limit() {
     let s = misbehaving().await;
     let st = run_to_end(&s, "alloc", json!({ "memory_mb": 64 })).await;
     assert_eq!(st["status"], "memory_limit", "{st}");
-    assert!(st["error"].as_str().unwrap().contains("memory_mb = 64"), "{st}");
+    assert!(
+        st["error"].as_str().unwrap().contains("memory_mb = 64"),
+        "{st}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,8 +89,14 @@ async fn file_past_rlimit_fsize_is_failed_with_file_limit() {
     assert_eq!(st["status"], "failed", "{st}");
     assert_eq!(st["exit"]["reason"], "file_limit");
     assert_eq!(st["exit"]["signal"], "SIGXFSZ");
-    let written = std::fs::metadata(s.dir.path().join("fsize.bin")).unwrap().len();
-    assert_eq!(written, 1024 * 1024, "the kernel stopped the file at the limit");
+    let written = std::fs::metadata(s.dir.path().join("fsize.bin"))
+        .unwrap()
+        .len();
+    assert_eq!(
+        written,
+        1024 * 1024,
+        "the kernel stopped the file at the limit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,28 +109,55 @@ async fn output_flood_past_every_cap_is_output_limit_and_counted() {
     let st = run_to_end(&s, "flood", json!({ "max_output_bytes": 65536 })).await;
     assert_eq!(st["status"], "output_limit", "{st}");
     let out = &st["output"];
-    assert!(out["transcript_dropped_bytes"].as_u64().unwrap() > 0, "{out}");
+    assert!(
+        out["transcript_dropped_bytes"].as_u64().unwrap() > 0,
+        "{out}"
+    );
     assert!(out["output_evicted_bytes"].as_u64().unwrap() > 0, "{out}");
-    assert!(out["transcript_bytes"].as_u64().unwrap() <= 1024 * 1024 + 100, "{out}");
+    assert!(
+        out["transcript_bytes"].as_u64().unwrap() <= 1024 * 1024 + 100,
+        "{out}"
+    );
     // Reading from the start reports what fell out of memory instead of pretending.
-    let page = s.ok("agent_output", json!({ "agent_id": st["agent_id"], "since": 0 })).await;
+    let page = s
+        .ok(
+            "agent_output",
+            json!({ "agent_id": st["agent_id"], "since": 0 }),
+        )
+        .await;
     assert!(page["dropped_bytes"].as_u64().unwrap() > 0, "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_hang_ends_timed_out() {
     let s = Session::start("").await;
-    s.fake.script("hang forever", vec![Step::Hang { after_chunks: vec!["partial".into()] }]);
+    s.fake.script(
+        "hang forever",
+        vec![Step::Hang {
+            after_chunks: vec!["partial".into()],
+        }],
+    );
     let st = run_to_end(&s, "hang forever", json!({ "timeout_seconds": 1 })).await;
     assert_eq!(st["status"], "timed_out", "{st}");
-    assert!(st["error"].as_str().unwrap().contains("timeout_seconds = 1"), "{st}");
+    assert!(
+        st["error"]
+            .as_str()
+            .unwrap()
+            .contains("timeout_seconds = 1"),
+        "{st}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_5xx_storm_retries_then_fails() {
     let s = Session::start("").await;
     let storm: Vec<Step> = (0..10)
-        .map(|_| Step::Status { code: 503, error_type: "api_error".into(), message: "storm".into(), retry_after: Some(0) })
+        .map(|_| Step::Status {
+            code: 503,
+            error_type: "api_error".into(),
+            message: "storm".into(),
+            retry_after: Some(0),
+        })
         .collect();
     s.fake.script("storm task", storm);
     let st = run_to_end(&s, "storm task", json!({})).await;
@@ -119,7 +166,12 @@ async fn provider_5xx_storm_retries_then_fails() {
     assert!(st["error"].as_str().unwrap().contains("503"), "{st}");
     // The anthropic provider retries 4 times: 5 requests in all.
     assert_eq!(s.fake.request_count("storm task"), 5);
-    let out = s.ok("agent_output", json!({ "agent_id": st["agent_id"], "filter": "^\\[retry" })).await;
+    let out = s
+        .ok(
+            "agent_output",
+            json!({ "agent_id": st["agent_id"], "filter": "^\\[retry" }),
+        )
+        .await;
     assert_eq!(out["matched_lines"], 4, "{out}");
 }
 
@@ -128,20 +180,32 @@ async fn provider_closing_mid_message_is_retried_and_the_retry_is_marked() {
     let s = Session::start("").await;
     s.fake.script(
         "close mid",
-        vec![Step::CloseMidMessage { after_chunks: vec!["half an ans".into()] }, Step::text("the whole answer")],
+        vec![
+            Step::CloseMidMessage {
+                after_chunks: vec!["half an ans".into()],
+            },
+            Step::text("the whole answer"),
+        ],
     );
     let st = run_to_end(&s, "close mid", json!({})).await;
     assert_eq!(st["status"], "completed", "{st}");
     assert_eq!(st["result"], "the whole answer");
-    let out = s.ok("agent_output", json!({ "agent_id": st["agent_id"] })).await;
+    let out = s
+        .ok("agent_output", json!({ "agent_id": st["agent_id"] }))
+        .await;
     let text = out["text"].as_str().unwrap();
-    assert!(text.contains("void"), "the transcript says the partial text is void: {text}");
+    assert!(
+        text.contains("void"),
+        "the transcript says the partial text is void: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_worker_binary_is_a_clear_error_and_changes_nothing() {
     let s = Session::start("worker.path = \"/nonexistent/bg-agent-worker\"\n").await;
-    let err = s.tool_error("agent_spawn", json!({ "task": "anything" })).await;
+    let err = s
+        .tool_error("agent_spawn", json!({ "task": "anything" }))
+        .await;
     assert!(err.contains("/nonexistent/bg-agent-worker"), "{err}");
     assert!(err.contains("worker.path"), "{err}");
     let list = s.ok("agent_list", json!({})).await;
@@ -155,7 +219,9 @@ async fn unwritable_transcript_dir_is_a_clear_error_and_changes_nothing() {
     // file in its place cannot be written into, even by root.
     let blocker = s.dir.path().join("transcripts");
     std::fs::write(&blocker, "not a directory").unwrap();
-    let err = s.tool_error("agent_spawn", json!({ "task": "anything" })).await;
+    let err = s
+        .tool_error("agent_spawn", json!({ "task": "anything" }))
+        .await;
     assert!(err.contains("transcript_dir"), "{err}");
     assert!(err.contains(&blocker.display().to_string()), "{err}");
     let list = s.ok("agent_list", json!({})).await;
@@ -165,20 +231,42 @@ async fn unwritable_transcript_dir_is_a_clear_error_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_vanishing_mid_wait_leaves_no_worker() {
     let s = Session::start("").await;
-    s.fake.script("vanish", vec![Step::Hang { after_chunks: vec!["x".into()] }]);
+    s.fake.script(
+        "vanish",
+        vec![Step::Hang {
+            after_chunks: vec!["x".into()],
+        }],
+    );
     let id = s.spawn("vanish").await;
-    let out = s.ok("agent_output", json!({ "agent_id": id, "wait_seconds": 20 })).await;
+    let out = s
+        .ok(
+            "agent_output",
+            json!({ "agent_id": id, "wait_seconds": 20 }),
+        )
+        .await;
     assert_eq!(out["text"], "x");
     let pid = s.status(&id).await["pid"].as_u64().unwrap() as u32;
     let peer = s.client.peer().clone();
     let waiting = tokio::spawn(async move {
-        let Value::Object(args) = json!({ "agent_ids": [id], "wait_seconds": 40 }) else { unreachable!() };
-        peer.call_tool(rmcp::model::CallToolRequestParams::new("agent_wait").with_arguments(args)).await
+        let Value::Object(args) = json!({ "agent_ids": [id], "wait_seconds": 40 }) else {
+            unreachable!()
+        };
+        peer.call_tool(rmcp::model::CallToolRequestParams::new("agent_wait").with_arguments(args))
+            .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let server = s.server_pid;
     s.client.cancel().await.expect("close the client");
-    assert!(waiting.await.unwrap().is_err(), "the wait cannot complete without a client");
-    assert!(eventually(Duration::from_secs(10), || !alive(server)).await, "server still alive");
-    assert!(eventually(Duration::from_secs(5), || !alive(pid)).await, "worker {pid} orphaned");
+    assert!(
+        waiting.await.unwrap().is_err(),
+        "the wait cannot complete without a client"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(server)).await,
+        "server still alive"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)).await,
+        "worker {pid} orphaned"
+    );
 }

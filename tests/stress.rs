@@ -22,18 +22,28 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("proc fd").count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .count()
 }
 
 /// Zombie children of `parent`.
 fn zombies_of(parent: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() == Some(&"Z") && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+        if fields.first() == Some(&"Z")
+            && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+        {
             out.push(pid);
         }
     }
@@ -49,7 +59,9 @@ async fn two_hundred_concurrent_spawns_all_complete_with_their_own_results() {
     let s = Session::start("max_concurrent = 64\n").await;
     // Each echo streams the task back: a few KB per agent.
     let filler = "lorem ipsum dolor ".repeat(200);
-    let tasks: Vec<String> = (0..200).map(|i| format!("stress task {i}: {filler}")).collect();
+    let tasks: Vec<String> = (0..200)
+        .map(|i| format!("stress task {i}: {filler}"))
+        .collect();
     let ids: Vec<String> = join_all(tasks.iter().map(|t| s.spawn(t))).await;
     let unique: HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), 200, "every spawn got its own id");
@@ -59,12 +71,24 @@ async fn two_hundred_concurrent_spawns_all_complete_with_their_own_results() {
     for (id, task) in ids.iter().zip(&tasks) {
         let st = s.status(id).await;
         assert_eq!(st["status"], "completed", "{id}: {st}");
-        assert_eq!(st["result"].as_str().unwrap(), format!("echo: {task}"), "{id} got someone else's answer");
+        assert_eq!(
+            st["result"].as_str().unwrap(),
+            format!("echo: {task}"),
+            "{id} got someone else's answer"
+        );
     }
     let list = s.ok("agent_list", json!({})).await;
     assert_eq!(list["counts"]["completed"], 200);
-    assert_eq!(list["agents"].as_array().unwrap().len(), 200, "none lost or duplicated");
-    assert_eq!(s.fake.requests().len(), 200, "one provider request per agent");
+    assert_eq!(
+        list["agents"].as_array().unwrap().len(),
+        200,
+        "none lost or duplicated"
+    );
+    assert_eq!(
+        s.fake.requests().len(),
+        200,
+        "one provider request per agent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +99,12 @@ async fn thousand_sequential_cycles_keep_rss_fds_and_zombies_flat() {
         let s = &s;
         async move {
             let id = s.spawn(&format!("cycle {i}")).await;
-            let st = s.ok("agent_status", json!({ "agent_id": id, "wait_seconds": 30 })).await;
+            let st = s
+                .ok(
+                    "agent_status",
+                    json!({ "agent_id": id, "wait_seconds": 30 }),
+                )
+                .await;
             assert_eq!(st["status"], "completed", "cycle {i}: {st}");
         }
     };
@@ -94,20 +123,39 @@ async fn thousand_sequential_cycles_keep_rss_fds_and_zombies_flat() {
         "server fds: {fds_before} before, {} after",
         fd_count(server)
     );
-    assert!(zombies_of(server).is_empty(), "zombies: {:?}", zombies_of(server));
+    assert!(
+        zombies_of(server).is_empty(),
+        "zombies: {:?}",
+        zombies_of(server)
+    );
     let grown = rss_after.saturating_sub(rss_before);
-    assert!(grown < 5 * 1024, "server RSS grew {grown} KiB ({rss_before} → {rss_after})");
+    assert!(
+        grown < 5 * 1024,
+        "server RSS grew {grown} KiB ({rss_before} → {rss_after})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_running_agents_killed_in_parallel_all_end_killed() {
     let s = Session::start("max_concurrent = 100\n").await;
-    s.fake.script("hang-for-kill", (0..100).map(|_| Step::Hang { after_chunks: vec!["working\n".into()] }).collect());
+    s.fake.script(
+        "hang-for-kill",
+        (0..100)
+            .map(|_| Step::Hang {
+                after_chunks: vec!["working\n".into()],
+            })
+            .collect(),
+    );
     let tasks: Vec<String> = (0..100).map(|i| format!("hang-for-kill {i}")).collect();
     let ids: Vec<String> = join_all(tasks.iter().map(|t| s.spawn(t))).await;
     // Every agent is mid-stream: its first text has arrived.
     for id in &ids {
-        let out = s.ok("agent_output", json!({ "agent_id": id, "wait_seconds": 30 })).await;
+        let out = s
+            .ok(
+                "agent_output",
+                json!({ "agent_id": id, "wait_seconds": 30 }),
+            )
+            .await;
         assert_eq!(out["text"], "working\n", "{id}: {out}");
     }
     let mut pids = Vec::new();
@@ -116,7 +164,11 @@ async fn hundred_running_agents_killed_in_parallel_all_end_killed() {
         assert_eq!(st["status"], "running");
         pids.push(st["pid"].as_u64().unwrap() as u32);
     }
-    let killed = join_all(ids.iter().map(|id| s.ok("agent_kill", json!({ "agent_id": id, "grace_ms": 2000 })))).await;
+    let killed = join_all(
+        ids.iter()
+            .map(|id| s.ok("agent_kill", json!({ "agent_id": id, "grace_ms": 2000 }))),
+    )
+    .await;
     for k in &killed {
         assert_eq!(k["status"], "killed", "{k}");
     }

@@ -21,10 +21,10 @@ pub struct SpawnParams {
     pub role: Option<String>,
     /// Kind of work, which picks the model tier: exploration and analysis → fast (Haiku),
     /// reasoning → balanced (Sonnet), critical → quality (Opus).
-    #[schemars(extend("enum" = ["exploration", "analysis", "reasoning", "critical"]))]
+    #[schemars(extend("enum" = ["exploration", "analysis", "reasoning", "critical", null]))]
     pub task_type: Option<String>,
     /// Model tier, overriding task_type and role: fast, balanced or quality.
-    #[schemars(extend("enum" = ["fast", "balanced", "quality"]))]
+    #[schemars(extend("enum" = ["fast", "balanced", "quality", null]))]
     pub tier: Option<String>,
     /// Exact model, overriding tier (e.g. `claude-haiku-5-5`, or an alias: haiku, sonnet, opus).
     /// Usually leave unset and use task_type or tier.
@@ -107,7 +107,7 @@ pub struct KillParams {
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only agents in this status.
-    #[schemars(extend("enum" = ["queued", "running", "completed", "failed", "killed", "timed_out", "cpu_limit", "memory_limit", "output_limit", "budget_exceeded"]))]
+    #[schemars(extend("enum" = ["queued", "running", "completed", "failed", "killed", "timed_out", "cpu_limit", "memory_limit", "output_limit", "budget_exceeded", null]))]
     pub status: Option<String>,
     /// Only agents with this role.
     pub role: Option<String>,
@@ -119,7 +119,7 @@ pub struct WaitParams {
     /// Ids returned by agent_spawn.
     pub agent_ids: Vec<String>,
     /// `any`: return when the first of them ends; `all` (default): when all have ended.
-    #[schemars(extend("enum" = ["any", "all"]))]
+    #[schemars(extend("enum" = ["any", "all", null]))]
     pub mode: Option<String>,
     /// Most seconds to block. Default and maximum: the server's max wait (50 s); call
     /// again to keep waiting.

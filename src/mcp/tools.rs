@@ -324,8 +324,14 @@ impl BgAgents {
         };
         let max = self.manager.config().server.max_wait_seconds as f64;
         let (wait, capped) = self.wait_duration(p.wait_seconds, max)?;
-        let mut ids = p.agent_ids.clone();
-        ids.dedup();
+        // Each agent once, in the caller's order (`dedup` alone only drops adjacent repeats).
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<String> = p
+            .agent_ids
+            .iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .cloned()
+            .collect();
         // Unknown ids fail before any waiting.
         self.manager
             .wait(&ids, mode, Duration::ZERO)

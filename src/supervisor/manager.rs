@@ -84,7 +84,8 @@ pub struct OutputPage {
     pub text: String,
     /// Pass as `since` to continue after what was returned.
     pub next_cursor: u64,
-    /// Bytes between `since` and the oldest byte still in memory (read the transcript for them).
+    /// Bytes between `since` and where reading resumed: output that left the in-memory
+    /// window (reading resumes at the next whole line). The transcript file has them.
     pub dropped_bytes: u64,
     /// True when more output in range was not returned because of max_bytes.
     pub truncated: bool,
@@ -95,7 +96,9 @@ pub struct OutputPage {
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ListView {
+    /// The agents that match the filters, oldest first.
     pub agents: Vec<ListRow>,
+    /// Every agent of the session by status (not filtered).
     pub counts: HashMap<String, usize>,
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
@@ -639,8 +642,9 @@ impl Inner {
                 None => false,
             }
         };
-        if !still_wanted {
-            // Killed while it was being forked: end it at once.
+        // Killed while it was being forked, or shutdown began meanwhile (shutdown stops
+        // only the agents already running): end it at once.
+        if !still_wanted || self.shutting_down.load(Ordering::SeqCst) {
             let _ = ctl_tx.send(Control::Kill { grace_ms: 0 });
         }
         tokio::spawn(Arc::clone(self).supervise(

@@ -386,7 +386,9 @@ pub fn describe_end(
     let detail = worker_error.map(|e| format!(": {e}")).unwrap_or_default();
     Some(match (status, exit.reason.as_str()) {
         (Status::Completed, _) => return None,
-        (Status::Killed, _) => "killed by agent_kill".to_string(),
+        (Status::Killed, _) => {
+            "stopped by the server (agent_kill, a cancelled task, or shutdown)".to_string()
+        }
         (Status::TimedOut, _) => format!(
             "ran past timeout_seconds = {}; stopped",
             limits.timeout_seconds

@@ -3,14 +3,21 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion};
-use rmcp::service::RunningService;
-use rmcp::transport::TokioChildProcess;
-use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion,
+    ResourceUpdatedNotificationParam,
+};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, RunningService};
+use rmcp::{ClientHandler, RoleClient};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tokio::process::Child;
 
 use super::provider::FakeProvider;
 
@@ -27,12 +34,15 @@ pub struct Session<H: ClientHandler = ()> {
     pub client: RunningService<RoleClient, H>,
     pub dir: TempDir,
     pub server_pid: u32,
+    /// The server process (killed if the session is dropped while it runs).
+    pub server: Child,
 }
 
-/// Config text every session starts from: transcripts in the temp dir, short grace.
-pub fn base_config(dir: &Path) -> String {
+/// Config text every session starts from: transcripts in the temp dir, short grace, then
+/// `server_keys` (more `[server]` keys, one per line).
+pub fn base_config(dir: &Path, server_keys: &str) -> String {
     format!(
-        "[server]\ntranscript_dir = {:?}\nkill_grace_ms = 500\n",
+        "[server]\ntranscript_dir = {:?}\nkill_grace_ms = 500\n{server_keys}\n",
         dir.join("transcripts").display().to_string()
     )
 }
@@ -41,16 +51,56 @@ impl Session<()> {
     pub async fn start(extra_config: &str) -> Session<()> {
         Self::start_with((), extra_config).await
     }
+
+    /// Starts a server with more `[server]` keys, e.g. `"max_concurrent = 1"`.
+    pub async fn start_server(server_keys: &str) -> Session<()> {
+        Self::launch((), server_keys, "").await
+    }
 }
 
 impl<H: ClientHandler> Session<H> {
-    /// Starts a server whose config is `base_config` + `extra_config` (later keys of the
-    /// same table must not repeat base keys; use separate tables).
+    /// Starts a server whose config is `base_config` + `extra_config` (other tables; for
+    /// `[server]` keys use `launch`).
     pub async fn start_with(handler: H, extra_config: &str) -> Session<H> {
+        Self::launch(handler, "", extra_config).await
+    }
+
+    /// Starts a server whose config is `base_config(dir, server_keys)` + `extra_config`,
+    /// connected with the `initialize` handshake (what `ServiceExt::serve` does; the
+    /// session then speaks 2025-11-25).
+    pub async fn launch(handler: H, server_keys: &str, extra_config: &str) -> Session<H> {
+        Self::launch_with(
+            handler,
+            server_keys,
+            extra_config,
+            ClientLifecycleMode::Initialize,
+        )
+        .await
+    }
+
+    /// Starts a server and connects with `server/discover` and per-request metadata: the
+    /// 2026-07-28 protocol.
+    pub async fn start_modern(handler: H) -> Session<H> {
+        let modern = ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::LATEST],
+        };
+        Self::launch_with(handler, "", "", modern).await
+    }
+
+    async fn launch_with(
+        handler: H,
+        server_keys: &str,
+        extra_config: &str,
+        lifecycle: ClientLifecycleMode,
+    ) -> Session<H> {
         let fake = FakeProvider::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("limits.toml");
-        std::fs::write(&config, format!("{}{extra_config}", base_config(dir.path()))).expect("write config");
+        std::fs::write(
+            &config,
+            format!("{}{extra_config}", base_config(dir.path(), server_keys)),
+        )
+        .expect("write config");
         let mut cmd = tokio::process::Command::new(server_exe());
         cmd.arg("--config")
             .arg(&config)
@@ -59,16 +109,54 @@ impl<H: ClientHandler> Session<H> {
             .env("HOME", dir.path())
             .env("RUST_LOG", "warn")
             .env("ANTHROPIC_API_KEY", API_KEY)
-            .env("ANTHROPIC_BASE_URL", fake.base_url());
-        let transport = TokioChildProcess::new(cmd).expect("spawn bg-agents");
-        let server_pid = transport.id().expect("server pid");
-        let client = handler.serve(transport).await.expect("MCP handshake");
+            .env("ANTHROPIC_BASE_URL", fake.base_url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        // The test owns the process (rather than rmcp's TokioChildProcess) to see how it
+        // exits: code 0 after stdin EOF or a signal.
+        let mut server = cmd.spawn().expect("spawn bg-agents");
+        let server_pid = server.id().expect("server pid");
+        let stdout = server.stdout.take().expect("server stdout");
+        let stdin = server.stdin.take().expect("server stdin");
+        let client = handler
+            .serve_with_lifecycle((stdout, stdin), lifecycle)
+            .await
+            .expect("MCP handshake");
         Session {
             fake,
             client,
             dir,
             server_pid,
+            server,
         }
+    }
+
+    /// Ends the session as a client does (closes the server's stdin) and returns how the
+    /// server exited.
+    pub async fn end(self) -> ExitStatus {
+        let Session {
+            client, mut server, ..
+        } = self;
+        client.cancel().await.expect("close the client");
+        server_exit(&mut server).await
+    }
+
+    /// Sends `sig` to the server process.
+    pub fn signal_server(&self, sig: Signal) {
+        kill(Pid::from_raw(self.server_pid as i32), sig).expect("signal the server");
+    }
+
+    /// Worker pids of running agents (from agent_status).
+    pub async fn worker_pids(&self, ids: &[String]) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for id in ids {
+            let st = self.status(id).await;
+            assert_eq!(st["status"], "running", "{st}");
+            let pid = st["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {st}"));
+            pids.push(pid as u32);
+        }
+        pids
     }
 
     pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
@@ -84,7 +172,12 @@ impl<H: ClientHandler> Session<H> {
     /// Calls a tool that must succeed; returns its structured content.
     pub async fn ok(&self, tool: &str, args: Value) -> Value {
         let r = self.call(tool, args.clone()).await;
-        assert_ne!(r.is_error, Some(true), "{tool} {args} failed: {}", text_of(&r));
+        assert_ne!(
+            r.is_error,
+            Some(true),
+            "{tool} {args} failed: {}",
+            text_of(&r)
+        );
         assert!(!text_of(&r).is_empty(), "{tool} returned no readable text");
         r.structured_content
             .unwrap_or_else(|| panic!("{tool} returned no structuredContent"))
@@ -93,7 +186,12 @@ impl<H: ClientHandler> Session<H> {
     /// Calls a tool that must fail as a tool error; returns the error text.
     pub async fn tool_error(&self, tool: &str, args: Value) -> String {
         let r = self.call(tool, args.clone()).await;
-        assert_eq!(r.is_error, Some(true), "{tool} {args} should have failed: {}", text_of(&r));
+        assert_eq!(
+            r.is_error,
+            Some(true),
+            "{tool} {args} should have failed: {}",
+            text_of(&r)
+        );
         text_of(&r)
     }
 
@@ -111,7 +209,10 @@ impl<H: ClientHandler> Session<H> {
     pub async fn wait_all(&self, ids: &[String]) -> Value {
         for _ in 0..10 {
             let v = self
-                .ok("agent_wait", json!({ "agent_ids": ids, "mode": "all", "wait_seconds": 30 }))
+                .ok(
+                    "agent_wait",
+                    json!({ "agent_ids": ids, "mode": "all", "wait_seconds": 30 }),
+                )
                 .await;
             if v["done"] == json!(true) {
                 return v;
@@ -133,13 +234,30 @@ pub fn text_of(r: &CallToolResult) -> String {
         .join("\n")
 }
 
-/// A client that speaks the older, initialize-based protocol version.
+/// A client that speaks the older, initialize-based protocol version, and records the
+/// URIs of `notifications/resources/updated` it receives.
 #[derive(Clone, Default)]
-pub struct LegacyClient;
+pub struct LegacyClient {
+    pub updated: Arc<Mutex<Vec<String>>>,
+}
+
+impl LegacyClient {
+    pub fn updated(&self) -> Vec<String> {
+        self.updated.lock().unwrap().clone()
+    }
+}
 
 impl ClientHandler for LegacyClient {
     fn get_info(&self) -> ClientConfig {
         ClientConfig::default().with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.updated.lock().unwrap().push(params.uri);
     }
 }
 
@@ -167,4 +285,17 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// How the server exited; panics if it is still running after 15 s.
+pub async fn server_exit(server: &mut Child) -> ExitStatus {
+    tokio::time::timeout(Duration::from_secs(15), server.wait())
+        .await
+        .expect("the server did not exit within 15 s")
+        .expect("wait for the server")
+}
+
+/// Whether every one of `pids` is gone within a few seconds.
+pub async fn all_gone(pids: &[u32]) -> bool {
+    eventually(Duration::from_secs(5), || pids.iter().all(|&p| !alive(p))).await
 }

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests.
 
-pub mod provider;
 pub mod mcp;
+pub mod provider;
+pub mod supervisor;
