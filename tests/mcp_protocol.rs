@@ -357,7 +357,10 @@ async fn tools_list_describes_every_tool_for_a_model() {
         prop("agent_spawn", "tier")["enum"],
         json!(["fast", "balanced", "quality", null])
     );
-    assert_eq!(prop("agent_wait", "mode")["enum"], json!(["any", "all", null]));
+    assert_eq!(
+        prop("agent_wait", "mode")["enum"],
+        json!(["any", "all", null])
+    );
     let statuses = prop("agent_list", "status")["enum"]
         .as_array()
         .cloned()
