@@ -16,7 +16,7 @@ use bg_agent_worker::resolve::{ResolveError, SpawnRequest};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::net::unix::pipe::Receiver;
 use tokio::sync::{mpsc, watch};
 
 use super::output::{
@@ -619,15 +619,19 @@ impl Inner {
             }
         };
         let line = serde_json::to_string(&spec).unwrap_or_default() + "\n";
-        let cmd = process::command(
+        let plan = process::Plan::new(
             exe,
             &["--spec", "-"],
             process::worker_env(&spec.provider),
             &spec.cwd,
             &spec.limits,
-        );
-        let child = self.spawner.spawn(cmd, exe).await?;
-        let pid = child.id().unwrap_or(0);
+        )
+        .map_err(|source| SpawnError::Exec {
+            path: exe.to_path_buf(),
+            source,
+        })?;
+        let child = self.spawner.spawn(plan, exe).await?;
+        let pid = child.pid;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let still_wanted = {
             let mut reg = self.lock();
@@ -723,13 +727,13 @@ impl Inner {
     async fn supervise(
         self: Arc<Self>,
         id: String,
-        mut child: Child,
+        mut child: process::Worker,
         spec_line: String,
         limits: bg_agent_worker::config::Limits,
         ctl_tx: mpsc::UnboundedSender<Control>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
-        let pid = child.id().unwrap_or(0);
+        let pid = child.pid;
         let started = Instant::now();
         let (stdin_done_tx, stdin_done_rx) = tokio::sync::oneshot::channel::<()>();
         if let Some(mut stdin) = child.stdin.take() {
@@ -846,7 +850,7 @@ impl Inner {
     async fn read_stdout(
         self: Arc<Self>,
         id: String,
-        mut stdout: ChildStdout,
+        mut stdout: Receiver,
         ctl: mpsc::UnboundedSender<Control>,
     ) {
         let mut buf = vec![0u8; 64 * 1024];
@@ -923,7 +927,7 @@ impl Inner {
             || rec.oversize_dropped > 0
     }
 
-    async fn read_stderr(self: Arc<Self>, id: String, mut stderr: ChildStderr) {
+    async fn read_stderr(self: Arc<Self>, id: String, mut stderr: Receiver) {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = match stderr.read(&mut buf).await {

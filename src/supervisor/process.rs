@@ -3,16 +3,19 @@
 //!
 //! Not here: what the worker prints (`manager` reads it), records (`registry`).
 
+use std::ffi::CString;
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::ExitStatus;
 use std::sync::mpsc;
 
 use bg_agent_worker::config::Limits;
 use bg_agent_worker::protocol::ProviderSpec;
+use nix::libc;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
 
 /// Seconds between the soft CPU limit (SIGXCPU) and the hard one (SIGKILL).
 pub const CPU_HARD_MARGIN_SECS: u64 = 5;
@@ -109,65 +112,354 @@ pub fn worker_env(provider: &ProviderSpec) -> Vec<(String, OsString)> {
     env
 }
 
-/// A command for `exe` with piped stdio, its own process group, a cleared environment,
-/// and the kernel limits applied between fork and exec.
-pub fn command(
-    exe: &Path,
-    args: &[&str],
-    env: Vec<(String, OsString)>,
-    cwd: &Path,
-    limits: &Limits,
-) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .env_clear()
-        .envs(env)
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let cpu = limits.cpu_seconds;
-    let mem = limits.memory_mb.saturating_mul(1024 * 1024);
-    let nofile = limits.open_files;
-    let fsize = limits.max_file_mb.saturating_mul(1024 * 1024);
-    let parent = std::process::id() as i32;
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe functions may be called. Each call below is a single raw system
-    // call with no allocation and no locks: setrlimit(2) (through rlimit, which passes
-    // the plain struct), prctl(2) and getppid(2).
-    unsafe {
-        cmd.pre_exec(move || {
-            use rlimit::{Resource, setrlimit};
-            // setrlimit(2): async-signal-safe.
-            setrlimit(Resource::CPU, cpu, cpu + CPU_HARD_MARGIN_SECS)?;
-            setrlimit(Resource::AS, mem, mem)?;
-            setrlimit(Resource::NOFILE, nofile, nofile)?;
-            setrlimit(Resource::FSIZE, fsize, fsize)?;
-            setrlimit(Resource::CORE, 0, 0)?;
-            // prctl(2): SIGKILL the worker when the thread that forked it dies.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            // getppid(2): if the server died before prctl took effect, the signal will
-            // never come; exit now instead of running orphaned.
-            if nix::unistd::getppid().as_raw() != parent {
-                return Err(std::io::Error::other("the server exited during spawn"));
-            }
-            Ok(())
-        });
+/// Everything needed to start one worker, converted to C strings up front: the child
+/// runs on borrowed memory between clone and exec and may not allocate.
+pub struct Plan {
+    exe: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: CString,
+    limits: [(Rlimit, libc::rlim_t, libc::rlim_t); 5],
+}
+
+#[cfg(target_env = "gnu")]
+type Rlimit = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Rlimit = libc::c_int;
+
+fn c_string(bytes: &[u8]) -> std::io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "an argument, path or variable holds a NUL byte",
+        )
+    })
+}
+
+impl Plan {
+    /// `exe args…` with exactly `env`, in `cwd`, under `limits` (RLIMIT_CPU soft =
+    /// cpu_seconds and hard a few seconds later, so SIGXCPU comes first; RLIMIT_AS,
+    /// RLIMIT_NOFILE, RLIMIT_FSIZE; no core dumps).
+    pub fn new(
+        exe: &Path,
+        args: &[&str],
+        env: Vec<(String, OsString)>,
+        cwd: &Path,
+        limits: &Limits,
+    ) -> std::io::Result<Plan> {
+        let exe_c = c_string(exe.as_os_str().as_bytes())?;
+        let mut argv = vec![exe_c.clone()];
+        for a in args {
+            argv.push(c_string(a.as_bytes())?);
+        }
+        let envp = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                c_string(&kv)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let cpu = limits.cpu_seconds as libc::rlim_t;
+        let mem = limits.memory_mb.saturating_mul(1024 * 1024) as libc::rlim_t;
+        let fsize = limits.max_file_mb.saturating_mul(1024 * 1024) as libc::rlim_t;
+        let nofile = limits.open_files as libc::rlim_t;
+        Ok(Plan {
+            exe: exe_c,
+            argv,
+            envp,
+            cwd: c_string(cwd.as_os_str().as_bytes())?,
+            limits: [
+                (
+                    libc::RLIMIT_CPU as Rlimit,
+                    cpu,
+                    cpu + CPU_HARD_MARGIN_SECS as libc::rlim_t,
+                ),
+                (libc::RLIMIT_AS as Rlimit, mem, mem),
+                (libc::RLIMIT_NOFILE as Rlimit, nofile, nofile),
+                (libc::RLIMIT_FSIZE as Rlimit, fsize, fsize),
+                (libc::RLIMIT_CORE as Rlimit, 0, 0),
+            ],
+        })
     }
-    cmd
 }
 
-/// A request to fork from the spawner thread.
+/// What the child needs, as raw pointers into memory the parent keeps alive: with
+/// CLONE_VFORK the parent thread is suspended until the child has exec'd or exited.
+struct ChildArgs {
+    exe: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    limits: [(Rlimit, libc::rlim_t, libc::rlim_t); 5],
+    parent: libc::pid_t,
+    stdio: [RawFd; 3],
+    /// Where the child reports why it could not exec (shared memory under CLONE_VM).
+    errno: *mut libc::c_int,
+}
+
+/// The child between clone and exec. It shares the parent's memory, so it may only make
+/// raw system calls: no allocation, no locks, no Rust runtime. Each call below is a
+/// single async-signal-safe system call.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points to the ChildArgs on the suspended parent's stack, and every
+    // pointer in it stays valid until exec or _exit (CLONE_VFORK).
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        let fail = || -> ! {
+            *a.errno = *libc::__errno_location();
+            if *a.errno == 0 {
+                *a.errno = libc::ECHILD;
+            }
+            libc::_exit(127)
+        };
+        // sigaction(2): handlers are code in the parent's memory; reset every caught
+        // signal to its default, and SIGPIPE too (Rust ignores it; std's Command resets it).
+        for sig in 1..65 {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            if old.sa_sigaction != libc::SIG_DFL
+                && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        // sigprocmask(2): the parent blocked everything around clone; start unblocked.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // setpgid(2): its own process group, so a kill reaches everything it starts.
+        if libc::setpgid(0, 0) != 0 {
+            fail();
+        }
+        // setrlimit(2): the kernel enforces the agent's limits from here on.
+        for (resource, soft, hard) in a.limits {
+            let l = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(resource, &l) != 0 {
+                fail();
+            }
+        }
+        // prctl(2): SIGKILL when the thread that cloned us (the spawner) dies.
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            fail();
+        }
+        // getppid(2): if the server died before prctl took effect, the signal will never
+        // come; give up instead of running orphaned.
+        if libc::getppid() != a.parent {
+            *libc::__errno_location() = libc::ESRCH;
+            fail();
+        }
+        // dup2(2): the pipes become stdin, stdout, stderr (dup2 clears close-on-exec).
+        for (target, fd) in a.stdio.iter().enumerate() {
+            if libc::dup2(*fd, target as libc::c_int) < 0 {
+                fail();
+            }
+        }
+        // chdir(2), execve(2).
+        if libc::chdir(a.cwd) != 0 {
+            fail();
+        }
+        libc::execve(a.exe, a.argv, a.envp);
+        fail()
+    }
+}
+
+/// A started worker before it is handed to the runtime.
+struct Started {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+/// A pipe whose ends close on exec (the child's ends are dup2'd onto 0, 1, 2 instead).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2(2) fills two new descriptors that we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts `plan` with clone(CLONE_VM | CLONE_VFORK), as posix_spawn does, but with the
+/// limits and the parent-death signal set in the child before exec. A fork() would copy
+/// the server's page tables on every spawn; this costs what a plain spawn costs.
+fn clone_exec(plan: &Plan) -> std::io::Result<Started> {
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan
+        .envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let mut child_errno: libc::c_int = 0;
+    let args = ChildArgs {
+        exe: plan.exe.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: plan.cwd.as_ptr(),
+        limits: plan.limits,
+        parent: std::process::id() as libc::pid_t,
+        stdio: [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        errno: &mut child_errno,
+    };
+    let mut stack = vec![0u8; CHILD_STACK_BYTES];
+    // SAFETY: the stack outlives the child's use of it (the parent is suspended until
+    // exec/_exit); the top is 16-byte aligned as the ABI wants; every signal is blocked
+    // in this thread across clone so no handler can run in the child before it resets
+    // them; child_main only makes raw system calls.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &args as *const ChildArgs as *mut libc::c_void,
+        );
+        let clone_error = std::io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(clone_error);
+        }
+        pid
+    };
+    drop((in_r, out_w, err_w));
+    if child_errno != 0 {
+        reap_blocking(pid);
+        return Err(std::io::Error::from_raw_os_error(child_errno));
+    }
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: kill(2) of the child we just started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        reap_blocking(pid);
+        return Err(std::io::Error::other(format!(
+            "pidfd_open failed (Linux 5.3 or later is required): {e}"
+        )));
+    }
+    // SAFETY: `fd` is a fresh descriptor returned to us and owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Started {
+        pid,
+        pidfd,
+        stdin: in_w,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+/// Stack for the child between clone and exec; it only makes system calls.
+const CHILD_STACK_BYTES: usize = 64 * 1024;
+
+fn reap_blocking(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waitpid(2) on our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+/// A running worker process: its pipes and a pidfd to await its exit without polling.
+/// Dropped unreaped, it is killed (its whole group) and reaped.
+pub struct Worker {
+    pub pid: u32,
+    pub stdin: Option<tokio::net::unix::pipe::Sender>,
+    pub stdout: Option<tokio::net::unix::pipe::Receiver>,
+    pub stderr: Option<tokio::net::unix::pipe::Receiver>,
+    pidfd: tokio::io::unix::AsyncFd<OwnedFd>,
+    reaped: bool,
+}
+
+impl Worker {
+    fn from_started(s: Started) -> std::io::Result<Worker> {
+        Ok(Worker {
+            pid: s.pid as u32,
+            stdin: Some(tokio::net::unix::pipe::Sender::from_owned_fd(s.stdin)?),
+            stdout: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(s.stdout)?),
+            stderr: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(s.stderr)?),
+            // SAFETY: the OwnedFd is moved in, stays open and is only closed when the
+            // AsyncFd is dropped.
+            pidfd: unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    s.pidfd,
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(|e| e.into_parts().1)?,
+            reaped: false,
+        })
+    }
+
+    /// Waits for the process to exit and reaps it.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        loop {
+            let mut ready = self.pidfd.readable().await?;
+            let mut status = 0;
+            // SAFETY: waitpid(2) with WNOHANG on our own child.
+            let r = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::WNOHANG) };
+            if r == self.pid as libc::pid_t {
+                self.reaped = true;
+                return Ok(ExitStatus::from_raw(status));
+            }
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            ready.clear_ready();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if !self.reaped {
+            signal_group(self.pid, Signal::SIGKILL);
+            reap_blocking(self.pid as libc::pid_t);
+        }
+    }
+}
+
+/// A request to start a worker from the spawner thread.
 struct Job {
-    cmd: Command,
-    reply: tokio::sync::oneshot::Sender<std::io::Result<Child>>,
+    plan: Plan,
+    reply: tokio::sync::oneshot::Sender<std::io::Result<Worker>>,
 }
 
-/// Forks workers from one dedicated thread that lives as long as the server.
-/// PR_SET_PDEATHSIG fires when the *forking thread* exits; tokio's blocking threads
-/// retire after idling, so forking from one of them would kill healthy workers.
+/// Starts workers from one dedicated thread that lives as long as the server.
+/// PR_SET_PDEATHSIG fires when the *thread* that cloned the worker exits; tokio's
+/// blocking threads retire after idling, so starting from one of them would kill
+/// healthy workers.
 pub struct Spawner {
     jobs: mpsc::Sender<Job>,
 }
@@ -178,19 +470,20 @@ impl Spawner {
         std::thread::Builder::new()
             .name("bg-agents-spawner".into())
             .spawn(move || {
-                // tokio's process driver needs a runtime context to register the child.
+                // The pipes and the pidfd register with the runtime's I/O driver.
                 let _guard = runtime.enter();
-                while let Ok(mut job) = rx.recv() {
-                    let _ = job.reply.send(job.cmd.spawn());
+                while let Ok(job) = rx.recv() {
+                    let started = clone_exec(&job.plan).and_then(Worker::from_started);
+                    let _ = job.reply.send(started);
                 }
             })?;
         Ok(Spawner { jobs: tx })
     }
 
-    pub async fn spawn(&self, cmd: Command, exe: &Path) -> Result<Child, SpawnError> {
+    pub async fn spawn(&self, plan: Plan, exe: &Path) -> Result<Worker, SpawnError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Job { cmd, reply })
+            .send(Job { plan, reply })
             .map_err(|_| SpawnError::SpawnerGone)?;
         rx.await
             .map_err(|_| SpawnError::SpawnerGone)?
