@@ -581,7 +581,9 @@ async fn unknown_agent_id_is_an_error_that_lists_near_ids() {
     assert!(err.to_string().contains("no agents exist yet"), "{err}");
 
     let id = run_to_end(&h, "ok", limits()).await.agent_id;
-    let typo = format!("{}x", &id[..id.len() - 1]);
+    // One character off (never the same character, or the "typo" would be the id).
+    let last = if id.ends_with('x') { 'y' } else { 'x' };
+    let typo = format!("{}{last}", &id[..id.len() - 1]);
     let err = h.manager.status(&typo).unwrap_err();
     assert!(matches!(err, ManagerError::UnknownAgent { .. }), "{err:?}");
     assert!(

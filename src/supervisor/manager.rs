@@ -212,12 +212,13 @@ impl Manager {
                 });
             }
             let id = reg.new_id();
-            let transcript = Transcript::create(
-                &inner.transcript_dir,
-                &id,
-                server.transcript_max_mb * 1024 * 1024,
-            )
-            .map_err(ManagerError::Transcript)?;
+            // A queued agent gets its transcript now; one that starts now gets it while
+            // its worker is being started (see `start`).
+            let transcript = if start_now {
+                None
+            } else {
+                Some(inner.create_transcript(&id)?)
+            };
             let mut spec = resolution.spec;
             spec.agent_id = Some(id.clone());
             let route = resolution.route;
@@ -271,7 +272,7 @@ impl Manager {
                 result: None,
                 error: None,
                 error_kind: None,
-                transcript: Some(transcript),
+                transcript,
                 stderr: StderrTail::new(64 * 1024),
                 stdout_bytes: 0,
                 first_event_at: None,
@@ -288,7 +289,7 @@ impl Manager {
             }
             (id, view, start_now)
         };
-        if start_now && let Err(e) = inner.start(&id, &exe).await {
+        if start_now && let Err(e) = inner.start(&id, &exe, true).await {
             // Nothing may change on an error: forget the record and its transcript.
             let removed = {
                 let mut reg = inner.lock();
@@ -299,7 +300,7 @@ impl Manager {
                 let _ = std::fs::remove_file(path);
             }
             inner.start_next();
-            return Err(e.into());
+            return Err(e);
         }
         inner.bump();
         Ok(view)
@@ -603,8 +604,24 @@ impl Inner {
         }
     }
 
-    /// Forks the worker for queued record `id` and hands it to a supervising task.
-    async fn start(self: &Arc<Self>, id: &str, exe: &Path) -> Result<(), SpawnError> {
+    fn create_transcript(&self, id: &str) -> Result<Transcript, ManagerError> {
+        Transcript::create(
+            &self.transcript_dir,
+            id,
+            self.config.server.transcript_max_mb * 1024 * 1024,
+        )
+        .map_err(ManagerError::Transcript)
+    }
+
+    /// Starts the worker for queued record `id` and hands it to a supervising task. With
+    /// `with_transcript` (a fresh spawn), the transcript file is created while the
+    /// spawner thread starts the worker, and attached before any output is read.
+    async fn start(
+        self: &Arc<Self>,
+        id: &str,
+        exe: &Path,
+        with_transcript: bool,
+    ) -> Result<(), ManagerError> {
         let spec = {
             let reg = self.lock();
             match reg.agents.get(id).map(|r| &r.state) {
@@ -630,7 +647,23 @@ impl Inner {
             path: exe.to_path_buf(),
             source,
         })?;
-        let child = self.spawner.spawn(plan, exe).await?;
+        let pending = self.spawner.submit(plan)?;
+        let transcript = if with_transcript {
+            match self.create_transcript(id) {
+                Ok(t) => {
+                    if let Some(rec) = self.lock().agents.get_mut(id) {
+                        rec.transcript = Some(t);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(())
+        };
+        let child = process::Spawner::finish(pending, exe).await?;
+        // A worker started for a spawn that then fails is killed and reaped on drop.
+        transcript?;
         let pid = child.pid;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let still_wanted = {
@@ -683,8 +716,8 @@ impl Inner {
             let inner = Arc::clone(self);
             tokio::spawn(async move {
                 let started = match process::locate_worker(&inner.config.server.worker.path) {
-                    Ok(exe) => inner.start(&id, &exe).await,
-                    Err(e) => Err(e),
+                    Ok(exe) => inner.start(&id, &exe, false).await,
+                    Err(e) => Err(e.into()),
                 };
                 if let Err(e) = started {
                     inner.fail_start(&id, e.to_string());

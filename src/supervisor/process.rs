@@ -444,6 +444,9 @@ impl Drop for Worker {
     }
 }
 
+/// A worker being started by the spawner thread.
+pub struct PendingWorker(tokio::sync::oneshot::Receiver<std::io::Result<Worker>>);
+
 /// A request to start a worker from the spawner thread.
 struct Job {
     plan: Plan,
@@ -474,12 +477,20 @@ impl Spawner {
         Ok(Spawner { jobs: tx })
     }
 
-    pub async fn spawn(&self, plan: Plan, exe: &Path) -> Result<Worker, SpawnError> {
+    /// Hands `plan` to the spawner thread; `finish` awaits the worker. The caller may do
+    /// other work in between, while the thread starts the process.
+    pub fn submit(&self, plan: Plan) -> Result<PendingWorker, SpawnError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Job { plan, reply })
             .map_err(|_| SpawnError::SpawnerGone)?;
-        rx.await
+        Ok(PendingWorker(rx))
+    }
+
+    pub async fn finish(pending: PendingWorker, exe: &Path) -> Result<Worker, SpawnError> {
+        pending
+            .0
+            .await
             .map_err(|_| SpawnError::SpawnerGone)?
             .map_err(|source| SpawnError::Exec {
                 path: exe.to_path_buf(),
