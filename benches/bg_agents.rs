@@ -176,33 +176,29 @@ fn main() {
     }
 }
 
-/// p50-ready spawn times of the worker binary with tokio::process alone; `fork` adds a
-/// trivial pre_exec hook (one setrlimit), which makes std fork instead of posix_spawn.
-async fn bare_spawns(fork: bool) -> Vec<Duration> {
-    let mut times = Vec::new();
-    for _ in 0..50 {
-        let mut cmd = tokio::process::Command::new(worker_exe());
-        cmd.args(["--spec", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        if fork {
-            // SAFETY: setrlimit(2) is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    rlimit::setrlimit(rlimit::Resource::CORE, 0, 0)?;
-                    Ok(())
-                });
-            }
+/// One spawn of the worker binary with tokio::process alone; `fork` adds a trivial
+/// pre_exec hook (one setrlimit), which makes std fork() instead of posix_spawn.
+async fn bare_spawn(fork: bool) -> Duration {
+    let mut cmd = tokio::process::Command::new(worker_exe());
+    cmd.args(["--spec", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if fork {
+        // SAFETY: setrlimit(2) is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                rlimit::setrlimit(rlimit::Resource::CORE, 0, 0)?;
+                Ok(())
+            });
         }
-        let t = Instant::now();
-        let mut child = cmd.spawn().expect("bare spawn");
-        times.push(t.elapsed());
-        drop(child.stdin.take());
-        let _ = child.wait().await;
     }
-    times.sort();
-    times
+    let t = Instant::now();
+    let mut child = cmd.spawn().expect("bare spawn");
+    let took = t.elapsed();
+    drop(child.stdin.take());
+    let _ = child.wait().await;
+    took
 }
 
 async fn run() -> Vec<Row> {
@@ -298,7 +294,7 @@ async fn run() -> Vec<Row> {
     let manager = Manager::new(config).expect("manager");
     fake.script(
         "kill bench",
-        (0..50)
+        (0..100)
             .map(|_| Step::Hang {
                 after_chunks: vec!["working\n".into()],
             })
@@ -312,7 +308,12 @@ async fn run() -> Vec<Row> {
     }
     let mut ours = Vec::new();
     let mut kills = Vec::new();
-    for i in 0..50 {
+    let mut bare = Vec::new();
+    let mut bare_fork = Vec::new();
+    // Interleaved with the baselines, so drift on a busy machine hits all three alike.
+    for i in 0..100 {
+        bare.push(bare_spawn(false).await);
+        bare_fork.push(bare_spawn(true).await);
         let t = Instant::now();
         let v = manager
             .spawn(
@@ -346,9 +347,9 @@ async fn run() -> Vec<Row> {
     // Two baselines: the plain spawn (std uses posix_spawn, a vfork), and the same spawn
     // with a pre_exec hook, which forces fork(): the price of setting rlimits and
     // PR_SET_PDEATHSIG in the child before exec, race-free.
-    let bare = bare_spawns(false).await;
-    let bare_fork = bare_spawns(true).await;
     ours.sort();
+    bare.sort();
+    bare_fork.sort();
     let (o, b, f) = (pct(&ours, 0.5), pct(&bare, 0.5), pct(&bare_fork, 0.5));
     rows.push(Row {
         what: "spawn → running: supervisor vs bare tokio::process (p50)",
