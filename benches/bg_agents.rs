@@ -169,11 +169,52 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // As in the server: this thread runs the spawning code and outlives every worker.
+    bg_agents::supervisor::process::declare_thread_outlives_workers();
     let rows = runtime.block_on(run());
     println!("\n| measurement | result | target |\n| --- | --- | --- |");
     for r in rows {
         println!("| {} | {} | {} |", r.what, r.value, r.target);
     }
+}
+
+/// One agent through the supervisor: the spawn call until the worker runs, then (once
+/// it has streamed) the kill until it is reaped.
+async fn spawn_and_kill(
+    manager: &Manager,
+    cwd: &std::path::Path,
+    i: usize,
+) -> (Duration, Duration) {
+    let t = Instant::now();
+    let v = manager
+        .spawn(
+            SpawnRequest {
+                task: format!("kill bench {i}"),
+                cwd: Some(cwd.to_path_buf()),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("spawn");
+    let spawned = t.elapsed();
+    let page = manager
+        .wait_output(
+            &v.agent_id,
+            &bg_agents::supervisor::manager::OutputQuery {
+                max_bytes: 1000,
+                ..Default::default()
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("output");
+    assert_eq!(page.text, "working\n");
+    let t = Instant::now();
+    let st = manager.kill(&v.agent_id, Some(2000)).await.expect("kill");
+    let killed = t.elapsed();
+    assert_eq!(st.status.as_str(), "killed");
+    (spawned, killed)
 }
 
 /// One spawn of the worker binary with tokio::process alone; `fork` adds a trivial
@@ -294,7 +335,7 @@ async fn run() -> Vec<Row> {
     let manager = Manager::new(config).expect("manager");
     fake.script(
         "kill bench",
-        (0..100)
+        (0..150)
             .map(|_| Step::Hang {
                 after_chunks: vec!["working\n".into()],
             })
@@ -310,39 +351,21 @@ async fn run() -> Vec<Row> {
     let mut kills = Vec::new();
     let mut bare = Vec::new();
     let mut bare_fork = Vec::new();
-    // Interleaved with the baselines, so drift on a busy machine hits all three alike.
-    for i in 0..100 {
-        bare.push(bare_spawn(false).await);
-        bare_fork.push(bare_spawn(true).await);
-        let t = Instant::now();
-        let v = manager
-            .spawn(
-                SpawnRequest {
-                    task: format!("kill bench {i}"),
-                    cwd: Some(dir.path().to_path_buf()),
-                    ..Default::default()
-                },
-                None,
-            )
-            .await
-            .expect("spawn");
-        ours.push(t.elapsed());
-        let page = manager
-            .wait_output(
-                &v.agent_id,
-                &bg_agents::supervisor::manager::OutputQuery {
-                    max_bytes: 1000,
-                    ..Default::default()
-                },
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("output");
-        assert_eq!(page.text, "working\n");
-        let t = Instant::now();
-        let st = manager.kill(&v.agent_id, Some(2000)).await.expect("kill");
-        kills.push(t.elapsed());
-        assert_eq!(st.status.as_str(), "killed");
+    // The three kinds of spawn take turns, each in every position equally often: on a
+    // VM a spawn's cost depends on what ran just before it (a spawn right after another
+    // process's exit measured up to 1 ms slower, whatever its kind).
+    for i in 0..150 {
+        for slot in 0..3 {
+            match (i + slot) % 3 {
+                0 => bare.push(bare_spawn(false).await),
+                1 => bare_fork.push(bare_spawn(true).await),
+                _ => {
+                    let (spawned, killed) = spawn_and_kill(&manager, dir.path(), i).await;
+                    ours.push(spawned);
+                    kills.push(killed);
+                }
+            }
+        }
     }
     // Two baselines: the plain spawn (std uses posix_spawn, a vfork), and the same spawn
     // with a pre_exec hook, which forces fork(): the price of setting rlimits and

@@ -57,8 +57,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task: the server is I/O-bound, and this thread lives as
+    // long as the server, so workers are cloned right on it (PR_SET_PDEATHSIG follows
+    // the thread that cloned them) with no hand-off to another thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    bg_agents::supervisor::process::declare_thread_outlives_workers();
     let code = match runtime.block_on(serve(loaded.config)) {
         Ok(()) => 0,
         Err(e) => {

@@ -201,6 +201,7 @@ impl Manager {
         }
         let resolution = inner.config.resolve(&req)?;
         let exe = process::locate_worker(&inner.config.server.worker.path)?;
+        inner.check_transcript_dir()?;
         let server = &inner.config.server;
         let (id, view, start_now) = {
             let mut reg = inner.lock();
@@ -212,8 +213,8 @@ impl Manager {
                 });
             }
             let id = reg.new_id();
-            // A queued agent gets its transcript now; one that starts now gets it while
-            // its worker is being started (see `start`).
+            // A queued agent gets its transcript now; one that starts now gets it from
+            // its supervising task, off the spawn call's path (see `supervise`).
             let transcript = if start_now {
                 None
             } else {
@@ -289,7 +290,7 @@ impl Manager {
             }
             (id, view, start_now)
         };
-        if start_now && let Err(e) = inner.start(&id, &exe, true).await {
+        if start_now && let Err(e) = inner.start(&id, &exe).await {
             // Nothing may change on an error: forget the record and its transcript.
             let removed = {
                 let mut reg = inner.lock();
@@ -604,6 +605,33 @@ impl Inner {
         }
     }
 
+    /// Creates and attaches `id`'s transcript unless it has one (a queued agent's was
+    /// made at spawn). The file system call runs on a blocking thread.
+    async fn attach_transcript(self: &Arc<Self>, id: &str) -> Result<(), ManagerError> {
+        if self
+            .lock()
+            .agents
+            .get(id)
+            .is_none_or(|r| r.transcript.is_some())
+        {
+            return Ok(());
+        }
+        let inner = Arc::clone(self);
+        let owned = id.to_string();
+        let made = tokio::task::spawn_blocking(move || inner.create_transcript(&owned))
+            .await
+            .map_err(|e| {
+                ManagerError::Transcript(OutputError::TranscriptFile {
+                    path: self.transcript_dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })??;
+        if let Some(rec) = self.lock().agents.get_mut(id) {
+            rec.transcript = Some(made);
+        }
+        Ok(())
+    }
+
     fn create_transcript(&self, id: &str) -> Result<Transcript, ManagerError> {
         Transcript::create(
             &self.transcript_dir,
@@ -613,15 +641,26 @@ impl Inner {
         .map_err(ManagerError::Transcript)
     }
 
-    /// Starts the worker for queued record `id` and hands it to a supervising task. With
-    /// `with_transcript` (a fresh spawn), the transcript file is created while the
-    /// spawner thread starts the worker, and attached before any output is read.
-    async fn start(
-        self: &Arc<Self>,
-        id: &str,
-        exe: &Path,
-        with_transcript: bool,
-    ) -> Result<(), ManagerError> {
+    /// Whether new transcripts can be created: the directory exists (made if missing)
+    /// and is writable. Checked on every spawn, so a spawn that could not keep its
+    /// transcript fails at once and changes nothing.
+    fn check_transcript_dir(&self) -> Result<(), ManagerError> {
+        use nix::unistd::{AccessFlags, access};
+        let dir = &self.transcript_dir;
+        std::fs::create_dir_all(dir)
+            .and_then(|()| {
+                access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(std::io::Error::from)
+            })
+            .map_err(|source| {
+                ManagerError::Transcript(OutputError::TranscriptDir {
+                    path: dir.clone(),
+                    source,
+                })
+            })
+    }
+
+    /// Starts the worker for queued record `id` and hands it to a supervising task.
+    async fn start(self: &Arc<Self>, id: &str, exe: &Path) -> Result<(), ManagerError> {
         let spec = {
             let reg = self.lock();
             match reg.agents.get(id).map(|r| &r.state) {
@@ -648,22 +687,7 @@ impl Inner {
             source,
         })?;
         let pending = self.spawner.submit(plan)?;
-        let transcript = if with_transcript {
-            match self.create_transcript(id) {
-                Ok(t) => {
-                    if let Some(rec) = self.lock().agents.get_mut(id) {
-                        rec.transcript = Some(t);
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            Ok(())
-        };
         let child = process::Spawner::finish(pending, exe).await?;
-        // A worker started for a spawn that then fails is killed and reaped on drop.
-        transcript?;
         let pid = child.pid;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let still_wanted = {
@@ -716,7 +740,7 @@ impl Inner {
             let inner = Arc::clone(self);
             tokio::spawn(async move {
                 let started = match process::locate_worker(&inner.config.server.worker.path) {
-                    Ok(exe) => inner.start(&id, &exe, false).await,
+                    Ok(exe) => inner.start(&id, &exe).await,
                     Err(e) => Err(e.into()),
                 };
                 if let Err(e) = started {
@@ -768,6 +792,11 @@ impl Inner {
     ) {
         let pid = child.pid;
         let started = Instant::now();
+        // A fresh spawn's transcript is created here, before any output is read (the
+        // worker's first lines wait in the pipe), so the spawn call does not wait on
+        // the file system. The directory was checked at spawn; should it fail anyway,
+        // the agent is stopped: its output could not be kept.
+        let transcript_failed = self.attach_transcript(&id).await.err();
         let (stdin_done_tx, stdin_done_rx) = tokio::sync::oneshot::channel::<()>();
         if let Some(mut stdin) = child.stdin.take() {
             // Written from its own task: a large spec must not stall supervision. Stdin then
@@ -790,6 +819,13 @@ impl Inner {
         tokio::pin!(timeout);
         let mut cause: Option<ServerCause> = None;
         let mut kill_at: Option<tokio::time::Instant> = None;
+        if let Some(e) = transcript_failed {
+            if let Some(rec) = self.lock().agents.get_mut(&id) {
+                rec.error = Some(e.to_string());
+            }
+            cause = Some(ServerCause::NoTranscript);
+            kill_at = Some(terminate(pid, 0));
+        }
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         let status = loop {
             tokio::select! {

@@ -77,7 +77,7 @@ pub struct ExitInfo {
     pub signal: Option<String>,
     /// Machine-readable cause: completed, killed, timed_out, cpu_limit, memory_limit,
     /// file_limit, output_limit, budget_exceeded, provider_error, config_error,
-    /// interrupted, crashed, spawn_failed, cancelled.
+    /// interrupted, crashed, spawn_failed, cancelled, transcript_error.
     pub reason: String,
 }
 
@@ -87,6 +87,8 @@ pub enum ServerCause {
     Killed,
     TimedOut,
     OutputLimit,
+    /// The transcript file could not be created, so the output could not be kept.
+    NoTranscript,
 }
 
 /// The lifecycle with only the data each state can have.
@@ -320,6 +322,7 @@ pub fn classify(f: &EndFacts) -> (Status, ExitInfo) {
         Some(ServerCause::Killed) => return (Status::Killed, info("killed")),
         Some(ServerCause::TimedOut) => return (Status::TimedOut, info("timed_out")),
         Some(ServerCause::OutputLimit) => return (Status::OutputLimit, info("output_limit")),
+        Some(ServerCause::NoTranscript) => return (Status::Failed, info("transcript_error")),
         None => {}
     }
     if let Some(sig) = f.signal {
@@ -410,6 +413,7 @@ pub fn describe_end(
             limits.max_file_mb
         ),
         (_, "spawn_failed") => format!("could not start{detail}"),
+        (_, "transcript_error") => format!("stopped: could not keep its transcript{detail}"),
         (_, "no_result") => "exited 0 without a result event".to_string(),
         (_, reason) => {
             let how = match (&exit.signal, exit.code) {

@@ -404,15 +404,23 @@ impl Config {
             })?;
             merge(&mut merged, user);
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
-                ConfigError::Schema {
-                    source_name: source.clone(),
-                    key: toml_key(&e.path().to_string()),
-                    message: e.inner().to_string(),
-                }
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
+            .map_err(|e| ConfigError::Schema {
+                source_name: source.clone(),
+                key: toml_key(&e.path().to_string()),
+                message: e.inner().to_string(),
             })?;
         config.validate(&source)?;
+        // Keyword matching is case-insensitive: lowercase the keywords once, here.
+        let rules = config.routing.rules.iter_mut().map(|r| &mut r.keywords);
+        let role_rules = config
+            .routing
+            .role_rules
+            .iter_mut()
+            .map(|r| &mut r.keywords);
+        for k in rules.chain(role_rules).flatten() {
+            *k = k.to_lowercase();
+        }
         Ok(config)
     }
 

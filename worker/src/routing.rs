@@ -211,7 +211,14 @@ fn check_policy(config: &Config, tier: Tier, model: &str) -> Result<(), RouteErr
 pub fn find_keyword<'k>(text_lower: &str, keywords: &'k [String]) -> Option<&'k str> {
     keywords
         .iter()
-        .find(|k| contains_word(text_lower, &k.to_lowercase()))
+        .find(|k| {
+            // Config keywords are lowercased at load; others pay for it here.
+            if k.chars().any(char::is_uppercase) {
+                contains_word(text_lower, &k.to_lowercase())
+            } else {
+                contains_word(text_lower, k)
+            }
+        })
         .map(String::as_str)
 }
 
