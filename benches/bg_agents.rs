@@ -178,6 +178,36 @@ fn main() {
     }
 }
 
+/// Median and spread over 20 manual runs of the release worker, from the spawn call
+/// until the provider double has the whole request.
+async fn start_to_request(fake: &FakeProvider, cwd: &Path) -> String {
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let task = format!("first request bench {i}");
+        let t = Instant::now();
+        let out = tokio::process::Command::new(worker_exe())
+            .args(["--json", "--cwd"])
+            .arg(cwd)
+            .arg(&task)
+            .env("ANTHROPIC_API_KEY", KEY)
+            .env("ANTHROPIC_BASE_URL", fake.base_url())
+            .output()
+            .await
+            .expect("worker");
+        assert!(out.status.success(), "worker failed: {out:?}");
+        let req = fake.requests_for(&task);
+        let first = req.first().expect("the worker's request");
+        times.push(first.received_at.duration_since(t));
+    }
+    times.sort();
+    format!(
+        "median {} (min {}, max {}; n=20)",
+        ms(pct(&times, 0.5)),
+        ms(times[0]),
+        ms(times[times.len() - 1])
+    )
+}
+
 /// One agent through the supervisor: the spawn call until the worker runs, then (once
 /// it has streamed) the kill until it is reaped.
 async fn spawn_and_kill(
@@ -253,6 +283,12 @@ async fn run() -> Vec<Row> {
         what: "worker peak RSS, one simple run",
         value: format!("{:.1} MiB", peak as f64 / 1024.0),
         target: "≤ 15 MiB",
+    });
+
+    rows.push(Row {
+        what: "worker start → first HTTP request (manual run)",
+        value: start_to_request(&fake, dir.path()).await,
+        target: "median ≤ 10 ms",
     });
 
     // Over MCP: the release server as Claude Code runs it.

@@ -55,6 +55,8 @@ pub struct RecordedRequest {
     /// `x-api-key` header, or the token of `Authorization: Bearer`.
     pub api_key: Option<String>,
     pub anthropic_version: Option<String>,
+    /// When the request (headers and body) had arrived.
+    pub received_at: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -455,6 +457,7 @@ fn record(path: &str, headers: &HeaderMap, body: Option<&Value>) -> RecordedRequ
         stream: body["stream"] == Value::Bool(true),
         api_key: api_key(headers),
         anthropic_version: header_str(headers, "anthropic-version"),
+        received_at: std::time::Instant::now(),
         body,
     }
 }
