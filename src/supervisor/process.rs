@@ -241,7 +241,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 fail();
             }
         }
-        // prctl(2): SIGKILL when the thread that cloned us (the spawner) dies.
+        // prctl(2): SIGKILL when the thread that cloned us dies (the server's main thread
+        // or the spawner thread; both live as long as the server).
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
