@@ -686,8 +686,7 @@ impl Inner {
             path: exe.to_path_buf(),
             source,
         })?;
-        let pending = self.spawner.submit(plan)?;
-        let child = process::Spawner::finish(pending, exe).await?;
+        let child = self.spawner.start(plan, exe).await?;
         let pid = child.pid;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let still_wanted = {

@@ -456,13 +456,6 @@ impl Drop for Worker {
     }
 }
 
-/// A worker being started: already started (cloned on the caller's thread), or being
-/// started by the spawner thread.
-pub enum PendingWorker {
-    Ready(std::io::Result<Worker>),
-    Sent(tokio::sync::oneshot::Receiver<std::io::Result<Worker>>),
-}
-
 /// A request to start a worker from the spawner thread.
 struct Job {
     plan: Plan,
@@ -509,25 +502,17 @@ impl Spawner {
         Ok(Spawner { jobs: tx })
     }
 
-    /// Starts `plan` now on a declared long-lived thread, else hands it to the spawner
-    /// thread; `finish` awaits the worker. Must be called within the tokio runtime.
-    pub fn submit(&self, plan: Plan) -> Result<PendingWorker, SpawnError> {
-        if OUTLIVES_WORKERS.with(|f| f.get()) {
-            return Ok(PendingWorker::Ready(
-                clone_exec(&plan).and_then(Worker::from_started),
-            ));
-        }
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Job { plan, reply })
-            .map_err(|_| SpawnError::SpawnerGone)?;
-        Ok(PendingWorker::Sent(rx))
-    }
-
-    pub async fn finish(pending: PendingWorker, exe: &Path) -> Result<Worker, SpawnError> {
-        let started = match pending {
-            PendingWorker::Ready(started) => started,
-            PendingWorker::Sent(rx) => rx.await.map_err(|_| SpawnError::SpawnerGone)?,
+    /// Starts `plan`: right here on a declared long-lived thread, else on the spawner
+    /// thread. Must be called within the tokio runtime.
+    pub async fn start(&self, plan: Plan, exe: &Path) -> Result<Worker, SpawnError> {
+        let started = if OUTLIVES_WORKERS.with(|f| f.get()) {
+            clone_exec(&plan).and_then(Worker::from_started)
+        } else {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.jobs
+                .send(Job { plan, reply })
+                .map_err(|_| SpawnError::SpawnerGone)?;
+            rx.await.map_err(|_| SpawnError::SpawnerGone)?
         };
         started.map_err(|source| SpawnError::Exec {
             path: exe.to_path_buf(),
