@@ -90,7 +90,8 @@ async fn processes() -> Vec<Row> {
     let dir = tempfile::tempdir().expect("tempdir");
     let me = std::env::current_exe().expect("own path");
     let toml = format!(
-        "[server]\nworker.path = {:?}\ntranscript_dir = {:?}\nkill_grace_ms = 2000\nkeep_transcripts = false\n",
+        "[server]\nworker.path = {:?}\ntranscript_dir = {:?}\nkill_grace_ms = 2000\nkeep_transcripts = false\n\
+         [providers.anthropic]\napi_key_env = \"\"\n",
         me.display().to_string(),
         dir.path().join("transcripts").display().to_string(),
     );

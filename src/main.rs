@@ -83,6 +83,11 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    if let Some((provider, var)) = config.default_tier_missing_key(|v| std::env::var_os(v)) {
+        tracing::warn!(
+            "{var} is not set: agent_spawn on the default tier (provider `{provider}`) will fail until the server gets it (e.g. `claude mcp add bg-agents --scope user --env {var}=YOUR_KEY -- bg-agents`)"
+        );
+    }
     let manager = Arc::new(Manager::new(Arc::new(config)).context("cannot start the supervisor")?);
     tracing::info!(transcripts = %manager.transcript_dir().display(), "bg-agents serving MCP on stdio");
     let mut term = signal(SignalKind::terminate())?;

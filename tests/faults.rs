@@ -108,7 +108,13 @@ async fn output_flood_past_every_cap_is_output_limit_and_counted() {
     .await;
     let st = run_to_end(&s, "flood", json!({ "max_output_bytes": 65536 })).await;
     assert_eq!(st["status"], "output_limit", "{st}");
-    let out = &st["output"];
+    let st = s
+        .ok(
+            "agent_status",
+            json!({ "agent_id": st["agent_id"], "verbose": true }),
+        )
+        .await;
+    let out = &st["details"]["output"];
     assert!(
         out["transcript_dropped_bytes"].as_u64().unwrap() > 0,
         "{out}"

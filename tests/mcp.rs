@@ -19,14 +19,22 @@ async fn spawn_then_wait_returns_the_agents_answer() {
     assert_eq!(spawned["tier"], "fast");
     assert_eq!(spawned["model"], "claude-haiku-5-5");
     assert_eq!(spawned["routed_by"], "task_type");
-    assert_eq!(spawned["limits"]["max_turns"], 30);
+    assert_eq!(
+        spawned.get("limits"),
+        None,
+        "all limits are the defaults: {spawned}"
+    );
     let id = spawned["agent_id"].as_str().unwrap().to_string();
     let waited = s.wait_all(std::slice::from_ref(&id)).await;
     assert_eq!(waited["ended"], json!([id]));
     let st = s.status(&id).await;
     assert_eq!(st["status"], "completed", "{st}");
     assert_eq!(st["result"], "echo: Say hello to the tests");
-    assert_eq!(st["exit"]["code"], 0);
+    assert_eq!(
+        st.get("exit"),
+        None,
+        "a normal completion has no exit block: {st}"
+    );
     assert!(st["usage"]["input_tokens"].as_u64().unwrap() > 0);
     assert!(st["usage"]["cost_usd"].as_f64().unwrap() > 0.0);
     let req = &s.fake.requests()[0];
@@ -99,10 +107,19 @@ async fn spawn_reports_the_role_tier_model_and_effective_limits_it_chose() {
     assert_eq!(v["limits"]["memory_mb"], 512);
     assert_eq!(v["limits"]["max_turns"], 5);
     assert_eq!(
-        v["limits"]["cpu_seconds"], 600,
-        "unset limits come from [defaults]"
+        v["limits"].as_object().unwrap().len(),
+        2,
+        "only limits that differ from [defaults] are shown: {v}"
     );
     let id = v["agent_id"].as_str().unwrap().to_string();
+    let verbose = s
+        .ok("agent_status", json!({ "agent_id": id, "verbose": true }))
+        .await;
+    assert_eq!(
+        verbose["limits"]["cpu_seconds"], 600,
+        "unset limits come from [defaults]: {verbose}"
+    );
+    assert_eq!(verbose["limits"]["memory_mb"], 512);
     s.wait_all(std::slice::from_ref(&id)).await;
     assert_eq!(s.fake.requests()[0].model, "claude-opus-5-5");
 }
@@ -329,7 +346,7 @@ async fn fifty_agents_spawned_at_once_each_complete_with_their_own_result() {
 
     let v = s.wait_all(&ids).await;
     assert_eq!(v["ended"].as_array().unwrap().len(), 50);
-    assert_eq!(v["still_running"], json!([]));
+    assert_eq!(v.get("still_running"), None, "none still running: {v}");
     let agents = v["agents"].as_array().unwrap();
     assert_eq!(agents.len(), 50);
     for (id, task) in ids.iter().zip(&tasks) {
@@ -377,7 +394,7 @@ async fn output_pages_with_since_and_max_bytes_reassemble_the_whole_text() {
         )
         .await;
     assert_eq!(whole["text"], text.as_str());
-    assert_eq!(whole["truncated"], false);
+    assert_eq!(whole.get("truncated"), None);
 
     let mut pages = Vec::new();
     let mut since = json!(null);
@@ -393,7 +410,7 @@ async fn output_pages_with_since_and_max_bytes_reassemble_the_whole_text() {
         assert!(!t.is_empty(), "a page in range is never empty");
         pages.push(t);
         since = p["next_cursor"].clone();
-        if p["truncated"] == false {
+        if p["truncated"] != true {
             break;
         }
         assert!(pages.len() < 100, "paging does not end");
@@ -405,7 +422,7 @@ async fn output_pages_with_since_and_max_bytes_reassemble_the_whole_text() {
         .ok("agent_output", json!({ "agent_id": id, "since": since }))
         .await;
     assert_eq!(past_end["text"], "");
-    assert_eq!(past_end["truncated"], false);
+    assert_eq!(past_end.get("truncated"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,7 +461,7 @@ async fn output_filter_pages_match_the_filtered_text_and_consume_nothing() {
             .await;
         pages.push_str(p["text"].as_str().unwrap());
         since = p["next_cursor"].clone();
-        if p["truncated"] == false {
+        if p["truncated"] != true {
             break;
         }
     }
@@ -491,7 +508,7 @@ async fn output_follows_a_running_agent_with_since_and_wait_seconds() {
         reads += 1;
         seen.push_str(p["text"].as_str().unwrap());
         since = p["next_cursor"].as_u64().unwrap();
-        if p["status"] == "completed" && p["truncated"] == false {
+        if p["status"] == "completed" && p["truncated"] != true {
             break;
         }
         assert_ne!(p["status"], "failed", "{p}");
@@ -545,8 +562,12 @@ async fn output_beyond_the_buffer_is_counted_as_dropped_and_kept_in_the_transcri
         "the text says where the rest is: {readable:.200}"
     );
 
-    let st = s.status(&id).await;
-    let evicted = st["output"]["output_evicted_bytes"].as_u64().unwrap();
+    let st = s
+        .ok("agent_status", json!({ "agent_id": id, "verbose": true }))
+        .await;
+    let evicted = st["details"]["output"]["output_evicted_bytes"]
+        .as_u64()
+        .unwrap();
     assert!(
         evicted > 0 && evicted <= dropped,
         "evicted {evicted}, dropped {dropped}: {st}"

@@ -2,7 +2,9 @@
 //! `Manager` and nothing else.
 
 mod params;
+pub mod reply;
 pub mod resources;
+mod schema;
 mod tasks;
 mod text;
 mod tools;
@@ -49,9 +51,13 @@ pub struct BgAgents {
 
 impl BgAgents {
     pub fn new(manager: Arc<Manager>) -> Self {
+        let mut tool_router = Self::tool_router();
+        for route in tool_router.map.values_mut() {
+            schema::standardize_tool(&mut route.attr);
+        }
         BgAgents {
             manager,
-            tool_router: Self::tool_router(),
+            tool_router,
             legacy_subscriptions: Arc::default(),
             tasks: TaskManager::new(),
         }

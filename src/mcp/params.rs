@@ -35,7 +35,7 @@ pub struct SpawnParams {
     /// Per-agent limits; each unset key comes from the role, then the server defaults.
     /// Values above the server's ceiling are refused, never clamped.
     pub limits: Option<LimitsParams>,
-    /// Short free-form label shown in agent_list (e.g. "auth-explore").
+    /// Short free-form label shown in agent_list (e.g. "auth-explore"), at most 64 chars.
     pub label: Option<String>,
 }
 
@@ -72,6 +72,9 @@ pub struct StatusParams {
     /// Block until the agent ends or this many seconds pass (0 = answer at once, the
     /// default; at most the server's max wait, 50 s by default; call again to keep waiting).
     pub wait_seconds: Option<f64>,
+    /// Also show every effective limit, output byte counts, the transcript path and
+    /// timings. Default false.
+    pub verbose: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -111,6 +114,12 @@ pub struct ListParams {
     pub status: Option<String>,
     /// Only agents with this role.
     pub role: Option<String>,
+    /// Skip this many matching agents (oldest first): pass the previous reply's
+    /// `next_offset` for the next page. Default 0.
+    pub offset: Option<usize>,
+    /// Most agents in one reply. Default 50, at most 500 (a reply also stops at about
+    /// 14,000 chars of rows).
+    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -124,4 +133,7 @@ pub struct WaitParams {
     /// Most seconds to block. Default and maximum: the server's max wait (50 s); call
     /// again to keep waiting.
     pub wait_seconds: Option<f64>,
+    /// Show results from this index of agent_ids on: pass the previous reply's
+    /// `next_offset` (same agent_ids) when not all results fit. Default 0.
+    pub offset: Option<usize>,
 }

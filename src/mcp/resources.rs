@@ -12,10 +12,10 @@ use rmcp::model::{
 use rmcp::service::SubscriptionContext;
 use rmcp::{ErrorData, Peer, RoleServer};
 
-use super::tools::OUTPUT_DEFAULT_BYTES;
+use super::reply::AgentReply;
+use super::tools::{OUTPUT_DEFAULT_BYTES, RESULT_MAX_BYTES};
 use crate::supervisor::Status;
 use crate::supervisor::manager::{Manager, OutputQuery};
-use crate::supervisor::view::StatusView;
 
 /// Newest agents listed by resources/list (templates cover the rest).
 const LISTED_AGENTS: usize = 100;
@@ -95,7 +95,8 @@ pub fn read(manager: &Manager, uri_str: &str) -> Result<ReadResourceResult, Erro
         |e: crate::supervisor::ManagerError| ErrorData::resource_not_found(e.to_string(), None);
     let text = match kind {
         Kind::Status => {
-            let view: StatusView = manager.status(id).map_err(not_found)?;
+            let view = manager.status(id).map_err(not_found)?;
+            let view = AgentReply::of(&view, manager.config(), true, RESULT_MAX_BYTES);
             serde_json::to_string_pretty(&view)
                 .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
         }

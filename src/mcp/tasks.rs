@@ -11,6 +11,7 @@ use rmcp::task_manager::{TaskExit, TaskOptions};
 
 use super::BgAgents;
 use super::params::SpawnParams;
+use super::reply::AgentReply;
 use super::text;
 use crate::supervisor::Status;
 
@@ -50,9 +51,8 @@ impl BgAgents {
                         }
                     }
                 };
-                let mut view = status;
-                let cut = text::cap_result(&mut view, super::tools::RESULT_MAX_BYTES);
-                let readable = text::status(&view, cut, None);
+                let view = AgentReply::of(&status, manager.config(), false, super::tools::RESULT_MAX_BYTES);
+                let readable = text::status(&view, None);
                 let structured = serde_json::to_value(&view).map_err(|e| TaskExit::Error(ErrorData::internal_error(e.to_string(), None)))?;
                 if view.status == Status::Completed {
                     let mut r = CallToolResult::structured(structured);

@@ -1,29 +1,12 @@
-//! Short readable texts for clients that show only the text of a tool result.
+//! Short readable texts for clients that show only the text of a tool result. Each is
+//! made from the reply the model reads (`reply`), so it is bounded the same way.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::supervisor::manager::{ListView, OutputPage, WaitView};
-use crate::supervisor::view::{SpawnView, StatusView, UsageView};
+use super::reply::{AgentReply, Listed, OutputReply, Spawned, Usage, Waited};
 
-/// Cuts `view.result` to `max` bytes (at a char boundary); true when it cut.
-pub fn cap_result(view: &mut StatusView, max: usize) -> bool {
-    let Some(r) = view.result.as_mut() else {
-        return false;
-    };
-    if r.len() <= max {
-        return false;
-    }
-    let mut cut = max;
-    while !r.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    r.truncate(cut);
-    view.result_truncated = true;
-    true
-}
-
-fn usage(u: &UsageView) -> String {
+fn usage(u: &Usage) -> String {
     let cost = u
         .cost_usd
         .map_or("cost unknown".to_string(), |c| format!("${c:.4}"));
@@ -33,35 +16,29 @@ fn usage(u: &UsageView) -> String {
     )
 }
 
-pub fn spawned(v: &SpawnView) -> String {
+pub fn spawned(v: &Spawned) -> String {
     format!(
-        "Spawned {id} ({status}): role {role} ({role_by}), {tier} tier → {model} ({reason}).\n\
+        "Spawned {id} ({status}): role {role}, {tier} tier → {model} (by {by}).\n\
          Keep working; get the answer with agent_wait {{\"agent_ids\": [\"{id}\"]}} or agent_status {{\"agent_id\": \"{id}\", \"wait_seconds\": 30}}.",
         id = v.agent_id,
         status = v.status.as_str(),
         role = v.role,
-        role_by = v.role_selected_by,
         tier = v.tier,
         model = v.model,
-        reason = v.routing_reason,
+        by = v.routed_by,
     )
 }
 
-pub fn status(v: &StatusView, result_cut: bool, wait_capped: Option<Duration>) -> String {
+pub fn status(v: &AgentReply, wait_capped: Option<Duration>) -> String {
     let mut s = format!("{} {}", v.agent_id, v.status.as_str());
-    if let Some(e) = v.elapsed_seconds {
+    if let Some(e) = v.elapsed_s {
         let _ = write!(s, " after {e:.1} s");
     }
-    let _ = write!(
-        s,
-        " · {} · {} turn(s) · {}",
-        v.model,
-        v.turns,
-        usage(&v.usage)
-    );
-    if let Some(exit) = &v.exit
-        && v.status.as_str() != "completed"
-    {
+    let _ = write!(s, " · {} · {} turn(s)", v.model, v.turns);
+    if let Some(u) = &v.usage {
+        let _ = write!(s, " · {}", usage(u));
+    }
+    if let Some(exit) = &v.exit {
         let _ = write!(s, " · exit {}", exit.reason);
     }
     if let Some(err) = &v.error {
@@ -69,8 +46,8 @@ pub fn status(v: &StatusView, result_cut: bool, wait_capped: Option<Duration>) -
     }
     if let Some(r) = &v.result {
         let _ = write!(s, "\nResult:\n{r}");
-        if result_cut {
-            s.push_str("\n[result cut to fit; read the rest with agent_output]");
+        if let Some(more) = &v.read_on {
+            let _ = write!(s, "\n[{more}]");
         }
     }
     if !v.status.is_terminal() {
@@ -82,7 +59,7 @@ pub fn status(v: &StatusView, result_cut: bool, wait_capped: Option<Duration>) -
     s
 }
 
-pub fn output(p: &OutputPage) -> String {
+pub fn output(p: &OutputReply) -> String {
     let mut s = p.text.clone();
     if !s.is_empty() && !s.ends_with('\n') {
         s.push('\n');
@@ -114,9 +91,12 @@ pub fn output(p: &OutputPage) -> String {
     s
 }
 
-pub fn list(v: &ListView) -> String {
+pub fn list(v: &Listed) -> String {
     if v.agents.is_empty() {
-        return "No agents match. Start one with agent_spawn.".into();
+        return match &v.more {
+            Some(m) => format!("No agents on this page: {m}"),
+            None => "No agents match. Start one with agent_spawn.".into(),
+        };
     }
     let mut s = String::new();
     for a in &v.agents {
@@ -125,7 +105,7 @@ pub fn list(v: &ListView) -> String {
             .as_deref()
             .map(|l| format!(" [{l}]"))
             .unwrap_or_default();
-        let _ = writeln!(
+        let _ = write!(
             s,
             "{} {}{} · {} · {} · {}",
             a.agent_id,
@@ -135,13 +115,12 @@ pub fn list(v: &ListView) -> String {
             a.model,
             a.task
         );
+        if let Some(e) = &a.error {
+            let _ = write!(s, " · {e}");
+        }
+        s.push('\n');
     }
-    let mut counts: Vec<_> = v.counts.iter().collect();
-    counts.sort();
-    let counts: Vec<String> = counts
-        .into_iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
+    let counts: Vec<String> = v.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
     let _ = write!(
         s,
         "{} · {} in / {} out tokens · ${:.4}",
@@ -157,23 +136,29 @@ pub fn list(v: &ListView) -> String {
             v.agents_with_unknown_cost
         );
     }
+    if let Some(m) = &v.more {
+        let _ = write!(s, "\n[{m}]");
+    }
     s
 }
 
-pub fn waited(v: &WaitView, results_cut: bool, wait_capped: Option<Duration>) -> String {
+pub fn waited(v: &Waited, wait_capped: Option<Duration>) -> String {
+    let running = v
+        .counts
+        .iter()
+        .filter(|(k, _)| *k == "queued" || *k == "running")
+        .map(|(_, n)| n)
+        .sum::<usize>();
+    let ended = v.counts.values().sum::<usize>() - running;
     let mut s = if v.done {
         format!(
-            "{} ended ({} still running) after {:.1} s.",
-            v.ended.len(),
-            v.still_running.len(),
-            v.waited_seconds
+            "{ended} ended ({running} still running) after {:.1} s.",
+            v.waited_s
         )
     } else {
         format!(
-            "Wait ran out after {:.1} s: {} ended, {} still running; call agent_wait again to keep waiting.",
-            v.waited_seconds,
-            v.ended.len(),
-            v.still_running.len()
+            "Wait ran out after {:.1} s: {ended} ended, {running} still running; call agent_wait again to keep waiting.",
+            v.waited_s,
         )
     };
     if let Some(w) = wait_capped {
@@ -191,8 +176,8 @@ pub fn waited(v: &WaitView, results_cut: bool, wait_capped: Option<Duration>) ->
             }
         }
     }
-    if results_cut {
-        s.push_str("\n\n[some results were cut to keep this reply small]");
+    if let Some(m) = &v.more {
+        let _ = write!(s, "\n\n[{m}]");
     }
     s
 }

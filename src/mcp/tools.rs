@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::BgAgents;
 use super::params::{KillParams, ListParams, OutputParams, SpawnParams, StatusParams, WaitParams};
+use super::reply::{self, AgentReply, Listed, OutputReply, Spawned, Waited};
 use super::text;
-use crate::supervisor::manager::{ListView, OutputPage, OutputQuery, WaitView};
-use crate::supervisor::view::{SpawnView, StatusView};
+use crate::supervisor::manager::OutputQuery;
+use crate::supervisor::view::SpawnView;
 use crate::supervisor::{ManagerError, Status, WaitMode};
 
 /// Default and ceiling of `agent_output`'s max_bytes.
@@ -29,10 +30,18 @@ pub const OUTPUT_MAX_BYTES: usize = 100_000;
 pub const RESULT_MAX_BYTES: usize = 20_000;
 /// Seconds between progress notifications during a blocking wait.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Longest label (chars); labels are echoed in every list row.
+pub const LABEL_MAX_CHARS: usize = 64;
+/// Longest model name (chars) a spawn may give.
+const MODEL_MAX_CHARS: usize = 128;
+/// Longest agent id accepted; real ids are `a-` and five characters.
+const ID_MAX_CHARS: usize = 32;
 
 /// A tool outcome: structured content with a readable text, or a caller's mistake.
 type ToolResult = Result<CallToolResult, String>;
 
+/// Every successful tool reply is built here: `value` is what the model reads (the
+/// structuredContent), `readable` the text for clients that show only text.
 fn reply<T: Serialize>(value: &T, readable: String) -> ToolResult {
     let structured = serde_json::to_value(value).map_err(|e| format!("internal error: {e}"))?;
     let mut r = CallToolResult::structured(structured);
@@ -42,6 +51,27 @@ fn reply<T: Serialize>(value: &T, readable: String) -> ToolResult {
 
 fn caller_error(e: ManagerError) -> String {
     e.to_string()
+}
+
+/// A caller's string as echoed in an error: at most 40 chars.
+pub(super) fn shown(s: &str) -> String {
+    if s.chars().count() <= 40 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(39).collect::<String>())
+    }
+}
+
+/// Refuses ids that cannot be agent ids before they are echoed anywhere.
+fn check_id(id: &str) -> Result<(), String> {
+    if id.chars().count() > ID_MAX_CHARS {
+        return Err(format!(
+            "agent_id `{}` is {} chars; ids look like a-7f3k2 (agent_spawn returns them, agent_list shows them)",
+            shown(id),
+            id.chars().count()
+        ));
+    }
+    Ok(())
 }
 
 /// What a blocking call needs to report progress and notice cancellation.
@@ -88,15 +118,35 @@ impl BgAgents {
         let task_type = match p.task_type.as_deref() {
             None => None,
             Some(s) => Some(TaskType::parse(s).ok_or_else(|| {
-                format!("unknown task_type `{s}`; use one of: exploration, analysis, reasoning, critical (or omit it)")
+                format!("unknown task_type `{}`; use one of: exploration, analysis, reasoning, critical (or omit it)", shown(s))
             })?),
         };
         let tier = match p.tier.as_deref() {
             None => None,
             Some(s) => Some(Tier::parse(s).ok_or_else(|| {
-                format!("unknown tier `{s}`; use one of: fast, balanced, quality (or omit it)")
+                format!(
+                    "unknown tier `{}`; use one of: fast, balanced, quality (or omit it)",
+                    shown(s)
+                )
             })?),
         };
+        if let Some(label) = &p.label
+            && label.chars().count() > LABEL_MAX_CHARS
+        {
+            return Err(format!(
+                "label is {} chars, above the {LABEL_MAX_CHARS}-char cap; give a short name such as `auth-explore` (put details in task)",
+                label.chars().count()
+            ));
+        }
+        if let Some(model) = &p.model
+            && model.chars().count() > MODEL_MAX_CHARS
+        {
+            return Err(format!(
+                "model `{}` is {} chars, above the {MODEL_MAX_CHARS}-char cap; give a model name such as claude-haiku-5-5, or omit it",
+                shown(model),
+                model.chars().count()
+            ));
+        }
         let l = p.limits.unwrap_or_default();
         let req = SpawnRequest {
             task: p.task,
@@ -145,13 +195,14 @@ impl BgAgents {
     /// let the task's words decide.
     #[tool(
         name = "agent_spawn",
-        output_schema = schema_for_output::<SpawnView>(),
+        output_schema = schema_for_output::<Spawned>(),
         annotations(title = "Spawn background agent", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
     )]
     async fn agent_spawn(&self, Parameters(p): Parameters<SpawnParams>) -> ToolResult {
         let view = self.spawn_agent(p).await?;
-        let readable = text::spawned(&view);
-        reply(&view, readable)
+        let spawned = Spawned::of(&view, self.manager.config());
+        let readable = text::spawned(&spawned);
+        reply(&spawned, readable)
     }
 
     /// Status of one agent: queued/running/completed/failed/killed/timed_out/cpu_limit/
@@ -160,7 +211,7 @@ impl BgAgents {
     /// until it ends (up to 50 s; call again to keep waiting).
     #[tool(
         name = "agent_status",
-        output_schema = schema_for_output::<StatusView>(),
+        output_schema = schema_for_output::<AgentReply>(),
         annotations(title = "Agent status", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
     async fn agent_status(
@@ -170,8 +221,9 @@ impl BgAgents {
         peer: Peer<RoleServer>,
         ct: CancellationToken,
     ) -> ToolResult {
+        check_id(&p.agent_id)?;
         let (wait, capped) = self.wait_duration(p.wait_seconds, 0.0)?;
-        let mut view = if wait.is_zero() {
+        let view = if wait.is_zero() {
             self.manager.status(&p.agent_id).map_err(caller_error)?
         } else {
             self.manager.status(&p.agent_id).map_err(caller_error)?;
@@ -185,9 +237,10 @@ impl BgAgents {
                 None => return Err("the request was cancelled; the agent keeps running".into()),
             }
         };
-        let cut = text::cap_result(&mut view, RESULT_MAX_BYTES);
-        let readable = text::status(&view, cut, capped.then_some(wait));
-        reply(&view, readable)
+        let verbose = p.verbose.unwrap_or(false);
+        let agent = AgentReply::of(&view, self.manager.config(), verbose, RESULT_MAX_BYTES);
+        let readable = text::status(&agent, capped.then_some(wait));
+        reply(&agent, readable)
     }
 
     /// Read an agent's readable output (its streamed text, one line per tool call),
@@ -197,7 +250,7 @@ impl BgAgents {
     /// for the final answer.
     #[tool(
         name = "agent_output",
-        output_schema = schema_for_output::<OutputPage>(),
+        output_schema = schema_for_output::<OutputReply>(),
         annotations(title = "Agent output", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
     async fn agent_output(
@@ -207,6 +260,7 @@ impl BgAgents {
         peer: Peer<RoleServer>,
         ct: CancellationToken,
     ) -> ToolResult {
+        check_id(&p.agent_id)?;
         let max_bytes = p.max_bytes.unwrap_or(OUTPUT_DEFAULT_BYTES);
         if !(1..=OUTPUT_MAX_BYTES).contains(&max_bytes) {
             return Err(format!(
@@ -237,6 +291,7 @@ impl BgAgents {
                 None => return Err("the request was cancelled; the agent keeps running".into()),
             }
         };
+        let page = OutputReply::of(&page, p.filter.is_some());
         let readable = text::output(&page);
         reply(&page, readable)
     }
@@ -246,10 +301,11 @@ impl BgAgents {
     /// error). Returns its final status.
     #[tool(
         name = "agent_kill",
-        output_schema = schema_for_output::<StatusView>(),
+        output_schema = schema_for_output::<AgentReply>(),
         annotations(title = "Kill agent", read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
     )]
     async fn agent_kill(&self, Parameters(p): Parameters<KillParams>) -> ToolResult {
+        check_id(&p.agent_id)?;
         if let Some(g) = p.grace_ms
             && g > 60_000
         {
@@ -257,21 +313,22 @@ impl BgAgents {
                 "grace_ms = {g} is above 60000; give 0 to 60000 milliseconds"
             ));
         }
-        let mut view = self
+        let view = self
             .manager
             .kill(&p.agent_id, p.grace_ms)
             .await
             .map_err(caller_error)?;
-        let cut = text::cap_result(&mut view, RESULT_MAX_BYTES);
-        let readable = text::status(&view, cut, None);
-        reply(&view, readable)
+        let agent = AgentReply::of(&view, self.manager.config(), false, RESULT_MAX_BYTES);
+        let readable = text::status(&agent, None);
+        reply(&agent, readable)
     }
 
     /// List agents of this session, newest last, with counts by status and total
-    /// tokens and USD. Filter by status or role.
+    /// tokens and USD; an ended agent's reason in one line. Filter by status or role;
+    /// long lists come in pages (`offset` = the reply's `next_offset`).
     #[tool(
         name = "agent_list",
-        output_schema = schema_for_output::<ListView>(),
+        output_schema = schema_for_output::<Listed>(),
         annotations(title = "List agents", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
     async fn agent_list(&self, Parameters(p): Parameters<ListParams>) -> ToolResult {
@@ -279,7 +336,11 @@ impl BgAgents {
             None => None,
             Some(s) => Some(Status::parse(s).ok_or_else(|| {
                 let valid: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown status `{s}`; use one of: {}", valid.join(", "))
+                format!(
+                    "unknown status `{}`; use one of: {}",
+                    shown(s),
+                    valid.join(", ")
+                )
             })?),
         };
         if let Some(role) = p.role.as_deref()
@@ -293,21 +354,31 @@ impl BgAgents {
                 .map(String::as_str)
                 .collect();
             return Err(format!(
-                "unknown role `{role}`; use one of: {}",
+                "unknown role `{}`; use one of: {}",
+                shown(role),
                 valid.join(", ")
             ));
         }
+        let limit = p.limit.unwrap_or(reply::LIST_DEFAULT_ROWS);
+        if !(1..=reply::LIST_MAX_ROWS).contains(&limit) {
+            return Err(format!(
+                "limit = {limit} is out of range; give 1 to {} and page with offset/next_offset",
+                reply::LIST_MAX_ROWS
+            ));
+        }
         let view = self.manager.list(status, p.role.as_deref());
-        let readable = text::list(&view);
-        reply(&view, readable)
+        let listed = Listed::of(&view, p.offset.unwrap_or(0), limit);
+        let readable = text::list(&listed);
+        reply(&listed, readable)
     }
 
     /// Wait for several agents: mode `all` (default) returns when every one has ended,
     /// `any` when the first one ends; at most wait_seconds (50 s by default and at most;
-    /// call again to keep waiting). Returns which ended, their statuses and results.
+    /// call again to keep waiting). Returns which ended, their statuses and results;
+    /// when not all results fit, call again with `offset` = the reply's `next_offset`.
     #[tool(
         name = "agent_wait",
-        output_schema = schema_for_output::<WaitView>(),
+        output_schema = schema_for_output::<Waited>(),
         annotations(title = "Wait for agents", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
     async fn agent_wait(
@@ -320,7 +391,7 @@ impl BgAgents {
         let mode = match p.mode.as_deref() {
             None | Some("all") => WaitMode::All,
             Some("any") => WaitMode::Any,
-            Some(m) => return Err(format!("unknown mode `{m}`; use `any` or `all`")),
+            Some(m) => return Err(format!("unknown mode `{}`; use `any` or `all`", shown(m))),
         };
         let max = self.manager.config().server.max_wait_seconds as f64;
         let (wait, capped) = self.wait_duration(p.wait_seconds, max)?;
@@ -332,6 +403,17 @@ impl BgAgents {
             .filter(|id| seen.insert(id.as_str()))
             .cloned()
             .collect();
+        for id in &ids {
+            check_id(id)?;
+        }
+        let offset = p.offset.unwrap_or(0);
+        if offset > 0 && offset >= ids.len() {
+            return Err(format!(
+                "offset = {offset} is past the {} distinct agent_ids; give 0 to {} (the previous reply's next_offset)",
+                ids.len(),
+                ids.len().saturating_sub(1)
+            ));
+        }
         // Unknown ids fail before any waiting.
         self.manager
             .wait(&ids, mode, Duration::ZERO)
@@ -339,19 +421,15 @@ impl BgAgents {
             .map_err(caller_error)?;
         let b = Blocking { meta, peer, ct };
         let what = format!("waiting for {} agent(s)", ids.len());
-        let mut view = match b
+        let view = match b
             .run(wait, &what, self.manager.wait(&ids, mode, wait))
             .await
         {
             Some(r) => r.map_err(caller_error)?,
             None => return Err("the request was cancelled; the agents keep running".into()),
         };
-        let per_agent = (RESULT_MAX_BYTES / view.agents.len().max(1)).max(500);
-        let mut cut_any = false;
-        for a in &mut view.agents {
-            cut_any |= text::cap_result(a, per_agent);
-        }
-        let readable = text::waited(&view, cut_any, capped.then_some(wait));
-        reply(&view, readable)
+        let waited = Waited::of(&view, offset);
+        let readable = text::waited(&waited, capped.then_some(wait));
+        reply(&waited, readable)
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bg_agent_worker::config::Config;
 use bg_agent_worker::protocol::Event;
-use bg_agent_worker::resolve::{ResolveError, SpawnRequest};
+use bg_agent_worker::resolve::{ResolveError, SpawnRequest, missing_key};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,6 +52,15 @@ pub enum ManagerError {
     Transcript(OutputError),
     #[error(transparent)]
     Filter(OutputError),
+    #[error(
+        "{var} is not set in the bg-agents server's environment, so agents on provider `{provider}` cannot call its API; nothing was started. \
+         Give the MCP server the key and restart it (Claude Code: /mcp): \
+         `claude mcp add bg-agents --scope user --env {var}=YOUR_KEY -- bg-agents`, \
+         or in .mcp.json `\"env\": {{\"{var}\": \"${{{var}}}\"}}` (then export {var} where Claude Code starts), \
+         or for the plugin export {var} in the shell that starts Claude Code. \
+         Or pick a tier or model on a provider that needs no key."
+    )]
+    MissingKey { var: String, provider: String },
     #[error("the server is shutting down; no new agents start")]
     ShuttingDown,
     #[error(
@@ -200,6 +209,14 @@ impl Manager {
             return Err(ManagerError::ShuttingDown);
         }
         let resolution = inner.config.resolve(&req)?;
+        // The worker gets the key from the server's environment (`process::worker_env`):
+        // without it the agent could only fail later, so the spawn fails now.
+        if let Some(var) = missing_key(&resolution.spec.provider, |v| std::env::var_os(v)) {
+            return Err(ManagerError::MissingKey {
+                var: var.to_string(),
+                provider: resolution.spec.provider.name.clone(),
+            });
+        }
         let exe = process::locate_worker(&inner.config.server.worker.path)?;
         inner.check_transcript_dir()?;
         let server = &inner.config.server;

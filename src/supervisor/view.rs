@@ -1,6 +1,6 @@
 //! What callers see of agents: serializable snapshots taken under the registry lock.
-//! These are the structured results of the MCP tools (their output schemas come from
-//! here), so field names are part of the contract.
+//! The MCP tools shape their replies from these (`mcp::reply`); in-process callers and
+//! tests read them whole.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -132,6 +132,8 @@ pub struct ListRow {
     pub task: String,
     pub elapsed_seconds: Option<f64>,
     pub usage: UsageView,
+    /// Why it ended, when it did not complete.
+    pub error: Option<String>,
 }
 
 fn secs(t: SystemTime) -> f64 {
@@ -235,6 +237,7 @@ impl ListRow {
             task: r.task_preview.clone(),
             elapsed_seconds: elapsed(started, ended),
             usage: UsageView::of(r),
+            error: r.error.clone(),
         }
     }
 }

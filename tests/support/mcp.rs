@@ -56,6 +56,11 @@ impl Session<()> {
     pub async fn start_server(server_keys: &str) -> Session<()> {
         Self::launch((), server_keys, "").await
     }
+
+    /// Starts a server whose environment has no ANTHROPIC_API_KEY.
+    pub async fn start_without_key(extra_config: &str) -> Session<()> {
+        Self::launch_with((), "", extra_config, ClientLifecycleMode::Initialize, false).await
+    }
 }
 
 impl<H: ClientHandler> Session<H> {
@@ -74,6 +79,7 @@ impl<H: ClientHandler> Session<H> {
             server_keys,
             extra_config,
             ClientLifecycleMode::Initialize,
+            true,
         )
         .await
     }
@@ -84,7 +90,7 @@ impl<H: ClientHandler> Session<H> {
         let modern = ClientLifecycleMode::Discover {
             preferred_versions: vec![ProtocolVersion::LATEST],
         };
-        Self::launch_with(handler, "", "", modern).await
+        Self::launch_with(handler, "", "", modern, true).await
     }
 
     async fn launch_with(
@@ -92,6 +98,7 @@ impl<H: ClientHandler> Session<H> {
         server_keys: &str,
         extra_config: &str,
         lifecycle: ClientLifecycleMode,
+        with_key: bool,
     ) -> Session<H> {
         let fake = FakeProvider::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -108,11 +115,13 @@ impl<H: ClientHandler> Session<H> {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", dir.path())
             .env("RUST_LOG", "warn")
-            .env("ANTHROPIC_API_KEY", API_KEY)
             .env("ANTHROPIC_BASE_URL", fake.base_url())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true);
+        if with_key {
+            cmd.env("ANTHROPIC_API_KEY", API_KEY);
+        }
         // The test owns the process (rather than rmcp's TokioChildProcess) to see how it
         // exits: code 0 after stdin EOF or a signal.
         let mut server = cmd.spawn().expect("spawn bg-agents");
@@ -221,8 +230,120 @@ impl<H: ClientHandler> Session<H> {
         panic!("agents {ids:?} did not end within 300 s")
     }
 
+    /// Reads every page of agent_list (following `next_offset`); returns the first
+    /// reply and all rows.
+    pub async fn list_all(&self, args: Value) -> (Value, Vec<Value>) {
+        let first = self.ok("agent_list", args.clone()).await;
+        let mut rows: Vec<Value> = first["agents"].as_array().expect("agents").clone();
+        let mut next = first["next_offset"].as_u64();
+        let mut pages = 1;
+        while let Some(offset) = next {
+            let mut a = args.clone();
+            a["offset"] = json!(offset);
+            let page = self.ok("agent_list", a).await;
+            let got = page["agents"].as_array().expect("agents");
+            assert!(!got.is_empty(), "a page past next_offset is empty: {page}");
+            rows.extend(got.iter().cloned());
+            next = page["next_offset"].as_u64();
+            pages += 1;
+            assert!(pages < 1000, "paging does not end");
+        }
+        (first, rows)
+    }
+
     pub async fn status(&self, id: &str) -> Value {
         self.ok("agent_status", json!({ "agent_id": id })).await
+    }
+}
+
+/// The structuredContent as the model receives it: compact JSON (what Claude Code shows).
+pub fn as_model_reads(r: &CallToolResult) -> String {
+    r.structured_content
+        .as_ref()
+        .expect("structuredContent")
+        .to_string()
+}
+
+/// Checks `value` against `schema` (JSON Schema as schemars writes it: `$ref` into
+/// `$defs`, `properties`, `required`, `items`, `additionalProperties`, `anyOf`/`oneOf`,
+/// `type`, `enum`); returns what does not match.
+pub fn schema_mismatches(schema: &Value, value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    check_schema(schema, schema, value, "$", &mut out);
+    out
+}
+
+fn check_schema(root: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/$defs/");
+        return check_schema(root, &root["$defs"][name], value, at, out);
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(options) = schema[key].as_array() {
+            let fits = options.iter().any(|o| {
+                let mut m = Vec::new();
+                check_schema(root, o, value, at, &mut m);
+                m.is_empty()
+            });
+            if !fits {
+                out.push(format!("{at}: {value} matches none of {key}"));
+            }
+        }
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        out.push(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() {
+        let ok = types.iter().any(|t| match *t {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "null" => value.is_null(),
+            _ => false,
+        });
+        if !ok {
+            out.push(format!("{at}: {value} is not of type {types:?}"));
+        }
+    }
+    if let Value::Object(map) = value {
+        if let Some(required) = schema["required"].as_array() {
+            for r in required.iter().filter_map(Value::as_str) {
+                if !map.contains_key(r) {
+                    out.push(format!("{at}: required `{r}` is missing"));
+                }
+            }
+        }
+        let props = schema["properties"].as_object();
+        for (k, v) in map {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => check_schema(root, s, v, &format!("{at}.{k}"), out),
+                None => match &schema["additionalProperties"] {
+                    Value::Bool(false) => out.push(format!("{at}: `{k}` is not in the schema")),
+                    extra @ Value::Object(_) => {
+                        check_schema(root, extra, v, &format!("{at}.{k}"), out)
+                    }
+                    _ if props.is_some() => {
+                        out.push(format!("{at}: `{k}` is not in the schema's properties"))
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
+        for (i, v) in items.iter().enumerate() {
+            check_schema(root, item_schema, v, &format!("{at}[{i}]"), out);
+        }
     }
 }
 

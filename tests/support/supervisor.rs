@@ -65,8 +65,10 @@ impl Harness {
 
     pub fn with_worker(worker: &Path, server: &str) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
+        // The test worker calls no API: its provider needs no key.
         let toml = format!(
-            "[server]\nworker.path = {:?}\ntranscript_dir = {:?}\nkill_grace_ms = 200\n{server}\n",
+            "[server]\nworker.path = {:?}\ntranscript_dir = {:?}\nkill_grace_ms = 200\n{server}\n\
+             [providers.anthropic]\napi_key_env = \"\"\n",
             worker.display().to_string(),
             dir.path().join("transcripts").display().to_string(),
         );

@@ -156,6 +156,30 @@ impl Config {
     }
 }
 
+/// The variable holding `provider`'s API key when `env` lacks it (unset or empty), as
+/// the provider client would find it missing; None when the key is there or the provider
+/// needs none (no `api_key_env`, e.g. a local Ollama).
+pub fn missing_key(
+    provider: &ProviderSpec,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<&str> {
+    let var = provider.api_key_env.as_deref()?;
+    env(var).is_none_or(|v| v.is_empty()).then_some(var)
+}
+
+impl Config {
+    /// The default tier's provider and its key variable when `env` lacks that key.
+    pub fn default_tier_missing_key(
+        &self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Option<(String, String)> {
+        let provider = &self.tiers.get(self.routing.default_tier).provider;
+        let var = self.providers.get(provider)?.api_key_env.as_deref()?;
+        (!var.is_empty() && env(var).is_none_or(|v| v.is_empty()))
+            .then(|| (provider.clone(), var.to_string()))
+    }
+}
+
 fn resolve_cwd(cwd: Option<&Path>) -> Result<PathBuf, ResolveError> {
     let raw = match cwd {
         Some(p) => p.to_path_buf(),
@@ -196,6 +220,29 @@ mod tests {
         );
         assert_eq!(r.spec.price.unwrap().input, 2.0);
         assert!(r.spec.cwd.is_absolute());
+    }
+
+    #[test]
+    fn a_missing_or_empty_key_is_found_and_a_keyless_provider_passes() {
+        let c = Config::builtin().unwrap();
+        let spec = c.resolve(&req("x")).unwrap().spec;
+        let none = |_: &str| None;
+        let empty = |_: &str| Some(std::ffi::OsString::new());
+        let set = |_: &str| Some(std::ffi::OsString::from("sk-1"));
+        assert_eq!(missing_key(&spec.provider, none), Some("ANTHROPIC_API_KEY"));
+        assert_eq!(
+            missing_key(&spec.provider, empty),
+            Some("ANTHROPIC_API_KEY")
+        );
+        assert_eq!(missing_key(&spec.provider, set), None);
+        let mut keyless = spec.provider.clone();
+        keyless.api_key_env = None;
+        assert_eq!(missing_key(&keyless, none), None);
+        assert_eq!(
+            c.default_tier_missing_key(none),
+            Some(("anthropic".into(), "ANTHROPIC_API_KEY".into()))
+        );
+        assert_eq!(c.default_tier_missing_key(set), None);
     }
 
     #[test]
