@@ -316,10 +316,16 @@ async fn run() -> Vec<Row> {
         let id = v["agent_id"].as_str().expect("id").to_string();
         // Spread the agents out so each spawn starts a process instead of queueing.
         wait_all(&client, std::slice::from_ref(&id)).await;
-        let st = call(&client, "agent_status", json!({ "agent_id": id })).await;
-        let created = st["created_at"].as_f64().expect("created_at");
-        let first = st["first_event_at"].as_f64().expect("first_event_at");
-        first_events.push(Duration::from_secs_f64((first - created).max(0.0)));
+        let st = call(
+            &client,
+            "agent_status",
+            json!({ "agent_id": id, "verbose": true }),
+        )
+        .await;
+        let first = st["details"]["first_event_after_s"]
+            .as_f64()
+            .expect("first_event_after_s");
+        first_events.push(Duration::from_secs_f64(first.max(0.0)));
         ids.push(id);
     }
     rows.push(Row {

@@ -243,14 +243,19 @@ fn main() {
         table
     });
     println!("\nchars of compact structuredContent (text content in parentheses)\n");
-    println!("| tool | 1 agent | 10 agents | 100 agents | 1,000 agents | notes (1,000 agents) |");
+    println!(
+        "| tool | 1 agent | 10 agents | 100 agents | 1,000 agents | notes (100 agents · 1,000 agents) |"
+    );
     println!("| --- | ---: | ---: | ---: | ---: | --- |");
     for row in 0..table[0].len() {
         let cells: Vec<String> = table
             .iter()
             .map(|m| format!("{} ({})", m[row].structured, m[row].text))
             .collect();
-        let note = &table[table.len() - 1][row].note;
+        let note = match (&table[2][row].note, &table[3][row].note) {
+            (a, b) if a.is_empty() && b.is_empty() => String::new(),
+            (a, b) => format!("{a} · {b}"),
+        };
         println!(
             "| {} | {} | {} |",
             table[0][row].tool,

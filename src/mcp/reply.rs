@@ -65,9 +65,9 @@ fn tenths(s: f64) -> f64 {
     (s * 10.0).round() / 10.0
 }
 
-/// Seconds to a millisecond (for latency readings in `details`).
-fn millis(s: f64) -> f64 {
-    (s * 1000.0).round() / 1000.0
+/// Seconds to a tenth of a millisecond (for latency readings in `details`).
+fn tenth_ms(s: f64) -> f64 {
+    (s * 10_000.0).round() / 10_000.0
 }
 
 fn now_secs() -> f64 {
@@ -357,7 +357,7 @@ impl AgentReply {
                 provider: v.provider.clone(),
                 routed_by: v.routed_by.clone(),
                 created_s_ago: tenths(now - v.created_at),
-                first_event_after_s: v.first_event_at.map(|f| millis(f - v.created_at)),
+                first_event_after_s: v.first_event_at.map(|f| tenth_ms(f - v.created_at)),
                 output: v.output.clone(),
             }),
         }
