@@ -154,6 +154,23 @@ async fn status_of_an_ended_agent_starts_its_answer_within_300_chars_and_adds_at
         v["elapsed_s"].as_f64().is_some() && v["ended_s_ago"].as_f64().is_some(),
         "{v}"
     );
+    // The other one-agent replies match their schemas too.
+    let verbose = s
+        .call("agent_status", json!({ "agent_id": id, "verbose": true }))
+        .await;
+    model_view(&tools, "agent_status", &verbose);
+    let out = s
+        .call("agent_output", json!({ "agent_id": id, "filter": "found" }))
+        .await;
+    model_view(&tools, "agent_output", &out);
+    let killed = s.call("agent_kill", json!({ "agent_id": id })).await;
+    let seen = model_view(&tools, "agent_kill", &killed);
+    assert!(
+        seen.starts_with(&format!(
+            "{{\"agent_id\":\"{id}\",\"status\":\"completed\",\"result\":"
+        )),
+        "{seen:.200}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,6 +449,19 @@ async fn a_provider_without_a_key_variable_is_not_refused_and_its_failure_shows_
         !why.is_empty() && !why.contains('\n') && why.chars().count() <= 200,
         "{why}"
     );
+    // A failed agent's status: the error right after the status, and its exit.
+    let tools = tools(&s).await;
+    let r = s.call("agent_status", json!({ "agent_id": id })).await;
+    let seen = model_view(&tools, "agent_status", &r);
+    assert!(
+        seen.starts_with(&format!(
+            "{{\"agent_id\":\"{id}\",\"status\":\"failed\",\"error\":"
+        )),
+        "{seen}"
+    );
+    let v: Value = serde_json::from_str(&seen).unwrap();
+    assert!(v["exit"]["reason"].is_string(), "{v}");
+    assert_eq!(v["model"], "qwen3:8b");
 }
 
 /// The server's stderr from start to exit when its stdin is closed at once.
@@ -466,4 +496,26 @@ fn the_server_warns_once_at_start_when_the_default_tiers_key_is_missing() {
         !server_log(true).contains("is not set"),
         "no warning with the key"
     );
+}
+
+#[test]
+fn the_schema_check_catches_extra_missing_and_mistyped_fields() {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "a": {"type": "integer", "minimum": 0},
+            "b": {"$ref": "#/$defs/B"}
+        },
+        "required": ["a"],
+        "$defs": {"B": {"type": "string", "enum": ["x", "y"]}}
+    });
+    assert!(schema_mismatches(&schema, &json!({"a": 1, "b": "x"})).is_empty());
+    for bad in [
+        json!({"b": "x"}),
+        json!({"a": "1"}),
+        json!({"a": 1, "c": 2}),
+        json!({"a": 1, "b": "z"}),
+    ] {
+        assert!(!schema_mismatches(&schema, &bad).is_empty(), "{bad} passed");
+    }
 }

@@ -28,6 +28,8 @@ const LIST_TASK_CHARS: usize = 80;
 const ROW_ERROR_CHARS: usize = 200;
 /// Chars of stderr shown in agent_status (its last lines).
 const STDERR_CHARS: usize = 1_000;
+/// Chars of an error shown in agent_status (the transcript has all of it).
+const ERROR_CHARS: usize = 1_000;
 /// Chars the rows of one agent_wait or agent_list reply may take. With the rest of the
 /// reply (ids, counts, notes) a reply stays under 20,000 chars, with room to spare for
 /// notices added to every reply.
@@ -338,7 +340,7 @@ impl AgentReply {
             result,
             result_truncated: cut,
             read_on,
-            error: v.error.clone(),
+            error: v.error.as_deref().map(|e| head_chars(e, ERROR_CHARS)),
             label: v.label.clone(),
             task: one_line(&v.task, TASK_CHARS),
             model: v.model.clone(),
@@ -374,6 +376,15 @@ fn cut_bytes(s: &str, max: usize) -> (String, bool) {
         cut -= 1;
     }
     (s[..cut].to_string(), true)
+}
+
+/// The first `max` chars of `s`, marked when cut.
+fn head_chars(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let kept: String = s.chars().take(max).collect();
+    format!("{kept}… [cut; the transcript has all of it]")
 }
 
 /// The last `STDERR_CHARS` chars of `s`, from a line start when one is near.
