@@ -519,3 +519,20 @@ fn the_schema_check_catches_extra_missing_and_mistyped_fields() {
         assert!(!schema_mismatches(&schema, &bad).is_empty(), "{bad} passed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_values_out_of_range_are_refused_with_the_range() {
+    let s = Session::start("").await;
+    let id = s.spawn("Say hi").await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+    let e = s.tool_error("agent_list", json!({ "limit": 0 })).await;
+    assert!(e.contains("limit = 0") && e.contains("1 to 500"), "{e}");
+    let e = s
+        .tool_error("agent_wait", json!({ "agent_ids": [id], "offset": 3 }))
+        .await;
+    assert!(e.contains("offset = 3") && e.contains("next_offset"), "{e}");
+    // An offset past the end of a list is not an error: the reply says where to start.
+    let v = s.ok("agent_list", json!({ "offset": 7 })).await;
+    assert_eq!(v["agents"], json!([]));
+    assert!(v["more"].as_str().unwrap_or("").contains("offset 0"), "{v}");
+}
