@@ -9,7 +9,7 @@ use rmcp::model::{CallToolResult, ContentBlock, CustomNotification, ServerNotifi
 use rmcp::{Peer, RoleServer};
 use serde_json::{Value, json};
 
-use crate::notices::{LiveAgent, Notice, NoticeBoard, ServerState, render};
+use crate::notices::{LiveAgent, Notice, NoticeBoard, ServerState, read_more, render};
 use crate::supervisor::Manager;
 use crate::supervisor::manager::EndedAgent;
 
@@ -84,7 +84,7 @@ fn publish(manager: &Manager, board: &NoticeBoard, stop_hook: &str) {
 
 async fn send_channel(peer: &Peer<RoleServer>, notice: &Notice) {
     let params = json!({
-        "content": format!("{}\n{}", notice.line(), crate::notices::READ_MORE),
+        "content": format!("{}\n{}", notice.line(), read_more(std::slice::from_ref(notice))),
         "meta": {"agent_id": notice.agent_id, "status": notice.status},
     });
     let n = CustomNotification::new(CHANNEL_METHOD, Some(params));

@@ -82,8 +82,14 @@ impl Notice {
     }
 }
 
-/// How to read the whole of what a notice previews.
-pub const READ_MORE: &str = "Read a whole result with agent_status {\"agent_id\": \"<id>\"}.";
+/// How to read the whole of what notices preview.
+pub fn read_more(notices: &[Notice]) -> String {
+    let id = match notices {
+        [one] => one.agent_id.as_str(),
+        _ => "<id>",
+    };
+    format!("Read the whole result with agent_status {{\"agent_id\": \"{id}\"}}.")
+}
 
 /// The notices as one block of text for the model.
 pub fn render(notices: &[Notice]) -> String {
@@ -97,7 +103,7 @@ pub fn render(notices: &[Notice]) -> String {
         s.push_str(&notice.line());
         s.push('\n');
     }
-    s.push_str(READ_MORE);
+    s.push_str(&read_more(notices));
     s
 }
 
