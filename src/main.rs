@@ -10,6 +10,7 @@ use std::task::{Context as TaskContext, Poll};
 use anyhow::Context;
 use bg_agent_worker::config::Config;
 use bg_agents::mcp::BgAgents;
+use bg_agents::notices::{self, NoticeBoard};
 use bg_agents::supervisor::Manager;
 use clap::Parser;
 use rmcp::ServiceExt;
@@ -21,8 +22,13 @@ use tokio_util::sync::CancellationToken;
 /// bg-agent-worker process with kernel CPU/memory limits, token and USD budgets, and
 /// read-only tools, calling the provider API directly.
 ///
-/// Register with Claude Code:  claude mcp add bg-agents -- bg-agents
-/// Logs go to stderr (level from RUST_LOG, default info).
+/// Register with Claude Code:  claude mcp add bg-agents --scope user -- bg-agents
+/// (or install the plugin: see README.md). Logs go to stderr (level from RUST_LOG,
+/// default info).
+///
+/// `bg-agents hook post-tool-use|user-prompt-submit|stop` is the plugin's Claude Code
+/// hook: it reads the hook's JSON on stdin and prints this session's notices of ended
+/// agents.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -36,6 +42,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // The hook runs after every tool call: answer before parsing anything else.
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some("hook") {
+        return notices::hook::main(args.next().as_deref());
+    }
     let cli = Cli::parse();
     let loaded = match Config::load(cli.config.as_deref()) {
         Ok(l) => l,
@@ -93,16 +104,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let board = open_notice_board();
     let (stdin, stdout) = rmcp::transport::stdio();
     let stdin_closed = CancellationToken::new();
     let stdin = NotifyEof {
         inner: stdin,
         eof: stdin_closed.clone(),
     };
+    let mut publisher = None;
     let session = async {
-        let service = BgAgents::new(Arc::clone(&manager))
-            .serve((stdin, stdout))
-            .await?;
+        let mut server = BgAgents::new(Arc::clone(&manager));
+        if let Some(board) = &board {
+            server = server.with_notices(Arc::clone(board));
+        }
+        let service = server.serve((stdin, stdout)).await?;
+        if let Some(board) = &board {
+            publisher = Some(tokio::spawn(bg_agents::mcp::notify::run(
+                Arc::clone(&manager),
+                Arc::clone(board),
+                Some(service.peer().clone()),
+            )));
+        }
         service.waiting().await?;
         anyhow::Ok(())
     };
@@ -119,6 +141,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         _ = hup.recv() => "SIGHUP".to_string(),
     };
     let report = manager.shutdown().await;
+    if let Some(p) = publisher {
+        p.abort();
+    }
+    // Notices die with the server: the agent records they point to are gone.
+    if let Some(board) = &board {
+        board.remove();
+    }
     tracing::info!(
         reason = %why,
         killed = report.killed,
@@ -128,6 +157,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "shut down"
     );
     Ok(())
+}
+
+/// This session's notice board: Claude Code's session id (`CLAUDE_CODE_SESSION_ID`) lets
+/// its hooks find it; other clients get one named after this process, which only tool
+/// replies read. None (with a warning) when the directory cannot be made safely.
+fn open_notice_board() -> Option<Arc<NoticeBoard>> {
+    let session = std::env::var(notices::SESSION_ENV)
+        .ok()
+        .filter(|s| notices::valid_session_id(s))
+        .unwrap_or_else(|| format!("server-{}", std::process::id()));
+    let base = notices::base_dir();
+    match NoticeBoard::open(&base, &session) {
+        Ok(board) => {
+            tracing::debug!(dir = %board.dir().display(), "completion notices");
+            Some(Arc::new(board))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "completion notices are off (hooks and tool replies will not tell of ended agents; agent_status and agent_wait still do): cannot use {}: {e}",
+                base.display()
+            );
+            None
+        }
+    }
 }
 
 /// The protocol's input, cancelling `eof` when it ends (a read that returns no bytes).

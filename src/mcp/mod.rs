@@ -1,6 +1,7 @@
 //! The MCP face of bg-agents: tools and resources that translate to the supervisor's
 //! `Manager` and nothing else.
 
+pub mod notify;
 mod params;
 pub mod reply;
 pub mod resources;
@@ -23,6 +24,7 @@ use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::task_manager::TaskManager;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
 
+use crate::notices::NoticeBoard;
 use crate::supervisor::Manager;
 
 /// What the client model reads first: when background agents help and how to use them.
@@ -47,6 +49,8 @@ pub struct BgAgents {
     tool_router: ToolRouter<Self>,
     legacy_subscriptions: Arc<resources::LegacySubscriptions>,
     tasks: TaskManager,
+    /// Where notices of ended agents wait; every tool reply carries the undelivered ones.
+    notices: Option<Arc<NoticeBoard>>,
 }
 
 impl BgAgents {
@@ -60,7 +64,14 @@ impl BgAgents {
             tool_router,
             legacy_subscriptions: Arc::default(),
             tasks: TaskManager::new(),
+            notices: None,
         }
+    }
+
+    /// Makes every tool reply carry the notices of `board` not yet delivered.
+    pub fn with_notices(mut self, board: Arc<NoticeBoard>) -> Self {
+        self.notices = Some(board);
+        self
     }
 
     /// Ends every MCP task (their agents are stopped by the manager's shutdown).
@@ -74,6 +85,9 @@ impl ServerHandler for BgAgents {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
+                .enable_experimental_with(
+                    [(notify::CHANNEL_CAPABILITY.to_string(), Default::default())].into(),
+                )
                 .enable_tools()
                 .enable_resources()
                 .enable_resources_subscribe()
@@ -103,7 +117,11 @@ impl ServerHandler for BgAgents {
             });
         }
         let tcc = ToolCallContext::new(self, request, context);
-        self.tool_router.call(tcc).await
+        let mut response = self.tool_router.call(tcc).await?;
+        if let (Some(board), CallToolResponse::Complete(reply)) = (&self.notices, &mut response) {
+            notify::attach(board, reply);
+        }
+        Ok(response)
     }
 
     async fn get_task(

@@ -127,6 +127,38 @@ pub struct WaitView {
     pub waited_seconds: f64,
 }
 
+/// An agent that just reached a terminal status, as told to `Manager::ended_agents`
+/// (for completion notices: the record itself may be evicted soon after).
+#[derive(Debug, Clone)]
+pub struct EndedAgent {
+    pub agent_id: String,
+    pub label: Option<String>,
+    pub status: Status,
+    /// The final answer (completed agents).
+    pub result: Option<String>,
+    pub error: Option<String>,
+}
+
+impl EndedAgent {
+    fn of(rec: &AgentRecord) -> EndedAgent {
+        EndedAgent {
+            agent_id: rec.id.clone(),
+            label: rec.label.clone(),
+            status: rec.status(),
+            result: rec.result.clone(),
+            error: rec.error.clone(),
+        }
+    }
+}
+
+/// An agent not yet ended, for the state the `Stop` hook reads.
+#[derive(Debug, Clone)]
+pub struct LiveAgent {
+    pub agent_id: String,
+    pub label: Option<String>,
+    pub status: Status,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ShutdownReport {
     pub killed: usize,
@@ -149,6 +181,9 @@ struct Inner {
     changed: watch::Sender<u64>,
     spawner: Spawner,
     shutting_down: AtomicBool,
+    /// Every agent's end, once, in order; the receiver is taken by `ended_agents`.
+    ended_tx: mpsc::UnboundedSender<EndedAgent>,
+    ended_rx: Mutex<Option<mpsc::UnboundedReceiver<EndedAgent>>>,
 }
 
 impl Manager {
@@ -163,6 +198,7 @@ impl Manager {
                 .map_or(0, |d| d.as_secs()),
             std::process::id()
         );
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         Ok(Manager {
             inner: Arc::new(Inner {
                 transcript_dir: base.join(session),
@@ -171,6 +207,8 @@ impl Manager {
                 changed: watch::channel(0).0,
                 spawner: Spawner::new(tokio::runtime::Handle::current())?,
                 shutting_down: AtomicBool::new(false),
+                ended_tx,
+                ended_rx: Mutex::new(Some(ended_rx)),
             }),
         })
     }
@@ -191,6 +229,35 @@ impl Manager {
             .agents
             .values()
             .map(|r| (r.id.clone(), r.status()))
+            .collect()
+    }
+
+    /// Every agent's end from now on, once each, in the order they ended (any terminal
+    /// status: completed, failed, killed, cancelled, limits). One receiver per manager:
+    /// `None` when it was already taken.
+    pub fn ended_agents(&self) -> Option<mpsc::UnboundedReceiver<EndedAgent>> {
+        self.inner
+            .ended_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// The agents not yet ended (queued or running), oldest first.
+    pub fn live_agents(&self) -> Vec<LiveAgent> {
+        let reg = self.inner.lock();
+        let mut live: Vec<&AgentRecord> = reg
+            .agents
+            .values()
+            .filter(|r| !r.status().is_terminal())
+            .collect();
+        live.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        live.into_iter()
+            .map(|r| LiveAgent {
+                agent_id: r.id.clone(),
+                label: r.label.clone(),
+                status: r.status(),
+            })
             .collect()
     }
 
@@ -617,6 +684,7 @@ impl Inner {
                 t.close();
             }
             rec.output_seq.send_modify(|v| *v += 1);
+            let _ = self.ended_tx.send(EndedAgent::of(rec));
             let retain = self.config.server.retained_agents;
             reg.note_ended(id, retain);
         }
@@ -787,6 +855,7 @@ impl Inner {
                     t.close();
                 }
                 rec.output_seq.send_modify(|v| *v += 1);
+                let _ = self.ended_tx.send(EndedAgent::of(rec));
                 let retain = self.config.server.retained_agents;
                 reg.note_ended(id, retain);
             }
@@ -920,6 +989,7 @@ impl Inner {
                         t.close();
                     }
                     rec.output_seq.send_modify(|v| *v += 1);
+                    let _ = self.ended_tx.send(EndedAgent::of(rec));
                     reg.note_ended(id, retain)
                 }
                 _ => Vec::new(),

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 
+pub mod claude;
 pub mod mcp;
 pub mod provider;
 pub mod supervisor;

@@ -8,7 +8,9 @@
 //!
 //! A conversation is identified by its *first user message*: `script(needle, steps)` applies
 //! to every request whose first user message contains `needle`, and the n-th such request
-//! (retries included) is answered with `steps[n]`.
+//! (retries included) is answered with `steps[n]`. A client whose every request starts the
+//! same way (Claude Code's main loop) is scripted by a tool it offers instead
+//! (`script_offering`).
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -117,6 +119,19 @@ pub enum Step {
     /// Stream `after_chunks` text chunks, then drop the connection abruptly: no
     /// message_stop / [DONE] and no end of the chunked body, so the client sees a body error.
     CloseMidMessage { after_chunks: Vec<String> },
+    /// The step `f` makes from the request, for answers that depend on what came before
+    /// (e.g. an id the client received in a tool result).
+    FromRequest(StepFn),
+}
+
+/// A step made from the request it answers.
+#[derive(Clone)]
+pub struct StepFn(pub Arc<dyn Fn(&RecordedRequest) -> Step + Send + Sync>);
+
+impl std::fmt::Debug for StepFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepFn(..)")
+    }
 }
 
 impl Step {
@@ -200,10 +215,30 @@ impl FakeProvider {
     /// included) gets `steps[n]`; past the end, the default echo reply.
     pub fn script(&self, needle: &str, steps: Vec<Step>) {
         lock(&self.state).rules.push(Rule {
-            needle: needle.to_string(),
+            matcher: Matcher::FirstUser(needle.to_string()),
             steps,
             served: 0,
         });
+    }
+
+    /// Script the requests that offer a tool named `tool` (e.g. Claude Code's main loop,
+    /// which offers `ToolSearch`), as `script` does: the n-th such request gets `steps[n]`.
+    pub fn script_offering(&self, tool: &str, steps: Vec<Step>) {
+        lock(&self.state).rules.push(Rule {
+            matcher: Matcher::Offers(tool.to_string()),
+            steps,
+            served: 0,
+        });
+    }
+
+    /// The requests that offer a tool named `tool`, in arrival order.
+    pub fn requests_offering(&self, tool: &str) -> Vec<RecordedRequest> {
+        lock(&self.state)
+            .requests
+            .iter()
+            .filter(|r| r.tools.iter().any(|t| t == tool))
+            .cloned()
+            .collect()
     }
 
     /// Every request received so far, in arrival order.
@@ -246,9 +281,26 @@ struct FakeState {
 }
 
 struct Rule {
-    needle: String,
+    matcher: Matcher,
     steps: Vec<Step>,
     served: usize,
+}
+
+/// Which requests a rule answers.
+enum Matcher {
+    /// The first user message contains this text.
+    FirstUser(String),
+    /// The request offers a tool of this name.
+    Offers(String),
+}
+
+impl Matcher {
+    fn matches(&self, request: &RecordedRequest, first_user: &str) -> bool {
+        match self {
+            Matcher::FirstUser(needle) => first_user.contains(needle.as_str()),
+            Matcher::Offers(tool) => request.tools.iter().any(|t| t == tool),
+        }
+    }
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -397,14 +449,18 @@ fn next_step(state: &mut FakeState, request: &RecordedRequest) -> Step {
     let rule = state
         .rules
         .iter_mut()
-        .find(|rule| first_user.contains(&rule.needle));
-    match rule {
+        .find(|rule| rule.matcher.matches(request, &first_user));
+    let step = match rule {
         Some(rule) => {
             let step = rule.steps.get(rule.served).cloned();
             rule.served += 1;
             step.unwrap_or_else(|| echo_step(&request.body))
         }
         None => echo_step(&request.body),
+    };
+    match step {
+        Step::FromRequest(f) => (f.0)(request),
+        step => step,
     }
 }
 
@@ -841,8 +897,8 @@ mod anthropic {
                 text_block(&mut sse, 0, &after_chunks, Duration::ZERO, false);
                 sse.ending = Ending::Abort;
             }
-            Step::Status { .. } | Step::StatusBody { .. } => {
-                unreachable!("status steps are answered without a stream")
+            Step::Status { .. } | Step::StatusBody { .. } | Step::FromRequest(_) => {
+                unreachable!("status steps are answered without a stream, made steps before")
             }
         }
         sse
@@ -982,8 +1038,8 @@ mod openai {
                 out.text(&after_chunks, Duration::ZERO);
                 out.sse.ending = Ending::Abort;
             }
-            Step::Status { .. } | Step::StatusBody { .. } => {
-                unreachable!("status steps are answered without a stream")
+            Step::Status { .. } | Step::StatusBody { .. } | Step::FromRequest(_) => {
+                unreachable!("status steps are answered without a stream, made steps before")
             }
         }
         out.sse

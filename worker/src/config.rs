@@ -41,7 +41,29 @@ pub struct ServerConfig {
     pub transcript_dir: String,
     pub transcript_max_mb: u64,
     pub keep_transcripts: bool,
+    /// What the Claude Code `Stop` hook does while this session's agents are running or
+    /// ended unread.
+    pub stop_hook: StopHook,
     pub worker: WorkerLocation,
+}
+
+/// The `Stop` hook's behaviour (`[server] stop_hook`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StopHook {
+    /// Ask the model once to collect (agent_wait) or stop the agents before it ends its turn.
+    Remind,
+    /// Never hold the turn.
+    Off,
+}
+
+impl StopHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopHook::Remind => "remind",
+            StopHook::Off => "off",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -4,6 +4,13 @@
 //! the wire protocol, the configuration, tier and role resolution — plus the provider
 //! clients, the agent loop and the read-only tools the worker runs.
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "bg-agent-worker is Linux-only, like the bg-agents server that starts it (clone, \
+     PR_SET_PDEATHSIG, rlimits and the kernel sandbox as Linux has them). Build and run it \
+     on Linux (on Windows, inside WSL 2)."
+);
+
 pub mod agent;
 pub mod config;
 pub mod protocol;

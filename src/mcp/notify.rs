@@ -1,0 +1,129 @@
+//! Tells the client about agents that ended, without being asked: a notice on the board
+//! for the hooks (and the next tool reply), the state the `Stop` hook reads, and a
+//! channel notification (Claude Code's research preview) per ended agent.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rmcp::model::{CallToolResult, ContentBlock, CustomNotification, ServerNotification};
+use rmcp::{Peer, RoleServer};
+use serde_json::{Value, json};
+
+use crate::notices::{LiveAgent, Notice, NoticeBoard, ServerState, read_more, render};
+use crate::supervisor::Manager;
+use crate::supervisor::manager::EndedAgent;
+
+/// The method of Claude Code's channel notifications.
+pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
+/// The experimental capability that declares them.
+pub const CHANNEL_CAPABILITY: &str = "claude/channel";
+
+/// Posts a notice (and sends a channel notification) for every agent that ends, and keeps
+/// the board's state current, until the manager goes away.
+pub async fn run(manager: Arc<Manager>, board: Arc<NoticeBoard>, peer: Option<Peer<RoleServer>>) {
+    let Some(mut ended) = manager.ended_agents() else {
+        tracing::warn!("completion notices are off: the manager's ended-agent feed is taken");
+        return;
+    };
+    let mut changes = manager.subscribe_changes();
+    let stop_hook = manager.config().server.stop_hook.as_str().to_string();
+    publish(&manager, &board, &stop_hook);
+    loop {
+        tokio::select! {
+            agent = ended.recv() => {
+                let Some(agent) = agent else { return };
+                let notice = notice_of(&agent);
+                if let Err(e) = board.post(&notice) {
+                    tracing::warn!(agent = %agent.agent_id, "cannot leave a completion notice in {}: {e}", board.dir().display());
+                }
+                if let Some(peer) = &peer {
+                    send_channel(peer, &notice).await;
+                }
+            }
+            r = changes.changed() => {
+                if r.is_err() { return }
+                publish(&manager, &board, &stop_hook);
+            }
+        }
+    }
+}
+
+fn notice_of(agent: &EndedAgent) -> Notice {
+    let text = match agent.status.as_str() {
+        "completed" => agent.result.as_deref().or(agent.error.as_deref()),
+        _ => agent.error.as_deref().or(agent.result.as_deref()),
+    };
+    Notice::new(
+        &agent.agent_id,
+        agent.label.as_deref(),
+        agent.status.as_str(),
+        text,
+    )
+}
+
+fn publish(manager: &Manager, board: &NoticeBoard, stop_hook: &str) {
+    let state = ServerState {
+        stop_hook: stop_hook.to_string(),
+        agents: manager
+            .live_agents()
+            .into_iter()
+            .map(|a| LiveAgent {
+                agent_id: a.agent_id,
+                label: a.label,
+                status: a.status.as_str().to_string(),
+            })
+            .collect(),
+    };
+    if let Err(e) = board.publish_state(&state) {
+        tracing::warn!(
+            "cannot publish the agents' state in {}: {e}",
+            board.dir().display()
+        );
+    }
+}
+
+async fn send_channel(peer: &Peer<RoleServer>, notice: &Notice) {
+    let params = json!({
+        "content": format!("{}\n{}", notice.line(), read_more(std::slice::from_ref(notice))),
+        "meta": {"agent_id": notice.agent_id, "status": notice.status},
+    });
+    let n = CustomNotification::new(CHANNEL_METHOD, Some(params));
+    if let Err(e) = peer
+        .send_notification(ServerNotification::CustomNotification(n))
+        .await
+    {
+        tracing::debug!("channel notification not sent: {e}");
+    }
+}
+
+/// Adds the notices not yet delivered to a tool reply (structured `notices` and the
+/// text), after dropping those of agents whose end the reply itself shows.
+pub fn attach(board: &NoticeBoard, reply: &mut CallToolResult) {
+    if let Some(v) = &reply.structured_content {
+        board.discard(&ended_in(v));
+    }
+    let notices = board.take_pending();
+    if notices.is_empty() {
+        return;
+    }
+    let lines: Vec<Value> = notices.iter().map(|n| Value::String(n.line())).collect();
+    if let Some(Value::Object(map)) = reply.structured_content.as_mut() {
+        map.insert("notices".into(), Value::Array(lines));
+    }
+    reply.content.push(ContentBlock::text(render(&notices)));
+}
+
+/// Ids of agents shown with a terminal status in a reply (`agent_id` + `status` at the
+/// top, or in `agents`).
+fn ended_in(v: &Value) -> HashSet<&str> {
+    fn terminal(o: &Value) -> Option<&str> {
+        let status = o.get("status").and_then(Value::as_str)?;
+        let ended = crate::supervisor::Status::parse(status).is_some_and(|s| s.is_terminal());
+        ended.then(|| o.get("agent_id").and_then(Value::as_str))?
+    }
+    let mut ids: HashSet<&str> = terminal(v).into_iter().collect();
+    if let Some(agents) = v.get("agents").and_then(Value::as_array) {
+        ids.extend(agents.iter().filter_map(terminal));
+    }
+    ids
+}

@@ -1,0 +1,188 @@
+//! `bg-agents hook EVENT`: the Claude Code hooks of the bg-agents plugin.
+//!
+//! Claude Code runs the hook with its JSON on stdin (`session_id`, and for `Stop`
+//! `stop_hook_active`). `post-tool-use` (after every tool call) and `user-prompt-submit`
+//! print this session's notices of ended agents as `additionalContext`, which Claude Code
+//! puts before the model in its next request; with nothing to say they print nothing.
+//! `stop` holds the model's turn once (`decision: block`) while this session's agents
+//! are still running or ended unreported, and never twice in a row (Claude Code sets
+//! `stop_hook_active` on the retry).
+//!
+//! It runs after every tool call, so it does no more than read stdin, list one or two
+//! directories and unlink what it delivers: no runtime, no configuration. Problems are
+//! told on stderr and never fail the user's tool call (exit 0).
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use super::{
+    LiveAgent, Notice, REMINDED_FILE, STATE_FILE, ServerState, base_dir, check_private_dir, claim,
+    live_server_dirs, notice_files, read_small, render, valid_session_id,
+};
+
+/// The hook events this binary answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    PostToolUse,
+    UserPromptSubmit,
+    Stop,
+}
+
+impl Event {
+    pub fn parse(arg: &str) -> Option<Event> {
+        match arg {
+            "post-tool-use" => Some(Event::PostToolUse),
+            "user-prompt-submit" => Some(Event::UserPromptSubmit),
+            "stop" => Some(Event::Stop),
+            _ => None,
+        }
+    }
+
+    fn hook_event_name(self) -> &'static str {
+        match self {
+            Event::PostToolUse => "PostToolUse",
+            Event::UserPromptSubmit => "UserPromptSubmit",
+            Event::Stop => "Stop",
+        }
+    }
+}
+
+/// Runs the hook named by `arg` and prints its answer; the process's exit code.
+pub fn main(arg: Option<&str>) -> ExitCode {
+    let Some(event) = arg.and_then(Event::parse) else {
+        eprintln!(
+            "usage: bg-agents hook post-tool-use|user-prompt-submit|stop (Claude Code runs it \
+             with the hook's JSON on stdin; see hooks/hooks.json)"
+        );
+        return ExitCode::from(1);
+    };
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().take(1 << 20).read_to_string(&mut input) {
+        eprintln!("bg-agents hook: cannot read the hook input on stdin: {e}");
+        return ExitCode::SUCCESS;
+    }
+    match answer(event, &input, &base_dir()) {
+        Ok(Some(out)) => println!("{out}"),
+        Ok(None) => {}
+        Err(why) => eprintln!("bg-agents hook: {why}"),
+    }
+    ExitCode::SUCCESS
+}
+
+/// The JSON the hook prints for `input` (None: print nothing), with notices under `base`.
+pub fn answer(event: Event, input: &str, base: &Path) -> Result<Option<Value>, String> {
+    let input: Value = serde_json::from_str(input)
+        .map_err(|e| format!("the hook input on stdin is not JSON: {e}"))?;
+    let Some(session) = input.get("session_id").and_then(Value::as_str) else {
+        return Err("the hook input has no session_id".into());
+    };
+    if !valid_session_id(session) {
+        return Err(format!("session_id `{session}` is not a session id"));
+    }
+    let session_dir = base.join(session);
+    if !session_dir.exists() {
+        return Ok(None);
+    }
+    check_private_dir(base)
+        .and_then(|()| check_private_dir(&session_dir))
+        .map_err(|e| format!("not reading notices: {e}"))?;
+    let servers = live_server_dirs(&session_dir);
+    Ok(match event {
+        Event::PostToolUse | Event::UserPromptSubmit => {
+            let notices: Vec<Notice> = servers
+                .iter()
+                .flat_map(|d| notice_files(d))
+                .filter_map(|p| claim(&p))
+                .collect();
+            (!notices.is_empty()).then(|| {
+                json!({"hookSpecificOutput": {
+                    "hookEventName": event.hook_event_name(),
+                    "additionalContext": render(&notices),
+                }})
+            })
+        }
+        Event::Stop => {
+            let again = input.get("stop_hook_active").and_then(Value::as_bool) == Some(true);
+            if again {
+                None
+            } else {
+                stop(&servers).map(|reason| json!({"decision": "block", "reason": reason}))
+            }
+        }
+    })
+}
+
+/// The reason to hold the turn, if any server that reminds has agents running that were
+/// not named before, or notices not delivered yet (which it claims).
+fn stop(servers: &[impl AsRef<Path>]) -> Option<String> {
+    let mut running: Vec<LiveAgent> = Vec::new();
+    let mut fresh = false;
+    let mut notices: Vec<Notice> = Vec::new();
+    for dir in servers {
+        let dir = dir.as_ref();
+        let Some(state) = read_small(&dir.join(STATE_FILE))
+            .and_then(|s| serde_json::from_str::<ServerState>(&s).ok())
+        else {
+            continue;
+        };
+        if state.stop_hook != "remind" {
+            continue;
+        }
+        let reminded_path = dir.join(REMINDED_FILE);
+        let reminded_text = read_small(&reminded_path).unwrap_or_default();
+        let reminded: HashSet<&str> = reminded_text.lines().collect();
+        let new: Vec<&LiveAgent> = state
+            .agents
+            .iter()
+            .filter(|a| !reminded.contains(a.agent_id.as_str()))
+            .collect();
+        if !new.is_empty() {
+            fresh = true;
+            let mut all = reminded_text.clone();
+            for a in &new {
+                all.push_str(&a.agent_id);
+                all.push('\n');
+            }
+            if let Err(e) = super::write_atomic(dir, REMINDED_FILE, all.as_bytes()) {
+                eprintln!("bg-agents hook: cannot record the reminder: {e}");
+            }
+        }
+        running.extend(state.agents);
+        notices.extend(notice_files(dir).iter().filter_map(|p| claim(p)));
+    }
+    if !fresh && notices.is_empty() {
+        return None;
+    }
+    let mut reason = String::from("bg-agents: before you finish, ");
+    if running.is_empty() {
+        reason.push_str("background agents of this session ended and you were not told yet.\n");
+    } else {
+        let names: Vec<String> = running
+            .iter()
+            .map(|a| match &a.label {
+                Some(l) => format!("{} ({l}, {})", a.agent_id, a.status),
+                None => format!("{} ({})", a.agent_id, a.status),
+            })
+            .collect();
+        let ids: Vec<&str> = running.iter().map(|a| a.agent_id.as_str()).collect();
+        reason.push_str(&format!(
+            "{} background agent{} of this session {} not done: {}. Collect the results with \
+             agent_wait {} (it blocks up to 50 s; call again to keep waiting), or stop them \
+             with agent_kill if they are no longer needed; they are killed when the session \
+             ends.\n",
+            running.len(),
+            if running.len() == 1 { "" } else { "s" },
+            if running.len() == 1 { "is" } else { "are" },
+            names.join(", "),
+            json!({"agent_ids": ids}),
+        ));
+    }
+    if !notices.is_empty() {
+        reason.push_str(&render(&notices));
+    }
+    Some(reason.trim_end().to_string())
+}

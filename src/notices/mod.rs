@@ -1,0 +1,396 @@
+//! Completion notices: how an agent's end reaches the model without polling.
+//!
+//! The server writes one small file per ended agent into a per-session directory; the
+//! Claude Code hooks (`bg-agents hook …`, see `hook`) and the server's own tool replies
+//! claim them. Claiming is an unlink: whoever removes the file delivers the notice, so
+//! each notice reaches the model once, whichever way it goes.
+//!
+//! Layout under the base directory (`$XDG_RUNTIME_DIR/bg-agents`, else a private `run`
+//! directory under the state directory), keyed by Claude Code's session id (the
+//! server's `CLAUDE_CODE_SESSION_ID`, the hook's `session_id`):
+//!
+//! ```text
+//! <session>/<server pid>/n-<seq>-<agent id>.json   a notice not yet delivered
+//! <session>/<server pid>/state.json                agents not ended, and the Stop hook mode
+//! <session>/<server pid>/reminded                  agent ids the Stop hook already named
+//! ```
+//!
+//! Directories are 0700 and files 0600; a directory that is a symlink, or belongs to
+//! another user, is refused. A server removes its own directory when it exits: its
+//! notices point to agent records that die with it (`agent_status` could not answer).
+//!
+//! Std only (plus nix for the owner checks): the hook runs after every tool call and
+//! must not pay for a runtime or the configuration.
+
+pub mod hook;
+
+use std::collections::HashSet;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable through which Claude Code gives an MCP server its session id.
+pub const SESSION_ENV: &str = "CLAUDE_CODE_SESSION_ID";
+/// Characters of a result (or error) shown in a notice.
+const PREVIEW_CHARS: usize = 160;
+/// Characters of a label shown in a notice.
+const LABEL_CHARS: usize = 60;
+const STATE_FILE: &str = "state.json";
+const REMINDED_FILE: &str = "reminded";
+const NOTICE_PREFIX: &str = "n-";
+
+/// One agent's end, as the model is told about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    pub agent_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub status: String,
+    /// The first line of the result (or the error), shortened.
+    pub preview: String,
+}
+
+impl Notice {
+    pub fn new(agent_id: &str, label: Option<&str>, status: &str, text: Option<&str>) -> Notice {
+        Notice {
+            agent_id: agent_id.to_string(),
+            label: label
+                .map(|l| one_line(l, LABEL_CHARS))
+                .filter(|l| !l.is_empty()),
+            status: status.to_string(),
+            preview: text.map(first_line_preview).unwrap_or_default(),
+        }
+    }
+
+    /// `a-7f3k2 (auth flow) completed: The session is created in …`
+    pub fn line(&self) -> String {
+        let mut s = self.agent_id.clone();
+        if let Some(l) = &self.label {
+            s.push_str(&format!(" ({l})"));
+        }
+        s.push(' ');
+        s.push_str(&self.status);
+        if !self.preview.is_empty() {
+            s.push_str(": ");
+            s.push_str(&self.preview);
+        }
+        s
+    }
+}
+
+/// How to read the whole of what notices preview.
+pub fn read_more(notices: &[Notice]) -> String {
+    let id = match notices {
+        [one] => one.agent_id.as_str(),
+        _ => "<id>",
+    };
+    format!("Read the whole result with agent_status {{\"agent_id\": \"{id}\"}}.")
+}
+
+/// The notices as one block of text for the model.
+pub fn render(notices: &[Notice]) -> String {
+    let n = notices.len();
+    let mut s = format!(
+        "bg-agents: {n} background agent{} ended:\n",
+        if n == 1 { "" } else { "s" }
+    );
+    for notice in notices {
+        s.push_str("- ");
+        s.push_str(&notice.line());
+        s.push('\n');
+    }
+    s.push_str(&read_more(notices));
+    s
+}
+
+/// What a server publishes for the `Stop` hook.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerState {
+    /// `remind` or `off` (`[server] stop_hook`).
+    pub stop_hook: String,
+    /// Agents not ended yet (queued or running), oldest first.
+    pub agents: Vec<LiveAgent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveAgent {
+    pub agent_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub status: String,
+}
+
+/// The directory under which every session's notices live.
+pub fn base_dir() -> PathBuf {
+    if let Some(run) = env_dir("XDG_RUNTIME_DIR") {
+        return run.join("bg-agents");
+    }
+    let state =
+        env_dir("XDG_STATE_HOME").or_else(|| env_dir("HOME").map(|h| h.join(".local/state")));
+    match state {
+        Some(s) => s.join("bg-agents").join("run"),
+        None => std::env::temp_dir().join(format!("bg-agents-{}", nix::unistd::geteuid())),
+    }
+}
+
+fn env_dir(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+/// Whether `id` can name a session directory: Claude Code's ids are UUIDs.
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Makes `dir` (0700) unless it exists, then checks that it is a real directory of ours
+/// that nobody else can enter.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    }
+    check_private_dir(dir)
+}
+
+/// A directory of ours (not a symlink), closed to others (made so if it was not).
+fn check_private_dir(dir: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.file_type().is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory (a symlink or a file); remove it",
+            dir.display()
+        )));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(io::Error::other(format!(
+            "{} belongs to uid {}, not to you (uid {me}); remove it or set XDG_RUNTIME_DIR",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` (0600) with `contents`, atomically: readers see all of it or nothing.
+fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(contents)?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+/// Reads a small file without following a symlink; None if it is absent or unreadable.
+fn read_small(path: &Path) -> Option<String> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let mut s = String::new();
+    Read::take(&mut f, 1 << 20).read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+/// Claims the notice at `path`: Some only for the one caller whose unlink succeeded.
+fn claim(path: &Path) -> Option<Notice> {
+    let text = read_small(path)?;
+    std::fs::remove_file(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Pending notice files of one server directory, oldest first.
+fn notice_files(server_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(server_dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(NOTICE_PREFIX))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The agent id in a notice file name `n-<seq>-<agent id>.json`.
+fn agent_of(path: &Path) -> Option<&str> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name.strip_prefix(NOTICE_PREFIX)?.strip_suffix(".json")?;
+    rest.split_once('-').map(|(_, id)| id)
+}
+
+/// Directories of this session's servers that are still running.
+fn live_server_dirs(session_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(session_dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            process_alive(pid).then(|| e.path())
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn process_alive(pid: i32) -> bool {
+    use nix::errno::Errno;
+    pid > 0
+        && !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(Errno::ESRCH)
+        )
+}
+
+/// One server's notices and state, in `<base>/<session>/<pid>/`.
+pub struct NoticeBoard {
+    session_dir: PathBuf,
+    dir: PathBuf,
+    seq: AtomicU64,
+}
+
+impl NoticeBoard {
+    /// The board of this server for `session` (the client's session id, or a name of
+    /// the server's own when the client gives none): its directory is created private,
+    /// and directories of servers that died without cleaning up are removed.
+    pub fn open(base: &Path, session: &str) -> io::Result<NoticeBoard> {
+        if !valid_session_id(session) {
+            return Err(io::Error::other(format!(
+                "session id `{session}` is not 1 to 128 letters, digits, `-` or `_`"
+            )));
+        }
+        if let Some(parent) = base.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        private_dir(base)?;
+        sweep_dead_servers(base);
+        let session_dir = base.join(session);
+        private_dir(&session_dir)?;
+        let dir = session_dir.join(std::process::id().to_string());
+        private_dir(&dir)?;
+        Ok(NoticeBoard {
+            session_dir,
+            dir,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// This server's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Leaves `notice` for the next hook or tool reply.
+    pub fn post(&self, notice: &Notice) -> io::Result<()> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{NOTICE_PREFIX}{seq:010}-{}.json", notice.agent_id);
+        let body = serde_json::to_vec(notice).map_err(io::Error::other)?;
+        write_atomic(&self.dir, &name, &body)
+    }
+
+    /// Claims every notice of this server not yet delivered, oldest first.
+    pub fn take_pending(&self) -> Vec<Notice> {
+        notice_files(&self.dir)
+            .iter()
+            .filter_map(|p| claim(p))
+            .collect()
+    }
+
+    /// Claims and drops the notices of `agent_ids` (the model has just seen their end).
+    pub fn discard(&self, agent_ids: &HashSet<&str>) {
+        if agent_ids.is_empty() {
+            return;
+        }
+        for path in notice_files(&self.dir) {
+            if agent_of(&path).is_some_and(|id| agent_ids.contains(id)) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// Publishes what the `Stop` hook needs to know.
+    pub fn publish_state(&self, state: &ServerState) -> io::Result<()> {
+        let body = serde_json::to_vec(state).map_err(io::Error::other)?;
+        write_atomic(&self.dir, STATE_FILE, &body)
+    }
+
+    /// Removes this server's directory, and the session's when no other server uses it.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir(&self.session_dir);
+    }
+}
+
+/// Removes the directories of servers that are gone (killed before they could clean up).
+fn sweep_dead_servers(base: &Path) {
+    let Ok(sessions) = std::fs::read_dir(base) else {
+        return;
+    };
+    for session in sessions.filter_map(Result::ok) {
+        let Ok(servers) = std::fs::read_dir(session.path()) else {
+            continue;
+        };
+        for server in servers.filter_map(Result::ok) {
+            let dead = server
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+                .is_some_and(|pid| !process_alive(pid));
+            if dead {
+                let _ = std::fs::remove_dir_all(server.path());
+            }
+        }
+        let _ = std::fs::remove_dir(session.path());
+    }
+}
+
+/// Whitespace collapsed to single spaces, at most `max` characters (… when cut).
+fn one_line(s: &str, max: usize) -> String {
+    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        flat.chars().take(max - 1).collect::<String>() + "…"
+    }
+}
+
+/// The first non-empty line of `text`, shortened; "…" marks that more follows.
+fn first_line_preview(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let Some(first) = lines.next() else {
+        return String::new();
+    };
+    let line = one_line(first, PREVIEW_CHARS);
+    if lines.next().is_some() && !line.ends_with('…') {
+        line + " …"
+    } else {
+        line
+    }
+}
+
+#[cfg(test)]
+#[path = "notices_tests.rs"]
+mod tests;

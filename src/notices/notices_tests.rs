@@ -1,0 +1,286 @@
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::{Value, json};
+
+use super::hook::{Event, answer};
+use super::*;
+
+const SESSION: &str = "0b6e7a52-1111-4c5e-9f00-5a4d2c1e0001";
+const OTHER: &str = "0b6e7a52-2222-4c5e-9f00-5a4d2c1e0002";
+
+fn board(base: &Path, session: &str) -> NoticeBoard {
+    NoticeBoard::open(base, session).expect("open the board")
+}
+
+fn done(id: &str, answer_text: &str) -> Notice {
+    Notice::new(id, Some("auth flow"), "completed", Some(answer_text))
+}
+
+fn hook(event: Event, base: &Path, input: Value) -> Option<Value> {
+    answer(event, &input.to_string(), base).expect("the hook answers")
+}
+
+fn context_of(out: &Value) -> String {
+    out["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .expect("additionalContext")
+        .to_string()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn board_directories_are_private_and_notice_files_0600() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("bg-agents");
+    let b = board(&base, SESSION);
+    b.post(&done("a-1", "answer")).unwrap();
+    assert_eq!(mode(&base), 0o700);
+    assert_eq!(mode(&base.join(SESSION)), 0o700);
+    assert_eq!(mode(b.dir()), 0o700);
+    let file = notice_files(b.dir()).pop().expect("a notice file");
+    assert_eq!(mode(&file), 0o600);
+}
+
+#[test]
+fn a_symlinked_base_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let base = tmp.path().join("bg-agents");
+    std::os::unix::fs::symlink(&elsewhere, &base).unwrap();
+    let e = NoticeBoard::open(&base, SESSION).err().expect("refused");
+    assert!(e.to_string().contains("not a directory"), "{e}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+#[test]
+fn an_open_base_directory_is_closed_to_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("bg-agents");
+    std::fs::create_dir(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+    board(&base, SESSION);
+    assert_eq!(mode(&base), 0o700);
+}
+
+#[test]
+fn session_ids_that_could_leave_the_directory_are_refused() {
+    for bad in ["", "../x", "a/b", ".", "..", "a b", &"x".repeat(129)] {
+        assert!(!valid_session_id(bad), "{bad:?}");
+    }
+    assert!(valid_session_id(SESSION));
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(NoticeBoard::open(tmp.path(), "../escape").is_err());
+    let out = answer(
+        Event::PostToolUse,
+        &json!({"session_id": "../escape"}).to_string(),
+        tmp.path(),
+    );
+    assert!(out.is_err());
+}
+
+#[test]
+fn a_notice_is_claimed_once_whoever_asks_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = board(tmp.path(), SESSION);
+    b.post(&done("a-1", "first")).unwrap();
+    b.post(&done("a-2", "second")).unwrap();
+    let input = json!({"session_id": SESSION, "hook_event_name": "PostToolUse"});
+    let out = hook(Event::PostToolUse, tmp.path(), input.clone()).expect("notices");
+    let text = context_of(&out);
+    assert_eq!(out["hookSpecificOutput"]["hookEventName"], "PostToolUse");
+    assert!(text.contains("a-1 (auth flow) completed: first"), "{text}");
+    assert!(text.contains("a-2 (auth flow) completed: second"), "{text}");
+    assert!(
+        text.find("a-1").unwrap() < text.find("a-2").unwrap(),
+        "oldest first"
+    );
+    assert!(text.contains("agent_status"), "{text}");
+    assert_eq!(hook(Event::PostToolUse, tmp.path(), input), None);
+    assert!(
+        b.take_pending().is_empty(),
+        "the server must not deliver them again"
+    );
+}
+
+#[test]
+fn the_server_claims_what_no_hook_took() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = board(tmp.path(), SESSION);
+    b.post(&done("a-1", "x")).unwrap();
+    assert_eq!(b.take_pending(), vec![done("a-1", "x")]);
+    let input = json!({"session_id": SESSION});
+    assert_eq!(hook(Event::UserPromptSubmit, tmp.path(), input), None);
+}
+
+#[test]
+fn discarded_notices_are_never_delivered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = board(tmp.path(), SESSION);
+    b.post(&done("a-1", "x")).unwrap();
+    b.post(&done("a-2", "y")).unwrap();
+    b.discard(&HashSet::from(["a-1"]));
+    let left: Vec<String> = b.take_pending().into_iter().map(|n| n.agent_id).collect();
+    assert_eq!(left, ["a-2"]);
+}
+
+#[test]
+fn another_sessions_notices_never_appear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mine = board(tmp.path(), SESSION);
+    let theirs = board(tmp.path(), OTHER);
+    theirs.post(&done("a-theirs", "secret")).unwrap();
+    mine.post(&done("a-mine", "mine")).unwrap();
+    let out = hook(
+        Event::UserPromptSubmit,
+        tmp.path(),
+        json!({"session_id": SESSION}),
+    )
+    .expect("my notice");
+    assert_eq!(
+        out["hookSpecificOutput"]["hookEventName"],
+        "UserPromptSubmit"
+    );
+    let text = context_of(&out);
+    assert!(
+        text.contains("a-mine") && !text.contains("a-theirs"),
+        "{text}"
+    );
+    assert_eq!(theirs.take_pending().len(), 1);
+}
+
+#[test]
+fn nothing_to_say_prints_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = json!({"session_id": SESSION});
+    assert_eq!(hook(Event::PostToolUse, tmp.path(), input.clone()), None);
+    board(tmp.path(), SESSION);
+    assert_eq!(hook(Event::PostToolUse, tmp.path(), input.clone()), None);
+    assert_eq!(hook(Event::Stop, tmp.path(), input), None);
+}
+
+#[test]
+fn bad_hook_input_is_an_error_not_a_notice() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(answer(Event::PostToolUse, "not json", tmp.path()).is_err());
+    assert!(answer(Event::PostToolUse, "{}", tmp.path()).is_err());
+}
+
+fn running(b: &NoticeBoard, stop_hook: &str, ids: &[&str]) {
+    let agents = ids
+        .iter()
+        .map(|id| LiveAgent {
+            agent_id: id.to_string(),
+            label: None,
+            status: "running".into(),
+        })
+        .collect();
+    b.publish_state(&ServerState {
+        stop_hook: stop_hook.into(),
+        agents,
+    })
+    .unwrap();
+}
+
+#[test]
+fn stop_holds_the_turn_once_for_running_agents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = board(tmp.path(), SESSION);
+    running(&b, "remind", &["a-1"]);
+    let input = json!({"session_id": SESSION, "stop_hook_active": false});
+    let out = hook(Event::Stop, tmp.path(), input.clone()).expect("a reminder");
+    assert_eq!(out["decision"], "block");
+    let reason = out["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("a-1") && reason.contains("agent_wait"),
+        "{reason}"
+    );
+    assert!(reason.contains(r#"{"agent_ids":["a-1"]}"#), "{reason}");
+    // Claude Code's retry after a block: let the turn end.
+    let again = json!({"session_id": SESSION, "stop_hook_active": true});
+    assert_eq!(hook(Event::Stop, tmp.path(), again), None);
+    // A later turn with the same agent still running: it was named already.
+    assert_eq!(hook(Event::Stop, tmp.path(), input.clone()), None);
+    // A new agent is news.
+    running(&b, "remind", &["a-1", "a-2"]);
+    let out = hook(Event::Stop, tmp.path(), input).expect("a reminder for a-2");
+    assert!(out["reason"].as_str().unwrap().contains("a-2"));
+}
+
+#[test]
+fn stop_delivers_unreported_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = board(tmp.path(), SESSION);
+    running(&b, "remind", &[]);
+    b.post(&done("a-9", "the answer")).unwrap();
+    let input = json!({"session_id": SESSION, "stop_hook_active": false});
+    let out = hook(Event::Stop, tmp.path(), input.clone()).expect("a reminder");
+    let reason = out["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("a-9 (auth flow) completed: the answer"),
+        "{reason}"
+    );
+    assert!(b.take_pending().is_empty());
+    assert_eq!(hook(Event::Stop, tmp.path(), input), None);
+}
+
+#[test]
+fn stop_hook_off_never_holds_the_turn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = board(tmp.path(), SESSION);
+    running(&b, "off", &["a-1"]);
+    b.post(&done("a-2", "x")).unwrap();
+    let input = json!({"session_id": SESSION, "stop_hook_active": false});
+    assert_eq!(hook(Event::Stop, tmp.path(), input), None);
+    assert_eq!(
+        b.take_pending().len(),
+        1,
+        "off leaves notices to the other ways"
+    );
+}
+
+#[test]
+fn dead_servers_are_swept_and_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let session = tmp.path().join(SESSION);
+    // A pid that cannot be running: above the kernel's pid_max.
+    let dead = session.join("2147483647");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(
+        dead.join("n-0000000000-a-old.json"),
+        serde_json::to_vec(&done("a-old", "stale")).unwrap(),
+    )
+    .unwrap();
+    let input = json!({"session_id": SESSION});
+    assert_eq!(hook(Event::PostToolUse, tmp.path(), input), None);
+    let b = board(tmp.path(), SESSION);
+    assert!(!dead.exists(), "swept when a server opens its board");
+    b.remove();
+    assert!(
+        !session.exists(),
+        "the last server removes the session directory"
+    );
+}
+
+#[test]
+fn previews_are_one_short_line() {
+    let n = Notice::new(
+        "a-1",
+        Some("a\nlabel"),
+        "completed",
+        Some("\n\n  First   line\nsecond line"),
+    );
+    assert_eq!(n.line(), "a-1 (a label) completed: First line …");
+    let long = "x".repeat(500);
+    let n = Notice::new("a-1", None, "failed", Some(&long));
+    assert!(n.preview.chars().count() <= PREVIEW_CHARS, "{}", n.preview);
+    assert!(n.preview.ends_with('…'));
+    assert_eq!(
+        Notice::new("a-1", None, "killed", None).line(),
+        "a-1 killed"
+    );
+}
