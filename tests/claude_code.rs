@@ -288,6 +288,34 @@ async fn readme_set_up_lines_work_and_claude_mcp_list_connects_the_server() {
         connected(&listed, "bg-agents"),
         "the registered server connects:\n{listed}"
     );
+
+    // The README's permission rule lets `claude -p` call the registered server's tools.
+    fake.script_offering(
+        "ToolSearch",
+        vec![
+            tool_use(
+                "toolu_search",
+                "ToolSearch",
+                json!({"query": "select:mcp__bg-agents__agent_list", "max_results": 5}),
+            ),
+            tool_use("toolu_list", "mcp__bg-agents__agent_list", json!({})),
+            Step::text("Listed."),
+        ],
+    );
+    home.run(
+        &fake,
+        &["-p", "List the agents.", "--allowedTools", "mcp__bg-agents"],
+        RUN_WITHIN,
+    )
+    .await;
+    let main = fake.requests_offering("ToolSearch");
+    let listed = main
+        .last()
+        .and_then(|r| result_of(r, "toolu_list"))
+        .unwrap_or_else(|| panic!("agent_list's result:\n{}", transcript(&main)));
+    eprintln!("agent_list (no agents) as the model receives it: {listed}");
+    let v: Value = serde_json::from_str(&listed).expect("the model reads the JSON");
+    assert_eq!(v["agents"], json!([]), "{v}");
 }
 
 async fn mcp_list(home: &ClaudeHome, fake: &FakeProvider) -> String {

@@ -181,9 +181,9 @@ struct Inner {
     changed: watch::Sender<u64>,
     spawner: Spawner,
     shutting_down: AtomicBool,
-    /// Every agent's end, once, in order; the receiver is taken by `ended_agents`.
-    ended_tx: mpsc::UnboundedSender<EndedAgent>,
-    ended_rx: Mutex<Option<mpsc::UnboundedReceiver<EndedAgent>>>,
+    /// Where every agent's end is sent, once, in order, after `ended_agents` was called
+    /// (before that, ends are told to no one).
+    ended: Mutex<Option<mpsc::UnboundedSender<EndedAgent>>>,
 }
 
 impl Manager {
@@ -198,7 +198,6 @@ impl Manager {
                 .map_or(0, |d| d.as_secs()),
             std::process::id()
         );
-        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         Ok(Manager {
             inner: Arc::new(Inner {
                 transcript_dir: base.join(session),
@@ -207,8 +206,7 @@ impl Manager {
                 changed: watch::channel(0).0,
                 spawner: Spawner::new(tokio::runtime::Handle::current())?,
                 shutting_down: AtomicBool::new(false),
-                ended_tx,
-                ended_rx: Mutex::new(Some(ended_rx)),
+                ended: Mutex::new(None),
             }),
         })
     }
@@ -234,13 +232,15 @@ impl Manager {
 
     /// Every agent's end from now on, once each, in the order they ended (any terminal
     /// status: completed, failed, killed, cancelled, limits). One receiver per manager:
-    /// `None` when it was already taken.
+    /// `None` when one was already handed out.
     pub fn ended_agents(&self) -> Option<mpsc::UnboundedReceiver<EndedAgent>> {
-        self.inner
-            .ended_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        let mut ended = self.inner.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if ended.is_some() {
+            return None;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        *ended = Some(tx);
+        Some(rx)
     }
 
     /// The agents not yet ended (queued or running), oldest first.
@@ -648,6 +648,14 @@ impl Inner {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Sends `rec`'s end to whoever asked for ends (`Manager::ended_agents`).
+    fn tell_ended(&self, rec: &AgentRecord) {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = ended.as_ref() {
+            let _ = tx.send(EndedAgent::of(rec));
+        }
+    }
+
     fn get<'r>(&self, reg: &'r Registry, id: &str) -> Result<&'r AgentRecord, ManagerError> {
         reg.agents.get(id).ok_or_else(|| {
             let near = reg.nearest_ids(id, 3);
@@ -684,7 +692,7 @@ impl Inner {
                 t.close();
             }
             rec.output_seq.send_modify(|v| *v += 1);
-            let _ = self.ended_tx.send(EndedAgent::of(rec));
+            self.tell_ended(rec);
             let retain = self.config.server.retained_agents;
             reg.note_ended(id, retain);
         }
@@ -855,7 +863,7 @@ impl Inner {
                     t.close();
                 }
                 rec.output_seq.send_modify(|v| *v += 1);
-                let _ = self.ended_tx.send(EndedAgent::of(rec));
+                self.tell_ended(rec);
                 let retain = self.config.server.retained_agents;
                 reg.note_ended(id, retain);
             }
@@ -989,7 +997,7 @@ impl Inner {
                         t.close();
                     }
                     rec.output_seq.send_modify(|v| *v += 1);
-                    let _ = self.ended_tx.send(EndedAgent::of(rec));
+                    self.tell_ended(rec);
                     reg.note_ended(id, retain)
                 }
                 _ => Vec::new(),
