@@ -404,16 +404,22 @@ impl Manager {
     }
 
     pub fn output(&self, id: &str, q: &OutputQuery) -> Result<OutputPage, ManagerError> {
-        let filter = match q.filter.as_deref() {
-            Some(p) => Some(compile_filter(p).map_err(ManagerError::Filter)?),
-            None => None,
-        };
+        self.read_output(id, q, compiled_filter(q)?.as_ref())
+    }
+
+    /// `output` with `q.filter` already compiled (as `filter`).
+    fn read_output(
+        &self,
+        id: &str,
+        q: &OutputQuery,
+        filter: Option<&regex::Regex>,
+    ) -> Result<OutputPage, ManagerError> {
         let reg = self.inner.lock();
         let rec = self.inner.get(&reg, id)?;
         let status = rec.status();
         let r = rec.output.read(&ReadRequest {
             since: q.since,
-            filter: filter.as_ref(),
+            filter,
             tail_lines: q.tail_lines,
             max_bytes: q.max_bytes,
             include_partial: filter.is_none() || status.is_terminal(),
@@ -440,22 +446,21 @@ impl Manager {
         q: &OutputQuery,
         wait: Duration,
     ) -> Result<OutputPage, ManagerError> {
-        if let Some(p) = q.filter.as_deref() {
-            compile_filter(p).map_err(ManagerError::Filter)?;
-        }
+        // Compiled once for the whole wait, not on every wake-up.
+        let filter = compiled_filter(q)?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut rx = {
             let reg = self.inner.lock();
             self.inner.get(&reg, id)?.output_seq.subscribe()
         };
         loop {
-            let page = self.output(id, q)?;
+            let page = self.read_output(id, q, filter.as_ref())?;
             let since = q.since.unwrap_or(0);
             if page.status.is_terminal() || page.next_cursor > since || !page.text.is_empty() {
                 return Ok(page);
             }
             tokio::select! {
-                r = rx.changed() => if r.is_err() { return self.output(id, q) },
+                r = rx.changed() => if r.is_err() { return self.read_output(id, q, filter.as_ref()) },
                 _ = tokio::time::sleep_until(deadline) => return Ok(page),
             }
         }
@@ -1095,6 +1100,14 @@ impl Inner {
             }
         }
     }
+}
+
+/// The query's per-line filter, compiled; Err for a pattern that is not a valid regex.
+fn compiled_filter(q: &OutputQuery) -> Result<Option<regex::Regex>, ManagerError> {
+    q.filter
+        .as_deref()
+        .map(|p| compile_filter(p).map_err(ManagerError::Filter))
+        .transpose()
 }
 
 /// SIGTERM to the group now; returns when SIGKILL is due.
