@@ -222,16 +222,6 @@ impl Manager {
         self.inner.changed.subscribe()
     }
 
-    /// Every agent's id and status.
-    pub fn statuses(&self) -> Vec<(String, Status)> {
-        self.inner
-            .lock()
-            .agents
-            .values()
-            .map(|r| (r.id.clone(), r.status()))
-            .collect()
-    }
-
     /// Every agent's end from now on, once each, in the order they ended (any terminal
     /// status: completed, failed, killed, cancelled, limits). One receiver per manager:
     /// `None` when it was already taken.
@@ -627,6 +617,32 @@ impl Manager {
             let _ = std::fs::remove_dir_all(&inner.transcript_dir);
         }
         report
+    }
+}
+
+/// Where an agent stands, as resource-update notifications compare it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentMark {
+    pub status: Status,
+    /// Bumped whenever output arrives or the agent ends.
+    pub output_seq: u64,
+}
+
+impl Manager {
+    /// Every agent's id with its status and output sequence.
+    pub fn marks(&self) -> Vec<(String, AgentMark)> {
+        self.inner
+            .lock()
+            .agents
+            .values()
+            .map(|r| {
+                let mark = AgentMark {
+                    status: r.status(),
+                    output_seq: *r.output_seq.borrow(),
+                };
+                (r.id.clone(), mark)
+            })
+            .collect()
     }
 }
 
