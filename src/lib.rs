@@ -14,3 +14,54 @@ compile_error!(
 pub mod mcp;
 pub mod notices;
 pub mod supervisor;
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// A comment that sends the reader to a document (`README.md`, `BENCHMARKS.md`)
+    /// names one that is in the repository.
+    #[test]
+    fn comments_cite_only_documents_in_the_repository() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        for dir in ["src", "worker/src", "tests", "benches"] {
+            rust_files(&root.join(dir), &mut files);
+        }
+        assert!(files.len() > 20, "found only {} source files", files.len());
+        let doc = regex::Regex::new(r"\b[A-Z][A-Z_]*\.md\b").unwrap();
+        let mut missing = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let Some(comment) = line.find("//").map(|i| &line[i..]) else {
+                    continue;
+                };
+                for m in doc.find_iter(comment) {
+                    if !root.join(m.as_str()).is_file() {
+                        missing.push(format!("{}:{}: {}", file.display(), n + 1, m.as_str()));
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "cited but not in the repository:\n{}",
+            missing.join("\n")
+        );
+    }
+}

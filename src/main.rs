@@ -112,12 +112,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         eof: stdin_closed.clone(),
     };
     let mut publisher = None;
+    let mut server = BgAgents::new(Arc::clone(&manager));
+    if let Some(board) = &board {
+        server = server.with_notices(Arc::clone(board));
+    }
     let session = async {
-        let mut server = BgAgents::new(Arc::clone(&manager));
-        if let Some(board) = &board {
-            server = server.with_notices(Arc::clone(board));
-        }
-        let service = server.serve((stdin, stdout)).await?;
+        let service = server.clone().serve((stdin, stdout)).await?;
         if let Some(board) = &board {
             publisher = Some(tokio::spawn(bg_agents::mcp::notify::run(
                 Arc::clone(&manager),
@@ -140,7 +140,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         _ = int.recv() => "SIGINT".to_string(),
         _ = hup.recv() => "SIGHUP".to_string(),
     };
-    let report = manager.shutdown().await;
+    let report = server.shutdown().await;
     if let Some(p) = publisher {
         p.abort();
     }

@@ -300,6 +300,81 @@ async fn listen_notifies_when_the_agent_ends() {
     assert_eq!(n.params.uri, uri);
 }
 
+/// Spawns an agent that streams a line every 1.5 s for about 9 s.
+async fn with_slow_writer<H: ClientHandler>(s: &Session<H>) -> String {
+    s.fake.script(
+        "writes slowly",
+        vec![Step::Text {
+            chunks: (1..=6).map(|i| format!("line {i}\n")).collect(),
+            delay_ms: 1500,
+        }],
+    );
+    s.spawn("writes slowly").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_subscribe_notifies_new_output_while_the_agent_runs() {
+    let client = LegacyClient::default();
+    let s = Session::start_with(client.clone(), "").await;
+    let id = with_slow_writer(&s).await;
+    let uri = format!("agent://{id}/output");
+    #[allow(deprecated)]
+    s.client
+        .subscribe(SubscribeRequestParams::new(uri.clone()))
+        .await
+        .expect("resources/subscribe");
+    assert!(
+        eventually(Duration::from_secs(6), || client.updated().contains(&uri)).await,
+        "no update for {uri}: {:?}",
+        client.updated()
+    );
+    assert_eq!(
+        s.status(&id).await["status"],
+        "running",
+        "notified only at the end"
+    );
+    let after_first = client.updated().len();
+    let wait = s
+        .ok(
+            "agent_wait",
+            json!({ "agent_ids": [id], "wait_seconds": 30 }),
+        )
+        .await;
+    assert_eq!(wait["agents"][0]["status"], "completed", "{wait}");
+    assert!(
+        eventually(Duration::from_secs(5), || client.updated().len()
+            > after_first)
+        .await,
+        "no update for the output of the rest of the run: {:?}",
+        client.updated()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notifies_new_output_while_the_agent_runs() {
+    let s = Session::start_modern(()).await;
+    let id = with_slow_writer(&s).await;
+    let uri = format!("agent://{id}/output");
+    let filter = SubscriptionFilter::builder()
+        .resource_subscription(uri.clone())
+        .build();
+    let mut sub = s.client.listen(filter).await.expect("subscriptions/listen");
+    let n = tokio::time::timeout(Duration::from_secs(6), sub.next())
+        .await
+        .expect("no notification within 6 s")
+        .expect("subscription stream")
+        .expect("a notification");
+    let ServerNotification::ResourceUpdatedNotification(n) = n else {
+        panic!("expected resources/updated, got {n:?}")
+    };
+    assert_eq!(n.params.uri, uri);
+    assert_eq!(
+        s.status(&id).await["status"],
+        "running",
+        "notified only at the end"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_list_describes_every_tool_for_a_model() {
     let s = Session::start("").await;

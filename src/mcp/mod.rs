@@ -25,7 +25,7 @@ use rmcp::task_manager::TaskManager;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
 
 use crate::notices::NoticeBoard;
-use crate::supervisor::Manager;
+use crate::supervisor::{Manager, ShutdownReport};
 
 /// What the client model reads first: when background agents help and how to use them.
 pub const INSTRUCTIONS: &str = "\
@@ -74,9 +74,11 @@ impl BgAgents {
         self
     }
 
-    /// Ends every MCP task (their agents are stopped by the manager's shutdown).
-    pub fn shutdown_tasks(&self) {
+    /// Ends the session's work: every MCP task ends (aborted, so none outlives the
+    /// session), then the manager stops every agent and reaps it.
+    pub async fn shutdown(&self) -> ShutdownReport {
         self.tasks.shutdown();
+        self.manager.shutdown().await
     }
 }
 
@@ -202,5 +204,42 @@ impl ServerHandler for BgAgents {
     ) -> Result<(), ErrorData> {
         self.legacy_subscriptions.unsubscribe(&request.uri);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bg_agent_worker::config::Config;
+    use rmcp::task_manager::TaskOptions;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn shutdown_ends_every_mcp_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::builtin().unwrap();
+        config.server.transcript_dir = dir.path().display().to_string();
+        let server = BgAgents::new(Arc::new(Manager::new(Arc::new(config)).unwrap()));
+        // A task that would run forever; `alive` closes when its future is dropped.
+        let (alive, ended) = tokio::sync::oneshot::channel::<()>();
+        let task = server.tasks.spawn(TaskOptions::new(), move |_ctx| {
+            Box::pin(async move {
+                let _alive = alive;
+                std::future::pending().await
+            })
+        });
+        tokio::task::yield_now().await;
+        assert!(server.tasks.get_task(&task.task_id).is_ok());
+
+        server.shutdown().await;
+
+        let dropped = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert!(
+            matches!(dropped, Ok(Err(_))),
+            "the task still runs after shutdown"
+        );
+        assert!(server.tasks.get_task(&task.task_id).is_err());
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rmcp::model::{
     ListResourceTemplatesResult, ListResourcesResult, ReadResourceResult, Resource,
@@ -11,11 +12,12 @@ use rmcp::model::{
 };
 use rmcp::service::SubscriptionContext;
 use rmcp::{ErrorData, Peer, RoleServer};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
 
 use super::reply::AgentReply;
 use super::tools::{OUTPUT_DEFAULT_BYTES, RESULT_MAX_BYTES};
-use crate::supervisor::Status;
-use crate::supervisor::manager::{Manager, OutputQuery};
+use crate::supervisor::manager::{AgentMark, Manager, OutputQuery};
 
 /// Newest agents listed by resources/list (templates cover the rest).
 const LISTED_AGENTS: usize = 100;
@@ -114,39 +116,88 @@ pub fn read(manager: &Manager, uri_str: &str) -> Result<ReadResourceResult, Erro
     )]))
 }
 
-/// Agents whose status changed since the last call.
+/// How often new output is looked for: an agent's output resource is notified at most
+/// this often, however fast the agent writes (a status change is notified at once).
+const OUTPUT_NOTIFY_EVERY: Duration = Duration::from_secs(1);
+
+/// The resources that changed since the last call: both of an agent whose status
+/// changed, its output alone when only new output arrived.
 #[derive(Default)]
 struct ChangeTracker {
-    seen: HashMap<String, Status>,
+    seen: HashMap<String, AgentMark>,
 }
 
 impl ChangeTracker {
-    fn changed(&mut self, now: Vec<(String, Status)>) -> Vec<String> {
+    fn changed(&mut self, now: Vec<(String, AgentMark)>) -> Vec<String> {
         let mut out = Vec::new();
-        for (id, st) in now {
-            if self.seen.insert(id.clone(), st) != Some(st) {
-                out.push(id);
+        let mut seen = HashMap::with_capacity(now.len());
+        for (id, mark) in now {
+            match self.seen.get(&id) {
+                Some(old) if *old == mark => {}
+                Some(old) if old.status == mark.status => out.push(uri(&id, Kind::Output)),
+                _ => {
+                    out.push(uri(&id, Kind::Status));
+                    out.push(uri(&id, Kind::Output));
+                }
+            }
+            seen.insert(id, mark);
+        }
+        // Evicted agents are forgotten.
+        self.seen = seen;
+        out
+    }
+}
+
+/// What a notifier waits on: any status change (at once) and new output (every
+/// `OUTPUT_NOTIFY_EVERY`).
+struct Changes {
+    status: watch::Receiver<u64>,
+    output_tick: tokio::time::Interval,
+    tracker: ChangeTracker,
+}
+
+impl Changes {
+    fn new(manager: &Manager) -> Changes {
+        let mut output_tick = tokio::time::interval(OUTPUT_NOTIFY_EVERY);
+        output_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut tracker = ChangeTracker::default();
+        tracker.changed(manager.marks());
+        Changes {
+            status: manager.subscribe_changes(),
+            output_tick,
+            tracker,
+        }
+    }
+
+    /// The URIs of the next changes; None once the manager is gone.
+    async fn next(&mut self, manager: &Manager) -> Option<Vec<String>> {
+        loop {
+            tokio::select! {
+                r = self.status.changed() => r.ok()?,
+                _ = self.output_tick.tick() => {}
+            }
+            let changed = self.tracker.changed(manager.marks());
+            if !changed.is_empty() {
+                return Some(changed);
             }
         }
-        out
     }
 }
 
 /// 2026-07-28: run one `subscriptions/listen` stream until the client cancels it.
 pub async fn listen(manager: &Manager, context: SubscriptionContext) -> Result<(), ErrorData> {
-    let mut rx = manager.subscribe_changes();
-    let mut tracker = ChangeTracker::default();
-    tracker.changed(manager.statuses());
+    let mut changes = Changes::new(manager);
     loop {
-        tokio::select! {
+        let uris = tokio::select! {
             _ = context.cancelled() => return Ok(()),
-            r = rx.changed() => if r.is_err() { return Ok(()) },
-        }
-        for id in tracker.changed(manager.statuses()) {
-            for kind in [Kind::Status, Kind::Output] {
-                // URIs the client did not ask for are refused by the sink; that is fine.
-                let _ = context.sink().notify_resource_updated(uri(&id, kind)).await;
-            }
+            u = changes.next(manager) => match u {
+                Some(u) => u,
+                None => return Ok(()),
+            },
+        };
+        for u in uris {
+            // URIs the client did not ask for are refused by the sink; that is fine.
+            let _ = context.sink().notify_resource_updated(u).await;
         }
     }
 }
@@ -183,18 +234,11 @@ impl LegacySubscriptions {
             *started = true;
             let uris = Arc::clone(&self.uris);
             tokio::spawn(async move {
-                let mut rx = manager.subscribe_changes();
-                let mut tracker = ChangeTracker::default();
-                tracker.changed(manager.statuses());
-                while rx.changed().await.is_ok() {
+                let mut changes = Changes::new(&manager);
+                while let Some(changed) = changes.next(&manager).await {
                     let wanted: Vec<String> = {
                         let uris = uris.lock().unwrap_or_else(|p| p.into_inner());
-                        tracker
-                            .changed(manager.statuses())
-                            .into_iter()
-                            .flat_map(|id| [uri(&id, Kind::Status), uri(&id, Kind::Output)])
-                            .filter(|u| uris.contains(u))
-                            .collect()
+                        changed.into_iter().filter(|u| uris.contains(u)).collect()
                     };
                     for u in wanted {
                         if peer
@@ -233,5 +277,26 @@ mod tests {
         assert_eq!(parse("agent:///status"), None);
         assert_eq!(parse("file:///x"), None);
         assert_eq!(parse("agent://a-1/other"), None);
+    }
+
+    #[test]
+    fn new_output_changes_the_output_resource_alone() {
+        use crate::supervisor::Status;
+        let mark = |status, output_seq| AgentMark { status, output_seq };
+        let mut t = ChangeTracker::default();
+        let first = t.changed(vec![("a-1".into(), mark(Status::Running, 0))]);
+        assert_eq!(first, ["agent://a-1/status", "agent://a-1/output"]);
+        assert!(
+            t.changed(vec![("a-1".into(), mark(Status::Running, 0))])
+                .is_empty()
+        );
+        assert_eq!(
+            t.changed(vec![("a-1".into(), mark(Status::Running, 3))]),
+            ["agent://a-1/output"]
+        );
+        assert_eq!(
+            t.changed(vec![("a-1".into(), mark(Status::Completed, 4))]),
+            ["agent://a-1/status", "agent://a-1/output"]
+        );
     }
 }

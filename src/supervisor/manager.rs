@@ -220,16 +220,6 @@ impl Manager {
         self.inner.changed.subscribe()
     }
 
-    /// Every agent's id and status.
-    pub fn statuses(&self) -> Vec<(String, Status)> {
-        self.inner
-            .lock()
-            .agents
-            .values()
-            .map(|r| (r.id.clone(), r.status()))
-            .collect()
-    }
-
     /// Every agent's end from now on, once each, in the order they ended (any terminal
     /// status: completed, failed, killed, cancelled, limits). One receiver per manager:
     /// `None` when one was already handed out.
@@ -404,16 +394,22 @@ impl Manager {
     }
 
     pub fn output(&self, id: &str, q: &OutputQuery) -> Result<OutputPage, ManagerError> {
-        let filter = match q.filter.as_deref() {
-            Some(p) => Some(compile_filter(p).map_err(ManagerError::Filter)?),
-            None => None,
-        };
+        self.read_output(id, q, compiled_filter(q)?.as_ref())
+    }
+
+    /// `output` with `q.filter` already compiled (as `filter`).
+    fn read_output(
+        &self,
+        id: &str,
+        q: &OutputQuery,
+        filter: Option<&regex::Regex>,
+    ) -> Result<OutputPage, ManagerError> {
         let reg = self.inner.lock();
         let rec = self.inner.get(&reg, id)?;
         let status = rec.status();
         let r = rec.output.read(&ReadRequest {
             since: q.since,
-            filter: filter.as_ref(),
+            filter,
             tail_lines: q.tail_lines,
             max_bytes: q.max_bytes,
             include_partial: filter.is_none() || status.is_terminal(),
@@ -440,22 +436,21 @@ impl Manager {
         q: &OutputQuery,
         wait: Duration,
     ) -> Result<OutputPage, ManagerError> {
-        if let Some(p) = q.filter.as_deref() {
-            compile_filter(p).map_err(ManagerError::Filter)?;
-        }
+        // Compiled once for the whole wait, not on every wake-up.
+        let filter = compiled_filter(q)?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut rx = {
             let reg = self.inner.lock();
             self.inner.get(&reg, id)?.output_seq.subscribe()
         };
         loop {
-            let page = self.output(id, q)?;
+            let page = self.read_output(id, q, filter.as_ref())?;
             let since = q.since.unwrap_or(0);
             if page.status.is_terminal() || page.next_cursor > since || !page.text.is_empty() {
                 return Ok(page);
             }
             tokio::select! {
-                r = rx.changed() => if r.is_err() { return self.output(id, q) },
+                r = rx.changed() => if r.is_err() { return self.read_output(id, q, filter.as_ref()) },
                 _ = tokio::time::sleep_until(deadline) => return Ok(page),
             }
         }
@@ -622,6 +617,32 @@ impl Manager {
             let _ = std::fs::remove_dir_all(&inner.transcript_dir);
         }
         report
+    }
+}
+
+/// Where an agent stands, as resource-update notifications compare it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentMark {
+    pub status: Status,
+    /// Bumped whenever output arrives or the agent ends.
+    pub output_seq: u64,
+}
+
+impl Manager {
+    /// Every agent's id with its status and output sequence.
+    pub fn marks(&self) -> Vec<(String, AgentMark)> {
+        self.inner
+            .lock()
+            .agents
+            .values()
+            .map(|r| {
+                let mark = AgentMark {
+                    status: r.status(),
+                    output_seq: *r.output_seq.borrow(),
+                };
+                (r.id.clone(), mark)
+            })
+            .collect()
     }
 }
 
@@ -1103,6 +1124,14 @@ impl Inner {
             }
         }
     }
+}
+
+/// The query's per-line filter, compiled; Err for a pattern that is not a valid regex.
+fn compiled_filter(q: &OutputQuery) -> Result<Option<regex::Regex>, ManagerError> {
+    q.filter
+        .as_deref()
+        .map(|p| compile_filter(p).map_err(ManagerError::Filter))
+        .transpose()
 }
 
 /// SIGTERM to the group now; returns when SIGKILL is due.

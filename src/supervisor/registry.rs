@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::output::{OutputBuffer, StderrTail, Transcript};
 
-/// Every status an agent can be in (DESIGN.md); the names are the contract.
+/// Every status an agent can be in (README.md, "Tools"); the names are the contract.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema,
 )]
@@ -310,7 +310,8 @@ pub struct EndFacts {
     pub stderr_tail: String,
 }
 
-/// Classifies a worker's end into a status and exit info (DESIGN.md, "Exit codes").
+/// Classifies a worker's end into a status and exit info, from the exit codes of
+/// `bg_agent_worker::protocol::exit` and the signal that ended it.
 pub fn classify(f: &EndFacts) -> (Status, ExitInfo) {
     let signal_name = f.signal.map(signal_name);
     let info = |reason: &str| ExitInfo {
@@ -541,17 +542,74 @@ mod tests {
         assert_eq!(classify(&f).0, Status::OutputLimit);
     }
 
+    /// A queued record with id `id` and `limits`, as the registry holds one.
+    fn record(id: &str, limits: Limits) -> AgentRecord {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "task": "t", "role": "general", "system_prompt": "s", "tools": [],
+            "provider": {"name": "a", "kind": "anthropic", "base_url": "http://x", "max_retries": 0, "request_timeout_seconds": 1},
+            "model": "m", "cwd": "/", "limits": limits,
+        }))
+        .unwrap();
+        AgentRecord {
+            id: id.to_string(),
+            label: None,
+            task_preview: "t".into(),
+            role: "general".into(),
+            role_choice: RoleChoice::Default,
+            tier: Tier::Fast,
+            model: "m".into(),
+            provider: "a".into(),
+            routed_by: RoutedBy::Default,
+            routing_reason: String::new(),
+            limits,
+            cwd: "/".into(),
+            created_at: SystemTime::now(),
+            state: AgentState::Queued {
+                spec: Box::new(spec),
+            },
+            usage: Usage::default(),
+            turns: 0,
+            result: None,
+            error: None,
+            error_kind: None,
+            output: OutputBuffer::new(4096),
+            transcript: None,
+            stderr: StderrTail::new(1024),
+            stdout_bytes: 0,
+            first_event_at: None,
+            oversize_dropped: 0,
+            mid_line: false,
+            output_seq: tokio::sync::watch::channel(0).0,
+            control: None,
+        }
+    }
+
     #[test]
     fn ids_are_short_and_unique() {
         let mut r = Registry::default();
+        let limits = limits();
         for _ in 0..2000 {
             let id = r.new_id();
             assert_eq!(id.len(), 7);
             assert!(id.starts_with("a-"));
-            assert!(!r.agents.contains_key(&id));
-            // Reserve it by inserting a marker in the ended list only; uniqueness is by map.
-            r.ended.push_back(id.clone());
+            assert!(!r.agents.contains_key(&id), "{id} is already taken");
+            r.agents.insert(id.clone(), record(&id, limits));
         }
+        assert_eq!(r.agents.len(), 2000);
+    }
+
+    #[test]
+    fn a_drawn_id_that_is_taken_is_drawn_again() {
+        // The same seed draws the same first id; once that id is taken, new_id must
+        // move past it.
+        let mut r = Registry::default();
+        fastrand::seed(7);
+        let first = r.new_id();
+        r.agents.insert(first.clone(), record(&first, limits()));
+        fastrand::seed(7);
+        let second = r.new_id();
+        assert_ne!(second, first);
+        assert!(!r.agents.contains_key(&second));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Limits, Price, ProviderKind};
 
-/// Exit codes of the worker process (DESIGN.md).
+/// Exit codes of the worker process (listed for users in README.md, "Run an agent by hand").
 pub mod exit {
     pub const DONE: i32 = 0;
     pub const PROVIDER: i32 = 1;
