@@ -129,7 +129,8 @@ impl Limits {
     pub fn first_above(&self, ceiling: &Limits) -> Option<(&'static str, f64, f64)> {
         LIMIT_KEYS.iter().find_map(|k| {
             let (v, m) = ((k.get)(self), (k.get)(ceiling));
-            (v > m).then_some((k.name, v, m))
+            // NaN is above every ceiling: a budget of NaN must not switch the budget off.
+            (v > m || v.is_nan()).then_some((k.name, v, m))
         })
     }
 }

@@ -59,7 +59,7 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_turns: Option<u32>,
     /// Most USD this run may spend.
-    #[arg(long, value_name = "USD")]
+    #[arg(long, value_name = "USD", value_parser = parse_budget)]
     budget_usd: Option<f64>,
     /// Read a complete TaskSpec (JSON) from FILE, or from stdin with `-` (the server's
     /// way in: stdin then stays open, and its end means the server is gone).
@@ -72,6 +72,15 @@ struct Cli {
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
     Tier::parse(s).ok_or_else(|| format!("unknown tier `{s}`; use fast, balanced or quality"))
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a budget; give a number of US dollars, 0 or more (e.g. 0.5)"
+        )),
+    }
 }
 
 fn parse_task_type(s: &str) -> Result<TaskType, String> {

@@ -21,7 +21,6 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
         .map_err(|e| format!("bad glob `{pattern}`: {e}"))?
         .compile_matcher();
     let mut paths = Vec::new();
-    let mut more = false;
     for entry in walker(root).build().flatten() {
         let Ok(rel) = entry.path().strip_prefix(root) else {
             continue;
@@ -32,13 +31,13 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
         if !sandbox::is_inside(root, entry.path()) {
             continue;
         }
-        if paths.len() == MAX_PATHS {
-            more = true;
-            break;
-        }
         paths.push(rel.to_string_lossy().into_owned());
     }
+    // The first MAX_PATHS in sorted order, not the first found: the walk's order is the
+    // file system's.
     paths.sort();
+    let more = paths.len() > MAX_PATHS;
+    paths.truncate(MAX_PATHS);
     if paths.is_empty() {
         return Ok(format!("no paths match `{pattern}`"));
     }

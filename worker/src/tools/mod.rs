@@ -168,6 +168,44 @@ mod tests {
     }
 
     #[test]
+    fn read_file_with_a_huge_limit_reads_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one\ntwo\nthree\n").unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let input = json!({"path": "a.txt", "offset": 2, "limit": u64::MAX});
+        let out = execute(&[ToolName::ReadFile], "read_file", &input, &root);
+        assert!(!out.is_error, "{}", out.content);
+        assert_eq!(out.content, "2\ttwo\n3\tthree\n");
+    }
+
+    #[test]
+    fn glob_returns_the_first_500_paths_in_sorted_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // Created in reverse order, so a walk in directory order does not meet them sorted.
+        let mut names: Vec<String> = (0..700).map(|i| format!("f{i:04}.txt")).collect();
+        for name in names.iter().rev() {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let out = execute(
+            &[ToolName::Glob],
+            "glob",
+            &json!({"pattern": "*.txt"}),
+            &root,
+        );
+        assert!(!out.is_error, "{}", out.content);
+        names.truncate(500);
+        let listed: Vec<&str> = out.content.lines().take(500).collect();
+        assert_eq!(listed, names);
+        assert!(
+            out.content
+                .ends_with("[stopped at 500 paths; narrow the pattern]\n"),
+            "{}",
+            out.content
+        );
+    }
+
+    #[test]
     fn long_results_are_capped_and_say_so() {
         let s = cap("x".repeat(MAX_RESULT_BYTES + 10));
         assert!(s.ends_with("narrow the request]"));

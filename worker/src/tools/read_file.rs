@@ -43,7 +43,7 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
         };
         let _ = writeln!(out, "{}\t{}", i + 1, line);
     }
-    let shown_end = (offset - 1 + limit).min(total);
+    let shown_end = (offset - 1).saturating_add(limit).min(total);
     if offset > total && total > 0 {
         return Err(format!(
             "offset {offset} is past the end (`{rel}` has {total} lines)"
