@@ -1,5 +1,6 @@
 //! `glob`: workspace paths matching a glob, honouring .gitignore.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use serde_json::Value;
@@ -8,7 +9,7 @@ use super::{sandbox, str_arg};
 
 const MAX_PATHS: usize = 500;
 
-pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
+pub(super) fn run(input: &Value, root: &Path, dir: &OwnedFd) -> Result<String, String> {
     let pattern = str_arg(input, "pattern")?;
     if pattern.starts_with('/') || pattern.split('/').any(|c| c == "..") {
         return Err(format!(
@@ -28,10 +29,11 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
         if rel.as_os_str().is_empty() || !matcher.is_match(rel) {
             continue;
         }
-        if !sandbox::is_inside(root, entry.path()) {
+        let rel = rel.to_string_lossy().into_owned();
+        if !sandbox::exists_beneath(dir, &rel) {
             continue;
         }
-        paths.push(rel.to_string_lossy().into_owned());
+        paths.push(rel);
     }
     // The first MAX_PATHS in sorted order, not the first found: the walk's order is the
     // file system's.
