@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::ToolName;
+use crate::protocol::{SandboxMode, ToolName};
 
 /// The repo's `limits.toml`: complete defaults, documented key by key.
 pub const BUILTIN: &str = include_str!("../../limits.toml");
@@ -42,6 +42,7 @@ pub struct ServerConfig {
     pub transcript_max_mb: u64,
     pub keep_transcripts: bool,
     pub worker: WorkerLocation,
+    pub sandbox: SandboxMode,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -12,6 +12,7 @@ use bg_agent_worker::config::{Config, LimitsOverride, TaskType, Tier};
 use bg_agent_worker::protocol::{ErrorKind, Event, TaskSpec, exit};
 use bg_agent_worker::provider::Client;
 use bg_agent_worker::resolve::SpawnRequest;
+use bg_agent_worker::sandbox;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -155,6 +156,15 @@ async fn run(cli: Cli) -> i32 {
             return exit::BAD_SPEC;
         }
     };
+    // Before the agent loop and while this is the only thread: Landlock confines the
+    // calling thread and the threads it starts later (the tools' blocking pool).
+    if let Err(e) = sandbox::confine(&spec, client.base_url()) {
+        out.emit(&Event::Error {
+            kind: ErrorKind::Config,
+            message: e.to_string(),
+        });
+        return exit::BAD_SPEC;
+    }
     let interrupted = |what: &str, code: i32| {
         out.emit(&Event::Error {
             kind: ErrorKind::Interrupted,

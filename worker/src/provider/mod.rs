@@ -145,6 +145,11 @@ impl Client {
         })
     }
 
+    /// The endpoint requests go to (after `base_url_env`); the sandbox allows its port.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     /// Runs one streamed turn; `on_text` sees each text delta as it arrives.
     pub async fn turn(
         &self,
