@@ -277,6 +277,7 @@ impl Manager {
                 stderr: StderrTail::new(64 * 1024),
                 stdout_bytes: 0,
                 first_event_at: None,
+                sandbox: None,
                 oversize_dropped: 0,
                 mid_line: false,
                 output_seq: watch::channel(0).0,
@@ -1018,6 +1019,7 @@ fn terminate(pid: u32, grace_ms: u64) -> tokio::time::Instant {
 
 fn apply_event(rec: &mut AgentRecord, event: Event) {
     match &event {
+        Event::Started { sandbox, .. } => rec.sandbox = sandbox.clone(),
         Event::Usage {
             input_tokens,
             output_tokens,

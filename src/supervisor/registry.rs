@@ -207,6 +207,8 @@ pub struct AgentRecord {
     pub stdout_bytes: u64,
     /// When the worker's first output arrived (its `started` event, normally).
     pub first_event_at: Option<SystemTime>,
+    /// Which sandbox the worker says is in force (from its `started` event).
+    pub sandbox: Option<String>,
     /// Event lines longer than the line cap, cut; their bytes are counted here.
     pub oversize_dropped: u64,
     /// Whether the readable output ends in the middle of a line.

@@ -99,6 +99,9 @@ pub struct StatusView {
     pub model: String,
     pub provider: String,
     pub routed_by: String,
+    /// Which kernel sandbox confines the worker (once it started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     pub pid: Option<u32>,
     /// Unix seconds.
     pub created_at: f64,
@@ -191,6 +194,7 @@ impl StatusView {
             model: r.model.clone(),
             provider: r.provider.clone(),
             routed_by: r.routed_by.as_str().to_string(),
+            sandbox: r.sandbox.clone(),
             pid,
             created_at: secs(r.created_at),
             started_at: started.map(secs),
