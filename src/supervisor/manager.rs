@@ -213,13 +213,9 @@ impl Manager {
                 });
             }
             let id = reg.new_id();
-            // A queued agent gets its transcript now; one that starts now gets it from
-            // its supervising task, off the spawn call's path (see `supervise`).
-            let transcript = if start_now {
-                None
-            } else {
-                Some(inner.create_transcript(&id)?)
-            };
+            // Every agent gets its transcript from its supervising task when it starts
+            // (see `supervise`): a queued agent holds no file descriptor.
+            let transcript = None;
             let mut spec = resolution.spec;
             spec.agent_id = Some(id.clone());
             let route = resolution.route;
@@ -648,7 +644,9 @@ impl Inner {
     fn check_transcript_dir(&self) -> Result<(), ManagerError> {
         use nix::unistd::{AccessFlags, access};
         let dir = &self.transcript_dir;
-        std::fs::create_dir_all(dir)
+        let base = dir.parent().unwrap_or(dir);
+        crate::supervisor::output::ensure_private_dir(base)
+            .and_then(|()| crate::supervisor::output::ensure_private_dir(dir))
             .and_then(|()| {
                 access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(std::io::Error::from)
             })
@@ -975,6 +973,17 @@ impl Inner {
                 Ok(event) => {
                     if let Some(t) = rec.transcript.as_mut() {
                         t.append_line(&line);
+                        // What status reports is on disk too: flush at each milestone
+                        // (a turn's usage, the end), not only when the buffer fills.
+                        if matches!(
+                            event,
+                            Event::Started { .. }
+                                | Event::Usage { .. }
+                                | Event::Result { .. }
+                                | Event::Error { .. }
+                        ) {
+                            t.flush();
+                        }
                     }
                     apply_event(rec, event);
                 }
@@ -1077,10 +1086,13 @@ fn transcript_base(configured: &str) -> PathBuf {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
-    state
-        .map_or_else(
-            || std::env::temp_dir().join("bg-agents"),
-            |s| s.join("bg-agents"),
-        )
-        .join("transcripts")
+    // No home: a directory of this user's own under the temp dir (checked to be ours at
+    // the first spawn), never one shared by every user.
+    match state {
+        Some(s) => s.join("bg-agents").join("transcripts"),
+        None => {
+            let uid = nix::unistd::geteuid().as_raw();
+            std::env::temp_dir().join(format!("bg-agents-{uid}"))
+        }
+    }
 }

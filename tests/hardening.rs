@@ -1,0 +1,250 @@
+//! Hardening, end to end through the real binaries: private transcripts, a protocol that
+//! answers every line, descriptors that hold at scale, and causes that are right.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::mcp::{API_KEY, Session, server_exe};
+use support::provider::{FakeProvider, Step};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// A server driven by raw bytes on its stdin: what a client with bugs (or Node's
+/// JSON.stringify of a cut string) really sends.
+struct Raw {
+    server: Child,
+    stdin: ChildStdin,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+    _fake: FakeProvider,
+    _dir: tempfile::TempDir,
+}
+
+impl Raw {
+    /// `config` is the whole limits.toml; `env` is added to a cleared environment.
+    async fn start(config: &str, env: &[(&str, &str)], home: bool) -> Raw {
+        let fake = FakeProvider::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("limits.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(server_exe());
+        cmd.arg("--config")
+            .arg(&path)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("ANTHROPIC_API_KEY", API_KEY)
+            .env("ANTHROPIC_BASE_URL", fake.base_url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if home {
+            cmd.env("HOME", dir.path());
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut server = cmd.spawn().expect("spawn bg-agents");
+        let stdin = server.stdin.take().expect("stdin");
+        let stdout = BufReader::new(server.stdout.take().expect("stdout")).lines();
+        let mut raw = Raw {
+            server,
+            stdin,
+            stdout,
+            _fake: fake,
+            _dir: dir,
+        };
+        raw.send(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#).await;
+        let init = raw.reply().await;
+        assert_eq!(init["id"], 0, "{init}");
+        raw.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        raw
+    }
+
+    /// Writes `line` and a newline.
+    async fn send(&mut self, line: &[u8]) {
+        self.stdin.write_all(line).await.expect("write");
+        self.stdin.write_all(b"\n").await.expect("write");
+        self.stdin.flush().await.expect("flush");
+    }
+
+    /// The next JSON-RPC message from the server (fails after 10 s).
+    async fn reply(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), self.stdout.next_line())
+            .await
+            .expect("the server answered within 10 s")
+            .expect("read")
+            .expect("the server is still up");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    async fn call(&mut self, id: u64, tool: &str, args: Value) -> Value {
+        let req = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                         "params": {"name": tool, "arguments": args}});
+        self.send(req.to_string().as_bytes()).await;
+        loop {
+            let msg = self.reply().await;
+            if msg["id"] == id {
+                return msg;
+            }
+        }
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        let _ = self.server.start_kill();
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcripts_are_private_whatever_the_umask() {
+    // The server inherits the umask; 000 would make naive files world-writable.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let s = Session::start("").await;
+    nix::sys::stat::umask(old);
+    let id = s.spawn("Say hello privately").await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+
+    let st = s.status(&id).await;
+    let file = st["output"]["transcript_path"]
+        .as_str()
+        .expect("a transcript path")
+        .to_string();
+    let file = Path::new(&file);
+    let session_dir = file.parent().expect("session dir");
+    assert_eq!(mode(file), 0o600, "{}", file.display());
+    assert_eq!(mode(session_dir), 0o700, "{}", session_dir.display());
+    assert_eq!(
+        mode(session_dir.parent().expect("base")),
+        0o700,
+        "the base transcript dir"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcript_on_disk_keeps_up_with_status() {
+    let s = Session::start("").await;
+    let task = "look at a file then think for long";
+    s.fake.script(
+        task,
+        vec![
+            Step::ToolUse {
+                text: None,
+                id: "toolu_1".into(),
+                name: "glob".into(),
+                input: json!({"pattern": "*"}),
+            },
+            Step::Hang {
+                after_chunks: vec!["thinking".into()],
+            },
+        ],
+    );
+    let id = s.spawn(task).await;
+    // Until status shows the first turn's usage (the second turn then hangs).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let st = loop {
+        let st = s.status(&id).await;
+        if st["usage"]["input_tokens"].as_u64().unwrap_or(0) > 0 {
+            break st;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no usage: {st}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(st["status"], "running", "{st}");
+    let path = st["output"]["transcript_path"].as_str().expect("path");
+    let on_disk = std::fs::read_to_string(path).expect("read transcript");
+    assert!(on_disk.contains(r#""type":"started""#), "{on_disk}");
+    assert!(on_disk.contains(r#""type":"usage""#), "{on_disk}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_home_transcripts_go_to_a_private_dir_of_this_user() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let tmp_dir = tmp.path().to_str().expect("utf-8").to_string();
+    let mut raw = Raw::start("", &[("TMPDIR", &tmp_dir)], false).await;
+
+    let spawned = raw
+        .call(
+            1,
+            "agent_spawn",
+            json!({"task": "Say hello without a home"}),
+        )
+        .await;
+
+    assert_eq!(spawned["result"]["isError"], false, "{spawned}");
+    let uid = nix::unistd::geteuid().as_raw();
+    let base = tmp.path().join(format!("bg-agents-{uid}"));
+    assert_eq!(mode(&base), 0o700, "{}", base.display());
+    let sessions: Vec<_> = std::fs::read_dir(&base).expect("ls").flatten().collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(mode(&sessions[0].path()), 0o700);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcript_dir_planted_by_another_user_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        // Planting a directory owned by someone else takes root; the symlink test below
+        // covers the same refusal for everyone.
+        eprintln!("not root: cannot create a directory owned by another user");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let planted = tmp.path().join("bg-agents-0");
+    std::fs::create_dir(&planted).expect("plant");
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    nix::unistd::chown(&planted, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+    let tmp_dir = tmp.path().to_str().expect("utf-8").to_string();
+    let mut raw = Raw::start("", &[("TMPDIR", &tmp_dir)], false).await;
+
+    let spawned = raw
+        .call(1, "agent_spawn", json!({"task": "Say hello into a trap"}))
+        .await;
+
+    assert_eq!(spawned["result"]["isError"], true, "{spawned}");
+    let text = spawned["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    assert!(text.contains("belongs to user id 65534"), "{text}");
+    assert_eq!(std::fs::read_dir(&planted).expect("ls").count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcript_dir_that_is_a_symlink_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    let uid = nix::unistd::geteuid().as_raw();
+    std::os::unix::fs::symlink(&elsewhere, tmp.path().join(format!("bg-agents-{uid}")))
+        .expect("symlink");
+    let tmp_dir = tmp.path().to_str().expect("utf-8").to_string();
+    let mut raw = Raw::start("", &[("TMPDIR", &tmp_dir)], false).await;
+
+    let spawned = raw
+        .call(
+            1,
+            "agent_spawn",
+            json!({"task": "Say hello through a link"}),
+        )
+        .await;
+
+    assert_eq!(spawned["result"]["isError"], true, "{spawned}");
+    let text = spawned["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    assert!(text.contains("symlink"), "{text}");
+    assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 0);
+}
