@@ -2,18 +2,16 @@
 //! processes. Logs go to stderr; stdout carries the protocol alone.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 
 use anyhow::Context;
 use bg_agent_worker::config::Config;
 use bg_agents::mcp::BgAgents;
+use bg_agents::mcp::transport::LineTransport;
 use bg_agents::supervisor::Manager;
 use clap::Parser;
 use rmcp::ServiceExt;
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -88,16 +86,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let (stdin, stdout) = rmcp::transport::stdio();
     let stdin_closed = CancellationToken::new();
-    let stdin = NotifyEof {
-        inner: stdin,
-        eof: stdin_closed.clone(),
-    };
+    let transport = LineTransport::stdio(stdin_closed.clone());
     let session = async {
-        let service = BgAgents::new(Arc::clone(&manager))
-            .serve((stdin, stdout))
-            .await?;
+        let service = BgAgents::new(Arc::clone(&manager)).serve(transport).await?;
         service.waiting().await?;
         anyhow::Ok(())
     };
@@ -123,26 +115,4 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "shut down"
     );
     Ok(())
-}
-
-/// The protocol's input, cancelling `eof` when it ends (a read that returns no bytes).
-struct NotifyEof<R> {
-    inner: R,
-    eof: CancellationToken,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for NotifyEof<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let asked = buf.remaining() > 0;
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if asked && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() == before {
-            self.eof.cancel();
-        }
-        polled
-    }
 }

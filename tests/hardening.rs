@@ -248,3 +248,52 @@ async fn a_transcript_dir_that_is_a_symlink_is_refused() {
     assert!(text.contains("symlink"), "{text}");
     assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 0);
 }
+
+/// Sends `line` and returns the error the server answered with, as (id, code).
+async fn error_for(raw: &mut Raw, line: &[u8]) -> (Value, i64) {
+    raw.send(line).await;
+    let reply = raw.reply().await;
+    let code = reply["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an error reply: {reply}"));
+    (reply["id"].clone(), code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_malformed_line_gets_an_answer_and_the_server_stays_up() {
+    let mut raw = Raw::start("", &[], true).await;
+
+    assert_eq!(
+        error_for(&mut raw, b"{not json").await,
+        (Value::Null, -32700)
+    );
+    let truncated = br#"{"jsonrpc":"2.0","id":7,"method":"tools/li"#;
+    assert_eq!(error_for(&mut raw, truncated).await, (Value::Null, -32700));
+    let not_utf8 = b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"ping\",\"x\":\"\xff\xfe\"}";
+    assert_eq!(error_for(&mut raw, not_utf8).await, (Value::Null, -32700));
+    let no_method = br#"{"jsonrpc":"2.0","id":9}"#;
+    assert_eq!(error_for(&mut raw, no_method).await, (json!(9), -32600));
+    assert_eq!(error_for(&mut raw, b"[1,2]").await, (Value::Null, -32600));
+    assert_eq!(error_for(&mut raw, b"42").await, (Value::Null, -32600));
+    let mut huge = br#"{"jsonrpc":"2.0","id":10,"method":"ping","params":{"pad":""#.to_vec();
+    huge.resize(17 * 1024 * 1024, b'x');
+    huge.extend_from_slice(br#""}}"#);
+    assert_eq!(error_for(&mut raw, &huge).await, (Value::Null, -32600));
+
+    // A string cut mid-emoji, as Node's JSON.stringify writes it: read as U+FFFD.
+    let cut = br#"{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"agent_spawn","arguments":{"task":"Say hello \ud83d"}}}"#;
+    raw.send(cut).await;
+    let spawned = raw.reply().await;
+    assert_eq!(spawned["id"], 11, "{spawned}");
+    assert_eq!(spawned["result"]["isError"], false, "{spawned}");
+
+    raw.send(br#"{"jsonrpc":"2.0","id":12,"method":"ping"}"#)
+        .await;
+    let pong = loop {
+        let msg = raw.reply().await;
+        if msg["id"] == 12 {
+            break msg;
+        }
+    };
+    assert_eq!(pong["result"], json!({}), "{pong}");
+}

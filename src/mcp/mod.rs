@@ -6,6 +6,7 @@ pub mod resources;
 mod tasks;
 mod text;
 mod tools;
+pub mod transport;
 
 use std::sync::Arc;
 
