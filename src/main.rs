@@ -69,6 +69,12 @@ fn main() -> ExitCode {
         }
     };
     bg_agents::supervisor::process::declare_thread_outlives_workers();
+    // Each running agent holds about five descriptors; a desktop's soft limit is often
+    // 1,024 while the hard one is far higher.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "raised the soft RLIMIT_NOFILE"),
+        Err(e) => tracing::warn!("cannot raise the soft RLIMIT_NOFILE: {e}"),
+    }
     let code = match runtime.block_on(serve(loaded.config)) {
         Ok(()) => 0,
         Err(e) => {

@@ -297,3 +297,62 @@ async fn every_malformed_line_gets_an_answer_and_the_server_stays_up() {
     };
     assert_eq!(pong["result"], json!({}), "{pong}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_agents_at_once_all_complete_under_a_1024_descriptor_limit() {
+    const AGENTS: usize = 300;
+    let s = Session::start_server("max_concurrent = 300").await;
+    // Soft and hard at 1,024 (the server's own raise goes to the hard limit): each
+    // running agent holds ~5 descriptors, so 300 at once cannot all run.
+    rlimit::prlimit(
+        s.server_pid as i32,
+        rlimit::Resource::NOFILE,
+        Some((1024, 1024)),
+        None,
+    )
+    .expect("prlimit");
+    let mut ids = Vec::new();
+    let mut queued_at_spawn = 0;
+    for i in 0..AGENTS {
+        // A script serves one conversation: one per agent, each answering for ~12 s, so that all run at once.
+        let task = format!("slow agent #{i}#");
+        s.fake.script(
+            &task,
+            vec![Step::Text {
+                chunks: vec!["one ".into(), "two ".into(), "three".into()],
+                delay_ms: 4000,
+            }],
+        );
+        let spawned = s.ok("agent_spawn", json!({ "task": task })).await;
+        if spawned["status"] == "queued" {
+            queued_at_spawn += 1;
+        }
+        ids.push(spawned["agent_id"].as_str().expect("id").to_string());
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let list = loop {
+        let list = s.ok("agent_list", json!({})).await;
+        let done: u64 = list["counts"]
+            .as_object()
+            .map(|c| c.iter().filter(|(k, _)| *k != "running" && *k != "queued"))
+            .into_iter()
+            .flatten()
+            .map(|(_, v)| v.as_u64().unwrap_or(0))
+            .sum();
+        if done as usize == AGENTS {
+            break list;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", list["counts"]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        list["counts"],
+        json!({ "completed": AGENTS }),
+        "{}",
+        list["counts"]
+    );
+    // The descriptor limit was really reached: slots were free, yet spawns had to queue.
+    assert!(queued_at_spawn > 0, "no spawn ran short of descriptors");
+    eprintln!("{queued_at_spawn} of {AGENTS} spawns waited for descriptors");
+}

@@ -35,6 +35,8 @@ const MAX_EVENT_LINE: usize = 1024 * 1024;
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 /// Characters of the task kept in records and lists.
 const TASK_PREVIEW_CHARS: usize = 200;
+/// How soon a start that ran out of file descriptors is tried again.
+const FD_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -274,6 +276,7 @@ impl Manager {
                 stdout_bytes: 0,
                 first_event_at: None,
                 sandbox: None,
+                waiting_for: None,
                 oversize_dropped: 0,
                 mid_line: false,
                 output_seq: watch::channel(0).0,
@@ -287,7 +290,19 @@ impl Manager {
             }
             (id, view, start_now)
         };
-        if start_now && let Err(e) = inner.start(&id, &exe).await {
+        let mut view = view;
+        let started = if start_now {
+            inner.start(&id, &exe).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = started.as_ref()
+            && out_of_descriptors(e)
+        {
+            // Neither the caller's fault nor the agent's: it waits for descriptors.
+            inner.requeue(&id, e);
+            view.status = Status::Queued;
+        } else if let Err(e) = started {
             // Nothing may change on an error: forget the record and its transcript.
             let removed = {
                 let mut reg = inner.lock();
@@ -673,6 +688,9 @@ impl Inner {
                 }
             }
         };
+        // The transcript first: when descriptors run short, the agent goes back to the
+        // queue before a worker exists.
+        self.attach_transcript(id).await?;
         let line = serde_json::to_string(&spec).unwrap_or_default() + "\n";
         let plan = process::Plan::new(
             exe,
@@ -695,6 +713,7 @@ impl Inner {
                     let ok = rec.state.start(pid).is_ok();
                     if ok {
                         rec.control = Some(ctl_tx.clone());
+                        rec.waiting_for = None;
                     }
                     ok
                 }
@@ -741,11 +760,46 @@ impl Inner {
                     Ok(exe) => inner.start(&id, &exe).await,
                     Err(e) => Err(e.into()),
                 };
-                if let Err(e) = started {
-                    inner.fail_start(&id, e.to_string());
+                match started {
+                    Err(e) if out_of_descriptors(&e) => inner.requeue(&id, &e),
+                    Err(e) => inner.fail_start(&id, e.to_string()),
+                    Ok(()) => {}
                 }
             });
         }
+    }
+
+    /// Puts `id` back at the head of the queue after its start ran out of descriptors
+    /// (`e`), with the reason for status, and tries again shortly: ending agents free
+    /// descriptors, and so may the rest of the system.
+    fn requeue(self: &Arc<Self>, id: &str, e: &ManagerError) {
+        let transcript = {
+            let mut reg = self.lock();
+            reg.running -= 1;
+            let Some(rec) = reg.agents.get_mut(id) else {
+                return;
+            };
+            if !matches!(rec.state, AgentState::Queued { .. }) {
+                return;
+            }
+            rec.waiting_for = Some(format!(
+                "file descriptors: the server is at its open-file limit ({e}); the agent starts when others end and free some"
+            ));
+            let transcript = rec.transcript.take();
+            reg.queue.push_front(id.to_string());
+            transcript
+        };
+        // Made again (new) at the next start.
+        if let Some(t) = transcript {
+            let _ = std::fs::remove_file(t.path());
+        }
+        tracing::warn!(agent = %id, "out of file descriptors; the agent waits queued");
+        self.bump();
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(FD_RETRY).await;
+            inner.start_next();
+        });
     }
 
     fn fail_start(self: &Arc<Self>, id: &str, message: String) {
@@ -1018,6 +1072,21 @@ impl Inner {
             }
         }
     }
+}
+
+/// Whether `e` is the process (or the system) running out of file descriptors.
+fn out_of_descriptors(e: &ManagerError) -> bool {
+    let io = match e {
+        ManagerError::Spawn(SpawnError::Exec { source, .. }) => source,
+        ManagerError::Transcript(
+            OutputError::TranscriptFile { source, .. } | OutputError::TranscriptDir { source, .. },
+        ) => source,
+        _ => return false,
+    };
+    matches!(
+        io.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    )
 }
 
 /// SIGTERM to the group now; returns when SIGKILL is due.

@@ -209,6 +209,8 @@ pub struct AgentRecord {
     pub first_event_at: Option<SystemTime>,
     /// Which sandbox the worker says is in force (from its `started` event).
     pub sandbox: Option<String>,
+    /// Why a queued agent has not started although a slot was free.
+    pub waiting_for: Option<String>,
     /// Event lines longer than the line cap, cut; their bytes are counted here.
     pub oversize_dropped: u64,
     /// Whether the readable output ends in the middle of a line.
