@@ -356,3 +356,110 @@ async fn three_hundred_agents_at_once_all_complete_under_a_1024_descriptor_limit
     assert!(queued_at_spawn > 0, "no spawn ran short of descriptors");
     eprintln!("{queued_at_spawn} of {AGENTS} spawns waited for descriptors");
 }
+
+/// Spawns an agent whose answer never ends and returns its id once it is mid-answer.
+async fn hanging(s: &Session, task: &str, extra: Value) -> String {
+    s.fake.script(
+        task,
+        vec![Step::Hang {
+            after_chunks: vec!["started\n".into()],
+        }],
+    );
+    let mut args = json!({ "task": task });
+    if let (Some(a), Some(e)) = (args.as_object_mut(), extra.as_object()) {
+        a.extend(e.clone());
+    }
+    let id = s.spawn_with(args).await;
+    let out = s
+        .ok(
+            "agent_output",
+            json!({ "agent_id": id, "wait_seconds": 20 }),
+        )
+        .await;
+    assert!(
+        out["text"].as_str().unwrap_or("").contains("started"),
+        "{out}"
+    );
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_from_outside_is_not_mistaken_for_the_cpu_limit() {
+    let s = Session::start("").await;
+    let id = hanging(
+        &s,
+        "idle until killed",
+        json!({"limits": {"cpu_seconds": 1}}),
+    )
+    .await;
+    // Wall time × cores now exceeds cpu_seconds, though the worker used almost no CPU.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let pid = s.worker_pids(std::slice::from_ref(&id)).await[0];
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    s.wait_all(std::slice::from_ref(&id)).await;
+
+    let st = s.status(&id).await;
+    assert_eq!(st["status"], "failed", "{st}");
+    assert_eq!(st["exit"]["reason"], "killed_outside", "{st}");
+    assert_eq!(st["exit"]["signal"], "SIGKILL", "{st}");
+    assert!(
+        st["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("from outside the server"),
+        "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_above_the_servers_own_hard_limit_is_refused_naming_it() {
+    let s = Session::start("").await;
+    rlimit::prlimit(
+        s.server_pid as i32,
+        rlimit::Resource::NOFILE,
+        Some((1024, 1024)),
+        None,
+    )
+    .expect("prlimit");
+
+    let text = s
+        .tool_error(
+            "agent_spawn",
+            json!({"task": "open many files", "limits": {"open_files": 4096}}),
+        )
+        .await;
+
+    assert!(text.contains("open_files = 4096"), "{text}");
+    assert!(text.contains("RLIMIT_NOFILE"), "{text}");
+    assert!(text.contains("at most 1024"), "{text}");
+    let list = s.ok("agent_list", json!({})).await;
+    assert_eq!(list["agents"], json!([]), "nothing was spawned: {list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_agent_whose_cwd_vanished_says_so() {
+    let s = Session::start_server("max_concurrent = 1").await;
+    let blocker = hanging(&s, "hold the only slot", json!({})).await;
+    let doomed = tempfile::tempdir().expect("cwd");
+    let cwd = doomed.path().to_str().expect("utf-8").to_string();
+    let queued = s
+        .ok("agent_spawn", json!({"task": "work in a dir", "cwd": cwd}))
+        .await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    let id = queued["agent_id"].as_str().expect("id").to_string();
+    drop(doomed);
+
+    s.ok("agent_kill", json!({"agent_id": blocker, "grace_ms": 0}))
+        .await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+
+    let st = s.status(&id).await;
+    assert_eq!(st["status"], "failed", "{st}");
+    let error = st["error"].as_str().unwrap_or("");
+    assert!(error.contains(&format!("{cwd} no longer exists")), "{st}");
+}

@@ -57,6 +57,11 @@ pub enum ManagerError {
     #[error("the server is shutting down; no new agents start")]
     ShuttingDown,
     #[error(
+        "its working directory {} no longer exists (removed while the agent waited to start); spawn it again with an existing cwd",
+        path.display()
+    )]
+    CwdGone { path: PathBuf },
+    #[error(
         "agent_ids is empty; pass one or more ids returned by agent_spawn (agent_list shows them)"
     )]
     NoIds,
@@ -202,6 +207,17 @@ impl Manager {
             return Err(ManagerError::ShuttingDown);
         }
         let resolution = inner.config.resolve(&req)?;
+        if let Some((key, value, max, resource)) =
+            process::first_above_hard_limits(&resolution.spec.limits)
+        {
+            return Err(SpawnError::AboveHardLimit {
+                key,
+                value,
+                max,
+                resource,
+            }
+            .into());
+        }
         let exe = process::locate_worker(&inner.config.server.worker.path)?;
         inner.check_transcript_dir()?;
         let server = &inner.config.server;
@@ -462,6 +478,13 @@ impl Manager {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + wait;
         let mut rx = self.inner.changed.subscribe();
+        // While this wait is pending its agents are not evicted (retained_agents), so
+        // an end it is about to report cannot turn into "unknown agent".
+        self.inner.lock().watch(ids);
+        let _unwatch = Unwatch {
+            inner: &self.inner,
+            ids,
+        };
         loop {
             rx.borrow_and_update();
             let (ended, running, agents) = {
@@ -688,6 +711,11 @@ impl Inner {
                 }
             }
         };
+        if !spec.cwd.is_dir() {
+            return Err(ManagerError::CwdGone {
+                path: spec.cwd.clone(),
+            });
+        }
         // The transcript first: when descriptors run short, the agent goes back to the
         // queue before a worker exists.
         self.attach_transcript(id).await?;
@@ -843,7 +871,6 @@ impl Inner {
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
         let pid = child.pid;
-        let started = Instant::now();
         // A fresh spawn's transcript is created here, before any output is read (the
         // worker's first lines wait in the pipe), so the spawn call does not wait on
         // the file system. The directory was checked at spawn; should it fail anyway,
@@ -906,22 +933,25 @@ impl Inner {
                 }
             }
         };
-        // Anything left in the group (workers do not fork, but a test program might).
-        process::signal_group(pid, Signal::SIGKILL);
+        // `wait` already ended anything left in the group (workers do not fork, but a
+        // test program might) before reaping; only a failed wait leaves that to do.
+        if status.is_err() {
+            process::signal_group(pid, Signal::SIGKILL);
+        }
         let _ = stdin_done_tx.send(());
         for task in [out_task, err_task].into_iter().flatten() {
             if tokio::time::timeout(PIPE_DRAIN, task).await.is_err() {
                 tracing::warn!(agent = %id, "output pipe still open {PIPE_DRAIN:?} after exit");
             }
         }
-        let (code, signal) = match &status {
-            Ok(s) => {
+        let (code, signal, cpu_used) = match &status {
+            Ok(exit) => {
                 use std::os::unix::process::ExitStatusExt;
-                (s.code(), s.signal())
+                (exit.status.code(), exit.status.signal(), Some(exit.cpu))
             }
-            Err(_) => (None, None),
+            Err(_) => (None, None, None),
         };
-        self.finish(&id, code, signal, cause, started.elapsed());
+        self.finish(&id, code, signal, cause, cpu_used);
     }
 
     fn finish(
@@ -930,7 +960,7 @@ impl Inner {
         code: Option<i32>,
         signal: Option<i32>,
         cause: Option<ServerCause>,
-        ran_for: Duration,
+        cpu_used: Option<Duration>,
     ) {
         let evicted = {
             let mut reg = self.lock();
@@ -943,7 +973,7 @@ impl Inner {
                         signal,
                         cause,
                         limits: rec.limits,
-                        ran_for,
+                        cpu_used,
                         result_seen: rec.result.is_some(),
                         error_kind: rec.error_kind,
                         stderr_tail: rec.stderr.text(),
@@ -1071,6 +1101,18 @@ impl Inner {
                 rec.stderr.push(&buf[..n]);
             }
         }
+    }
+}
+
+/// Ends a wait's watch on its ids when the wait returns (or is dropped).
+struct Unwatch<'a> {
+    inner: &'a Inner,
+    ids: &'a [String],
+}
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        self.inner.lock().unwatch(self.ids);
     }
 }
 
