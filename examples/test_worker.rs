@@ -38,6 +38,7 @@ pub fn main() {
         provider: spec.provider.name.clone(),
         role: spec.role.clone(),
         limits: spec.limits,
+        sandbox: None,
     });
     let mode = spec.task.trim();
     match mode {

@@ -2,19 +2,17 @@
 //! processes. Logs go to stderr; stdout carries the protocol alone.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 
 use anyhow::Context;
 use bg_agent_worker::config::Config;
 use bg_agents::mcp::BgAgents;
+use bg_agents::mcp::transport::LineTransport;
 use bg_agents::notices::{self, NoticeBoard};
 use bg_agents::supervisor::Manager;
 use clap::Parser;
 use rmcp::ServiceExt;
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -82,6 +80,12 @@ fn main() -> ExitCode {
         }
     };
     bg_agents::supervisor::process::declare_thread_outlives_workers();
+    // Each running agent holds about five descriptors; a desktop's soft limit is often
+    // 1,024 while the hard one is far higher.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "raised the soft RLIMIT_NOFILE"),
+        Err(e) => tracing::warn!("cannot raise the soft RLIMIT_NOFILE: {e}"),
+    }
     let code = match runtime.block_on(serve(loaded.config)) {
         Ok(()) => 0,
         Err(e) => {
@@ -105,19 +109,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let board = open_notice_board();
-    let (stdin, stdout) = rmcp::transport::stdio();
     let stdin_closed = CancellationToken::new();
-    let stdin = NotifyEof {
-        inner: stdin,
-        eof: stdin_closed.clone(),
-    };
+    let transport = LineTransport::stdio(stdin_closed.clone());
     let mut publisher = None;
     let mut server = BgAgents::new(Arc::clone(&manager));
     if let Some(board) = &board {
         server = server.with_notices(Arc::clone(board));
     }
     let session = async {
-        let service = server.clone().serve((stdin, stdout)).await?;
+        let service = server.clone().serve(transport).await?;
         if let Some(board) = &board {
             publisher = Some(tokio::spawn(bg_agents::mcp::notify::run(
                 Arc::clone(&manager),
@@ -180,27 +180,5 @@ fn open_notice_board() -> Option<Arc<NoticeBoard>> {
             );
             None
         }
-    }
-}
-
-/// The protocol's input, cancelling `eof` when it ends (a read that returns no bytes).
-struct NotifyEof<R> {
-    inner: R,
-    eof: CancellationToken,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for NotifyEof<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let asked = buf.remaining() > 0;
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if asked && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() == before {
-            self.eof.cancel();
-        }
-        polled
     }
 }

@@ -659,3 +659,22 @@ async fn an_agent_that_ended_is_ended_in_every_view_at_once() {
     };
     assert!(text.contains("\"completed\""), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_which_sandbox_confines_the_worker() {
+    let confined = Session::start("").await;
+    let unconfined = Session::start_server("sandbox = \"off\"").await;
+
+    let a = confined.spawn("Say hello from the sandbox").await;
+    let b = unconfined.spawn("Say hello without a sandbox").await;
+    confined.wait_all(std::slice::from_ref(&a)).await;
+    unconfined.wait_all(std::slice::from_ref(&b)).await;
+
+    let st = confined.status(&a).await;
+    assert_eq!(st["status"], "completed", "{st}");
+    let said = st["sandbox"].as_str().unwrap_or_default();
+    assert!(said.starts_with("landlock (ABI "), "{st}");
+    let st = unconfined.status(&b).await;
+    assert_eq!(st["status"], "completed", "{st}");
+    assert_eq!(st["sandbox"], "none: sandbox = \"off\"", "{st}");
+}

@@ -9,6 +9,7 @@ mod schema;
 mod tasks;
 mod text;
 mod tools;
+pub mod transport;
 
 use std::sync::Arc;
 

@@ -35,6 +35,8 @@ const MAX_EVENT_LINE: usize = 1024 * 1024;
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 /// Characters of the task kept in records and lists.
 const TASK_PREVIEW_CHARS: usize = 200;
+/// How soon a start that ran out of file descriptors is tried again.
+const FD_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -63,6 +65,11 @@ pub enum ManagerError {
     MissingKey { var: String, provider: String },
     #[error("the server is shutting down; no new agents start")]
     ShuttingDown,
+    #[error(
+        "its working directory {} no longer exists (removed while the agent waited to start); spawn it again with an existing cwd",
+        path.display()
+    )]
+    CwdGone { path: PathBuf },
     #[error(
         "agent_ids is empty; pass one or more ids returned by agent_spawn (agent_list shows them)"
     )]
@@ -274,6 +281,17 @@ impl Manager {
                 provider: resolution.spec.provider.name.clone(),
             });
         }
+        if let Some((key, value, max, resource)) =
+            process::first_above_hard_limits(&resolution.spec.limits)
+        {
+            return Err(SpawnError::AboveHardLimit {
+                key,
+                value,
+                max,
+                resource,
+            }
+            .into());
+        }
         let exe = process::locate_worker(&inner.config.server.worker.path)?;
         inner.check_transcript_dir()?;
         let server = &inner.config.server;
@@ -287,13 +305,9 @@ impl Manager {
                 });
             }
             let id = reg.new_id();
-            // A queued agent gets its transcript now; one that starts now gets it from
-            // its supervising task, off the spawn call's path (see `supervise`).
-            let transcript = if start_now {
-                None
-            } else {
-                Some(inner.create_transcript(&id)?)
-            };
+            // Every agent gets its transcript from its supervising task when it starts
+            // (see `supervise`): a queued agent holds no file descriptor.
+            let transcript = None;
             let mut spec = resolution.spec;
             spec.agent_id = Some(id.clone());
             let route = resolution.route;
@@ -351,6 +365,8 @@ impl Manager {
                 stderr: StderrTail::new(64 * 1024),
                 stdout_bytes: 0,
                 first_event_at: None,
+                sandbox: None,
+                waiting_for: None,
                 oversize_dropped: 0,
                 mid_line: false,
                 output_seq: watch::channel(0).0,
@@ -364,7 +380,19 @@ impl Manager {
             }
             (id, view, start_now)
         };
-        if start_now && let Err(e) = inner.start(&id, &exe).await {
+        let mut view = view;
+        let started = if start_now {
+            inner.start(&id, &exe).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = started.as_ref()
+            && out_of_descriptors(e)
+        {
+            // Neither the caller's fault nor the agent's: it waits for descriptors.
+            inner.requeue(&id, e);
+            view.status = Status::Queued;
+        } else if let Err(e) = started {
             // Nothing may change on an error: forget the record and its transcript.
             let removed = {
                 let mut reg = inner.lock();
@@ -529,6 +557,13 @@ impl Manager {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + wait;
         let mut rx = self.inner.changed.subscribe();
+        // While this wait is pending its agents are not evicted (retained_agents), so
+        // an end it is about to report cannot turn into "unknown agent".
+        self.inner.lock().watch(ids);
+        let _unwatch = Unwatch {
+            inner: &self.inner,
+            ids,
+        };
         loop {
             rx.borrow_and_update();
             let (ended, running, agents) = {
@@ -761,7 +796,9 @@ impl Inner {
     fn check_transcript_dir(&self) -> Result<(), ManagerError> {
         use nix::unistd::{AccessFlags, access};
         let dir = &self.transcript_dir;
-        std::fs::create_dir_all(dir)
+        let base = dir.parent().unwrap_or(dir);
+        crate::supervisor::output::ensure_private_dir(base)
+            .and_then(|()| crate::supervisor::output::ensure_private_dir(dir))
             .and_then(|()| {
                 access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(std::io::Error::from)
             })
@@ -788,6 +825,14 @@ impl Inner {
                 }
             }
         };
+        if !spec.cwd.is_dir() {
+            return Err(ManagerError::CwdGone {
+                path: spec.cwd.clone(),
+            });
+        }
+        // The transcript first: when descriptors run short, the agent goes back to the
+        // queue before a worker exists.
+        self.attach_transcript(id).await?;
         let line = serde_json::to_string(&spec).unwrap_or_default() + "\n";
         let plan = process::Plan::new(
             exe,
@@ -810,6 +855,7 @@ impl Inner {
                     let ok = rec.state.start(pid).is_ok();
                     if ok {
                         rec.control = Some(ctl_tx.clone());
+                        rec.waiting_for = None;
                     }
                     ok
                 }
@@ -856,11 +902,46 @@ impl Inner {
                     Ok(exe) => inner.start(&id, &exe).await,
                     Err(e) => Err(e.into()),
                 };
-                if let Err(e) = started {
-                    inner.fail_start(&id, e.to_string());
+                match started {
+                    Err(e) if out_of_descriptors(&e) => inner.requeue(&id, &e),
+                    Err(e) => inner.fail_start(&id, e.to_string()),
+                    Ok(()) => {}
                 }
             });
         }
+    }
+
+    /// Puts `id` back at the head of the queue after its start ran out of descriptors
+    /// (`e`), with the reason for status, and tries again shortly: ending agents free
+    /// descriptors, and so may the rest of the system.
+    fn requeue(self: &Arc<Self>, id: &str, e: &ManagerError) {
+        let transcript = {
+            let mut reg = self.lock();
+            reg.running -= 1;
+            let Some(rec) = reg.agents.get_mut(id) else {
+                return;
+            };
+            if !matches!(rec.state, AgentState::Queued { .. }) {
+                return;
+            }
+            rec.waiting_for = Some(format!(
+                "file descriptors: the server is at its open-file limit ({e}); the agent starts when others end and free some"
+            ));
+            let transcript = rec.transcript.take();
+            reg.queue.push_front(id.to_string());
+            transcript
+        };
+        // Made again (new) at the next start.
+        if let Some(t) = transcript {
+            let _ = std::fs::remove_file(t.path());
+        }
+        tracing::warn!(agent = %id, "out of file descriptors; the agent waits queued");
+        self.bump();
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(FD_RETRY).await;
+            inner.start_next();
+        });
     }
 
     fn fail_start(self: &Arc<Self>, id: &str, message: String) {
@@ -905,7 +986,6 @@ impl Inner {
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
         let pid = child.pid;
-        let started = Instant::now();
         // A fresh spawn's transcript is created here, before any output is read (the
         // worker's first lines wait in the pipe), so the spawn call does not wait on
         // the file system. The directory was checked at spawn; should it fail anyway,
@@ -968,22 +1048,25 @@ impl Inner {
                 }
             }
         };
-        // Anything left in the group (workers do not fork, but a test program might).
-        process::signal_group(pid, Signal::SIGKILL);
+        // `wait` already ended anything left in the group (workers do not fork, but a
+        // test program might) before reaping; only a failed wait leaves that to do.
+        if status.is_err() {
+            process::signal_group(pid, Signal::SIGKILL);
+        }
         let _ = stdin_done_tx.send(());
         for task in [out_task, err_task].into_iter().flatten() {
             if tokio::time::timeout(PIPE_DRAIN, task).await.is_err() {
                 tracing::warn!(agent = %id, "output pipe still open {PIPE_DRAIN:?} after exit");
             }
         }
-        let (code, signal) = match &status {
-            Ok(s) => {
+        let (code, signal, cpu_used) = match &status {
+            Ok(exit) => {
                 use std::os::unix::process::ExitStatusExt;
-                (s.code(), s.signal())
+                (exit.status.code(), exit.status.signal(), Some(exit.cpu))
             }
-            Err(_) => (None, None),
+            Err(_) => (None, None, None),
         };
-        self.finish(&id, code, signal, cause, started.elapsed());
+        self.finish(&id, code, signal, cause, cpu_used);
     }
 
     fn finish(
@@ -992,7 +1075,7 @@ impl Inner {
         code: Option<i32>,
         signal: Option<i32>,
         cause: Option<ServerCause>,
-        ran_for: Duration,
+        cpu_used: Option<Duration>,
     ) {
         let evicted = {
             let mut reg = self.lock();
@@ -1005,7 +1088,7 @@ impl Inner {
                         signal,
                         cause,
                         limits: rec.limits,
-                        ran_for,
+                        cpu_used,
                         result_seen: rec.result.is_some(),
                         error_kind: rec.error_kind,
                         stderr_tail: rec.stderr.text(),
@@ -1090,6 +1173,17 @@ impl Inner {
                 Ok(event) => {
                     if let Some(t) = rec.transcript.as_mut() {
                         t.append_line(&line);
+                        // What status reports is on disk too: flush at each milestone
+                        // (a turn's usage, the end), not only when the buffer fills.
+                        if matches!(
+                            event,
+                            Event::Started { .. }
+                                | Event::Usage { .. }
+                                | Event::Result { .. }
+                                | Event::Error { .. }
+                        ) {
+                            t.flush();
+                        }
                     }
                     apply_event(rec, event);
                 }
@@ -1134,6 +1228,33 @@ fn compiled_filter(q: &OutputQuery) -> Result<Option<regex::Regex>, ManagerError
         .transpose()
 }
 
+/// Ends a wait's watch on its ids when the wait returns (or is dropped).
+struct Unwatch<'a> {
+    inner: &'a Inner,
+    ids: &'a [String],
+}
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        self.inner.lock().unwatch(self.ids);
+    }
+}
+
+/// Whether `e` is the process (or the system) running out of file descriptors.
+fn out_of_descriptors(e: &ManagerError) -> bool {
+    let io = match e {
+        ManagerError::Spawn(SpawnError::Exec { source, .. }) => source,
+        ManagerError::Transcript(
+            OutputError::TranscriptFile { source, .. } | OutputError::TranscriptDir { source, .. },
+        ) => source,
+        _ => return false,
+    };
+    matches!(
+        io.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    )
+}
+
 /// SIGTERM to the group now; returns when SIGKILL is due.
 fn terminate(pid: u32, grace_ms: u64) -> tokio::time::Instant {
     process::signal_group(pid, Signal::SIGTERM);
@@ -1142,6 +1263,7 @@ fn terminate(pid: u32, grace_ms: u64) -> tokio::time::Instant {
 
 fn apply_event(rec: &mut AgentRecord, event: Event) {
     match &event {
+        Event::Started { sandbox, .. } => rec.sandbox = sandbox.clone(),
         Event::Usage {
             input_tokens,
             output_tokens,
@@ -1199,10 +1321,13 @@ fn transcript_base(configured: &str) -> PathBuf {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
-    state
-        .map_or_else(
-            || std::env::temp_dir().join("bg-agents"),
-            |s| s.join("bg-agents"),
-        )
-        .join("transcripts")
+    // No home: a directory of this user's own under the temp dir (checked to be ours at
+    // the first spawn), never one shared by every user.
+    match state {
+        Some(s) => s.join("bg-agents").join("transcripts"),
+        None => {
+            let uid = nix::unistd::geteuid().as_raw();
+            std::env::temp_dir().join(format!("bg-agents-{uid}"))
+        }
+    }
 }

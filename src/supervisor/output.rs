@@ -549,8 +549,8 @@ pub struct Transcript {
 }
 
 impl Transcript {
-    /// Creates (or truncates) `dir/{agent_id}.jsonl`, creating `dir` if missing. Agent ids
-    /// must be unique within a directory, or an earlier transcript is overwritten.
+    /// Creates `dir/{agent_id}.jsonl` (0600, new: an existing file or symlink there is an
+    /// error), creating `dir` (0700) if missing. Agent ids must be unique within `dir`.
     pub fn create(dir: &Path, agent_id: &str, cap_bytes: u64) -> Result<Transcript, OutputError> {
         let bad_id = agent_id.is_empty()
             || agent_id.starts_with('.')
@@ -558,12 +558,12 @@ impl Transcript {
         if bad_id {
             return Err(OutputError::BadAgentId(agent_id.to_owned()));
         }
-        fs::create_dir_all(dir).map_err(|source| OutputError::TranscriptDir {
+        ensure_private_dir(dir).map_err(|source| OutputError::TranscriptDir {
             path: dir.to_owned(),
             source,
         })?;
         let path = dir.join(format!("{agent_id}.jsonl"));
-        let file = File::create(&path).map_err(|source| OutputError::TranscriptFile {
+        let file = create_private_file(&path).map_err(|source| OutputError::TranscriptFile {
             path: path.clone(),
             source,
         })?;
@@ -666,6 +666,65 @@ impl Transcript {
     pub fn error(&self) -> Option<&str> {
         self.error.as_deref()
     }
+}
+
+/// Makes `dir` a directory only this user can use: created 0700 if missing (its missing
+/// parents too); an existing one must be a real directory (not a symlink) owned by this
+/// user, and loses any group or other permissions. Independent of the umask.
+pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = fs::symlink_metadata(dir)?;
+    check_owned_dir(dir, &meta)?;
+    if meta.permissions().mode() & 0o777 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Refuses a directory another user could have planted: a symlink, or one not owned by
+/// this user.
+fn check_owned_dir(dir: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is a symlink or not a directory; refused, so transcripts cannot be redirected",
+            dir.display()
+        )));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(io::Error::other(format!(
+            "{} belongs to user id {}, not to you (user id {me}); refused, so other users cannot read or redirect transcripts",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
+/// A new file that only this user can read: 0600 whatever the umask, never through a
+/// symlink, never an existing file.
+fn create_private_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// The last bytes of a worker's stderr.

@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use bg_agent_worker::config::Limits;
 use bg_agent_worker::protocol::ProviderSpec;
@@ -59,6 +60,15 @@ pub enum SpawnError {
     },
     #[error("the process spawner thread is gone; restart the server")]
     SpawnerGone,
+    #[error(
+        "limits.{key} = {value} is above what this server may grant: its own hard {resource} allows at most {max}; ask for {max} or less (or start the server with a higher hard limit)"
+    )]
+    AboveHardLimit {
+        key: &'static str,
+        value: u64,
+        max: u64,
+        resource: &'static str,
+    },
 }
 
 /// Finds the worker: at `configured` ([server] worker.path) when set, else next to our
@@ -427,24 +437,111 @@ impl Worker {
         })
     }
 
-    /// Waits for the process to exit and reaps it.
-    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        use std::os::unix::process::ExitStatusExt;
+    /// Waits for the process to exit, ends whatever is left in its group, and reaps it.
+    /// The group is signalled while the exited leader is still unreaped (a zombie), so
+    /// its number cannot yet name another process's group.
+    pub async fn wait(&mut self) -> std::io::Result<Exit> {
         loop {
             let mut ready = self.pidfd.readable().await?;
-            let mut status = 0;
-            // SAFETY: waitpid(2) with WNOHANG on our own child.
-            let r = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::WNOHANG) };
-            if r == self.pid as libc::pid_t {
+            if has_exited(self.pid)? {
+                signal_group(self.pid, Signal::SIGKILL);
+                let (status, cpu) = reap_with_rusage(self.pid)?;
                 self.reaped = true;
-                return Ok(ExitStatus::from_raw(status));
-            }
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
+                return Ok(Exit { status, cpu });
             }
             ready.clear_ready();
         }
     }
+}
+
+/// How a worker ended: its wait status and the CPU time it used (user + system).
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    pub status: ExitStatus,
+    pub cpu: Duration,
+}
+
+/// Whether our child `pid` has exited, without reaping it (waitid with WNOWAIT).
+fn has_exited(pid: u32) -> std::io::Result<bool> {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(Pid::from_raw(pid as i32)), flags) {
+        Ok(WaitStatus::StillAlive) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reaps our exited child `pid`, returning its wait status and the CPU time it used.
+fn reap_with_rusage(pid: u32) -> std::io::Result<(ExitStatus, Duration)> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4(2) to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4(2) on our own child, which has exited (so this does not block),
+    // with pointers to two locals.
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if r != pid as libc::pid_t {
+        return Err(std::io::Error::last_os_error());
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Ok((
+        ExitStatus::from_raw(status),
+        time(usage.ru_utime) + time(usage.ru_stime),
+    ))
+}
+
+/// The first per-agent kernel limit in `limits` above this server's own hard limit (a
+/// child can never be given more): (key, value asked, the most it can be, resource).
+pub fn first_above_hard_limits(limits: &Limits) -> Option<(&'static str, u64, u64, &'static str)> {
+    use rlimit::Resource;
+    let mb = 1024 * 1024;
+    let asked = [
+        (
+            "cpu_seconds",
+            limits.cpu_seconds,
+            Resource::CPU,
+            CPU_HARD_MARGIN_SECS,
+            1,
+            "RLIMIT_CPU",
+        ),
+        (
+            "memory_mb",
+            limits.memory_mb,
+            Resource::AS,
+            0,
+            mb,
+            "RLIMIT_AS",
+        ),
+        (
+            "open_files",
+            limits.open_files,
+            Resource::NOFILE,
+            0,
+            1,
+            "RLIMIT_NOFILE",
+        ),
+        (
+            "max_file_mb",
+            limits.max_file_mb,
+            Resource::FSIZE,
+            0,
+            mb,
+            "RLIMIT_FSIZE",
+        ),
+    ];
+    asked
+        .into_iter()
+        .find_map(|(key, value, resource, margin, unit, name)| {
+            let (_, hard) = rlimit::getrlimit(resource).ok()?;
+            if hard == rlimit::INFINITY {
+                return None;
+            }
+            let needed = value.saturating_mul(unit).saturating_add(margin);
+            (needed > hard).then(|| (key, value, hard.saturating_sub(margin) / unit, name))
+        })
 }
 
 impl Drop for Worker {

@@ -207,6 +207,10 @@ pub struct AgentRecord {
     pub stdout_bytes: u64,
     /// When the worker's first output arrived (its `started` event, normally).
     pub first_event_at: Option<SystemTime>,
+    /// Which sandbox the worker says is in force (from its `started` event).
+    pub sandbox: Option<String>,
+    /// Why a queued agent has not started although a slot was free.
+    pub waiting_for: Option<String>,
     /// Event lines longer than the line cap, cut; their bytes are counted here.
     pub oversize_dropped: u64,
     /// Whether the readable output ends in the middle of a line.
@@ -238,6 +242,9 @@ pub struct Registry {
     pub queue: VecDeque<String>,
     ended: VecDeque<String>,
     pub running: usize,
+    /// Ids that pending waits are watching, with how many waits: never evicted while
+    /// watched, so a wait always sees the end (and result) of what it waits for.
+    watched: HashMap<String, usize>,
 }
 
 impl Registry {
@@ -255,19 +262,46 @@ impl Registry {
         }
     }
 
-    /// Records that `id` ended and evicts the oldest ended records past `retain`.
+    /// Records that `id` ended and evicts the oldest ended records past `retain`, except
+    /// those a pending wait watches (evicted at a later end, once unwatched).
     /// Returns the evicted records (their transcripts are closed when dropped).
     pub fn note_ended(&mut self, id: &str, retain: usize) -> Vec<AgentRecord> {
         self.ended.push_back(id.to_string());
         let mut evicted = Vec::new();
+        let mut kept = Vec::new();
         while self.ended.len() > retain {
-            if let Some(old) = self.ended.pop_front()
-                && let Some(rec) = self.agents.remove(&old)
-            {
+            let Some(old) = self.ended.pop_front() else {
+                break;
+            };
+            if self.watched.contains_key(&old) {
+                kept.push(old);
+            } else if let Some(rec) = self.agents.remove(&old) {
                 evicted.push(rec);
             }
         }
+        for old in kept.into_iter().rev() {
+            self.ended.push_front(old);
+        }
         evicted
+    }
+
+    /// A wait starts watching `ids`: they stay readable until `unwatch`.
+    pub fn watch(&mut self, ids: &[String]) {
+        for id in ids {
+            *self.watched.entry(id.clone()).or_default() += 1;
+        }
+    }
+
+    /// The wait that watched `ids` returned.
+    pub fn unwatch(&mut self, ids: &[String]) {
+        for id in ids {
+            if let Some(n) = self.watched.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.watched.remove(id);
+                }
+            }
+        }
     }
 
     /// Ids that look like `wanted`, for "did you mean" messages: same prefix first.
@@ -303,7 +337,8 @@ pub struct EndFacts {
     pub signal: Option<i32>,
     pub cause: Option<ServerCause>,
     pub limits: Limits,
-    pub ran_for: Duration,
+    /// CPU time the worker used (user + system, from the exit's rusage), when known.
+    pub cpu_used: Option<Duration>,
     /// The worker's own final event.
     pub result_seen: bool,
     pub error_kind: Option<ErrorKind>,
@@ -331,10 +366,10 @@ pub fn classify(f: &EndFacts) -> (Status, ExitInfo) {
         return match sig {
             Some(Signal::SIGXCPU) => (Status::CpuLimit, info("cpu_limit")),
             // The hard CPU limit ends with SIGKILL from the kernel when SIGXCPU was
-            // ignored; the process must have run at least that long.
-            Some(Signal::SIGKILL) if cpu_limit_plausible(f) => {
-                (Status::CpuLimit, info("cpu_limit"))
-            }
+            // ignored; the process must have used at least that much CPU.
+            Some(Signal::SIGKILL) if used_cpu_limit(f) => (Status::CpuLimit, info("cpu_limit")),
+            // Not ours (no server cause) and not the CPU limit: someone else killed it.
+            Some(Signal::SIGKILL) => (Status::Failed, info("killed_outside")),
             Some(Signal::SIGXFSZ) => (Status::Failed, info("file_limit")),
             Some(Signal::SIGABRT) | Some(Signal::SIGSEGV) | Some(Signal::SIGBUS)
                 if allocation_failed(&f.stderr_tail) =>
@@ -358,9 +393,11 @@ pub fn classify(f: &EndFacts) -> (Status, ExitInfo) {
     }
 }
 
-fn cpu_limit_plausible(f: &EndFacts) -> bool {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    f.ran_for.as_secs_f64() * cores >= f.limits.cpu_seconds as f64
+/// Whether the measured CPU time reached `cpu_seconds` (less a little: the kernel
+/// checks RLIMIT_CPU on its ticks). Unmeasured is never the limit.
+fn used_cpu_limit(f: &EndFacts) -> bool {
+    f.cpu_used
+        .is_some_and(|cpu| cpu.as_secs_f64() + 0.5 >= f.limits.cpu_seconds as f64)
 }
 
 /// Allocation failures under RLIMIT_AS as runtimes report them: Rust's
@@ -416,6 +453,11 @@ pub fn describe_end(
         (_, "spawn_failed") => format!("could not start{detail}"),
         (_, "transcript_error") => format!("stopped: could not keep its transcript{detail}"),
         (_, "no_result") => "exited 0 without a result event".to_string(),
+        (_, "killed_outside") => format!(
+            "killed by {} from outside the server (not agent_kill, and not the CPU limit: cpu_seconds = {})",
+            exit.signal.as_deref().unwrap_or("a signal"),
+            limits.cpu_seconds
+        ),
         (_, reason) => {
             let how = match (&exit.signal, exit.code) {
                 (Some(s), _) => format!("killed by {s}"),
@@ -431,6 +473,24 @@ pub fn describe_end(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_watched_agent_is_not_evicted_until_its_wait_returns() {
+        let mut reg = Registry::default();
+        let ids = ["a".to_string()];
+        reg.watch(&ids);
+        reg.note_ended("a", 1);
+        reg.note_ended("b", 1);
+        assert_eq!(
+            reg.ended,
+            ["a", "b"],
+            "kept past retained_agents while watched"
+        );
+        reg.unwatch(&ids);
+        reg.note_ended("c", 1);
+        assert_eq!(reg.ended, ["c"]);
+        assert!(reg.watched.is_empty());
+    }
+
     fn limits() -> Limits {
         bg_agent_worker::config::Config::builtin().unwrap().defaults
     }
@@ -441,7 +501,7 @@ mod tests {
             signal: signal.map(|s| s as i32),
             cause: None,
             limits: limits(),
-            ran_for: Duration::from_secs(1),
+            cpu_used: Some(Duration::from_millis(10)),
             result_seen: false,
             error_kind: None,
             stderr_tail: String::new(),
@@ -530,7 +590,7 @@ mod tests {
             Status::Failed
         );
         let mut f = facts(None, Some(Signal::SIGKILL));
-        f.ran_for = Duration::from_secs(f.limits.cpu_seconds + 10);
+        f.cpu_used = Some(Duration::from_secs(f.limits.cpu_seconds));
         assert_eq!(classify(&f).0, Status::CpuLimit);
         // The server's own causes win over whatever the process did.
         let mut f = facts(Some(143), None);
@@ -577,6 +637,8 @@ mod tests {
             stderr: StderrTail::new(1024),
             stdout_bytes: 0,
             first_event_at: None,
+            sandbox: None,
+            waiting_for: None,
             oversize_dropped: 0,
             mid_line: false,
             output_seq: tokio::sync::watch::channel(0).0,

@@ -99,6 +99,12 @@ pub struct StatusView {
     pub model: String,
     pub provider: String,
     pub routed_by: String,
+    /// Which kernel sandbox confines the worker (once it started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// Why a queued agent waits although a slot is free (e.g. file descriptors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     pub pid: Option<u32>,
     /// Unix seconds.
     pub created_at: f64,
@@ -193,6 +199,8 @@ impl StatusView {
             model: r.model.clone(),
             provider: r.provider.clone(),
             routed_by: r.routed_by.as_str().to_string(),
+            sandbox: r.sandbox.clone(),
+            waiting_for: r.waiting_for.clone(),
             pid,
             created_at: secs(r.created_at),
             started_at: started.map(secs),

@@ -106,6 +106,8 @@ pub enum Step {
         body: Value,
         retry_after: Option<u64>,
     },
+    /// Non-2xx HTTP response whose body never ends (`x` bytes until the client goes away).
+    EndlessErrorBody { code: u16 },
     /// Stream `after_chunks` text chunks, then an SSE `error` event (Anthropic) or an error
     /// data object (OpenAI), and end the response.
     MidStreamError {
@@ -692,6 +694,16 @@ fn respond(api: Api, step: Step, turn: &Turn) -> Response {
             body,
             retry_after,
         } => json_response(api, code, &body, retry_after, turn.id),
+        Step::EndlessErrorBody { code } => {
+            let chunk = Bytes::from_static(&[b'x'; 64 * 1024]);
+            let endless = futures_util::stream::repeat_with(move || {
+                Ok::<_, std::convert::Infallible>(chunk.clone())
+            });
+            let mut response = Response::new(Body::from_stream(endless));
+            *response.status_mut() =
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            response
+        }
         streamed => {
             let sse = match api {
                 Api::Anthropic => anthropic::stream(streamed, turn),
@@ -897,7 +909,10 @@ mod anthropic {
                 text_block(&mut sse, 0, &after_chunks, Duration::ZERO, false);
                 sse.ending = Ending::Abort;
             }
-            Step::Status { .. } | Step::StatusBody { .. } | Step::FromRequest(_) => {
+            Step::Status { .. }
+            | Step::StatusBody { .. }
+            | Step::EndlessErrorBody { .. }
+            | Step::FromRequest(_) => {
                 unreachable!("status steps are answered without a stream, made steps before")
             }
         }
@@ -1038,7 +1053,10 @@ mod openai {
                 out.text(&after_chunks, Duration::ZERO);
                 out.sse.ending = Ending::Abort;
             }
-            Step::Status { .. } | Step::StatusBody { .. } | Step::FromRequest(_) => {
+            Step::Status { .. }
+            | Step::StatusBody { .. }
+            | Step::EndlessErrorBody { .. }
+            | Step::FromRequest(_) => {
                 unreachable!("status steps are answered without a stream, made steps before")
             }
         }

@@ -39,6 +39,7 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
         provider: spec.provider.name.clone(),
         role: spec.role.clone(),
         limits: spec.limits,
+        sandbox: crate::sandbox::in_force(),
     });
     let tool_defs = tools::definitions(&spec.tools);
     let mut messages = vec![Message {

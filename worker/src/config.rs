@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::ToolName;
+use crate::protocol::{SandboxMode, ToolName};
 
 /// The repo's `limits.toml`: complete defaults, documented key by key.
 pub const BUILTIN: &str = include_str!("../../limits.toml");
@@ -45,6 +45,7 @@ pub struct ServerConfig {
     /// ended unread.
     pub stop_hook: StopHook,
     pub worker: WorkerLocation,
+    pub sandbox: SandboxMode,
 }
 
 /// The `Stop` hook's behaviour (`[server] stop_hook`).
@@ -151,7 +152,8 @@ impl Limits {
     pub fn first_above(&self, ceiling: &Limits) -> Option<(&'static str, f64, f64)> {
         LIMIT_KEYS.iter().find_map(|k| {
             let (v, m) = ((k.get)(self), (k.get)(ceiling));
-            (v > m).then_some((k.name, v, m))
+            // NaN is above every ceiling: a budget of NaN must not switch the budget off.
+            (v > m || v.is_nan()).then_some((k.name, v, m))
         })
     }
 }

@@ -18,4 +18,5 @@ pub mod provider;
 pub mod resolve;
 pub mod roles;
 pub mod routing;
+pub mod sandbox;
 pub mod tools;

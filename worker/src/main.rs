@@ -12,6 +12,7 @@ use bg_agent_worker::config::{Config, LimitsOverride, TaskType, Tier};
 use bg_agent_worker::protocol::{ErrorKind, Event, TaskSpec, exit};
 use bg_agent_worker::provider::Client;
 use bg_agent_worker::resolve::SpawnRequest;
+use bg_agent_worker::sandbox;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -59,7 +60,7 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_turns: Option<u32>,
     /// Most USD this run may spend.
-    #[arg(long, value_name = "USD")]
+    #[arg(long, value_name = "USD", value_parser = parse_budget)]
     budget_usd: Option<f64>,
     /// Read a complete TaskSpec (JSON) from FILE, or from stdin with `-` (the server's
     /// way in: stdin then stays open, and its end means the server is gone).
@@ -72,6 +73,15 @@ struct Cli {
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
     Tier::parse(s).ok_or_else(|| format!("unknown tier `{s}`; use fast, balanced or quality"))
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a budget; give a number of US dollars, 0 or more (e.g. 0.5)"
+        )),
+    }
 }
 
 fn parse_task_type(s: &str) -> Result<TaskType, String> {
@@ -146,6 +156,15 @@ async fn run(cli: Cli) -> i32 {
             return exit::BAD_SPEC;
         }
     };
+    // Before the agent loop and while this is the only thread: Landlock confines the
+    // calling thread and the threads it starts later (the tools' blocking pool).
+    if let Err(e) = sandbox::confine(&spec, client.base_url()) {
+        out.emit(&Event::Error {
+            kind: ErrorKind::Config,
+            message: e.to_string(),
+        });
+        return exit::BAD_SPEC;
+    }
     let interrupted = |what: &str, code: i32| {
         out.emit(&Event::Error {
             kind: ErrorKind::Interrupted,

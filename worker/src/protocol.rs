@@ -38,6 +38,20 @@ pub struct TaskSpec {
     /// USD per million tokens; `None` means the cost is unknown and budget_usd cannot apply.
     #[serde(default)]
     pub price: Option<Price>,
+    /// How the worker confines itself (`[server] sandbox`).
+    #[serde(default)]
+    pub sandbox: SandboxMode,
+}
+
+/// Whether the worker confines itself with Landlock: `auto` when the kernel can (and
+/// says when it cannot), `require` refuses to run unconfined, `off` never confines.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    #[default]
+    Auto,
+    Require,
+    Off,
 }
 
 /// The provider a spec talks to, with the names of the environment variables that hold
@@ -115,6 +129,9 @@ pub enum Event {
         provider: String,
         role: String,
         limits: Limits,
+        /// Which sandbox is in force, e.g. `landlock (ABI 7): ...` or `none: ...`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox: Option<String>,
     },
     /// A delta of assistant text, as it streams.
     Text {

@@ -110,6 +110,7 @@ impl Config {
             cwd,
             limits,
             price: self.pricing.get(&route.model).copied(),
+            sandbox: self.server.sandbox,
         };
         Ok(Resolution {
             spec,

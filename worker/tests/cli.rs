@@ -163,3 +163,16 @@ async fn unusable_spec_exits_2_with_a_config_error() {
     }
     assert!(h.fake.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_that_is_not_a_number_is_refused() {
+    let h = Harness::start().await;
+
+    for bad in ["NaN", "inf", "-1"] {
+        let r = run(h.worker(&[&format!("--budget-usd={bad}"), "some task"])).await;
+
+        assert_eq!(r.code, Some(exit::BAD_SPEC), "{bad}: {}", r.dump());
+        assert!(r.stderr.contains("is not a budget"), "{bad}: {}", r.dump());
+        assert!(h.fake.requests().is_empty(), "{bad}: the run started");
+    }
+}

@@ -232,3 +232,28 @@ async fn api_key_never_appears_in_output_or_logs() {
         runs[3].dump()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_error_body_is_read_only_up_to_a_bound() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "endless error",
+        vec![
+            Step::EndlessErrorBody { code: 400 },
+            Step::text("never reached"),
+        ],
+    );
+
+    // Without the bound the worker reads until RUN_TIMEOUT (or memory) runs out.
+    let r = run(h.worker(&["--json", "endless error"])).await;
+
+    assert_eq!(r.code, Some(exit::PROVIDER), "{}", r.dump());
+    match r.last() {
+        Event::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::Provider);
+            assert!(message.contains("400"), "{message}");
+            assert!(message.len() < 4096, "{} bytes", message.len());
+        }
+        other => panic!("not an error: {other:?}"),
+    }
+}

@@ -162,3 +162,86 @@ async fn spec_cwd_given_through_a_symlink_still_reads_its_files() {
         r.dump()
     );
 }
+
+/// A thread swaps the workspace directory `d` with a symlink to a directory outside,
+/// over and over, while read_file and grep run: the kernel resolves each open beneath
+/// the workspace, so no read ever returns a byte from outside.
+#[test]
+fn a_directory_swapped_for_a_symlink_never_leads_a_read_outside() {
+    use bg_agent_worker::protocol::ToolName;
+    use bg_agent_worker::tools::execute;
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let root = std::fs::canonicalize(tmp.path()).expect("canonical");
+    let workspace = root.join("workspace");
+    let outside = root.join("outside");
+    std::fs::create_dir_all(workspace.join("d")).expect("mkdir d");
+    std::fs::create_dir_all(&outside).expect("mkdir outside");
+    std::fs::write(workspace.join("d/passwd"), "inside-7a1c\n").expect("write");
+    std::fs::write(outside.join("passwd"), "OUTSIDE-SECRET-52e9\n").expect("write");
+    let link = workspace.join("d-link");
+    std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+
+    let stop = AtomicBool::new(false);
+    let tools = [ToolName::ReadFile, ToolName::Grep];
+    let (mut inside_reads, mut swaps) = (0, 0u64);
+    std::thread::scope(|s| {
+        let swapper = s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Atomic: `d` is the directory or the symlink at every instant.
+                renameat2(
+                    AT_FDCWD,
+                    &workspace.join("d"),
+                    AT_FDCWD,
+                    &link,
+                    RenameFlags::RENAME_EXCHANGE,
+                )
+                .expect("swap");
+                n += 1;
+            }
+            n
+        });
+        // Stops the swapper even when an assertion below fails, so a failure cannot hang.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let guard = StopOnDrop(&stop);
+        for i in 0..3000 {
+            let out = if i % 2 == 0 {
+                execute(
+                    &tools,
+                    "read_file",
+                    &json!({"path": "d/passwd"}),
+                    &workspace,
+                )
+            } else {
+                execute(
+                    &tools,
+                    "grep",
+                    &json!({"pattern": "SECRET|inside"}),
+                    &workspace,
+                )
+            };
+            assert!(
+                !out.content.contains("OUTSIDE-SECRET"),
+                "read {i} leaked: {}",
+                out.content
+            );
+            if out.content.contains("inside-7a1c") {
+                inside_reads += 1;
+            }
+        }
+        drop(guard);
+        swaps = swapper.join().expect("swapper");
+    });
+    // The race really ran: the directory was swapped many times, and reads still got
+    // through whenever it was in place.
+    assert!(swaps > 100, "only {swaps} swaps");
+    assert!(inside_reads > 0, "no read found the inside file");
+}

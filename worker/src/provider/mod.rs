@@ -145,6 +145,11 @@ impl Client {
         })
     }
 
+    /// The endpoint requests go to (after `base_url_env`); the sandbox allows its port.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     /// Runs one streamed turn; `on_text` sees each text delta as it arrives.
     pub async fn turn(
         &self,
@@ -231,10 +236,22 @@ fn transport_error(e: reqwest::Error) -> ProviderError {
     }
 }
 
+/// Most bytes of an error body read; a provider (or a proxy) that sends an endless one
+/// must not run the worker out of memory.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
 /// Reads an error body `{"error": {"type", "message", "details"?}}` (both APIs use this
-/// shape); falls back to the raw text.
-async fn error_body(resp: reqwest::Response) -> (String, bool) {
-    let text = resp.text().await.unwrap_or_default();
+/// shape); falls back to the raw text. Reads at most `MAX_ERROR_BODY_BYTES`.
+async fn error_body(mut resp: reqwest::Response) -> (String, bool) {
+    let mut raw = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        raw.extend_from_slice(&chunk);
+        if raw.len() >= MAX_ERROR_BODY_BYTES {
+            raw.truncate(MAX_ERROR_BODY_BYTES);
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
     let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
     let err = parsed.as_ref().and_then(|v| v.get("error"));
     let message = err

@@ -1,5 +1,6 @@
 //! `glob`: workspace paths matching a glob, honouring .gitignore.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use serde_json::Value;
@@ -8,7 +9,7 @@ use super::{sandbox, str_arg};
 
 const MAX_PATHS: usize = 500;
 
-pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
+pub(super) fn run(input: &Value, root: &Path, dir: &OwnedFd) -> Result<String, String> {
     let pattern = str_arg(input, "pattern")?;
     if pattern.starts_with('/') || pattern.split('/').any(|c| c == "..") {
         return Err(format!(
@@ -21,7 +22,6 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
         .map_err(|e| format!("bad glob `{pattern}`: {e}"))?
         .compile_matcher();
     let mut paths = Vec::new();
-    let mut more = false;
     for entry in walker(root).build().flatten() {
         let Ok(rel) = entry.path().strip_prefix(root) else {
             continue;
@@ -29,16 +29,17 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
         if rel.as_os_str().is_empty() || !matcher.is_match(rel) {
             continue;
         }
-        if !sandbox::is_inside(root, entry.path()) {
+        let rel = rel.to_string_lossy().into_owned();
+        if !sandbox::exists_beneath(dir, &rel) {
             continue;
         }
-        if paths.len() == MAX_PATHS {
-            more = true;
-            break;
-        }
-        paths.push(rel.to_string_lossy().into_owned());
+        paths.push(rel);
     }
+    // The first MAX_PATHS in sorted order, not the first found: the walk's order is the
+    // file system's.
     paths.sort();
+    let more = paths.len() > MAX_PATHS;
+    paths.truncate(MAX_PATHS);
     if paths.is_empty() {
         return Ok(format!("no paths match `{pattern}`"));
     }

@@ -1,6 +1,8 @@
 //! `grep`: lines matching a regex across workspace files, honouring .gitignore.
 
 use std::fmt::Write as _;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use serde_json::Value;
@@ -13,7 +15,7 @@ const MAX_RESULTS: usize = 2000;
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 const MAX_LINE_CHARS: usize = 300;
 
-pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
+pub(super) fn run(input: &Value, root: &Path, dir: &OwnedFd) -> Result<String, String> {
     let pattern = str_arg(input, "pattern")?;
     let case_insensitive = input
         .get("case_insensitive")
@@ -46,19 +48,23 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
         .filter_map(|e| {
             let rel = e.path().strip_prefix(root).ok()?.to_path_buf();
             let keep = filter.as_ref().is_none_or(|m| m.is_match(&rel));
-            keep.then_some((rel, e.into_path()))
+            keep.then_some(rel)
         })
         .collect();
     files.sort();
-    'files: for (rel, path) in files {
-        if !sandbox::is_inside(root, &path)
-            || std::fs::metadata(&path).map_or(true, |m| m.len() > MAX_FILE_BYTES)
-        {
-            continue;
-        }
-        let Ok(bytes) = std::fs::read(&path) else {
+    'files: for rel in files {
+        // Opened beneath the workspace descriptor: the walk found it by path, and a
+        // directory swapped for a symlink since must not lead the read outside.
+        let Ok((file, len)) = sandbox::open_regular_file(dir, &rel.to_string_lossy()) else {
             continue;
         };
+        if len > MAX_FILE_BYTES {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        if file.take(MAX_FILE_BYTES).read_to_end(&mut bytes).is_err() {
+            continue;
+        }
         if bytes.iter().take(8192).any(|&b| b == 0) {
             continue;
         }

@@ -1,5 +1,5 @@
 //! The read-only workspace tools offered to the model: `read_file`, `glob`, `grep`.
-//! Every path is resolved inside the agent's cwd (`sandbox`); a refusal or any other
+//! Every file is opened beneath a descriptor of the agent's cwd (`sandbox`); a refusal or any other
 //! failure is an `is_error` result for the model, never the end of the run.
 //!
 //! Not here: anything that writes, runs commands or spawns agents; workers never get those.
@@ -115,10 +115,14 @@ pub fn execute(allowed: &[ToolName], name: &str, input: &Value, root: &Path) -> 
             offered.join(", ")
         ));
     };
+    let dir = match sandbox::open_root(root) {
+        Ok(dir) => dir,
+        Err(e) => return ToolOutput::error(e),
+    };
     let result = match tool {
-        ToolName::ReadFile => read_file::run(input, root),
-        ToolName::Glob => glob::run(input, root),
-        ToolName::Grep => grep::run(input, root),
+        ToolName::ReadFile => read_file::run(input, &dir),
+        ToolName::Glob => glob::run(input, root, &dir),
+        ToolName::Grep => grep::run(input, root, &dir),
     };
     match result {
         Ok(s) => ToolOutput::ok(s),
@@ -165,6 +169,59 @@ mod tests {
             "{}",
             out.content
         );
+    }
+
+    #[test]
+    fn read_file_with_a_huge_limit_reads_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one\ntwo\nthree\n").unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let input = json!({"path": "a.txt", "offset": 2, "limit": u64::MAX});
+        let out = execute(&[ToolName::ReadFile], "read_file", &input, &root);
+        assert!(!out.is_error, "{}", out.content);
+        assert_eq!(out.content, "2\ttwo\n3\tthree\n");
+    }
+
+    #[test]
+    fn glob_returns_the_first_500_paths_in_sorted_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // Created in reverse order, so a walk in directory order does not meet them sorted.
+        let mut names: Vec<String> = (0..700).map(|i| format!("f{i:04}.txt")).collect();
+        for name in names.iter().rev() {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let out = execute(
+            &[ToolName::Glob],
+            "glob",
+            &json!({"pattern": "*.txt"}),
+            &root,
+        );
+        assert!(!out.is_error, "{}", out.content);
+        names.truncate(500);
+        let listed: Vec<&str> = out.content.lines().take(500).collect();
+        assert_eq!(listed, names);
+        assert!(
+            out.content
+                .ends_with("[stopped at 500 paths; narrow the pattern]\n"),
+            "{}",
+            out.content
+        );
+    }
+
+    #[test]
+    fn read_file_refuses_a_fifo_at_once_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        nix::unistd::mkfifo(&root.join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let out = execute(
+            &[ToolName::ReadFile],
+            "read_file",
+            &json!({"path": "pipe"}),
+            &root,
+        );
+        assert!(out.is_error);
+        assert!(out.content.contains("is a FIFO"), "{}", out.content);
     }
 
     #[test]

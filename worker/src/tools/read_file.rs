@@ -1,7 +1,8 @@
 //! `read_file`: numbered lines of one text file, paged by offset/limit.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 
 use serde_json::Value;
 
@@ -13,22 +14,21 @@ const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 const DEFAULT_LIMIT: usize = 2000;
 const MAX_LINE_CHARS: usize = 2000;
 
-pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
+pub(super) fn run(input: &Value, root: &OwnedFd) -> Result<String, String> {
     let rel = str_arg(input, "path")?;
     let offset = uint_arg(input, "offset")?.unwrap_or(1);
     let limit = uint_arg(input, "limit")?.unwrap_or(DEFAULT_LIMIT);
-    let path = sandbox::resolve(root, rel)?;
-    let meta = std::fs::metadata(&path).map_err(|e| format!("`{rel}`: {e}"))?;
-    if meta.is_dir() {
-        return Err(format!("`{rel}` is a directory; use glob to list it"));
-    }
-    if meta.len() > MAX_FILE_BYTES {
+    let (file, len) = sandbox::open_regular_file(root, rel)?;
+    if len > MAX_FILE_BYTES {
         return Err(format!(
-            "`{rel}` is {} bytes, above the {MAX_FILE_BYTES}-byte limit; use grep to find the part you need",
-            meta.len()
+            "`{rel}` is {len} bytes, above the {MAX_FILE_BYTES}-byte limit; use grep to find the part you need"
         ));
     }
-    let bytes = std::fs::read(&path).map_err(|e| format!("`{rel}`: {e}"))?;
+    // Bounded even if the file grows after the size check.
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("`{rel}`: {e}"))?;
     if bytes.iter().take(8192).any(|&b| b == 0) {
         return Err(format!("`{rel}` looks binary; refused"));
     }
@@ -43,7 +43,7 @@ pub(super) fn run(input: &Value, root: &Path) -> Result<String, String> {
         };
         let _ = writeln!(out, "{}\t{}", i + 1, line);
     }
-    let shown_end = (offset - 1 + limit).min(total);
+    let shown_end = (offset - 1).saturating_add(limit).min(total);
     if offset > total && total > 0 {
         return Err(format!(
             "offset {offset} is past the end (`{rel}` has {total} lines)"

@@ -1,0 +1,294 @@
+//! The server's stdio transport: one JSON-RPC message per line, and an answer for every
+//! line rmcp would drop. A line that is not JSON (invalid, truncated, not UTF-8) gets a
+//! parse error (-32700, id null); JSON that is not a message gets an invalid-request
+//! error (-32600, with the request's id when it has one); a line over `MAX_LINE_BYTES`
+//! is refused the same way and skipped. The server stays up through all of them.
+//!
+//! Node's `JSON.stringify` writes a string cut mid-emoji as a lone surrogate escape
+//! (`"\ud83d"`), which serde_json rejects: such escapes are read as U+FFFD instead.
+//!
+//! rmcp's replies and ours go through one writer, a whole line under one lock, so they
+//! are never interleaved mid-line.
+
+use std::io;
+use std::sync::Arc;
+
+use rmcp::RoleServer;
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// Longest line accepted, in bytes.
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+const PARSE_ERROR: i64 = -32700;
+const INVALID_REQUEST: i64 = -32600;
+
+type Writer = Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
+
+/// Lines in from `R`, messages out to a shared writer.
+pub struct LineTransport<R> {
+    reader: BufReader<R>,
+    writer: Writer,
+    /// Cancelled when the input ends.
+    eof: CancellationToken,
+}
+
+impl LineTransport<tokio::io::Stdin> {
+    /// The transport over this process's stdin and stdout.
+    pub fn stdio(eof: CancellationToken) -> Self {
+        Self::new(tokio::io::stdin(), tokio::io::stdout(), eof)
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Send + Unpin + 'static> LineTransport<R> {
+    pub fn new(
+        reader: R,
+        writer: impl AsyncWrite + Send + Unpin + 'static,
+        eof: CancellationToken,
+    ) -> Self {
+        LineTransport {
+            reader: BufReader::new(reader),
+            writer: Arc::new(Mutex::new(Box::new(writer))),
+            eof,
+        }
+    }
+}
+
+/// Answers a malformed line. A failed write means the client is gone; the next read
+/// sees the end.
+async fn reply_error(writer: &Writer, id: Value, code: i64, message: String) {
+    tracing::warn!(code, %message, "answered a malformed JSON-RPC line");
+    let reply = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    let _ = write_line(writer, reply.to_string()).await;
+}
+
+impl<R: tokio::io::AsyncRead + Send + Unpin + 'static> Transport<RoleServer> for LineTransport<R> {
+    type Error = io::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleServer>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let writer = Arc::clone(&self.writer);
+        async move {
+            let line = serde_json::to_string(&item).map_err(io::Error::other)?;
+            write_line(&writer, line).await
+        }
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
+        loop {
+            let line = match read_bounded_line(&mut self.reader, MAX_LINE_BYTES).await {
+                Ok(Line::Complete(bytes)) => bytes,
+                Ok(Line::TooLong(len)) => {
+                    let message = format!(
+                        "line of {len}+ bytes refused: the limit is {MAX_LINE_BYTES} bytes per JSON-RPC message; send smaller arguments"
+                    );
+                    reply_error(&self.writer, Value::Null, INVALID_REQUEST, message).await;
+                    continue;
+                }
+                Ok(Line::End) | Err(_) => {
+                    self.eof.cancel();
+                    return None;
+                }
+            };
+            match decode(&line) {
+                Decoded::Message(m) => return Some(*m),
+                Decoded::Skip => continue,
+                Decoded::Error { id, code, message } => {
+                    reply_error(&self.writer, id, code, message).await;
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        self.writer.lock().await.flush().await
+    }
+}
+
+/// Writes `line` and a newline as one unit, then flushes.
+async fn write_line(writer: &Writer, mut line: String) -> io::Result<()> {
+    line.push('\n');
+    let mut w = writer.lock().await;
+    w.write_all(line.as_bytes()).await?;
+    w.flush().await
+}
+
+enum Line {
+    Complete(Vec<u8>),
+    /// Longer than the bound (its length so far); the rest of it was skipped.
+    TooLong(usize),
+    End,
+}
+
+/// The next line without its newline, holding at most `max` bytes in memory.
+async fn read_bounded_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> io::Result<Line> {
+    let mut line = Vec::new();
+    let mut too_long = 0usize;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(match (too_long, line.is_empty()) {
+                (0, true) => Line::End,
+                (0, false) => Line::Complete(line),
+                (n, _) => Line::TooLong(n),
+            });
+        }
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], i + 1),
+            None => (buf, buf.len()),
+        };
+        let ends = done > chunk.len();
+        if too_long > 0 || line.len() + chunk.len() > max {
+            too_long = too_long.max(line.len()) + chunk.len();
+            line = Vec::new();
+        } else {
+            line.extend_from_slice(chunk);
+        }
+        reader.consume(done);
+        if ends {
+            return Ok(if too_long > 0 {
+                Line::TooLong(too_long)
+            } else {
+                Line::Complete(line)
+            });
+        }
+    }
+}
+
+enum Decoded {
+    Message(Box<RxJsonRpcMessage<RoleServer>>),
+    /// Blank lines and notifications rmcp would ignore: nothing to answer.
+    Skip,
+    Error {
+        id: Value,
+        code: i64,
+        message: String,
+    },
+}
+
+fn decode(line: &[u8]) -> Decoded {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+    let Ok(text) = std::str::from_utf8(line) else {
+        return parse_error("the line is not valid UTF-8".into());
+    };
+    if text.trim().is_empty() {
+        return Decoded::Skip;
+    }
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(first) => match serde_json::from_str(&replace_lone_surrogates(text)) {
+            Ok(v) => v,
+            Err(_) => return parse_error(format!("the line is not valid JSON: {first}")),
+        },
+    };
+    let id = match value.get("id") {
+        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+        _ => None,
+    };
+    let is_notification =
+        value.get("id").is_none() && value.get("method").is_some_and(Value::is_string);
+    match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
+        Ok(m) => Decoded::Message(Box::new(m)),
+        // JSON-RPC never answers a notification; rmcp drops the ones it does not know.
+        Err(_) if is_notification => Decoded::Skip,
+        Err(e) => Decoded::Error {
+            id: id.unwrap_or(Value::Null),
+            code: INVALID_REQUEST,
+            message: format!(
+                "not a valid JSON-RPC 2.0 message ({e}); send one object with \"jsonrpc\": \"2.0\", a \"method\" and, for a request, an \"id\""
+            ),
+        },
+    }
+}
+
+fn parse_error(message: String) -> Decoded {
+    Decoded::Error {
+        id: Value::Null,
+        code: PARSE_ERROR,
+        message,
+    }
+}
+
+/// `text` with every `\uXXXX` escape of an unpaired UTF-16 surrogate replaced by
+/// `\ufffd`; paired surrogates and escaped backslashes are left alone.
+fn replace_lone_surrogates(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let Some(unit) = escaped_unit(b, i) else {
+            i += 2; // `\\`, `\"`, `\n`...: skip the escaped character.
+            continue;
+        };
+        let high = (0xD800..0xDC00).contains(&unit);
+        let low = (0xDC00..0xE000).contains(&unit);
+        if high && escaped_unit(b, i + 6).is_some_and(|u| (0xDC00..0xE000).contains(&u)) {
+            i += 12;
+        } else if high || low {
+            out.push_str(&text[copied..i]);
+            out.push_str("\\ufffd");
+            i += 6;
+            copied = i;
+        } else {
+            i += 6;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// The code unit of a `\uXXXX` escape starting at `at`, if there is one.
+fn escaped_unit(b: &[u8], at: usize) -> Option<u32> {
+    let esc = b.get(at..at + 6)?;
+    if esc[0] != b'\\' || esc[1] != b'u' {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(&esc[2..]).ok()?, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let fixed = replace_lone_surrogates(
+            r#"{"a":"cut \ud83d","b":"\ude00 x","c":"ok \ud83d\ude00","d":"\\ud83d"}"#,
+        );
+        let v: Value = serde_json::from_str(&fixed).unwrap();
+        assert_eq!(v["a"], "cut \u{fffd}");
+        assert_eq!(v["b"], "\u{fffd} x");
+        assert_eq!(v["c"], "ok 😀");
+        assert_eq!(v["d"], "\\ud83d");
+    }
+
+    #[tokio::test]
+    async fn lines_past_the_bound_are_skipped_whole() {
+        let input = b"short\nxxxxxxxxxxxxxxxxxxxx\nnext\nlast".to_vec();
+        let mut r = BufReader::with_capacity(4, &input[..]);
+        let mut got = Vec::new();
+        loop {
+            match read_bounded_line(&mut r, 8).await.unwrap() {
+                Line::Complete(l) => got.push(String::from_utf8(l).unwrap()),
+                Line::TooLong(n) => got.push(format!("too long {n}")),
+                Line::End => break,
+            }
+        }
+        assert_eq!(got, ["short", "too long 20", "next", "last"]);
+    }
+}
