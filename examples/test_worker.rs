@@ -132,6 +132,7 @@ fn ok() {
         input_tokens: 120,
         output_tokens: 34,
         cost_usd: Some(0.0005),
+        estimated: false,
     });
     emit(&Event::Result {
         text: "all done".into(),

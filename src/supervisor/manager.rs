@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::{mpsc, watch};
 
+use super::admission::Admission;
 use super::output::{
     OutputBuffer, OutputError, ReadRequest, StderrTail, Transcript, compile_filter,
 };
@@ -140,6 +141,10 @@ struct Inner {
     changed: watch::Sender<u64>,
     spawner: Spawner,
     shutting_down: AtomicBool,
+    /// Per-provider caps and holds. Locked only after `registry`, or alone.
+    admission: Mutex<Admission>,
+    /// A wake-up to start queued agents when a provider's hold ends is pending.
+    release_scheduled: AtomicBool,
 }
 
 impl Manager {
@@ -154,14 +159,17 @@ impl Manager {
                 .map_or(0, |d| d.as_secs()),
             std::process::id()
         );
+        let admission = Mutex::new(Admission::new(&config));
         Ok(Manager {
             inner: Arc::new(Inner {
+                admission,
                 transcript_dir: base.join(session),
                 config,
                 registry: Mutex::new(Registry::default()),
                 changed: watch::channel(0).0,
                 spawner: Spawner::new(tokio::runtime::Handle::current())?,
                 shutting_down: AtomicBool::new(false),
+                release_scheduled: AtomicBool::new(false),
             }),
         })
     }
@@ -205,7 +213,15 @@ impl Manager {
         let server = &inner.config.server;
         let (id, view, start_now) = {
             let mut reg = inner.lock();
-            let start_now = reg.running < server.max_concurrent && reg.queue.is_empty();
+            // FIFO per provider: nobody overtakes a queued agent of the same provider.
+            let provider = &resolution.route.provider;
+            let mut admission = inner.admission();
+            let start_now = reg.running < server.max_concurrent
+                && admission.blocked(provider, Instant::now()).is_none()
+                && !reg
+                    .queue
+                    .iter()
+                    .any(|q| reg.agents.get(q).is_some_and(|r| &r.provider == provider));
             if !start_now && reg.queue.len() >= server.max_queued {
                 return Err(ManagerError::QueueFull {
                     queued: reg.queue.len(),
@@ -249,6 +265,8 @@ impl Manager {
                 routing_reason: route.reason.clone(),
                 limits: LimitsView::from(&spec.limits),
                 label: label.clone(),
+                warnings: resolution.warnings,
+                queued_reason: None,
             };
             let record = AgentRecord {
                 id: id.clone(),
@@ -269,6 +287,7 @@ impl Manager {
                     spec: Box::new(spec),
                 },
                 usage: Usage::default(),
+                stop_reason: None,
                 turns: 0,
                 result: None,
                 error: None,
@@ -285,6 +304,7 @@ impl Manager {
             reg.agents.insert(id.clone(), record);
             if start_now {
                 reg.running += 1;
+                admission.take(&id, &view.provider);
             } else {
                 reg.queue.push_back(id.clone());
             }
@@ -295,6 +315,7 @@ impl Manager {
             let removed = {
                 let mut reg = inner.lock();
                 reg.running -= 1;
+                inner.admission().give_back(&id);
                 reg.agents.remove(&id)
             };
             if let Some(path) = removed.and_then(|r| r.transcript.map(|t| t.path().to_path_buf())) {
@@ -309,7 +330,7 @@ impl Manager {
 
     pub fn status(&self, id: &str) -> Result<StatusView, ManagerError> {
         let reg = self.inner.lock();
-        Ok(StatusView::of(self.inner.get(&reg, id)?))
+        Ok(self.inner.status_view(&reg, self.inner.get(&reg, id)?))
     }
 
     /// The status once the agent has ended, or after `wait` (whichever first).
@@ -464,7 +485,7 @@ impl Manager {
                     } else {
                         running.push(id.clone());
                     }
-                    agents.push(StatusView::of(rec));
+                    agents.push(self.inner.status_view(&reg, rec));
                 }
                 (ended, running, agents)
             };
@@ -669,6 +690,7 @@ impl Inner {
                     // Cancelled between dequeue and start: give the slot back.
                     drop(reg);
                     self.lock().running -= 1;
+                    self.admission().give_back(id);
                     self.start_next();
                     return Ok(());
                 }
@@ -719,22 +741,39 @@ impl Inner {
         Ok(())
     }
 
-    /// Starts queued agents while slots are free.
+    /// Starts queued agents while slots are free: the first in the queue whose provider
+    /// admits it (FIFO per provider).
     fn start_next(self: &Arc<Self>) {
-        let ids: Vec<String> = {
+        let now = Instant::now();
+        let (ids, release) = {
             let mut reg = self.lock();
+            let mut admission = self.admission();
             let mut ids = Vec::new();
+            let mut i = 0;
             while reg.running < self.config.server.max_concurrent
                 && !self.shutting_down.load(Ordering::SeqCst)
+                && i < reg.queue.len()
             {
-                let Some(id) = reg.queue.pop_front() else {
-                    break;
+                let id = reg.queue[i].clone();
+                let Some(provider) = reg.agents.get(&id).map(|r| r.provider.clone()) else {
+                    reg.queue.remove(i);
+                    continue;
                 };
+                if admission.blocked(&provider, now).is_some() {
+                    i += 1;
+                    continue;
+                }
+                reg.queue.remove(i);
                 reg.running += 1;
+                admission.take(&id, &provider);
                 ids.push(id);
             }
-            ids
+            let waiting = !reg.queue.is_empty();
+            (ids, admission.next_release(now).filter(|_| waiting))
         };
+        if let Some(at) = release {
+            self.schedule_release(at);
+        }
         for id in ids {
             let inner = Arc::clone(self);
             tokio::spawn(async move {
@@ -749,10 +788,52 @@ impl Inner {
         }
     }
 
+    /// Tries the queue again when a provider's hold ends (one wake-up pending at a time).
+    fn schedule_release(self: &Arc<Self>, at: Instant) {
+        if self.release_scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            inner.release_scheduled.store(false, Ordering::SeqCst);
+            inner.start_next();
+        });
+    }
+
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        self.admission
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `rec` as callers see it, with why it waits when it is queued.
+    fn status_view(&self, reg: &Registry, rec: &AgentRecord) -> StatusView {
+        let mut view = StatusView::of(rec);
+        if rec.status() == Status::Queued {
+            view.queued_reason = Some(self.queued_reason(reg, rec));
+        }
+        view
+    }
+
+    /// Why queued agent `rec` still waits.
+    fn queued_reason(&self, reg: &Registry, rec: &AgentRecord) -> String {
+        if let Some(why) = self.admission().blocked(&rec.provider, Instant::now()) {
+            return why;
+        }
+        format!(
+            "{} agents are running ([server] max_concurrent = {}); {} queued",
+            reg.running,
+            self.config.server.max_concurrent,
+            reg.queue.len()
+        )
+    }
+
     fn fail_start(self: &Arc<Self>, id: &str, message: String) {
         {
             let mut reg = self.lock();
             reg.running -= 1;
+            self.admission().give_back(id);
             if let Some(rec) = reg.agents.get_mut(id)
                 && rec
                     .state
@@ -882,6 +963,7 @@ impl Inner {
         let evicted = {
             let mut reg = self.lock();
             reg.running -= 1;
+            self.admission().give_back(id);
             let retain = self.config.server.retained_agents;
             match reg.agents.get_mut(id) {
                 Some(rec) if !rec.status().is_terminal() => {
@@ -975,6 +1057,18 @@ impl Inner {
                     if let Some(t) = rec.transcript.as_mut() {
                         t.append_line(&line);
                     }
+                    if let Event::Retry {
+                        wait_ms,
+                        throttled: true,
+                        ..
+                    } = &event
+                    {
+                        self.admission().hold(
+                            &rec.provider,
+                            Duration::from_millis(*wait_ms),
+                            Instant::now(),
+                        );
+                    }
                     apply_event(rec, event);
                 }
                 Err(_) => {
@@ -1022,16 +1116,23 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
             input_tokens,
             output_tokens,
             cost_usd,
+            estimated,
         } => {
             rec.usage = Usage {
                 input_tokens: *input_tokens,
                 output_tokens: *output_tokens,
                 cost_usd: *cost_usd,
+                estimated: *estimated,
             };
         }
-        Event::Result { text, turns, .. } => {
+        Event::Result {
+            text,
+            turns,
+            stop_reason,
+        } => {
             rec.result = Some(text.clone());
             rec.turns = *turns;
+            rec.stop_reason = Some(stop_reason.clone());
         }
         Event::Error { kind, message } => {
             rec.error = Some(message.clone());

@@ -176,6 +176,8 @@ pub struct Usage {
     pub output_tokens: u64,
     /// `None`: the model has no price, the cost is unknown (not zero).
     pub cost_usd: Option<f64>,
+    /// The provider sent no usage for some turn: tokens and cost are estimates.
+    pub estimated: bool,
 }
 
 /// Everything known about one agent.
@@ -196,6 +198,8 @@ pub struct AgentRecord {
     pub created_at: SystemTime,
     pub state: AgentState,
     pub usage: Usage,
+    /// The final answer's stop reason (`max_tokens`: cut at the token limit).
+    pub stop_reason: Option<String>,
     pub turns: u32,
     pub result: Option<String>,
     pub error: Option<String>,

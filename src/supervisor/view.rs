@@ -7,6 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use bg_agent_worker::protocol::STOP_MAX_TOKENS;
+
 use super::registry::{AgentRecord, AgentState, Status};
 
 /// Limits as callers see them (also what agent_spawn reports as effective).
@@ -56,6 +58,12 @@ pub struct SpawnView {
     pub routing_reason: String,
     pub limits: LimitsView,
     pub label: Option<String>,
+    /// What will not work as asked, one line each (e.g. budget_usd for an unpriced model).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Why it waits, when queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, JsonSchema)]
@@ -64,6 +72,9 @@ pub struct UsageView {
     pub output_tokens: u64,
     /// USD so far; null when the model has no configured price (unknown, not free).
     pub cost_usd: Option<f64>,
+    /// True when the provider sent no usage and tokens (and cost) are estimated.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -115,6 +126,12 @@ pub struct StatusView {
     pub result: Option<String>,
     /// True when `result` was cut to fit this reply; read the rest with agent_output.
     pub result_truncated: bool,
+    /// Set when the model stopped at its token limit: the answer is incomplete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_truncated: Option<String>,
+    /// Why it waits, when queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_reason: Option<String>,
     pub error: Option<String>,
     pub output: OutputCounts,
     /// Last lines of the worker's stderr (diagnostics), when not completed.
@@ -164,6 +181,7 @@ impl UsageView {
             input_tokens: r.usage.input_tokens,
             output_tokens: r.usage.output_tokens,
             cost_usd: r.usage.cost_usd,
+            estimated: r.usage.estimated,
         }
     }
 }
@@ -202,6 +220,13 @@ impl StatusView {
             turns: r.turns,
             result: r.result.clone().filter(|_| status == Status::Completed),
             result_truncated: false,
+            answer_truncated: (r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS)).then(|| {
+                format!(
+                    "the model stopped at the token limit (stop_reason max_tokens, limits.max_tokens = {}, or less when a budget was nearly spent): the answer is incomplete; continue it with agent_send, or spawn again with a larger limits.max_tokens",
+                    r.limits.max_tokens
+                )
+            }),
+            queued_reason: None,
             error: r.error.clone(),
             output: OutputCounts {
                 output_bytes: r.output.end_cursor(),

@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,15 @@ pub struct FakeProvider {
     addr: SocketAddr,
     state: Arc<Mutex<FakeState>>,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// Counts a streamed response in flight until its body is done or dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One request as the fake received it.
@@ -117,6 +127,28 @@ pub enum Step {
     /// Stream `after_chunks` text chunks, then drop the connection abruptly: no
     /// message_stop / [DONE] and no end of the chunked body, so the client sees a body error.
     CloseMidMessage { after_chunks: Vec<String> },
+    /// Stream `chunks` as text, then stop at the token limit (stop_reason max_tokens /
+    /// finish_reason length).
+    Length { chunks: Vec<String> },
+    /// HTTP 200 with an SSE content type and an empty body.
+    Empty,
+    /// An HTTP redirect (307) to `location`.
+    Redirect { location: String },
+}
+
+/// Behaviours of real servers other than the official APIs, switched on per fake.
+#[derive(Clone, Debug, Default)]
+pub struct Quirks {
+    /// llama-cpp-python: the whole function name (and id) in every streamed tool-call chunk.
+    pub repeat_tool_name: bool,
+    /// llama-cpp-python: HTTP 500 for an assistant message whose `content` is null.
+    pub reject_null_content: bool,
+    /// llama-cpp-python: no usage at all, even when `stream_options.include_usage` asks.
+    pub no_usage: bool,
+    /// A rate limit on requests in flight: past this many, HTTP 429 with `retry-after`.
+    pub max_in_flight: Option<usize>,
+    /// The `retry-after` (seconds) of those 429s.
+    pub retry_after_secs: u64,
 }
 
 impl Step {
@@ -206,6 +238,21 @@ impl FakeProvider {
         });
     }
 
+    /// Switches on behaviours of non-official servers for every later request.
+    pub fn set_quirks(&self, quirks: Quirks) {
+        lock(&self.state).quirks = quirks;
+    }
+
+    /// Requests answered 429 because of `Quirks::max_in_flight`.
+    pub fn throttled(&self) -> usize {
+        lock(&self.state).throttled
+    }
+
+    /// The most streamed responses that were ever in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        lock(&self.state).peak_in_flight
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.state).requests.clone()
@@ -243,6 +290,10 @@ struct FakeState {
     requests: Vec<RecordedRequest>,
     /// Source of `msg_fake_N` / `chatcmpl-fake-N` / `req_fake_N` numbers.
     next_id: u64,
+    quirks: Quirks,
+    in_flight: Arc<AtomicUsize>,
+    peak_in_flight: usize,
+    throttled: usize,
 }
 
 struct Rule {
@@ -277,35 +328,86 @@ async fn handle(
     let recorded = record(uri.path(), &headers, parsed.as_ref().ok());
     let checked = check(&method, uri.path(), &headers, parsed);
     // One lock for recording and step selection, so steps are served in recorded order.
-    let (id, outcome) = {
+    let (id, quirks, outcome) = {
         let mut state = lock(&state);
         state.requests.push(recorded.clone());
         state.next_id += 1;
-        let outcome = checked.map(|accepted| (accepted, next_step(&mut state, &recorded)));
-        (state.next_id, outcome)
+        let quirks = state.quirks.clone();
+        let outcome = checked
+            .and_then(|accepted| quirky(&quirks, accepted))
+            .and_then(|accepted| admit(&mut state, accepted))
+            .map(|(accepted, permit)| (accepted, permit, next_step(&mut state, &recorded)));
+        (state.next_id, quirks, outcome)
     };
     match outcome {
-        Ok(((api, body), step)) => {
+        Ok(((api, body), permit, step)) => {
             let turn = Turn {
                 id,
                 model: recorded.model,
                 input_tokens: (raw_body.len() as u64 / 4).max(1),
-                include_usage: body
-                    .pointer("/stream_options/include_usage")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
+                include_usage: !quirks.no_usage
+                    && body
+                        .pointer("/stream_options/include_usage")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                repeat_tool_name: quirks.repeat_tool_name,
             };
-            respond(api, step, &turn)
+            respond(api, step, &turn, permit)
         }
         Err(rejected) => error_response(
             rejected.api,
             rejected.code,
             rejected.error_type,
             &rejected.message,
-            None,
+            rejected.retry_after,
             id,
         ),
     }
+}
+
+/// What a quirky server refuses that the official API accepts.
+fn quirky(quirks: &Quirks, (api, body): (Api, Value)) -> Result<(Api, Value), Rejected> {
+    let null_content = body["messages"].as_array().is_some_and(|messages| {
+        messages
+            .iter()
+            .any(|m| m["role"] == "assistant" && m.get("content") == Some(&Value::Null))
+    });
+    if quirks.reject_null_content && api == Api::OpenAi && null_content {
+        return Err(Rejected {
+            api,
+            code: 500,
+            error_type: "internal_server_error",
+            message: "'NoneType' object is not iterable".into(),
+            retry_after: None,
+        });
+    }
+    Ok((api, body))
+}
+
+/// The rate limit of `Quirks::max_in_flight`: a permit for the response, or a 429.
+fn admit(
+    state: &mut FakeState,
+    accepted: (Api, Value),
+) -> Result<((Api, Value), Option<InFlight>), Rejected> {
+    let Some(max) = state.quirks.max_in_flight else {
+        return Ok((accepted, None));
+    };
+    let now = state.in_flight.load(Ordering::SeqCst);
+    if now >= max {
+        state.throttled += 1;
+        return Err(Rejected {
+            api: accepted.0,
+            code: 429,
+            error_type: "rate_limit_error",
+            message: format!(
+                "Number of concurrent connections has exceeded your rate limit ({max}); please retry later."
+            ),
+            retry_after: Some(state.quirks.retry_after_secs),
+        });
+    }
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    state.peak_in_flight = state.peak_in_flight.max(now + 1);
+    Ok((accepted, Some(InFlight(state.in_flight.clone()))))
 }
 
 /// A request the real service would refuse before doing any work.
@@ -314,6 +416,7 @@ struct Rejected {
     code: u16,
     error_type: &'static str,
     message: String,
+    retry_after: Option<u64>,
 }
 
 /// Accepts a request the real service would serve, as `(api, body)`.
@@ -332,6 +435,7 @@ fn check(
                 code: 404,
                 error_type: "not_found_error",
                 message: format!("Not found: {method} {path}"),
+                retry_after: None,
             });
         }
     };
@@ -340,6 +444,7 @@ fn check(
         code,
         error_type,
         message: message.to_string(),
+        retry_after: None,
     };
     let invalid = |message: &str| Err(reject(400, "invalid_request_error", message));
     if method != Method::POST {
@@ -552,6 +657,8 @@ struct Turn {
     input_tokens: u64,
     /// OpenAI `stream_options.include_usage`: only then does the real API send usage.
     include_usage: bool,
+    /// `Quirks::repeat_tool_name`.
+    repeat_tool_name: bool,
 }
 
 /// How a streamed body ends after its last frame.
@@ -565,6 +672,8 @@ enum Ending {
 struct Sse {
     frames: VecDeque<(Duration, String)>,
     ending: Ending,
+    /// Held while the body streams (`Quirks::max_in_flight`).
+    permit: Option<InFlight>,
 }
 
 impl Sse {
@@ -572,6 +681,7 @@ impl Sse {
         Sse {
             frames: VecDeque::new(),
             ending: Ending::Finish,
+            permit: None,
         }
     }
 
@@ -623,8 +733,16 @@ fn insert_request_id(headers: &mut HeaderMap, name: &'static str, id: u64) {
     }
 }
 
-fn respond(api: Api, step: Step, turn: &Turn) -> Response {
+fn respond(api: Api, step: Step, turn: &Turn, permit: Option<InFlight>) -> Response {
     match step {
+        Step::Redirect { location } => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
         Step::Status {
             code,
             error_type,
@@ -636,11 +754,17 @@ fn respond(api: Api, step: Step, turn: &Turn) -> Response {
             body,
             retry_after,
         } => json_response(api, code, &body, retry_after, turn.id),
+        Step::Empty => {
+            let mut sse = Sse::new();
+            sse.permit = permit;
+            sse.into_response("request-id", turn.id)
+        }
         streamed => {
-            let sse = match api {
+            let mut sse = match api {
                 Api::Anthropic => anthropic::stream(streamed, turn),
                 Api::OpenAi => openai::stream(streamed, turn),
             };
+            sse.permit = permit;
             let request_id_header = match api {
                 Api::Anthropic => "request-id",
                 Api::OpenAi => "x-request-id",
@@ -833,6 +957,10 @@ mod anthropic {
                            "error": {"type": error_type, "message": message}}),
                 );
             }
+            Step::Length { chunks } => {
+                text_block(&mut sse, 0, &chunks, Duration::ZERO, true);
+                message_end(&mut sse, "max_tokens", chars(&chunks));
+            }
             Step::Hang { after_chunks } => {
                 text_block(&mut sse, 0, &after_chunks, Duration::ZERO, false);
                 sse.ending = Ending::Hang;
@@ -841,8 +969,8 @@ mod anthropic {
                 text_block(&mut sse, 0, &after_chunks, Duration::ZERO, false);
                 sse.ending = Ending::Abort;
             }
-            Step::Status { .. } | Step::StatusBody { .. } => {
-                unreachable!("status steps are answered without a stream")
+            Step::Status { .. } | Step::StatusBody { .. } | Step::Empty | Step::Redirect { .. } => {
+                unreachable!("answered without a stream")
             }
         }
         sse
@@ -952,12 +1080,13 @@ mod openai {
                 );
                 let arguments = input.to_string();
                 for piece in split_even(&arguments, 3) {
-                    out.chunk(
-                        Duration::ZERO,
-                        json!({"tool_calls": [{"index": 0,
-                                               "function": {"arguments": piece}}]}),
-                        None,
-                    );
+                    let call = if turn.repeat_tool_name {
+                        json!({"index": 0, "id": id, "type": "function",
+                               "function": {"name": name, "arguments": piece}})
+                    } else {
+                        json!({"index": 0, "function": {"arguments": piece}})
+                    };
+                    out.chunk(Duration::ZERO, json!({"tool_calls": [call]}), None);
                 }
                 let streamed = chars(&text_chunks) + arguments.chars().count();
                 out.finish("tool_calls", streamed);
@@ -974,6 +1103,10 @@ mod openai {
                                      "param": null, "code": null}}),
                 );
             }
+            Step::Length { chunks } => {
+                out.text(&chunks, Duration::ZERO);
+                out.finish("length", chars(&chunks));
+            }
             Step::Hang { after_chunks } => {
                 out.text(&after_chunks, Duration::ZERO);
                 out.sse.ending = Ending::Hang;
@@ -982,8 +1115,8 @@ mod openai {
                 out.text(&after_chunks, Duration::ZERO);
                 out.sse.ending = Ending::Abort;
             }
-            Step::Status { .. } | Step::StatusBody { .. } => {
-                unreachable!("status steps are answered without a stream")
+            Step::Status { .. } | Step::StatusBody { .. } | Step::Empty | Step::Redirect { .. } => {
+                unreachable!("answered without a stream")
             }
         }
         out.sse

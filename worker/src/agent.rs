@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::protocol::{ErrorKind, Event, TaskSpec, exit};
 use crate::provider::{
-    Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest,
+    Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest, throttled,
 };
 use crate::tools;
 
@@ -48,18 +48,20 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
         }],
     }];
     let mut total = TokenUsage::default();
+    let mut estimated = false;
     let limits = &spec.limits;
 
     for turn in 1..=limits.max_turns {
-        let remaining = limits
-            .max_total_tokens
-            .saturating_sub(total.input_tokens + total.output_tokens);
+        let max_tokens = match output_allowance(spec, total) {
+            Ok(n) => n,
+            Err(message) => return fail(out, ErrorKind::BudgetExceeded, message),
+        };
         let req = TurnRequest {
             model: &spec.model,
             system: &spec.system_prompt,
             messages: &messages,
             tools: &tool_defs,
-            max_tokens: (limits.max_tokens as u64).min(remaining.max(1)) as u32,
+            max_tokens,
         };
         let output = match turn_with_retries(client, &req, spec.provider.max_retries, out).await {
             Ok(o) => o,
@@ -67,6 +69,7 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
         };
         total.input_tokens += output.usage.input_tokens;
         total.output_tokens += output.usage.output_tokens;
+        estimated |= output.usage_estimated;
         let cost = spec
             .price
             .map(|p| p.cost(total.input_tokens, total.output_tokens));
@@ -74,6 +77,7 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
             input_tokens: total.input_tokens,
             output_tokens: total.output_tokens,
             cost_usd: cost,
+            estimated,
         });
         let over_budget = budget_exceeded(spec, total, cost);
 
@@ -165,6 +169,36 @@ fn bad_cwd(spec: &TaskSpec, reason: &str) -> String {
     )
 }
 
+/// The `max_tokens` of the next request: the per-response limit, lowered to what the
+/// remaining token and USD budgets can pay for, so a turn overshoots a budget by at most
+/// its input. Err when the budgets cannot pay for a single output token.
+fn output_allowance(spec: &TaskSpec, total: TokenUsage) -> Result<u32, String> {
+    let limits = &spec.limits;
+    let mut allowance = limits.max_tokens as u64;
+    let remaining = limits.max_total_tokens.saturating_sub(total.total());
+    if remaining == 0 {
+        return Err(format!(
+            "token budget exhausted: {} tokens used, max_total_tokens is {}",
+            total.total(),
+            limits.max_total_tokens
+        ));
+    }
+    allowance = allowance.min(remaining);
+    if let Some(price) = spec.price.filter(|p| p.output > 0.0) {
+        let spent = price.cost(total.input_tokens, total.output_tokens);
+        let left = limits.budget_usd - spent;
+        let affordable = (left * 1_000_000.0 / price.output).floor();
+        if affordable < 1.0 {
+            return Err(format!(
+                "USD budget exhausted: ${spent:.4} spent, budget_usd is ${}; not even one more output token fits",
+                limits.budget_usd
+            ));
+        }
+        allowance = allowance.min(affordable as u64);
+    }
+    Ok(allowance as u32)
+}
+
 fn budget_exceeded(spec: &TaskSpec, total: TokenUsage, cost: Option<f64>) -> Option<String> {
     let tokens = total.input_tokens + total.output_tokens;
     if tokens > spec.limits.max_total_tokens {
@@ -224,6 +258,7 @@ async fn turn_with_retries(
                 reason,
                 retry_after,
             }) => {
+                let throttled = throttled(&reason);
                 if attempt >= max_retries {
                     return Err(format!("{reason} (gave up after {attempt} retries)"));
                 }
@@ -236,6 +271,7 @@ async fn turn_with_retries(
                     wait_ms: wait.as_millis() as u64,
                     reason,
                     discarded_output: streamed,
+                    throttled,
                 });
                 tokio::time::sleep(wait).await;
             }

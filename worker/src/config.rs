@@ -161,6 +161,10 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     pub max_retries: u32,
     pub request_timeout_seconds: u64,
+    /// Agents running against this provider at once (the server queues the rest); absent
+    /// means only `[server] max_concurrent` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -481,6 +485,15 @@ impl Config {
                     key("max_retries"),
                     p.max_retries.to_string(),
                     "must be between 0 and 20".into(),
+                ));
+            }
+            if let Some(n) = p.max_concurrent
+                && !(1..=1024).contains(&n)
+            {
+                return Err(invalid(
+                    key("max_concurrent"),
+                    n.to_string(),
+                    "must be between 1 and 1024 (leave it out for no per-provider cap)".into(),
                 ));
             }
             if !(1..=3600).contains(&p.request_timeout_seconds) {

@@ -137,6 +137,10 @@ pub enum Event {
         output_tokens: u64,
         /// `None` when the model has no price configured: unknown, not free.
         cost_usd: Option<f64>,
+        /// The provider reported no usage for some turn, so the tokens (and the cost) are
+        /// estimated from the bytes sent and received, 4 bytes a token.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        estimated: bool,
     },
     /// A turn is being retried; text streamed since the turn began is void.
     Retry {
@@ -146,7 +150,12 @@ pub enum Event {
         /// Whether text of the failed attempt had already been streamed.
         #[serde(default)]
         discarded_output: bool,
+        /// The provider throttled (HTTP 429 or 529): the server holds new starts on this
+        /// provider for `wait_ms`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        throttled: bool,
     },
+    /// `stop_reason` `max_tokens` means the answer was cut at the token limit.
     Result {
         text: String,
         stop_reason: String,
@@ -157,6 +166,9 @@ pub enum Event {
         message: String,
     },
 }
+
+/// The stop reason of an answer cut at the token limit (OpenAI's `length` is mapped to it).
+pub const STOP_MAX_TOKENS: &str = "max_tokens";
 
 impl Event {
     /// Whether this event ends a run (exactly one does).
@@ -197,6 +209,7 @@ impl Event {
                 wait_ms,
                 reason,
                 discarded_output,
+                ..
             } => {
                 let void = if *discarded_output {
                     " (text above from the failed attempt is void)"
@@ -207,7 +220,7 @@ impl Event {
                     "{nl}[retry {attempt} in {wait_ms} ms: {reason}{void}]\n"
                 ))
             }
-            Event::Error { kind, message } => Some(format!("{nl}[error {kind:?}: {message}]\n")),
+            Event::Error { message, .. } => Some(format!("{nl}error: {message}\n")),
         }
     }
 }
@@ -246,6 +259,7 @@ mod tests {
             input_tokens: 3,
             output_tokens: 4,
             cost_usd: None,
+            estimated: false,
         };
         let line = e.to_json_line();
         assert_eq!(

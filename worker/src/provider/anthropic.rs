@@ -1,12 +1,10 @@
 //! Anthropic Messages API, streamed over SSE (`POST {base}/v1/messages`).
 
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::{
-    Block, Client, Message, ProviderError, TokenUsage, TurnOutput, TurnRequest, error_body,
-    retry_after, status_error, transport_error,
+    Block, Client, Message, Metered, ProviderError, TokenUsage, TurnOutput, TurnRequest,
+    estimate_tokens, stream_cut_tokens,
 };
 
 pub const API_VERSION: &str = "2023-06-01";
@@ -16,29 +14,23 @@ pub(super) async fn turn(
     req: &TurnRequest<'_>,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<TurnOutput, ProviderError> {
+    let url = format!("{}/v1/messages", client.base_url);
+    let body = body(req).to_string();
     let mut http = client
         .http
-        .post(format!("{}/v1/messages", client.base_url))
+        .post(&url)
         .header("anthropic-version", API_VERSION)
         .header("accept", "text/event-stream")
-        .json(&body(req));
+        .header("content-type", "application/json")
+        .body(body.clone());
     if let Some(key) = &client.api_key {
         http = http.header("x-api-key", key);
     }
-    let resp = http.send().await.map_err(transport_error)?;
-    let status = resp.status().as_u16();
-    if !resp.status().is_success() {
-        let after = retry_after(resp.headers());
-        let (message, spend_limit) = error_body(resp).await;
-        return Err(status_error(status, message, after, spend_limit));
-    }
-    let mut events = resp.bytes_stream().eventsource();
+    let resp = client.send(http, &url, req.model).await?;
+    let mut events = client.events(resp, &url, req.model);
     let mut acc = Accumulator::default();
-    while let Some(ev) = events.next().await {
-        let ev = ev.map_err(|e| ProviderError::Retryable {
-            reason: format!("stream broke off: {e}"),
-            retry_after: None,
-        })?;
+    let cut = stream_cut_tokens(req.max_tokens);
+    while let Some(ev) = events.next().await? {
         let data: Value = match serde_json::from_str(&ev.data) {
             Ok(v) => v,
             Err(_) if ev.event == "ping" => continue,
@@ -50,13 +42,13 @@ pub(super) async fn turn(
             }
         };
         if acc.apply(&data, on_text)? {
-            return acc.finish();
+            return acc.finish(body.len());
+        }
+        if estimate_tokens(acc.metered.out_bytes) > cut {
+            return acc.cut(body.len());
         }
     }
-    Err(ProviderError::Retryable {
-        reason: "stream closed before message_stop".into(),
-        retry_after: None,
-    })
+    Err(events.ended_early("message_stop"))
 }
 
 fn body(req: &TurnRequest<'_>) -> Value {
@@ -117,6 +109,7 @@ struct Accumulator {
     done: Vec<Block>,
     stop_reason: Option<String>,
     usage: TokenUsage,
+    metered: Metered,
 }
 
 impl Accumulator {
@@ -130,6 +123,7 @@ impl Accumulator {
         match data.get("type").and_then(Value::as_str).unwrap_or("") {
             "message_start" => {
                 if let Some(u) = data.pointer("/message/usage") {
+                    self.metered.usage_seen = true;
                     self.usage.input_tokens = tokens(u, "input_tokens")
                         + tokens(u, "cache_creation_input_tokens")
                         + tokens(u, "cache_read_input_tokens");
@@ -141,6 +135,7 @@ impl Accumulator {
                 let partial = match block.get("type").and_then(Value::as_str) {
                     Some("text") => {
                         let t = str_field(&block, "text");
+                        self.metered.out_bytes += t.len();
                         if !t.is_empty() {
                             on_text(&t);
                         }
@@ -166,14 +161,19 @@ impl Accumulator {
                 ) {
                     (Some(Partial::Text(t)), Some("text_delta")) => {
                         let d = str_field(delta, "text");
+                        self.metered.out_bytes += d.len();
                         on_text(&d);
                         t.push_str(&d);
                     }
                     (Some(Partial::ToolUse { json, .. }), Some("input_json_delta")) => {
-                        json.push_str(&str_field(delta, "partial_json"));
+                        let d = str_field(delta, "partial_json");
+                        self.metered.out_bytes += d.len();
+                        json.push_str(&d);
                     }
                     (Some(Partial::Opaque(v)), Some("thinking_delta")) => {
-                        append_field(v, "thinking", &str_field(delta, "thinking"));
+                        let d = str_field(delta, "thinking");
+                        self.metered.out_bytes += d.len();
+                        append_field(v, "thinking", &d);
                     }
                     (Some(Partial::Opaque(v)), Some("signature_delta")) => {
                         append_field(v, "signature", &str_field(delta, "signature"));
@@ -191,6 +191,7 @@ impl Accumulator {
                     self.stop_reason = Some(r.to_string());
                 }
                 if let Some(u) = data.get("usage") {
+                    self.metered.usage_seen = true;
                     // Cumulative for the message.
                     if u.get("output_tokens").is_some() {
                         self.usage.output_tokens = tokens(u, "output_tokens");
@@ -228,16 +229,47 @@ impl Accumulator {
         Ok(false)
     }
 
-    fn finish(mut self) -> Result<TurnOutput, ProviderError> {
+    /// The finished message; `sent_bytes` (the request body) estimates the input when the
+    /// provider sent no usage.
+    fn finish(mut self, sent_bytes: usize) -> Result<TurnOutput, ProviderError> {
         // Blocks never closed (should not happen after message_stop) are still kept.
-        for p in self.blocks.into_iter().flatten() {
+        for p in std::mem::take(&mut self.blocks).into_iter().flatten() {
             self.done.push(finish_block(p)?);
         }
-        Ok(TurnOutput {
+        let stop_reason = self.stop_reason.take().unwrap_or_else(|| "end_turn".into());
+        Ok(self.output(stop_reason, sent_bytes))
+    }
+
+    /// The message as far as it came, for a stream stopped because it ran far past
+    /// `max_tokens`: the text is kept, unfinished tool calls are not.
+    fn cut(mut self, sent_bytes: usize) -> Result<TurnOutput, ProviderError> {
+        for p in std::mem::take(&mut self.blocks).into_iter().flatten() {
+            if let Partial::Text(text) = p {
+                self.done.push(Block::Text { text });
+            }
+        }
+        self.done.retain(|b| !matches!(b, Block::ToolUse { .. }));
+        // The count that came with message_start is not the cumulative one.
+        let streamed = estimate_tokens(self.metered.out_bytes);
+        self.usage.output_tokens = self.usage.output_tokens.max(streamed);
+        Ok(self.output("max_tokens".into(), sent_bytes))
+    }
+
+    fn output(self, stop_reason: String, sent_bytes: usize) -> TurnOutput {
+        let estimated = !self.metered.usage_seen;
+        let mut usage = self.usage;
+        if estimated {
+            usage = TokenUsage {
+                input_tokens: estimate_tokens(sent_bytes),
+                output_tokens: estimate_tokens(self.metered.out_bytes),
+            };
+        }
+        TurnOutput {
             content: self.done,
-            stop_reason: self.stop_reason.unwrap_or_else(|| "end_turn".into()),
-            usage: self.usage,
-        })
+            stop_reason,
+            usage,
+            usage_estimated: estimated,
+        }
     }
 }
 
@@ -295,7 +327,7 @@ mod tests {
         ] {
             assert!(!acc.apply(&ev, &mut sink).unwrap());
         }
-        let out = acc.finish().unwrap();
+        let out = acc.finish(0).unwrap();
         assert_eq!(
             out.content,
             vec![Block::Opaque(
