@@ -221,3 +221,43 @@ async fn forty_agents_share_a_provider_that_allows_eight_and_all_complete() {
         "{throttled} 429s for 40 agents: the server did not hold starts"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_list_report_cache_writes_and_reads_apart() {
+    let s = Session::start("").await;
+    let line = "fn step() { let value = compute(the, arguments); store(value); }\n";
+    std::fs::write(s.dir.path().join("big.rs"), line.repeat(128)).expect("write big.rs");
+    let mut steps: Vec<Step> = (0..3)
+        .map(|i| Step::ToolUse {
+            text: None,
+            id: format!("toolu_{i}"),
+            name: "read_file".into(),
+            input: json!({"path": "big.rs"}),
+        })
+        .collect();
+    steps.push(Step::text("Read it three times."));
+    s.fake.script("Read big.rs three times", steps);
+
+    let id = s
+        .spawn_with(json!({ "task": "Read big.rs three times", "cwd": s.dir.path() }))
+        .await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+
+    let st = s.status(&id).await;
+    assert_eq!(st["status"], "completed", "{st}");
+    let usage = &st["usage"];
+    assert!(
+        usage["cache_read_tokens"].as_u64().unwrap_or(0) > 2000,
+        "{st}"
+    );
+    assert!(
+        usage["cache_write_tokens"].as_u64().unwrap_or(0) > 0,
+        "{st}"
+    );
+    let list = s.ok("agent_list", json!({})).await;
+    assert_eq!(
+        list["total_cache_read_tokens"], usage["cache_read_tokens"],
+        "{list}"
+    );
+    assert_eq!(list["total_cost_usd"], usage["cost_usd"], "{list}");
+}

@@ -103,6 +103,11 @@ pub struct ListView {
     pub counts: HashMap<String, usize>,
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
+    /// Input written to and read from the prompt cache (not in total_input_tokens).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub total_cache_write_tokens: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub total_cache_read_tokens: u64,
     /// Sum over agents with a known cost.
     pub total_cost_usd: f64,
     /// Agents whose cost is unknown (no price configured), left out of the total.
@@ -445,6 +450,8 @@ impl Manager {
         ListView {
             total_input_tokens: recs.iter().map(|r| r.usage.input_tokens).sum(),
             total_output_tokens: recs.iter().map(|r| r.usage.output_tokens).sum(),
+            total_cache_write_tokens: recs.iter().map(|r| r.usage.cache_write_tokens).sum(),
+            total_cache_read_tokens: recs.iter().map(|r| r.usage.cache_read_tokens).sum(),
             total_cost_usd: recs.iter().filter_map(|r| r.usage.cost_usd).sum(),
             agents_with_unknown_cost: recs
                 .iter()
@@ -1115,12 +1122,16 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
         Event::Usage {
             input_tokens,
             output_tokens,
+            cache_write_tokens,
+            cache_read_tokens,
             cost_usd,
             estimated,
         } => {
             rec.usage = Usage {
                 input_tokens: *input_tokens,
                 output_tokens: *output_tokens,
+                cache_write_tokens: *cache_write_tokens,
+                cache_read_tokens: *cache_read_tokens,
                 cost_usd: *cost_usd,
                 estimated: *estimated,
             };
@@ -1151,6 +1162,10 @@ fn push_text(rec: &mut AgentRecord, text: &str) {
     }
     rec.output.push(text);
     rec.mid_line = !text.ends_with('\n');
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn preview(task: &str) -> String {

@@ -172,8 +172,11 @@ impl AgentState {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Usage {
+    /// Uncached input; cache writes and reads are counted apart.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cache_read_tokens: u64,
     /// `None`: the model has no price, the cost is unknown (not zero).
     pub cost_usd: Option<f64>,
     /// The provider sent no usage for some turn: tokens and cost are estimates.

@@ -70,6 +70,12 @@ pub struct SpawnView {
 pub struct UsageView {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Input written to the prompt cache (billed above the input rate).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    /// Input read from the prompt cache (billed far below the input rate).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
     /// USD so far; null when the model has no configured price (unknown, not free).
     pub cost_usd: Option<f64>,
     /// True when the provider sent no usage and tokens (and cost) are estimated.
@@ -151,6 +157,10 @@ pub struct ListRow {
     pub usage: UsageView,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 fn secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -180,6 +190,8 @@ impl UsageView {
         UsageView {
             input_tokens: r.usage.input_tokens,
             output_tokens: r.usage.output_tokens,
+            cache_write_tokens: r.usage.cache_write_tokens,
+            cache_read_tokens: r.usage.cache_read_tokens,
             cost_usd: r.usage.cost_usd,
             estimated: r.usage.estimated,
         }

@@ -50,6 +50,15 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
     let mut total = TokenUsage::default();
     let mut estimated = false;
     let limits = &spec.limits;
+    // Stable for the whole conversation, so every turn lands on the same cache.
+    let cache_key = format!(
+        "bg-agents-{}",
+        spec.agent_id.clone().unwrap_or_else(|| format!(
+            "run-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ))
+    );
 
     for turn in 1..=limits.max_turns {
         let max_tokens = match output_allowance(spec, total) {
@@ -57,6 +66,7 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
             Err(message) => return fail(out, ErrorKind::BudgetExceeded, message),
         };
         let req = TurnRequest {
+            cache_key: Some(&cache_key),
             model: &spec.model,
             system: &spec.system_prompt,
             messages: &messages,
@@ -67,15 +77,14 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
             Ok(o) => o,
             Err(message) => return fail(out, ErrorKind::Provider, message),
         };
-        total.input_tokens += output.usage.input_tokens;
-        total.output_tokens += output.usage.output_tokens;
+        total.add(&output.usage);
         estimated |= output.usage_estimated;
-        let cost = spec
-            .price
-            .map(|p| p.cost(total.input_tokens, total.output_tokens));
+        let cost = spec.price.map(|p| p.cost_of(&total));
         out.emit(&Event::Usage {
-            input_tokens: total.input_tokens,
-            output_tokens: total.output_tokens,
+            input_tokens: total.input,
+            output_tokens: total.output,
+            cache_write_tokens: total.cache_write,
+            cache_read_tokens: total.cache_read,
             cost_usd: cost,
             estimated,
         });
@@ -185,7 +194,7 @@ fn output_allowance(spec: &TaskSpec, total: TokenUsage) -> Result<u32, String> {
     }
     allowance = allowance.min(remaining);
     if let Some(price) = spec.price.filter(|p| p.output > 0.0) {
-        let spent = price.cost(total.input_tokens, total.output_tokens);
+        let spent = price.cost_of(&total);
         let left = limits.budget_usd - spent;
         let affordable = (left * 1_000_000.0 / price.output).floor();
         if affordable < 1.0 {
@@ -200,7 +209,7 @@ fn output_allowance(spec: &TaskSpec, total: TokenUsage) -> Result<u32, String> {
 }
 
 fn budget_exceeded(spec: &TaskSpec, total: TokenUsage, cost: Option<f64>) -> Option<String> {
-    let tokens = total.input_tokens + total.output_tokens;
+    let tokens = total.total();
     if tokens > spec.limits.max_total_tokens {
         return Some(format!(
             "token budget exhausted: {tokens} tokens used, max_total_tokens is {}",

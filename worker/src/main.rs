@@ -240,7 +240,18 @@ impl Emit for JsonOut {
 #[derive(Default)]
 struct HumanOut {
     mid_line: Cell<bool>,
-    usage: Cell<(u64, u64, Option<f64>, bool)>,
+    usage: Cell<Option<Usage>>,
+}
+
+/// The last `usage` event's figures.
+#[derive(Clone, Copy)]
+struct Usage {
+    input: u64,
+    output: u64,
+    cache_write: u64,
+    cache_read: u64,
+    cost: Option<f64>,
+    estimated: bool,
 }
 
 impl Emit for HumanOut {
@@ -250,12 +261,20 @@ impl Emit for HumanOut {
         if let Event::Usage {
             input_tokens,
             output_tokens,
+            cache_write_tokens,
+            cache_read_tokens,
             cost_usd,
             estimated,
         } = event
         {
-            self.usage
-                .set((*input_tokens, *output_tokens, *cost_usd, *estimated));
+            self.usage.set(Some(Usage {
+                input: *input_tokens,
+                output: *output_tokens,
+                cache_write: *cache_write_tokens,
+                cache_read: *cache_read_tokens,
+                cost: *cost_usd,
+                estimated: *estimated,
+            }));
         }
         let summary = match event {
             Event::Result {
@@ -265,8 +284,22 @@ impl Emit for HumanOut {
         };
         let mut text = event.render_human(at_start).unwrap_or_default();
         if let Some((turns, cut)) = summary {
-            let (i, o, cost, estimated) = self.usage.get();
-            let cost = cost.map_or("cost unknown".into(), |c| format!("${c:.4}"));
+            let u = self.usage.get().unwrap_or(Usage {
+                input: 0,
+                output: 0,
+                cache_write: 0,
+                cache_read: 0,
+                cost: None,
+                estimated: false,
+            });
+            let cost = u.cost.map_or("cost unknown".into(), |c| format!("${c:.4}"));
+            let mut input = format!("{} in", u.input);
+            if u.cache_write + u.cache_read > 0 {
+                input.push_str(&format!(
+                    " + {} cache write + {} cache read",
+                    u.cache_write, u.cache_read
+                ));
+            }
             let nl = if text.is_empty() && at_start || text.ends_with('\n') {
                 ""
             } else {
@@ -279,9 +312,10 @@ impl Emit for HumanOut {
             }
             let nl = if cut { "" } else { nl };
             text.push_str(&format!(
-                "{nl}— {turns} turn{} · {i} in / {o} out tokens{} · {cost}\n",
+                "{nl}— {turns} turn{} · {input} / {} out tokens{} · {cost}\n",
                 if turns == 1 { "" } else { "s" },
-                if estimated { " (estimated)" } else { "" }
+                u.output,
+                if u.estimated { " (estimated)" } else { "" }
             ));
         }
         if text.is_empty() {

@@ -54,6 +54,14 @@ pub struct ProviderSpec {
     pub api_key_env: Option<String>,
     pub max_retries: u32,
     pub request_timeout_seconds: u64,
+    #[serde(default = "yes")]
+    pub prompt_caching: bool,
+    #[serde(default)]
+    pub prompt_cache_key: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The read-only tools a worker can offer its model.
@@ -106,6 +114,10 @@ impl ErrorKind {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One line of worker stdout.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -131,10 +143,15 @@ pub enum Event {
         bytes: u64,
         is_error: bool,
     },
-    /// Totals so far for the whole run.
+    /// Totals so far for the whole run. `input_tokens` is uncached input; input written to
+    /// and read from the prompt cache is counted apart (each billed at its own rate).
     Usage {
         input_tokens: u64,
         output_tokens: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        cache_write_tokens: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        cache_read_tokens: u64,
         /// `None` when the model has no price configured: unknown, not free.
         cost_usd: Option<f64>,
         /// The provider reported no usage for some turn, so the tokens (and the cost) are
@@ -258,6 +275,8 @@ mod tests {
         let e = Event::Usage {
             input_tokens: 3,
             output_tokens: 4,
+            cache_write_tokens: 0,
+            cache_read_tokens: 0,
             cost_usd: None,
             estimated: false,
         };

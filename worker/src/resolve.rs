@@ -126,6 +126,8 @@ impl Config {
                 api_key_env: p.api_key_env.clone().filter(|s| !s.is_empty()),
                 max_retries: p.max_retries,
                 request_timeout_seconds: p.request_timeout_seconds,
+                prompt_caching: p.prompt_caching,
+                prompt_cache_key: p.prompt_cache_key,
             },
             model: route.model.clone(),
             cwd,

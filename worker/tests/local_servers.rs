@@ -60,6 +60,7 @@ fn last_usage(r: &common::Run) -> (u64, u64, Option<f64>, bool) {
                 output_tokens,
                 cost_usd,
                 estimated,
+                ..
             } => Some((input_tokens, output_tokens, cost_usd, estimated)),
             _ => None,
         })

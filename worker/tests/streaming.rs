@@ -66,6 +66,7 @@ async fn streamed_text_arrives_as_ordered_events_and_concatenates_to_the_result(
             output_tokens,
             cost_usd,
             estimated,
+            ..
         } => {
             assert!(*input_tokens > 0 && *output_tokens > 0);
             assert!(!estimated, "the provider sent usage");

@@ -15,7 +15,7 @@ pub(super) async fn turn(
     on_text: &mut dyn FnMut(&str),
 ) -> Result<TurnOutput, ProviderError> {
     let url = format!("{}/v1/messages", client.base_url);
-    let body = body(req).to_string();
+    let body = body(req, client.prompt_caching).to_string();
     let mut http = client
         .http
         .post(&url)
@@ -51,15 +51,34 @@ pub(super) async fn turn(
     Err(events.ended_early("message_stop"))
 }
 
-fn body(req: &TurnRequest<'_>) -> Value {
+/// The request body. With `caching`, up to three cache_control breakpoints (the API
+/// allows four): the system prompt (tools and system, shared by every agent of a role),
+/// the end of the previous request's prefix (the second-to-last user message, where the
+/// last turn wrote the cache: read exactly, however many blocks this turn added, so the
+/// API's 20-block lookback never matters) and the end of this request (written for the
+/// next turn).
+fn body(req: &TurnRequest<'_>, caching: bool) -> Value {
+    let mut messages: Vec<Value> = req.messages.iter().map(message_json).collect();
+    if caching {
+        let users: Vec<usize> = (0..messages.len())
+            .filter(|&i| messages[i]["role"] == "user")
+            .collect();
+        for &i in users.iter().rev().take(2) {
+            mark_last_block(&mut messages[i]);
+        }
+    }
     let mut body = json!({
         "model": req.model,
         "max_tokens": req.max_tokens,
         "stream": true,
-        "messages": req.messages.iter().map(message_json).collect::<Vec<_>>(),
+        "messages": messages,
     });
     if !req.system.is_empty() {
-        body["system"] = json!(req.system);
+        body["system"] = if caching {
+            json!([{"type": "text", "text": req.system, "cache_control": {"type": "ephemeral"}}])
+        } else {
+            json!(req.system)
+        };
     }
     if !req.tools.is_empty() {
         body["tools"] = req
@@ -69,6 +88,17 @@ fn body(req: &TurnRequest<'_>) -> Value {
             .collect();
     }
     body
+}
+
+/// Puts a cache breakpoint on the last block of a message.
+fn mark_last_block(message: &mut Value) {
+    if let Some(last) = message["content"]
+        .as_array_mut()
+        .and_then(|blocks| blocks.last_mut())
+        .and_then(Value::as_object_mut)
+    {
+        last.insert("cache_control".into(), json!({"type": "ephemeral"}));
+    }
 }
 
 fn message_json(m: &Message) -> Value {
@@ -124,10 +154,12 @@ impl Accumulator {
             "message_start" => {
                 if let Some(u) = data.pointer("/message/usage") {
                     self.metered.usage_seen = true;
-                    self.usage.input_tokens = tokens(u, "input_tokens")
-                        + tokens(u, "cache_creation_input_tokens")
-                        + tokens(u, "cache_read_input_tokens");
-                    self.usage.output_tokens = tokens(u, "output_tokens");
+                    self.usage = TokenUsage {
+                        input: tokens(u, "input_tokens"),
+                        cache_write: tokens(u, "cache_creation_input_tokens"),
+                        cache_read: tokens(u, "cache_read_input_tokens"),
+                        output: tokens(u, "output_tokens"),
+                    };
                 }
             }
             "content_block_start" => {
@@ -194,12 +226,12 @@ impl Accumulator {
                     self.metered.usage_seen = true;
                     // Cumulative for the message.
                     if u.get("output_tokens").is_some() {
-                        self.usage.output_tokens = tokens(u, "output_tokens");
+                        self.usage.output = tokens(u, "output_tokens");
                     }
                     if u.get("input_tokens").is_some_and(|v| !v.is_null()) {
-                        self.usage.input_tokens = tokens(u, "input_tokens")
-                            + tokens(u, "cache_creation_input_tokens")
-                            + tokens(u, "cache_read_input_tokens");
+                        self.usage.input = tokens(u, "input_tokens");
+                        self.usage.cache_write = tokens(u, "cache_creation_input_tokens");
+                        self.usage.cache_read = tokens(u, "cache_read_input_tokens");
                     }
                 }
             }
@@ -251,7 +283,7 @@ impl Accumulator {
         self.done.retain(|b| !matches!(b, Block::ToolUse { .. }));
         // The count that came with message_start is not the cumulative one.
         let streamed = estimate_tokens(self.metered.out_bytes);
-        self.usage.output_tokens = self.usage.output_tokens.max(streamed);
+        self.usage.output = self.usage.output.max(streamed);
         Ok(self.output("max_tokens".into(), sent_bytes))
     }
 
@@ -260,8 +292,9 @@ impl Accumulator {
         let mut usage = self.usage;
         if estimated {
             usage = TokenUsage {
-                input_tokens: estimate_tokens(sent_bytes),
-                output_tokens: estimate_tokens(self.metered.out_bytes),
+                input: estimate_tokens(sent_bytes),
+                output: estimate_tokens(self.metered.out_bytes),
+                ..Default::default()
             };
         }
         TurnOutput {
@@ -334,7 +367,70 @@ mod tests {
                 json!({"type":"thinking","thinking":"hmm","signature":"sig"})
             )]
         );
-        assert_eq!(out.usage.output_tokens, 7);
+        assert_eq!(out.usage.output, 7);
+    }
+
+    #[test]
+    fn breakpoints_mark_system_and_the_last_two_user_messages() {
+        let calls: Vec<Block> = (0..25)
+            .map(|i| Block::ToolUse {
+                id: format!("t{i}"),
+                name: "glob".into(),
+                input: json!({}),
+            })
+            .collect();
+        let results: Vec<Block> = (0..25)
+            .map(|i| Block::ToolResult {
+                tool_use_id: format!("t{i}"),
+                content: "x".into(),
+                is_error: false,
+            })
+            .collect();
+        let messages = vec![
+            Message {
+                role: crate::provider::Role::User,
+                content: vec![Block::Text {
+                    text: "task".into(),
+                }],
+            },
+            Message {
+                role: crate::provider::Role::Assistant,
+                content: calls,
+            },
+            Message {
+                role: crate::provider::Role::User,
+                content: results,
+            },
+        ];
+        let req = TurnRequest {
+            cache_key: None,
+            model: "m",
+            system: "sys",
+            messages: &messages,
+            tools: &[],
+            max_tokens: 10,
+        };
+        let b = body(&req, true);
+        assert_eq!(b.to_string().matches("cache_control").count(), 3);
+        assert_eq!(b["system"][0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(
+            b["messages"][0]["content"][0]["cache_control"]["type"],
+            "ephemeral"
+        );
+        // The 25th tool result: the previous breakpoint (the task) is 50 blocks back,
+        // out of the lookback, so it carries a breakpoint of its own.
+        assert_eq!(
+            b["messages"][2]["content"][24]["cache_control"]["type"],
+            "ephemeral"
+        );
+        assert!(
+            b["messages"][2]["content"][23]
+                .get("cache_control")
+                .is_none()
+        );
+        let plain = body(&req, false);
+        assert!(!plain.to_string().contains("cache_control"));
+        assert_eq!(plain["system"], "sys");
     }
 
     #[test]

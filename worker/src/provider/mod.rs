@@ -59,6 +59,9 @@ pub struct ToolDef {
 }
 
 pub struct TurnRequest<'a> {
+    /// A stable key for the provider's prompt cache (OpenAI `prompt_cache_key`), sent only
+    /// when the provider is configured to accept it.
+    pub cache_key: Option<&'a str>,
     pub model: &'a str,
     pub system: &'a str,
     pub messages: &'a [Message],
@@ -66,17 +69,8 @@ pub struct TurnRequest<'a> {
     pub max_tokens: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenUsage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
-
-impl TokenUsage {
-    pub fn total(&self) -> u64 {
-        self.input_tokens + self.output_tokens
-    }
-}
+/// Tokens of one response as billed (uncached input, cache writes and reads, output).
+pub use crate::config::TokenCounts as TokenUsage;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnOutput {
@@ -148,6 +142,10 @@ pub struct Client {
     api_key: Option<String>,
     /// The longest wait for the response headers, and for each next chunk of a stream.
     idle_timeout: Duration,
+    /// Anthropic: set cache_control breakpoints.
+    prompt_caching: bool,
+    /// OpenAI-compatible: send `prompt_cache_key`.
+    prompt_cache_key: bool,
 }
 
 /// Most bytes of an error body read: enough for any real error message, bounded so a
@@ -247,6 +245,8 @@ impl Client {
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key,
             idle_timeout: Duration::from_secs(spec.request_timeout_seconds),
+            prompt_caching: spec.prompt_caching,
+            prompt_cache_key: spec.prompt_cache_key,
         })
     }
 
@@ -453,6 +453,8 @@ mod tests {
             api_key_env: key_env.map(str::to_string),
             max_retries: 1,
             request_timeout_seconds: 5,
+            prompt_caching: true,
+            prompt_cache_key: false,
         }
     }
 

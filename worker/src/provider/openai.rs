@@ -16,7 +16,7 @@ pub(super) async fn turn(
     on_text: &mut dyn FnMut(&str),
 ) -> Result<TurnOutput, ProviderError> {
     let url = format!("{}/chat/completions", client.base_url);
-    let body = body(req).to_string();
+    let body = body(req, client.prompt_cache_key).to_string();
     let mut http = client
         .http
         .post(&url)
@@ -50,7 +50,7 @@ pub(super) async fn turn(
     Err(events.ended_early("the completion finished"))
 }
 
-fn body(req: &TurnRequest<'_>) -> Value {
+fn body(req: &TurnRequest<'_>, send_cache_key: bool) -> Value {
     let mut messages = Vec::new();
     if !req.system.is_empty() {
         messages.push(json!({"role": "system", "content": req.system}));
@@ -65,6 +65,9 @@ fn body(req: &TurnRequest<'_>) -> Value {
         "stream_options": {"include_usage": true},
         "messages": messages,
     });
+    if send_cache_key && let Some(key) = req.cache_key {
+        body["prompt_cache_key"] = json!(key);
+    }
     if !req.tools.is_empty() {
         body["tools"] = req
             .tools
@@ -151,11 +154,22 @@ impl Accumulator {
         }
         if let Some(u) = data.get("usage").filter(|u| !u.is_null()) {
             self.metered.usage_seen = true;
-            self.usage.input_tokens = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
-            self.usage.output_tokens = u
-                .get("completion_tokens")
+            let prompt = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
+            // Cached prompt tokens are part of prompt_tokens, billed at their own rate.
+            let cached = u
+                .pointer("/prompt_tokens_details/cached_tokens")
                 .and_then(Value::as_u64)
-                .unwrap_or(0);
+                .unwrap_or(0)
+                .min(prompt);
+            self.usage = TokenUsage {
+                input: prompt - cached,
+                cache_read: cached,
+                cache_write: 0,
+                output: u
+                    .get("completion_tokens")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+            };
         }
         let Some(choice) = data.get("choices").and_then(|c| c.get(0)) else {
             return Ok(());
@@ -224,8 +238,9 @@ impl Accumulator {
             return (self.usage, false);
         }
         let estimate = TokenUsage {
-            input_tokens: estimate_tokens(sent_bytes),
-            output_tokens: estimate_tokens(self.metered.out_bytes),
+            input: estimate_tokens(sent_bytes),
+            output: estimate_tokens(self.metered.out_bytes),
+            ..Default::default()
         };
         (estimate, true)
     }
