@@ -261,3 +261,59 @@ async fn status_and_list_report_cache_writes_and_reads_apart() {
     );
     assert_eq!(list["total_cost_usd"], usage["cost_usd"], "{list}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_session_budget_stops_running_agents_and_refuses_spawns() {
+    let s = Session::launch((), "session_budget_usd = 0.004", "").await;
+    let line = "fn step() { let value = compute(the, arguments); store(value); }\n";
+    std::fs::write(s.dir.path().join("big.rs"), line.repeat(128)).expect("write big.rs");
+    s.fake.script(
+        "Wait here",
+        vec![Step::Hang {
+            after_chunks: vec!["waiting".into()],
+        }],
+    );
+    let steps: Vec<Step> = (0..10)
+        .map(|i| Step::ToolUse {
+            text: None,
+            id: format!("toolu_{i}"),
+            name: "read_file".into(),
+            input: json!({"path": "big.rs"}),
+        })
+        .collect();
+    s.fake.script("Read big.rs again and again", steps);
+
+    let waiting = s
+        .spawn_with(json!({ "task": "Wait here", "cwd": s.dir.path() }))
+        .await;
+    let reader = s
+        .ok(
+            "agent_spawn",
+            json!({ "task": "Read big.rs again and again", "cwd": s.dir.path() }),
+        )
+        .await;
+    assert_eq!(reader["limits"]["budget_usd"], 0.004, "{reader}");
+    s.wait_all(&[waiting.clone(), id_of(&reader)]).await;
+
+    let st = s.status(&waiting).await;
+    assert_eq!(st["status"], "budget_exceeded", "{st}");
+    assert!(
+        st["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the session budget is spent")),
+        "{st}"
+    );
+    assert_eq!(s.status(&id_of(&reader)).await["status"], "budget_exceeded");
+    let e = s
+        .tool_error("agent_spawn", json!({ "task": "One more" }))
+        .await;
+    assert!(e.contains("the session budget is spent"), "{e}");
+    let list = s.ok("agent_list", json!({})).await;
+    let session = &list["session"];
+    assert_eq!(session["budget_usd"], 0.004, "{list}");
+    assert!(
+        session["spent_usd"].as_f64().unwrap_or(0.0) >= 0.004,
+        "{list}"
+    );
+    assert!(session["exhausted"].is_string(), "{list}");
+}

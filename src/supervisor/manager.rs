@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bg_agent_worker::config::Config;
 use bg_agent_worker::protocol::Event;
-use bg_agent_worker::resolve::{ResolveError, SpawnRequest};
+use bg_agent_worker::resolve::{Resolution, ResolveError, SpawnRequest};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,6 +55,10 @@ pub enum ManagerError {
     Filter(OutputError),
     #[error("the server is shutting down; no new agents start")]
     ShuttingDown,
+    #[error(
+        "{0}; no new agents start in this session (raise the cap in the config and restart the server)"
+    )]
+    SessionBudget(String),
     #[error(
         "agent_ids is empty; pass one or more ids returned by agent_spawn (agent_list shows them)"
     )]
@@ -110,6 +114,10 @@ pub struct ListView {
     pub total_cache_read_tokens: u64,
     /// Sum over agents with a known cost.
     pub total_cost_usd: f64,
+    /// This session's spending against `[server] session_budget_usd` /
+    /// `session_max_tokens` (every agent, evicted ones too), when either is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionView>,
     /// Agents whose cost is unknown (no price configured), left out of the total.
     pub agents_with_unknown_cost: usize,
 }
@@ -150,6 +158,31 @@ struct Inner {
     admission: Mutex<Admission>,
     /// A wake-up to start queued agents when a provider's hold ends is pending.
     release_scheduled: AtomicBool,
+    /// What all agents of this session spent. Locked only after `registry`, or alone.
+    session: Mutex<SessionSpend>,
+}
+
+/// What the agents of one server session spent together, against its caps.
+#[derive(Debug, Default)]
+struct SessionSpend {
+    cost_usd: f64,
+    tokens: u64,
+    /// Why the session's budget is spent, once it is.
+    exhausted: Option<String>,
+}
+
+/// The session's spending in agent_list, when `[server]` caps it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct SessionView {
+    pub spent_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    pub tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Set once the cap is reached: new spawns are refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exhausted: Option<String>,
 }
 
 impl Manager {
@@ -175,6 +208,7 @@ impl Manager {
                 spawner: Spawner::new(tokio::runtime::Handle::current())?,
                 shutting_down: AtomicBool::new(false),
                 release_scheduled: AtomicBool::new(false),
+                session: Mutex::new(SessionSpend::default()),
             }),
         })
     }
@@ -212,7 +246,11 @@ impl Manager {
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ManagerError::ShuttingDown);
         }
-        let resolution = inner.config.resolve(&req)?;
+        if let Some(why) = inner.session().exhausted.clone() {
+            return Err(ManagerError::SessionBudget(why));
+        }
+        let mut resolution = inner.config.resolve(&req)?;
+        inner.fit_to_session(&mut resolution);
         let exe = process::locate_worker(&inner.config.server.worker.path)?;
         inner.check_transcript_dir()?;
         let server = &inner.config.server;
@@ -453,6 +491,7 @@ impl Manager {
             total_cache_write_tokens: recs.iter().map(|r| r.usage.cache_write_tokens).sum(),
             total_cache_read_tokens: recs.iter().map(|r| r.usage.cache_read_tokens).sum(),
             total_cost_usd: recs.iter().filter_map(|r| r.usage.cost_usd).sum(),
+            session: self.inner.session_view(),
             agents_with_unknown_cost: recs
                 .iter()
                 .filter(|r| {
@@ -925,6 +964,9 @@ impl Inner {
                     let (why, grace) = match c {
                         Control::Kill { grace_ms } => (ServerCause::Killed, grace_ms),
                         Control::OutputLimit => (ServerCause::OutputLimit, 0),
+                        Control::SessionBudget => {
+                            (ServerCause::SessionBudget, self.config.server.kill_grace_ms)
+                        }
                     };
                     if cause.is_none() {
                         cause = Some(why);
@@ -986,6 +1028,9 @@ impl Inner {
                     };
                     let (status, exit) = classify(&facts);
                     rec.error = describe_end(status, &exit, &rec.limits, rec.error.as_deref());
+                    if cause == Some(ServerCause::SessionBudget) {
+                        rec.error = self.session().exhausted.clone();
+                    }
                     let _ = rec.state.end(status, exit);
                     rec.control = None;
                     if let Some(t) = rec.transcript.as_mut() {
@@ -1049,6 +1094,7 @@ impl Inner {
     /// Applies complete stdout lines to the record; true once the transcript overflowed.
     fn apply_lines(&self, id: &str, lines: &[Vec<u8>], bytes: u64, dropped: u64) -> bool {
         let mut reg = self.lock();
+        let mut session_spent = false;
         let Some(rec) = reg.agents.get_mut(id) else {
             return false;
         };
@@ -1063,6 +1109,12 @@ impl Inner {
                 Ok(event) => {
                     if let Some(t) = rec.transcript.as_mut() {
                         t.append_line(&line);
+                    }
+                    if let Event::Usage { .. } = &event {
+                        let before = rec.usage;
+                        apply_event(rec, event);
+                        session_spent |= self.add_to_session(&before, &rec.usage);
+                        continue;
                     }
                     if let Event::Retry {
                         wait_ms,
@@ -1090,10 +1142,98 @@ impl Inner {
             }
         }
         rec.output_seq.send_modify(|v| *v += 1);
-        rec.transcript
+        let over_cap = rec
+            .transcript
             .as_ref()
             .is_some_and(|t| t.dropped_bytes() > 0)
-            || rec.oversize_dropped > 0
+            || rec.oversize_dropped > 0;
+        if session_spent {
+            self.stop_session(&mut reg);
+        }
+        over_cap
+    }
+
+    /// Lowers a priced agent's budget_usd to what is left of the session's, and says so.
+    fn fit_to_session(&self, resolution: &mut Resolution) {
+        let Some(cap) = self.config.server.session_budget_usd else {
+            return;
+        };
+        let left = (cap - self.session().cost_usd).max(0.0);
+        let limits = &mut resolution.spec.limits;
+        if resolution.spec.price.is_some() && limits.budget_usd > left {
+            resolution.warnings.push(format!(
+                "budget_usd lowered from ${} to ${left:.4}, what is left of [server] session_budget_usd = ${cap}",
+                limits.budget_usd
+            ));
+            limits.budget_usd = left;
+        }
+    }
+
+    fn session(&self) -> MutexGuard<'_, SessionSpend> {
+        self.session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn session_view(&self) -> Option<SessionView> {
+        let server = &self.config.server;
+        if server.session_budget_usd.is_none() && server.session_max_tokens.is_none() {
+            return None;
+        }
+        let spend = self.session();
+        Some(SessionView {
+            spent_usd: spend.cost_usd,
+            budget_usd: server.session_budget_usd,
+            tokens: spend.tokens,
+            max_tokens: server.session_max_tokens,
+            exhausted: spend.exhausted.clone(),
+        })
+    }
+
+    /// Adds an agent's usage since `before` to the session; true when this reached a
+    /// session cap for the first time.
+    fn add_to_session(&self, before: &Usage, now: &Usage) -> bool {
+        let tokens = |u: &Usage| {
+            u.input_tokens + u.output_tokens + u.cache_write_tokens + u.cache_read_tokens
+        };
+        let server = &self.config.server;
+        let mut spend = self.session();
+        spend.tokens += tokens(now).saturating_sub(tokens(before));
+        spend.cost_usd += (now.cost_usd.unwrap_or(0.0) - before.cost_usd.unwrap_or(0.0)).max(0.0);
+        if spend.exhausted.is_some() {
+            return false;
+        }
+        let why = match (server.session_budget_usd, server.session_max_tokens) {
+            (Some(cap), _) if spend.cost_usd >= cap => format!(
+                "the session budget is spent: ${:.4} of [server] session_budget_usd = ${cap}",
+                spend.cost_usd
+            ),
+            (_, Some(cap)) if spend.tokens >= cap => format!(
+                "the session's tokens are spent: {} of [server] session_max_tokens = {cap}",
+                spend.tokens
+            ),
+            _ => return false,
+        };
+        spend.exhausted = Some(why);
+        true
+    }
+
+    /// The session's budget is spent: stops every running agent (as budget_exceeded) and
+    /// cancels the queued ones.
+    fn stop_session(&self, reg: &mut Registry) {
+        for rec in reg.agents.values() {
+            if let Some(c) = &rec.control {
+                let _ = c.send(Control::SessionBudget);
+            }
+        }
+        let why = self.session().exhausted.clone();
+        let queued: Vec<String> = reg.queue.iter().cloned().collect();
+        for id in queued {
+            self.cancel_queued(reg, &id);
+            if let Some(rec) = reg.agents.get_mut(&id) {
+                rec.error.clone_from(&why);
+            }
+        }
     }
 
     async fn read_stderr(self: Arc<Self>, id: String, mut stderr: Receiver) {

@@ -85,6 +85,8 @@ pub struct ExitInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerCause {
     Killed,
+    /// The session's budget (`[server] session_budget_usd` / `session_max_tokens`) ran out.
+    SessionBudget,
     TimedOut,
     OutputLimit,
     /// The transcript file could not be created, so the output could not be kept.
@@ -227,7 +229,11 @@ pub struct AgentRecord {
 /// A request to the task supervising a running agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    Kill { grace_ms: u64 },
+    Kill {
+        grace_ms: u64,
+    },
+    /// Stop: the session's budget is spent.
+    SessionBudget,
     OutputLimit,
 }
 
@@ -327,6 +333,9 @@ pub fn classify(f: &EndFacts) -> (Status, ExitInfo) {
     };
     match f.cause {
         Some(ServerCause::Killed) => return (Status::Killed, info("killed")),
+        Some(ServerCause::SessionBudget) => {
+            return (Status::BudgetExceeded, info("session_budget"));
+        }
         Some(ServerCause::TimedOut) => return (Status::TimedOut, info("timed_out")),
         Some(ServerCause::OutputLimit) => return (Status::OutputLimit, info("output_limit")),
         Some(ServerCause::NoTranscript) => return (Status::Failed, info("transcript_error")),

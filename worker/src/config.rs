@@ -42,6 +42,12 @@ pub struct ServerConfig {
     pub transcript_max_mb: u64,
     pub keep_transcripts: bool,
     pub worker: WorkerLocation,
+    /// USD all agents of one server session may spend together; absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_budget_usd: Option<f64>,
+    /// Tokens (input, cache and output) all agents of one session may use together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -538,6 +544,18 @@ impl Config {
         range("kill_grace_ms", s.kill_grace_ms, 0, 60_000)?;
         range("max_wait_seconds", s.max_wait_seconds, 1, 3600)?;
         range("transcript_max_mb", s.transcript_max_mb, 1, 10_240)?;
+        if let Some(n) = s.session_max_tokens {
+            range("session_max_tokens", n, 1, 10_000_000_000)?;
+        }
+        if let Some(usd) = s.session_budget_usd
+            && !(0.0..=100_000.0).contains(&usd)
+        {
+            return Err(invalid(
+                "[server] session_budget_usd".into(),
+                usd.to_string(),
+                "must be between 0 and 100000 (leave it out for no session cap)".into(),
+            ));
+        }
 
         for (section, limits) in [("defaults", &self.defaults), ("max", &self.max)] {
             check_limits(&format!("[{section}]"), &|k| Some((k.get)(limits)))
@@ -845,6 +863,19 @@ mod tests {
         );
         let e = err("[server]\nmax_wait_seconds = 0\n");
         assert!(e.contains("[server] max_wait_seconds"), "{e}");
+    }
+
+    #[test]
+    fn session_caps_are_off_by_default_and_range_checked() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.server.session_budget_usd, None);
+        assert_eq!(c.server.session_max_tokens, None);
+        let c = user("[server]\nsession_budget_usd = 5.0\nsession_max_tokens = 1000\n").unwrap();
+        assert_eq!(c.server.session_budget_usd, Some(5.0));
+        let e = err("[server]\nsession_budget_usd = -1.0\n");
+        assert!(e.contains("[server] session_budget_usd = -1"), "{e}");
+        let e = err("[server]\nsession_max_tokens = 0\n");
+        assert!(e.contains("[server] session_max_tokens = 0"), "{e}");
     }
 
     #[test]
