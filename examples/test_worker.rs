@@ -132,7 +132,10 @@ fn ok() {
     emit(&Event::Usage {
         input_tokens: 120,
         output_tokens: 34,
+        cache_write_tokens: 0,
+        cache_read_tokens: 0,
         cost_usd: Some(0.0005),
+        estimated: false,
     });
     emit(&Event::Result {
         text: "all done".into(),

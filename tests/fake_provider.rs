@@ -456,3 +456,75 @@ async fn requests_are_recorded_and_bad_requests_rejected() {
     assert_eq!(fake.request_count("record me"), 3);
     assert_eq!(fake.request_count("record me too"), 1);
 }
+
+/// A Messages request whose user content is `n` text blocks of about 200 tokens each,
+/// with a cache breakpoint on the blocks listed in `marks`.
+fn cached_request(n: usize, marks: &[usize]) -> Value {
+    let blocks: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut b =
+                json!({"type": "text", "text": format!("block {i} {}", "lorem ipsum ".repeat(66))});
+            if marks.contains(&i) {
+                b["cache_control"] = json!({"type": "ephemeral"});
+            }
+            b
+        })
+        .collect();
+    json!({
+        "model": "claude-sonnet-5-5",
+        "max_tokens": 16,
+        "stream": true,
+        "messages": [{"role": "user", "content": blocks}],
+    })
+}
+
+/// (input, cache write, cache read) of a Messages response's message_start.
+async fn cache_usage(fake: &FakeProvider, body: Value) -> (u64, u64, u64) {
+    let text = post_anthropic(fake, body).await.text().await.unwrap();
+    let start = parse_sse(&text)
+        .into_iter()
+        .find(|e| e.name.as_deref() == Some("message_start"))
+        .unwrap()
+        .json();
+    let u = &start["message"]["usage"];
+    (
+        u["input_tokens"].as_u64().unwrap(),
+        u["cache_creation_input_tokens"].as_u64().unwrap(),
+        u["cache_read_input_tokens"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_cache_reads_and_writes_at_breakpoints_as_documented() {
+    let fake = FakeProvider::start().await;
+    // Under 1,024 tokens: nothing is cached.
+    let (_, write, read) = cache_usage(&fake, cached_request(3, &[2])).await;
+    assert_eq!((write, read), (0, 0));
+    // 10 blocks (~2,000 tokens), breakpoint at the end: written.
+    let (_, write, read) = cache_usage(&fake, cached_request(10, &[9])).await;
+    assert!(write > 1024 && read == 0, "{write} {read}");
+    // The same prefix plus 5 blocks, breakpoint at the new end: the entry at block 9 is
+    // within 20 blocks, so it is read; the rest is written.
+    let (_, write2, read) = cache_usage(&fake, cached_request(15, &[14])).await;
+    assert_eq!(read, write, "the whole earlier prefix is read");
+    assert!(write2 > 0);
+    // 30 more blocks past block 14 with only the end marked: the lookback (20 blocks)
+    // does not reach the entry at 14, so nothing is read...
+    let (_, _, read) = cache_usage(&fake, cached_request(45, &[44])).await;
+    assert_eq!(read, 0, "beyond the 20-block lookback");
+    // ...unless a breakpoint sits on it (the new end, 69, is over 20 blocks past the
+    // entry the last request wrote at 44 too).
+    let (_, _, read) = cache_usage(&fake, cached_request(70, &[14, 69])).await;
+    assert_eq!(read, write + write2);
+    // A top-level cache_control marks the last block, which the last request wrote.
+    let mut auto = cached_request(70, &[]);
+    auto["cache_control"] = json!({"type": "ephemeral"});
+    let (input, _, read) = cache_usage(&fake, auto).await;
+    assert!(
+        read > 14_000 && input < 200,
+        "read {read}, uncached {input}"
+    );
+    // More than 4 breakpoints are refused.
+    let resp = post_anthropic(&fake, cached_request(6, &[0, 1, 2, 3, 4])).await;
+    assert_eq!(resp.status(), 400);
+}

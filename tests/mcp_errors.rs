@@ -16,7 +16,8 @@ fn bad_spawns() -> Vec<Value> {
         json!({ "task": "x", "role": "wizard" }),
         json!({ "task": "x", "tier": "turbo" }),
         json!({ "task": "x", "task_type": "guessing" }),
-        json!({ "task": "x", "model": "gpt-0" }),
+        json!({ "task": "x", "model": " " }),
+        json!({ "task": "x", "limits": { "budget_usd": 0 } }),
         json!({ "task": "x", "cwd": "/no/such/dir" }),
         json!({ "task": "x", "bogus": 1 }),
         json!({ "task": "x", "limits": { "memory_mb": -1 } }),
@@ -122,7 +123,7 @@ async fn limits_above_the_ceiling_name_the_ceiling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_role_tier_task_type_or_model_lists_the_valid_ones() {
+async fn unknown_role_tier_task_type_or_empty_model_lists_the_valid_ones() {
     let s = Session::start("").await;
     let e = s
         .tool_error("agent_spawn", json!({ "task": "x", "role": "wizard" }))
@@ -148,10 +149,10 @@ async fn unknown_role_tier_task_type_or_model_lists_the_valid_ones() {
         "{e}"
     );
     let e = s
-        .tool_error("agent_spawn", json!({ "task": "x", "model": "gpt-0" }))
+        .tool_error("agent_spawn", json!({ "task": "x", "model": " " }))
         .await;
     assert!(
-        e.contains("`gpt-0`") && e.contains("claude-haiku-5-5"),
+        e.contains("model is empty") && e.contains("haiku, opus, sonnet"),
         "{e}"
     );
     let e = s

@@ -12,13 +12,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bg_agent_worker::config::Config;
 use bg_agent_worker::protocol::Event;
-use bg_agent_worker::resolve::{ResolveError, SpawnRequest, missing_key};
+use bg_agent_worker::resolve::{Resolution, ResolveError, SpawnRequest, missing_key};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::{mpsc, watch};
 
+use super::admission::Admission;
 use super::output::{
     OutputBuffer, OutputError, ReadRequest, StderrTail, Transcript, compile_filter,
 };
@@ -71,6 +72,10 @@ pub enum ManagerError {
     )]
     CwdGone { path: PathBuf },
     #[error(
+        "{0}; no new agents start in this session (raise the cap in the config and restart the server)"
+    )]
+    SessionBudget(String),
+    #[error(
         "agent_ids is empty; pass one or more ids returned by agent_spawn (agent_list shows them)"
     )]
     NoIds,
@@ -118,8 +123,17 @@ pub struct ListView {
     pub counts: HashMap<String, usize>,
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
+    /// Input written to and read from the prompt cache (not in total_input_tokens).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub total_cache_write_tokens: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub total_cache_read_tokens: u64,
     /// Sum over agents with a known cost.
     pub total_cost_usd: f64,
+    /// This session's spending against `[server] session_budget_usd` /
+    /// `session_max_tokens` (every agent, evicted ones too), when either is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionView>,
     /// Agents whose cost is unknown (no price configured), left out of the total.
     pub agents_with_unknown_cost: usize,
 }
@@ -191,6 +205,35 @@ struct Inner {
     /// Where every agent's end is sent, once, in order, after `ended_agents` was called
     /// (before that, ends are told to no one).
     ended: Mutex<Option<mpsc::UnboundedSender<EndedAgent>>>,
+    /// Per-provider caps and holds. Locked only after `registry`, or alone.
+    admission: Mutex<Admission>,
+    /// A wake-up to start queued agents when a provider's hold ends is pending.
+    release_scheduled: AtomicBool,
+    /// What all agents of this session spent. Locked only after `registry`, or alone.
+    session: Mutex<SessionSpend>,
+}
+
+/// What the agents of one server session spent together, against its caps.
+#[derive(Debug, Default)]
+struct SessionSpend {
+    cost_usd: f64,
+    tokens: u64,
+    /// Why the session's budget is spent, once it is.
+    exhausted: Option<String>,
+}
+
+/// The session's spending in agent_list, when `[server]` caps it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct SessionView {
+    pub spent_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    pub tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Set once the cap is reached: new spawns are refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exhausted: Option<String>,
 }
 
 impl Manager {
@@ -205,8 +248,10 @@ impl Manager {
                 .map_or(0, |d| d.as_secs()),
             std::process::id()
         );
+        let admission = Mutex::new(Admission::new(&config));
         Ok(Manager {
             inner: Arc::new(Inner {
+                admission,
                 transcript_dir: base.join(session),
                 config,
                 registry: Mutex::new(Registry::default()),
@@ -214,6 +259,8 @@ impl Manager {
                 spawner: Spawner::new(tokio::runtime::Handle::current())?,
                 shutting_down: AtomicBool::new(false),
                 ended: Mutex::new(None),
+                release_scheduled: AtomicBool::new(false),
+                session: Mutex::new(SessionSpend::default()),
             }),
         })
     }
@@ -272,7 +319,11 @@ impl Manager {
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ManagerError::ShuttingDown);
         }
-        let resolution = inner.config.resolve(&req)?;
+        if let Some(why) = inner.session().exhausted.clone() {
+            return Err(ManagerError::SessionBudget(why));
+        }
+        let mut resolution = inner.config.resolve(&req)?;
+        inner.fit_to_session(&mut resolution);
         // The worker gets the key from the server's environment (`process::worker_env`):
         // without it the agent could only fail later, so the spawn fails now.
         if let Some(var) = missing_key(&resolution.spec.provider, |v| std::env::var_os(v)) {
@@ -297,7 +348,15 @@ impl Manager {
         let server = &inner.config.server;
         let (id, view, start_now) = {
             let mut reg = inner.lock();
-            let start_now = reg.running < server.max_concurrent && reg.queue.is_empty();
+            // FIFO per provider: nobody overtakes a queued agent of the same provider.
+            let provider = &resolution.route.provider;
+            let mut admission = inner.admission();
+            let start_now = reg.running < server.max_concurrent
+                && admission.blocked(provider, Instant::now()).is_none()
+                && !reg
+                    .queue
+                    .iter()
+                    .any(|q| reg.agents.get(q).is_some_and(|r| &r.provider == provider));
             if !start_now && reg.queue.len() >= server.max_queued {
                 return Err(ManagerError::QueueFull {
                     queued: reg.queue.len(),
@@ -337,6 +396,8 @@ impl Manager {
                 routing_reason: route.reason.clone(),
                 limits: LimitsView::from(&spec.limits),
                 label: label.clone(),
+                warnings: resolution.warnings,
+                queued_reason: None,
             };
             let record = AgentRecord {
                 id: id.clone(),
@@ -357,6 +418,7 @@ impl Manager {
                     spec: Box::new(spec),
                 },
                 usage: Usage::default(),
+                stop_reason: None,
                 turns: 0,
                 result: None,
                 error: None,
@@ -375,6 +437,7 @@ impl Manager {
             reg.agents.insert(id.clone(), record);
             if start_now {
                 reg.running += 1;
+                admission.take(&id, &view.provider);
             } else {
                 reg.queue.push_back(id.clone());
             }
@@ -397,6 +460,7 @@ impl Manager {
             let removed = {
                 let mut reg = inner.lock();
                 reg.running -= 1;
+                inner.admission().give_back(&id);
                 reg.agents.remove(&id)
             };
             if let Some(path) = removed.and_then(|r| r.transcript.map(|t| t.path().to_path_buf())) {
@@ -411,7 +475,7 @@ impl Manager {
 
     pub fn status(&self, id: &str) -> Result<StatusView, ManagerError> {
         let reg = self.inner.lock();
-        Ok(StatusView::of(self.inner.get(&reg, id)?))
+        Ok(self.inner.status_view(&reg, self.inner.get(&reg, id)?))
     }
 
     /// The status once the agent has ended, or after `wait` (whichever first).
@@ -531,7 +595,10 @@ impl Manager {
         ListView {
             total_input_tokens: recs.iter().map(|r| r.usage.input_tokens).sum(),
             total_output_tokens: recs.iter().map(|r| r.usage.output_tokens).sum(),
+            total_cache_write_tokens: recs.iter().map(|r| r.usage.cache_write_tokens).sum(),
+            total_cache_read_tokens: recs.iter().map(|r| r.usage.cache_read_tokens).sum(),
             total_cost_usd: recs.iter().filter_map(|r| r.usage.cost_usd).sum(),
+            session: self.inner.session_view(),
             agents_with_unknown_cost: recs
                 .iter()
                 .filter(|r| {
@@ -578,7 +645,7 @@ impl Manager {
                     } else {
                         running.push(id.clone());
                     }
-                    agents.push(StatusView::of(rec));
+                    agents.push(self.inner.status_view(&reg, rec));
                 }
                 (ended, running, agents)
             };
@@ -820,6 +887,7 @@ impl Inner {
                     // Cancelled between dequeue and start: give the slot back.
                     drop(reg);
                     self.lock().running -= 1;
+                    self.admission().give_back(id);
                     self.start_next();
                     return Ok(());
                 }
@@ -879,22 +947,39 @@ impl Inner {
         Ok(())
     }
 
-    /// Starts queued agents while slots are free.
+    /// Starts queued agents while slots are free: the first in the queue whose provider
+    /// admits it (FIFO per provider).
     fn start_next(self: &Arc<Self>) {
-        let ids: Vec<String> = {
+        let now = Instant::now();
+        let (ids, release) = {
             let mut reg = self.lock();
+            let mut admission = self.admission();
             let mut ids = Vec::new();
+            let mut i = 0;
             while reg.running < self.config.server.max_concurrent
                 && !self.shutting_down.load(Ordering::SeqCst)
+                && i < reg.queue.len()
             {
-                let Some(id) = reg.queue.pop_front() else {
-                    break;
+                let id = reg.queue[i].clone();
+                let Some(provider) = reg.agents.get(&id).map(|r| r.provider.clone()) else {
+                    reg.queue.remove(i);
+                    continue;
                 };
+                if admission.blocked(&provider, now).is_some() {
+                    i += 1;
+                    continue;
+                }
+                reg.queue.remove(i);
                 reg.running += 1;
+                admission.take(&id, &provider);
                 ids.push(id);
             }
-            ids
+            let waiting = !reg.queue.is_empty();
+            (ids, admission.next_release(now).filter(|_| waiting))
         };
+        if let Some(at) = release {
+            self.schedule_release(at);
+        }
         for id in ids {
             let inner = Arc::clone(self);
             tokio::spawn(async move {
@@ -944,10 +1029,52 @@ impl Inner {
         });
     }
 
+    /// Tries the queue again when a provider's hold ends (one wake-up pending at a time).
+    fn schedule_release(self: &Arc<Self>, at: Instant) {
+        if self.release_scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            inner.release_scheduled.store(false, Ordering::SeqCst);
+            inner.start_next();
+        });
+    }
+
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        self.admission
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `rec` as callers see it, with why it waits when it is queued.
+    fn status_view(&self, reg: &Registry, rec: &AgentRecord) -> StatusView {
+        let mut view = StatusView::of(rec);
+        if rec.status() == Status::Queued {
+            view.queued_reason = Some(self.queued_reason(reg, rec));
+        }
+        view
+    }
+
+    /// Why queued agent `rec` still waits.
+    fn queued_reason(&self, reg: &Registry, rec: &AgentRecord) -> String {
+        if let Some(why) = self.admission().blocked(&rec.provider, Instant::now()) {
+            return why;
+        }
+        format!(
+            "{} agents are running ([server] max_concurrent = {}); {} queued",
+            reg.running,
+            self.config.server.max_concurrent,
+            reg.queue.len()
+        )
+    }
+
     fn fail_start(self: &Arc<Self>, id: &str, message: String) {
         {
             let mut reg = self.lock();
             reg.running -= 1;
+            self.admission().give_back(id);
             if let Some(rec) = reg.agents.get_mut(id)
                 && rec
                     .state
@@ -1032,6 +1159,9 @@ impl Inner {
                     let (why, grace) = match c {
                         Control::Kill { grace_ms } => (ServerCause::Killed, grace_ms),
                         Control::OutputLimit => (ServerCause::OutputLimit, 0),
+                        Control::SessionBudget => {
+                            (ServerCause::SessionBudget, self.config.server.kill_grace_ms)
+                        }
                     };
                     if cause.is_none() {
                         cause = Some(why);
@@ -1080,6 +1210,7 @@ impl Inner {
         let evicted = {
             let mut reg = self.lock();
             reg.running -= 1;
+            self.admission().give_back(id);
             let retain = self.config.server.retained_agents;
             match reg.agents.get_mut(id) {
                 Some(rec) if !rec.status().is_terminal() => {
@@ -1095,6 +1226,9 @@ impl Inner {
                     };
                     let (status, exit) = classify(&facts);
                     rec.error = describe_end(status, &exit, &rec.limits, rec.error.as_deref());
+                    if cause == Some(ServerCause::SessionBudget) {
+                        rec.error = self.session().exhausted.clone();
+                    }
                     let _ = rec.state.end(status, exit);
                     rec.control = None;
                     if let Some(t) = rec.transcript.as_mut() {
@@ -1159,6 +1293,7 @@ impl Inner {
     /// Applies complete stdout lines to the record; true once the transcript overflowed.
     fn apply_lines(&self, id: &str, lines: &[Vec<u8>], bytes: u64, dropped: u64) -> bool {
         let mut reg = self.lock();
+        let mut session_spent = false;
         let Some(rec) = reg.agents.get_mut(id) else {
             return false;
         };
@@ -1185,6 +1320,24 @@ impl Inner {
                             t.flush();
                         }
                     }
+                    if let Event::Usage { .. } = &event {
+                        let before = rec.usage;
+                        apply_event(rec, event);
+                        session_spent |= self.add_to_session(&before, &rec.usage);
+                        continue;
+                    }
+                    if let Event::Retry {
+                        wait_ms,
+                        throttled: true,
+                        ..
+                    } = &event
+                    {
+                        self.admission().hold(
+                            &rec.provider,
+                            Duration::from_millis(*wait_ms),
+                            Instant::now(),
+                        );
+                    }
                     apply_event(rec, event);
                 }
                 Err(_) => {
@@ -1199,10 +1352,98 @@ impl Inner {
             }
         }
         rec.output_seq.send_modify(|v| *v += 1);
-        rec.transcript
+        let over_cap = rec
+            .transcript
             .as_ref()
             .is_some_and(|t| t.dropped_bytes() > 0)
-            || rec.oversize_dropped > 0
+            || rec.oversize_dropped > 0;
+        if session_spent {
+            self.stop_session(&mut reg);
+        }
+        over_cap
+    }
+
+    /// Lowers a priced agent's budget_usd to what is left of the session's, and says so.
+    fn fit_to_session(&self, resolution: &mut Resolution) {
+        let Some(cap) = self.config.server.session_budget_usd else {
+            return;
+        };
+        let left = (cap - self.session().cost_usd).max(0.0);
+        let limits = &mut resolution.spec.limits;
+        if resolution.spec.price.is_some() && limits.budget_usd > left {
+            resolution.warnings.push(format!(
+                "budget_usd lowered from ${} to ${left:.4}, what is left of [server] session_budget_usd = ${cap}",
+                limits.budget_usd
+            ));
+            limits.budget_usd = left;
+        }
+    }
+
+    fn session(&self) -> MutexGuard<'_, SessionSpend> {
+        self.session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn session_view(&self) -> Option<SessionView> {
+        let server = &self.config.server;
+        if server.session_budget_usd.is_none() && server.session_max_tokens.is_none() {
+            return None;
+        }
+        let spend = self.session();
+        Some(SessionView {
+            spent_usd: spend.cost_usd,
+            budget_usd: server.session_budget_usd,
+            tokens: spend.tokens,
+            max_tokens: server.session_max_tokens,
+            exhausted: spend.exhausted.clone(),
+        })
+    }
+
+    /// Adds an agent's usage since `before` to the session; true when this reached a
+    /// session cap for the first time.
+    fn add_to_session(&self, before: &Usage, now: &Usage) -> bool {
+        let tokens = |u: &Usage| {
+            u.input_tokens + u.output_tokens + u.cache_write_tokens + u.cache_read_tokens
+        };
+        let server = &self.config.server;
+        let mut spend = self.session();
+        spend.tokens += tokens(now).saturating_sub(tokens(before));
+        spend.cost_usd += (now.cost_usd.unwrap_or(0.0) - before.cost_usd.unwrap_or(0.0)).max(0.0);
+        if spend.exhausted.is_some() {
+            return false;
+        }
+        let why = match (server.session_budget_usd, server.session_max_tokens) {
+            (Some(cap), _) if spend.cost_usd >= cap => format!(
+                "the session budget is spent: ${:.4} of [server] session_budget_usd = ${cap}",
+                spend.cost_usd
+            ),
+            (_, Some(cap)) if spend.tokens >= cap => format!(
+                "the session's tokens are spent: {} of [server] session_max_tokens = {cap}",
+                spend.tokens
+            ),
+            _ => return false,
+        };
+        spend.exhausted = Some(why);
+        true
+    }
+
+    /// The session's budget is spent: stops every running agent (as budget_exceeded) and
+    /// cancels the queued ones.
+    fn stop_session(&self, reg: &mut Registry) {
+        for rec in reg.agents.values() {
+            if let Some(c) = &rec.control {
+                let _ = c.send(Control::SessionBudget);
+            }
+        }
+        let why = self.session().exhausted.clone();
+        let queued: Vec<String> = reg.queue.iter().cloned().collect();
+        for id in queued {
+            self.cancel_queued(reg, &id);
+            if let Some(rec) = reg.agents.get_mut(&id) {
+                rec.error.clone_from(&why);
+            }
+        }
     }
 
     async fn read_stderr(self: Arc<Self>, id: String, mut stderr: Receiver) {
@@ -1267,17 +1508,28 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
         Event::Usage {
             input_tokens,
             output_tokens,
+            cache_write_tokens,
+            cache_read_tokens,
             cost_usd,
+            estimated,
         } => {
             rec.usage = Usage {
                 input_tokens: *input_tokens,
                 output_tokens: *output_tokens,
+                cache_write_tokens: *cache_write_tokens,
+                cache_read_tokens: *cache_read_tokens,
                 cost_usd: *cost_usd,
+                estimated: *estimated,
             };
         }
-        Event::Result { text, turns, .. } => {
+        Event::Result {
+            text,
+            turns,
+            stop_reason,
+        } => {
             rec.result = Some(text.clone());
             rec.turns = *turns;
+            rec.stop_reason = Some(stop_reason.clone());
         }
         Event::Error { kind, message } => {
             rec.error = Some(message.clone());
@@ -1296,6 +1548,10 @@ fn push_text(rec: &mut AgentRecord, text: &str) {
     }
     rec.output.push(text);
     rec.mid_line = !text.ends_with('\n');
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn preview(task: &str) -> String {

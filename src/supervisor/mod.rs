@@ -2,6 +2,7 @@
 //! worker, `registry` holds records and the status state machine, `output` owns ring
 //! buffers and transcripts, `manager` ties them together, `view` is what callers see.
 
+pub mod admission;
 pub mod manager;
 pub mod output;
 pub mod process;

@@ -85,6 +85,8 @@ pub struct ExitInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerCause {
     Killed,
+    /// The session's budget (`[server] session_budget_usd` / `session_max_tokens`) ran out.
+    SessionBudget,
     TimedOut,
     OutputLimit,
     /// The transcript file could not be created, so the output could not be kept.
@@ -172,10 +174,15 @@ impl AgentState {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Usage {
+    /// Uncached input; cache writes and reads are counted apart.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cache_read_tokens: u64,
     /// `None`: the model has no price, the cost is unknown (not zero).
     pub cost_usd: Option<f64>,
+    /// The provider sent no usage for some turn: tokens and cost are estimates.
+    pub estimated: bool,
 }
 
 /// Everything known about one agent.
@@ -196,6 +203,8 @@ pub struct AgentRecord {
     pub created_at: SystemTime,
     pub state: AgentState,
     pub usage: Usage,
+    /// The final answer's stop reason (`max_tokens`: cut at the token limit).
+    pub stop_reason: Option<String>,
     pub turns: u32,
     pub result: Option<String>,
     pub error: Option<String>,
@@ -224,7 +233,11 @@ pub struct AgentRecord {
 /// A request to the task supervising a running agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    Kill { grace_ms: u64 },
+    Kill {
+        grace_ms: u64,
+    },
+    /// Stop: the session's budget is spent.
+    SessionBudget,
     OutputLimit,
 }
 
@@ -356,6 +369,9 @@ pub fn classify(f: &EndFacts) -> (Status, ExitInfo) {
     };
     match f.cause {
         Some(ServerCause::Killed) => return (Status::Killed, info("killed")),
+        Some(ServerCause::SessionBudget) => {
+            return (Status::BudgetExceeded, info("session_budget"));
+        }
         Some(ServerCause::TimedOut) => return (Status::TimedOut, info("timed_out")),
         Some(ServerCause::OutputLimit) => return (Status::OutputLimit, info("output_limit")),
         Some(ServerCause::NoTranscript) => return (Status::Failed, info("transcript_error")),
@@ -639,6 +655,7 @@ mod tests {
             first_event_at: None,
             sandbox: None,
             waiting_for: None,
+            stop_reason: None,
             oversize_dropped: 0,
             mid_line: false,
             output_seq: tokio::sync::watch::channel(0).0,

@@ -7,6 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use bg_agent_worker::protocol::STOP_MAX_TOKENS;
+
 use super::registry::{AgentRecord, AgentState, Status};
 
 /// Limits as callers see them (also what agent_spawn reports as effective).
@@ -56,14 +58,29 @@ pub struct SpawnView {
     pub routing_reason: String,
     pub limits: LimitsView,
     pub label: Option<String>,
+    /// What will not work as asked, one line each (e.g. budget_usd for an unpriced model).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Why it waits, when queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 pub struct UsageView {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Input written to the prompt cache (billed above the input rate).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    /// Input read from the prompt cache (billed far below the input rate).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
     /// USD so far; null when the model has no configured price (unknown, not free).
     pub cost_usd: Option<f64>,
+    /// True when the provider sent no usage and tokens (and cost) are estimated.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -121,6 +138,12 @@ pub struct StatusView {
     pub result: Option<String>,
     /// True when `result` was cut to fit this reply; read the rest with agent_output.
     pub result_truncated: bool,
+    /// Set when the model stopped at its token limit: the answer is incomplete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_truncated: Option<String>,
+    /// Why it waits, when queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_reason: Option<String>,
     pub error: Option<String>,
     pub output: OutputCounts,
     /// Last lines of the worker's stderr (diagnostics), when not completed.
@@ -140,6 +163,10 @@ pub struct ListRow {
     pub usage: UsageView,
     /// Why it ended, when it did not complete.
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn secs(t: SystemTime) -> f64 {
@@ -171,7 +198,10 @@ impl UsageView {
         UsageView {
             input_tokens: r.usage.input_tokens,
             output_tokens: r.usage.output_tokens,
+            cache_write_tokens: r.usage.cache_write_tokens,
+            cache_read_tokens: r.usage.cache_read_tokens,
             cost_usd: r.usage.cost_usd,
+            estimated: r.usage.estimated,
         }
     }
 }
@@ -212,6 +242,13 @@ impl StatusView {
             turns: r.turns,
             result: r.result.clone().filter(|_| status == Status::Completed),
             result_truncated: false,
+            answer_truncated: (r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS)).then(|| {
+                format!(
+                    "the model stopped at the token limit (stop_reason max_tokens, limits.max_tokens = {}, or less when a budget was nearly spent): the answer is incomplete; continue it with agent_send, or spawn again with a larger limits.max_tokens",
+                    r.limits.max_tokens
+                )
+            }),
+            queued_reason: None,
             error: r.error.clone(),
             output: OutputCounts {
                 output_bytes: r.output.end_cursor(),

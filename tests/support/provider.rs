@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +37,15 @@ pub struct FakeProvider {
     addr: SocketAddr,
     state: Arc<Mutex<FakeState>>,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// Counts a streamed response in flight until its body is done or dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One request as the fake received it.
@@ -124,6 +134,28 @@ pub enum Step {
     /// The step `f` makes from the request, for answers that depend on what came before
     /// (e.g. an id the client received in a tool result).
     FromRequest(StepFn),
+    /// Stream `chunks` as text, then stop at the token limit (stop_reason max_tokens /
+    /// finish_reason length).
+    Length { chunks: Vec<String> },
+    /// HTTP 200 with an SSE content type and an empty body.
+    Empty,
+    /// An HTTP redirect (307) to `location`.
+    Redirect { location: String },
+}
+
+/// Behaviours of real servers other than the official APIs, switched on per fake.
+#[derive(Clone, Debug, Default)]
+pub struct Quirks {
+    /// llama-cpp-python: the whole function name (and id) in every streamed tool-call chunk.
+    pub repeat_tool_name: bool,
+    /// llama-cpp-python: HTTP 500 for an assistant message whose `content` is null.
+    pub reject_null_content: bool,
+    /// llama-cpp-python: no usage at all, even when `stream_options.include_usage` asks.
+    pub no_usage: bool,
+    /// A rate limit on requests in flight: past this many, HTTP 429 with `retry-after`.
+    pub max_in_flight: Option<usize>,
+    /// The `retry-after` (seconds) of those 429s.
+    pub retry_after_secs: u64,
 }
 
 /// A step made from the request it answers.
@@ -243,6 +275,21 @@ impl FakeProvider {
             .collect()
     }
 
+    /// Switches on behaviours of non-official servers for every later request.
+    pub fn set_quirks(&self, quirks: Quirks) {
+        lock(&self.state).quirks = quirks;
+    }
+
+    /// Requests answered 429 because of `Quirks::max_in_flight`.
+    pub fn throttled(&self) -> usize {
+        lock(&self.state).throttled
+    }
+
+    /// The most streamed responses that were ever in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        lock(&self.state).peak_in_flight
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.state).requests.clone()
@@ -280,6 +327,12 @@ struct FakeState {
     requests: Vec<RecordedRequest>,
     /// Source of `msg_fake_N` / `chatcmpl-fake-N` / `req_fake_N` numbers.
     next_id: u64,
+    quirks: Quirks,
+    /// Anthropic prompt cache: prefix hash → when the entry expires.
+    cache: std::collections::HashMap<u64, std::time::Instant>,
+    in_flight: Arc<AtomicUsize>,
+    peak_in_flight: usize,
+    throttled: usize,
 }
 
 struct Rule {
@@ -331,35 +384,234 @@ async fn handle(
     let recorded = record(uri.path(), &headers, parsed.as_ref().ok());
     let checked = check(&method, uri.path(), &headers, parsed);
     // One lock for recording and step selection, so steps are served in recorded order.
-    let (id, outcome) = {
+    let (id, quirks, outcome) = {
         let mut state = lock(&state);
         state.requests.push(recorded.clone());
         state.next_id += 1;
-        let outcome = checked.map(|accepted| (accepted, next_step(&mut state, &recorded)));
-        (state.next_id, outcome)
+        let quirks = state.quirks.clone();
+        let outcome = checked
+            .and_then(|accepted| quirky(&quirks, accepted))
+            .and_then(|accepted| cached(&mut state, accepted))
+            .and_then(|(accepted, cache)| {
+                admit(&mut state, accepted).map(|(accepted, permit)| (accepted, cache, permit))
+            })
+            .map(|(accepted, cache, permit)| {
+                (accepted, cache, permit, next_step(&mut state, &recorded))
+            });
+        (state.next_id, quirks, outcome)
     };
     match outcome {
-        Ok(((api, body), step)) => {
+        Ok(((api, body), cache, permit, step)) => {
+            let all_input = cache.prompt.unwrap_or(raw_body.len() as u64 / 4).max(1);
             let turn = Turn {
                 id,
                 model: recorded.model,
-                input_tokens: (raw_body.len() as u64 / 4).max(1),
-                include_usage: body
-                    .pointer("/stream_options/include_usage")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
+                input_tokens: all_input.saturating_sub(cache.read + cache.write).max(1),
+                cache_write_tokens: cache.write,
+                cache_read_tokens: cache.read,
+                include_usage: !quirks.no_usage
+                    && body
+                        .pointer("/stream_options/include_usage")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                repeat_tool_name: quirks.repeat_tool_name,
             };
-            respond(api, step, &turn)
+            respond(api, step, &turn, permit)
         }
         Err(rejected) => error_response(
             rejected.api,
             rejected.code,
             rejected.error_type,
             &rejected.message,
-            None,
+            rejected.retry_after,
             id,
         ),
     }
+}
+
+/// What a quirky server refuses that the official API accepts.
+fn quirky(quirks: &Quirks, (api, body): (Api, Value)) -> Result<(Api, Value), Rejected> {
+    let null_content = body["messages"].as_array().is_some_and(|messages| {
+        messages
+            .iter()
+            .any(|m| m["role"] == "assistant" && m.get("content") == Some(&Value::Null))
+    });
+    if quirks.reject_null_content && api == Api::OpenAi && null_content {
+        return Err(Rejected {
+            api,
+            code: 500,
+            error_type: "internal_server_error",
+            message: "'NoneType' object is not iterable".into(),
+            retry_after: None,
+        });
+    }
+    Ok((api, body))
+}
+
+/// Input tokens read from and written to the prompt cache by one request.
+#[derive(Clone, Copy, Debug, Default)]
+struct CacheUse {
+    /// Input tokens of the whole prompt, when counted block by block (Anthropic); else
+    /// a quarter of the request body is used.
+    prompt: Option<u64>,
+    read: u64,
+    write: u64,
+}
+
+/// How long a prompt cache entry lives (refreshed by every hit), and the fewest tokens a
+/// prefix needs to be cached, as the Messages API documents.
+const CACHE_LIFETIME: Duration = Duration::from_secs(300);
+const CACHE_MIN_TOKENS: u64 = 1024;
+/// A breakpoint finds an earlier entry at most this many blocks back.
+const CACHE_LOOKBACK_BLOCKS: usize = 20;
+const MAX_BREAKPOINTS: usize = 4;
+
+/// The Messages API's prompt caching, simulated as documented: the prompt is the sequence
+/// of blocks tools → system → messages; a `cache_control` block is a breakpoint (at most
+/// 4; a top-level `cache_control` puts one on the last block); each breakpoint reads the
+/// longest cached prefix ending at it or up to 20 blocks before it, and writes its own
+/// prefix when that has at least 1,024 tokens. Entries live 5 minutes from their last
+/// use. Tokens are a quarter of each block's JSON (tools, system, message content); the
+/// request's other fields (model, max_tokens, ...) are not input.
+fn cached(
+    state: &mut FakeState,
+    (api, body): (Api, Value),
+) -> Result<((Api, Value), CacheUse), Rejected> {
+    if api == Api::OpenAi {
+        let read = openai_cached(state, &body);
+        return Ok((
+            (api, body),
+            CacheUse {
+                prompt: None,
+                read,
+                write: 0,
+            },
+        ));
+    }
+    let mut blocks: Vec<&Value> = Vec::new();
+    blocks.extend(body["tools"].as_array().into_iter().flatten());
+    blocks.extend(body["system"].as_array().into_iter().flatten());
+    for message in body["messages"].as_array().into_iter().flatten() {
+        blocks.extend(message["content"].as_array().into_iter().flatten());
+    }
+    let mut breakpoints: Vec<usize> = (0..blocks.len())
+        .filter(|&i| blocks[i].get("cache_control").is_some())
+        .collect();
+    if body.get("cache_control").is_some() && !blocks.is_empty() {
+        breakpoints.push(blocks.len() - 1);
+        breakpoints.dedup();
+    }
+    if breakpoints.len() > MAX_BREAKPOINTS {
+        return Err(Rejected {
+            api,
+            code: 400,
+            error_type: "invalid_request_error",
+            message: format!(
+                "A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {}.",
+                breakpoints.len()
+            ),
+            retry_after: None,
+        });
+    }
+    // The identity of each prefix (the model's too), and its tokens.
+    let mut hashes = Vec::with_capacity(blocks.len());
+    let mut tokens = Vec::with_capacity(blocks.len());
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&body["model"].to_string(), &mut hasher);
+    let mut sum = 0u64;
+    for block in &blocks {
+        let mut plain = (*block).clone();
+        if let Some(obj) = plain.as_object_mut() {
+            obj.remove("cache_control");
+        }
+        let text = plain.to_string();
+        std::hash::Hash::hash(&text, &mut hasher);
+        hashes.push(std::hash::Hasher::finish(&hasher));
+        sum += text.len() as u64 / 4;
+        tokens.push(sum);
+    }
+    let now = std::time::Instant::now();
+    state.cache.retain(|_, expires| *expires > now);
+    let hit = breakpoints
+        .iter()
+        .filter_map(|&b| {
+            (b.saturating_sub(CACHE_LOOKBACK_BLOCKS - 1)..=b)
+                .rev()
+                .find(|&j| state.cache.contains_key(&hashes[j]))
+        })
+        .max();
+    let read = hit.map_or(0, |j| tokens[j]);
+    if let Some(j) = hit {
+        state.cache.insert(hashes[j], now + CACHE_LIFETIME);
+    }
+    let mut written_to = read;
+    for &b in &breakpoints {
+        if tokens[b] >= CACHE_MIN_TOKENS {
+            state.cache.insert(hashes[b], now + CACHE_LIFETIME);
+            written_to = written_to.max(tokens[b]);
+        }
+    }
+    Ok((
+        (api, body),
+        CacheUse {
+            prompt: Some(sum),
+            read,
+            write: written_to - read,
+        },
+    ))
+}
+
+/// OpenAI's automatic prompt caching, simulated: every prompt prefix of at least 1,024
+/// tokens (by whole messages) is cached for 5 minutes, per model and `prompt_cache_key`;
+/// a request reads the longest cached prefix, in 128-token steps, as `cached_tokens`.
+fn openai_cached(state: &mut FakeState, body: &Value) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&("openai", body["model"].to_string()), &mut hasher);
+    std::hash::Hash::hash(&body["prompt_cache_key"].to_string(), &mut hasher);
+    std::hash::Hash::hash(&body["tools"].to_string(), &mut hasher);
+    let now = std::time::Instant::now();
+    state.cache.retain(|_, expires| *expires > now);
+    let mut tokens = body["tools"].to_string().len() as u64 / 4;
+    let mut read = 0;
+    for message in body["messages"].as_array().into_iter().flatten() {
+        let text = message.to_string();
+        std::hash::Hash::hash(&text, &mut hasher);
+        tokens += text.len() as u64 / 4;
+        let hash = std::hash::Hasher::finish(&hasher);
+        if state.cache.contains_key(&hash) {
+            read = tokens;
+        }
+        if tokens >= CACHE_MIN_TOKENS {
+            state.cache.insert(hash, now + CACHE_LIFETIME);
+        }
+    }
+    read / 128 * 128
+}
+
+/// The rate limit of `Quirks::max_in_flight`: a permit for the response, or a 429.
+fn admit(
+    state: &mut FakeState,
+    accepted: (Api, Value),
+) -> Result<((Api, Value), Option<InFlight>), Rejected> {
+    let Some(max) = state.quirks.max_in_flight else {
+        return Ok((accepted, None));
+    };
+    let now = state.in_flight.load(Ordering::SeqCst);
+    if now >= max {
+        state.throttled += 1;
+        return Err(Rejected {
+            api: accepted.0,
+            code: 429,
+            error_type: "rate_limit_error",
+            message: format!(
+                "Number of concurrent connections has exceeded your rate limit ({max}); please retry later."
+            ),
+            retry_after: Some(state.quirks.retry_after_secs),
+        });
+    }
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    state.peak_in_flight = state.peak_in_flight.max(now + 1);
+    Ok((accepted, Some(InFlight(state.in_flight.clone()))))
 }
 
 /// A request the real service would refuse before doing any work.
@@ -368,6 +620,7 @@ struct Rejected {
     code: u16,
     error_type: &'static str,
     message: String,
+    retry_after: Option<u64>,
 }
 
 /// Accepts a request the real service would serve, as `(api, body)`.
@@ -386,6 +639,7 @@ fn check(
                 code: 404,
                 error_type: "not_found_error",
                 message: format!("Not found: {method} {path}"),
+                retry_after: None,
             });
         }
     };
@@ -394,6 +648,7 @@ fn check(
         code,
         error_type,
         message: message.to_string(),
+        retry_after: None,
     };
     let invalid = |message: &str| Err(reject(400, "invalid_request_error", message));
     if method != Method::POST {
@@ -610,6 +865,11 @@ struct Turn {
     input_tokens: u64,
     /// OpenAI `stream_options.include_usage`: only then does the real API send usage.
     include_usage: bool,
+    /// `Quirks::repeat_tool_name`.
+    repeat_tool_name: bool,
+    /// Anthropic prompt caching (`input_tokens` is the uncached rest).
+    cache_write_tokens: u64,
+    cache_read_tokens: u64,
 }
 
 /// How a streamed body ends after its last frame.
@@ -623,6 +883,8 @@ enum Ending {
 struct Sse {
     frames: VecDeque<(Duration, String)>,
     ending: Ending,
+    /// Held while the body streams (`Quirks::max_in_flight`).
+    permit: Option<InFlight>,
 }
 
 impl Sse {
@@ -630,6 +892,7 @@ impl Sse {
         Sse {
             frames: VecDeque::new(),
             ending: Ending::Finish,
+            permit: None,
         }
     }
 
@@ -681,8 +944,16 @@ fn insert_request_id(headers: &mut HeaderMap, name: &'static str, id: u64) {
     }
 }
 
-fn respond(api: Api, step: Step, turn: &Turn) -> Response {
+fn respond(api: Api, step: Step, turn: &Turn, permit: Option<InFlight>) -> Response {
     match step {
+        Step::Redirect { location } => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
         Step::Status {
             code,
             error_type,
@@ -704,11 +975,17 @@ fn respond(api: Api, step: Step, turn: &Turn) -> Response {
                 StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             response
         }
+        Step::Empty => {
+            let mut sse = Sse::new();
+            sse.permit = permit;
+            sse.into_response("request-id", turn.id)
+        }
         streamed => {
-            let sse = match api {
+            let mut sse = match api {
                 Api::Anthropic => anthropic::stream(streamed, turn),
                 Api::OpenAi => openai::stream(streamed, turn),
             };
+            sse.permit = permit;
             let request_id_header = match api {
                 Api::Anthropic => "request-id",
                 Api::OpenAi => "x-request-id",
@@ -787,8 +1064,8 @@ mod anthropic {
             "stop_sequence": null,
             "usage": {
                 "input_tokens": turn.input_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": turn.cache_write_tokens,
+                "cache_read_input_tokens": turn.cache_read_tokens,
                 "output_tokens": 1,
             },
         });
@@ -901,6 +1178,10 @@ mod anthropic {
                            "error": {"type": error_type, "message": message}}),
                 );
             }
+            Step::Length { chunks } => {
+                text_block(&mut sse, 0, &chunks, Duration::ZERO, true);
+                message_end(&mut sse, "max_tokens", chars(&chunks));
+            }
             Step::Hang { after_chunks } => {
                 text_block(&mut sse, 0, &after_chunks, Duration::ZERO, false);
                 sse.ending = Ending::Hang;
@@ -912,8 +1193,10 @@ mod anthropic {
             Step::Status { .. }
             | Step::StatusBody { .. }
             | Step::EndlessErrorBody { .. }
-            | Step::FromRequest(_) => {
-                unreachable!("status steps are answered without a stream, made steps before")
+            | Step::FromRequest(_)
+            | Step::Empty
+            | Step::Redirect { .. } => {
+                unreachable!("answered without a stream, or made before")
             }
         }
         sse
@@ -962,6 +1245,8 @@ mod openai {
             self.chunk(Duration::ZERO, json!({}), Some(finish_reason));
             if self.turn.include_usage {
                 let completion_tokens = output_tokens(streamed_chars);
+                // OpenAI counts cached tokens inside prompt_tokens.
+                let prompt_tokens = self.turn.input_tokens + self.turn.cache_read_tokens;
                 self.data(
                     Duration::ZERO,
                     json!({
@@ -972,9 +1257,12 @@ mod openai {
                         "system_fingerprint": null,
                         "choices": [],
                         "usage": {
-                            "prompt_tokens": self.turn.input_tokens,
+                            "prompt_tokens": prompt_tokens,
                             "completion_tokens": completion_tokens,
-                            "total_tokens": self.turn.input_tokens + completion_tokens,
+                            "total_tokens": prompt_tokens + completion_tokens,
+                            "prompt_tokens_details": {
+                                "cached_tokens": self.turn.cache_read_tokens,
+                            },
                         },
                     }),
                 );
@@ -1023,12 +1311,13 @@ mod openai {
                 );
                 let arguments = input.to_string();
                 for piece in split_even(&arguments, 3) {
-                    out.chunk(
-                        Duration::ZERO,
-                        json!({"tool_calls": [{"index": 0,
-                                               "function": {"arguments": piece}}]}),
-                        None,
-                    );
+                    let call = if turn.repeat_tool_name {
+                        json!({"index": 0, "id": id, "type": "function",
+                               "function": {"name": name, "arguments": piece}})
+                    } else {
+                        json!({"index": 0, "function": {"arguments": piece}})
+                    };
+                    out.chunk(Duration::ZERO, json!({"tool_calls": [call]}), None);
                 }
                 let streamed = chars(&text_chunks) + arguments.chars().count();
                 out.finish("tool_calls", streamed);
@@ -1045,6 +1334,10 @@ mod openai {
                                      "param": null, "code": null}}),
                 );
             }
+            Step::Length { chunks } => {
+                out.text(&chunks, Duration::ZERO);
+                out.finish("length", chars(&chunks));
+            }
             Step::Hang { after_chunks } => {
                 out.text(&after_chunks, Duration::ZERO);
                 out.sse.ending = Ending::Hang;
@@ -1056,8 +1349,10 @@ mod openai {
             Step::Status { .. }
             | Step::StatusBody { .. }
             | Step::EndlessErrorBody { .. }
-            | Step::FromRequest(_) => {
-                unreachable!("status steps are answered without a stream, made steps before")
+            | Step::FromRequest(_)
+            | Step::Empty
+            | Step::Redirect { .. } => {
+                unreachable!("answered without a stream, or made before")
             }
         }
         out.sse

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::protocol::{ErrorKind, Event, TaskSpec, exit};
 use crate::provider::{
-    Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest,
+    Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest, throttled,
 };
 use crate::tools;
 
@@ -49,32 +49,45 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
         }],
     }];
     let mut total = TokenUsage::default();
+    let mut estimated = false;
     let limits = &spec.limits;
+    // Stable for the whole conversation, so every turn lands on the same cache.
+    let cache_key = format!(
+        "bg-agents-{}",
+        spec.agent_id.clone().unwrap_or_else(|| format!(
+            "run-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ))
+    );
 
     for turn in 1..=limits.max_turns {
-        let remaining = limits
-            .max_total_tokens
-            .saturating_sub(total.input_tokens + total.output_tokens);
+        let max_tokens = match output_allowance(spec, total) {
+            Ok(n) => n,
+            Err(message) => return fail(out, ErrorKind::BudgetExceeded, message),
+        };
         let req = TurnRequest {
+            cache_key: Some(&cache_key),
             model: &spec.model,
             system: &spec.system_prompt,
             messages: &messages,
             tools: &tool_defs,
-            max_tokens: (limits.max_tokens as u64).min(remaining.max(1)) as u32,
+            max_tokens,
         };
         let output = match turn_with_retries(client, &req, spec.provider.max_retries, out).await {
             Ok(o) => o,
             Err(message) => return fail(out, ErrorKind::Provider, message),
         };
-        total.input_tokens += output.usage.input_tokens;
-        total.output_tokens += output.usage.output_tokens;
-        let cost = spec
-            .price
-            .map(|p| p.cost(total.input_tokens, total.output_tokens));
+        total.add(&output.usage);
+        estimated |= output.usage_estimated;
+        let cost = spec.price.map(|p| p.cost_of(&total));
         out.emit(&Event::Usage {
-            input_tokens: total.input_tokens,
-            output_tokens: total.output_tokens,
+            input_tokens: total.input,
+            output_tokens: total.output,
+            cache_write_tokens: total.cache_write,
+            cache_read_tokens: total.cache_read,
             cost_usd: cost,
+            estimated,
         });
         let over_budget = budget_exceeded(spec, total, cost);
 
@@ -166,8 +179,38 @@ fn bad_cwd(spec: &TaskSpec, reason: &str) -> String {
     )
 }
 
+/// The `max_tokens` of the next request: the per-response limit, lowered to what the
+/// remaining token and USD budgets can pay for, so a turn overshoots a budget by at most
+/// its input. Err when the budgets cannot pay for a single output token.
+fn output_allowance(spec: &TaskSpec, total: TokenUsage) -> Result<u32, String> {
+    let limits = &spec.limits;
+    let mut allowance = limits.max_tokens as u64;
+    let remaining = limits.max_total_tokens.saturating_sub(total.total());
+    if remaining == 0 {
+        return Err(format!(
+            "token budget exhausted: {} tokens used, max_total_tokens is {}",
+            total.total(),
+            limits.max_total_tokens
+        ));
+    }
+    allowance = allowance.min(remaining);
+    if let Some(price) = spec.price.filter(|p| p.output > 0.0) {
+        let spent = price.cost_of(&total);
+        let left = limits.budget_usd - spent;
+        let affordable = (left * 1_000_000.0 / price.output).floor();
+        if affordable < 1.0 {
+            return Err(format!(
+                "USD budget exhausted: ${spent:.4} spent, budget_usd is ${}; not even one more output token fits",
+                limits.budget_usd
+            ));
+        }
+        allowance = allowance.min(affordable as u64);
+    }
+    Ok(allowance as u32)
+}
+
 fn budget_exceeded(spec: &TaskSpec, total: TokenUsage, cost: Option<f64>) -> Option<String> {
-    let tokens = total.input_tokens + total.output_tokens;
+    let tokens = total.total();
     if tokens > spec.limits.max_total_tokens {
         return Some(format!(
             "token budget exhausted: {tokens} tokens used, max_total_tokens is {}",
@@ -225,6 +268,7 @@ async fn turn_with_retries(
                 reason,
                 retry_after,
             }) => {
+                let throttled = throttled(&reason);
                 if attempt >= max_retries {
                     return Err(format!("{reason} (gave up after {attempt} retries)"));
                 }
@@ -237,6 +281,7 @@ async fn turn_with_retries(
                     wait_ms: wait.as_millis() as u64,
                     reason,
                     discarded_output: streamed,
+                    throttled,
                 });
                 tokio::time::sleep(wait).await;
             }

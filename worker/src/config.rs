@@ -46,6 +46,12 @@ pub struct ServerConfig {
     pub stop_hook: StopHook,
     pub worker: WorkerLocation,
     pub sandbox: SandboxMode,
+    /// USD all agents of one server session may spend together; absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_budget_usd: Option<f64>,
+    /// Tokens (input, cache and output) all agents of one session may use together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_max_tokens: Option<u64>,
 }
 
 /// The `Stop` hook's behaviour (`[server] stop_hook`).
@@ -185,6 +191,21 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     pub max_retries: u32,
     pub request_timeout_seconds: u64,
+    /// Agents running against this provider at once (the server queues the rest); absent
+    /// means only `[server] max_concurrent` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    /// Anthropic: mark the conversation for prompt caching (cache_control breakpoints).
+    #[serde(default = "yes")]
+    pub prompt_caching: bool,
+    /// OpenAI-compatible: send a stable `prompt_cache_key` per agent (only where the
+    /// provider accepts the field).
+    #[serde(default)]
+    pub prompt_cache_key: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -318,11 +339,80 @@ pub struct RoleConfig {
 pub struct Price {
     pub input: f64,
     pub output: f64,
+    /// Input written to the prompt cache; default 1.25 × `input` (Anthropic, 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
+    /// Input read from the prompt cache; default 0.1 × `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<f64>,
+    /// OpenAI-compatible name for the price of cached input (`cached_tokens`); used when
+    /// `cache_read` is not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+}
+
+/// Tokens of one response or of a whole run, as billed: uncached input, input written to
+/// and read from the prompt cache, output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCounts {
+    pub input: u64,
+    pub cache_write: u64,
+    pub cache_read: u64,
+    pub output: u64,
+}
+
+impl TokenCounts {
+    /// Every token, cached or not: what `max_total_tokens` counts.
+    pub fn total(&self) -> u64 {
+        self.input + self.cache_write + self.cache_read + self.output
+    }
+
+    pub fn add(&mut self, other: &TokenCounts) {
+        self.input += other.input;
+        self.cache_write += other.cache_write;
+        self.cache_read += other.cache_read;
+        self.output += other.output;
+    }
 }
 
 impl Price {
+    /// A price for plain input and output only (caching at its default rates).
+    pub fn new(input: f64, output: f64) -> Price {
+        Price {
+            input,
+            output,
+            cache_write: None,
+            cache_read: None,
+            cached_input: None,
+        }
+    }
+
+    pub fn cache_write_rate(&self) -> f64 {
+        self.cache_write.unwrap_or(self.input * 1.25)
+    }
+
+    pub fn cache_read_rate(&self) -> f64 {
+        self.cache_read
+            .or(self.cached_input)
+            .unwrap_or(self.input * 0.1)
+    }
+
+    /// USD for uncached input and output tokens.
     pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        (input_tokens as f64 * self.input + output_tokens as f64 * self.output) / 1_000_000.0
+        self.cost_of(&TokenCounts {
+            input: input_tokens,
+            output: output_tokens,
+            ..Default::default()
+        })
+    }
+
+    /// USD for `t` as billed: cache writes and reads at their own rates.
+    pub fn cost_of(&self, t: &TokenCounts) -> f64 {
+        (t.input as f64 * self.input
+            + t.cache_write as f64 * self.cache_write_rate()
+            + t.cache_read as f64 * self.cache_read_rate()
+            + t.output as f64 * self.output)
+            / 1_000_000.0
     }
 }
 
@@ -478,6 +568,18 @@ impl Config {
         range("kill_grace_ms", s.kill_grace_ms, 0, 60_000)?;
         range("max_wait_seconds", s.max_wait_seconds, 1, 3600)?;
         range("transcript_max_mb", s.transcript_max_mb, 1, 10_240)?;
+        if let Some(n) = s.session_max_tokens {
+            range("session_max_tokens", n, 1, 10_000_000_000)?;
+        }
+        if let Some(usd) = s.session_budget_usd
+            && !(0.0..=100_000.0).contains(&usd)
+        {
+            return Err(invalid(
+                "[server] session_budget_usd".into(),
+                usd.to_string(),
+                "must be between 0 and 100000 (leave it out for no session cap)".into(),
+            ));
+        }
 
         for (section, limits) in [("defaults", &self.defaults), ("max", &self.max)] {
             check_limits(&format!("[{section}]"), &|k| Some((k.get)(limits)))
@@ -505,6 +607,15 @@ impl Config {
                     key("max_retries"),
                     p.max_retries.to_string(),
                     "must be between 0 and 20".into(),
+                ));
+            }
+            if let Some(n) = p.max_concurrent
+                && !(1..=1024).contains(&n)
+            {
+                return Err(invalid(
+                    key("max_concurrent"),
+                    n.to_string(),
+                    "must be between 1 and 1024 (leave it out for no per-provider cap)".into(),
                 ));
             }
             if !(1..=3600).contains(&p.request_timeout_seconds) {
@@ -583,7 +694,14 @@ impl Config {
             }
         }
         for (model, price) in &self.pricing {
-            for (k, v) in [("input", price.input), ("output", price.output)] {
+            for (k, v) in [
+                ("input", Some(price.input)),
+                ("output", Some(price.output)),
+                ("cache_write", price.cache_write),
+                ("cache_read", price.cache_read),
+                ("cached_input", price.cached_input),
+            ] {
+                let Some(v) = v else { continue };
                 if !(0.0..=10_000.0).contains(&v) {
                     return Err(invalid(
                         format!("[pricing.\"{model}\"] {k}"),
@@ -772,6 +890,19 @@ mod tests {
     }
 
     #[test]
+    fn session_caps_are_off_by_default_and_range_checked() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.server.session_budget_usd, None);
+        assert_eq!(c.server.session_max_tokens, None);
+        let c = user("[server]\nsession_budget_usd = 5.0\nsession_max_tokens = 1000\n").unwrap();
+        assert_eq!(c.server.session_budget_usd, Some(5.0));
+        let e = err("[server]\nsession_budget_usd = -1.0\n");
+        assert!(e.contains("[server] session_budget_usd = -1"), "{e}");
+        let e = err("[server]\nsession_max_tokens = 0\n");
+        assert!(e.contains("[server] session_max_tokens = 0"), "{e}");
+    }
+
+    #[test]
     fn tier_with_unknown_provider_is_rejected() {
         let e = err("[tiers.fast]\nprovider = \"nope\"\n");
         assert!(e.contains("[tiers.fast] provider = \"nope\""), "{e}");
@@ -828,11 +959,22 @@ mod tests {
 
     #[test]
     fn price_computes_cost_per_million() {
-        let p = Price {
-            input: 2.0,
-            output: 10.0,
-        };
+        let p = Price::new(2.0, 10.0);
         assert!((p.cost(1_000_000, 100_000) - 3.0).abs() < 1e-9);
+        // Cache writes 1.25 ×, reads 0.1 × input by default.
+        let t = TokenCounts {
+            input: 0,
+            cache_write: 1_000_000,
+            cache_read: 1_000_000,
+            output: 0,
+        };
+        assert!((p.cost_of(&t) - (2.5 + 0.2)).abs() < 1e-9);
+        let own = Price {
+            cache_write: Some(3.0),
+            cached_input: Some(1.0),
+            ..p
+        };
+        assert!((own.cost_of(&t) - 4.0).abs() < 1e-9);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bg_agent_worker::agent::{self, Emit};
 use bg_agent_worker::config::{Config, LimitsOverride, TaskType, Tier};
-use bg_agent_worker::protocol::{ErrorKind, Event, TaskSpec, exit};
+use bg_agent_worker::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, exit};
 use bg_agent_worker::provider::Client;
 use bg_agent_worker::resolve::SpawnRequest;
 use bg_agent_worker::sandbox;
@@ -219,7 +219,11 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
                 },
                 agent_id: None,
             };
-            Ok(loaded.config.resolve(&req)?.spec)
+            let resolution = loaded.config.resolve(&req)?;
+            for warning in &resolution.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Ok(resolution.spec)
         }
     }
 }
@@ -255,7 +259,18 @@ impl Emit for JsonOut {
 #[derive(Default)]
 struct HumanOut {
     mid_line: Cell<bool>,
-    usage: Cell<(u64, u64, Option<f64>)>,
+    usage: Cell<Option<Usage>>,
+}
+
+/// The last `usage` event's figures.
+#[derive(Clone, Copy)]
+struct Usage {
+    input: u64,
+    output: u64,
+    cache_write: u64,
+    cache_read: u64,
+    cost: Option<f64>,
+    estimated: bool,
 }
 
 impl Emit for HumanOut {
@@ -265,27 +280,61 @@ impl Emit for HumanOut {
         if let Event::Usage {
             input_tokens,
             output_tokens,
+            cache_write_tokens,
+            cache_read_tokens,
             cost_usd,
+            estimated,
         } = event
         {
-            self.usage.set((*input_tokens, *output_tokens, *cost_usd));
+            self.usage.set(Some(Usage {
+                input: *input_tokens,
+                output: *output_tokens,
+                cache_write: *cache_write_tokens,
+                cache_read: *cache_read_tokens,
+                cost: *cost_usd,
+                estimated: *estimated,
+            }));
         }
         let summary = match event {
-            Event::Result { turns, .. } => Some(*turns),
+            Event::Result {
+                turns, stop_reason, ..
+            } => Some((*turns, stop_reason == STOP_MAX_TOKENS)),
             _ => None,
         };
         let mut text = event.render_human(at_start).unwrap_or_default();
-        if let Some(turns) = summary {
-            let (i, o, cost) = self.usage.get();
-            let cost = cost.map_or("cost unknown".into(), |c| format!("${c:.4}"));
+        if let Some((turns, cut)) = summary {
+            let u = self.usage.get().unwrap_or(Usage {
+                input: 0,
+                output: 0,
+                cache_write: 0,
+                cache_read: 0,
+                cost: None,
+                estimated: false,
+            });
+            let cost = u.cost.map_or("cost unknown".into(), |c| format!("${c:.4}"));
+            let mut input = format!("{} in", u.input);
+            if u.cache_write + u.cache_read > 0 {
+                input.push_str(&format!(
+                    " + {} cache write + {} cache read",
+                    u.cache_write, u.cache_read
+                ));
+            }
             let nl = if text.is_empty() && at_start || text.ends_with('\n') {
                 ""
             } else {
                 "\n"
             };
+            if cut {
+                text.push_str(&format!(
+                    "{nl}[the answer was cut at the token limit (stop reason max_tokens); raise max_tokens or budgets, or ask for less]\n"
+                ));
+            }
+            let nl = if cut { "" } else { nl };
             text.push_str(&format!(
-                "{nl}— {turns} turn{} · {i} in / {o} out tokens · {cost}\n",
-                if turns == 1 { "" } else { "s" }
+                "{nl}— {turns} turn{} · {input} / {} out tokens{} · {cost}\n",
+                if turns == 1 { "" } else { "s" },
+                u.output,
+                if u.estimated { " (estimated)" } else { "" }
             ));
         }
         if text.is_empty() {

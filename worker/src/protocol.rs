@@ -68,6 +68,14 @@ pub struct ProviderSpec {
     pub api_key_env: Option<String>,
     pub max_retries: u32,
     pub request_timeout_seconds: u64,
+    #[serde(default = "yes")]
+    pub prompt_caching: bool,
+    #[serde(default)]
+    pub prompt_cache_key: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The read-only tools a worker can offer its model.
@@ -120,6 +128,10 @@ impl ErrorKind {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One line of worker stdout.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -148,12 +160,21 @@ pub enum Event {
         bytes: u64,
         is_error: bool,
     },
-    /// Totals so far for the whole run.
+    /// Totals so far for the whole run. `input_tokens` is uncached input; input written to
+    /// and read from the prompt cache is counted apart (each billed at its own rate).
     Usage {
         input_tokens: u64,
         output_tokens: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        cache_write_tokens: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        cache_read_tokens: u64,
         /// `None` when the model has no price configured: unknown, not free.
         cost_usd: Option<f64>,
+        /// The provider reported no usage for some turn, so the tokens (and the cost) are
+        /// estimated from the bytes sent and received, 4 bytes a token.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        estimated: bool,
     },
     /// A turn is being retried; text streamed since the turn began is void.
     Retry {
@@ -163,7 +184,12 @@ pub enum Event {
         /// Whether text of the failed attempt had already been streamed.
         #[serde(default)]
         discarded_output: bool,
+        /// The provider throttled (HTTP 429 or 529): the server holds new starts on this
+        /// provider for `wait_ms`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        throttled: bool,
     },
+    /// `stop_reason` `max_tokens` means the answer was cut at the token limit.
     Result {
         text: String,
         stop_reason: String,
@@ -174,6 +200,9 @@ pub enum Event {
         message: String,
     },
 }
+
+/// The stop reason of an answer cut at the token limit (OpenAI's `length` is mapped to it).
+pub const STOP_MAX_TOKENS: &str = "max_tokens";
 
 impl Event {
     /// Whether this event ends a run (exactly one does).
@@ -214,6 +243,7 @@ impl Event {
                 wait_ms,
                 reason,
                 discarded_output,
+                ..
             } => {
                 let void = if *discarded_output {
                     " (text above from the failed attempt is void)"
@@ -224,7 +254,7 @@ impl Event {
                     "{nl}[retry {attempt} in {wait_ms} ms: {reason}{void}]\n"
                 ))
             }
-            Event::Error { kind, message } => Some(format!("{nl}[error {kind:?}: {message}]\n")),
+            Event::Error { message, .. } => Some(format!("{nl}error: {message}\n")),
         }
     }
 }
@@ -262,7 +292,10 @@ mod tests {
         let e = Event::Usage {
             input_tokens: 3,
             output_tokens: 4,
+            cache_write_tokens: 0,
+            cache_read_tokens: 0,
             cost_usd: None,
+            estimated: false,
         };
         let line = e.to_json_line();
         assert_eq!(

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{Config, Limits, LimitsOverride, TaskType, Tier, fmt_limit};
+use crate::config::{Config, Limits, LimitsOverride, Price, TaskType, Tier, fmt_limit};
 use crate::protocol::{ProviderSpec, TaskSpec};
+use crate::provider::estimate_tokens;
 use crate::roles::{RoleChoice, UnknownRole, select_role};
 use crate::routing::{Route, RouteError, RouteRequest, route};
 
@@ -31,6 +32,9 @@ pub struct Resolution {
     pub spec: TaskSpec,
     pub route: Route,
     pub role_choice: RoleChoice,
+    /// One line each, for the caller: what will not work as asked (e.g. a budget that
+    /// cannot be enforced for an unpriced model).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,23 @@ pub enum ResolveError {
         "cwd {path}: {reason}; give an existing directory (absolute, or relative to the server's directory)"
     )]
     BadCwd { path: PathBuf, reason: String },
+    #[error(
+        "limits.budget_usd = {budget} cannot pay for a single request to `{model}`: its first request alone costs about ${need} (about {input_tokens} input tokens and one output token); ask for at least ${need}"
+    )]
+    BudgetTooSmall {
+        budget: String,
+        model: String,
+        need: String,
+        input_tokens: u64,
+    },
+    #[error(
+        "limits.max_total_tokens = {max} cannot hold a single request: the first request alone is about {input_tokens} input tokens; ask for at least {need}"
+    )]
+    TokensTooFew {
+        max: u64,
+        input_tokens: u64,
+        need: u64,
+    },
 }
 
 impl Config {
@@ -105,18 +126,31 @@ impl Config {
                 api_key_env: p.api_key_env.clone().filter(|s| !s.is_empty()),
                 max_retries: p.max_retries,
                 request_timeout_seconds: p.request_timeout_seconds,
+                prompt_caching: p.prompt_caching,
+                prompt_cache_key: p.prompt_cache_key,
             },
             model: route.model.clone(),
             cwd,
             limits,
-            price: self.pricing.get(&route.model).copied(),
+            price: self.price_for(&route.provider, &route.model),
             sandbox: self.server.sandbox,
         };
+        let warnings = check_budgets(&spec)?;
         Ok(Resolution {
             spec,
             route,
             role_choice,
+            warnings,
         })
+    }
+
+    /// The price of MODEL on PROVIDER: `[pricing."PROVIDER/MODEL"]`, else
+    /// `[pricing."MODEL"]`.
+    pub fn price_for(&self, provider: &str, model: &str) -> Option<Price> {
+        self.pricing
+            .get(&format!("{provider}/{model}"))
+            .or_else(|| self.pricing.get(model))
+            .copied()
     }
 
     /// Spawn's limits > the role's > `[defaults]`; a spawn above `[max]` is an error,
@@ -179,6 +213,43 @@ impl Config {
         (!var.is_empty() && env(var).is_none_or(|v| v.is_empty()))
             .then(|| (provider.clone(), var.to_string()))
     }
+}
+
+/// Refuses budgets that cannot pay for the first request; warns about the USD budget of
+/// an unpriced model, which cannot be enforced.
+fn check_budgets(spec: &TaskSpec) -> Result<Vec<String>, ResolveError> {
+    let tools = crate::tools::definitions(&spec.tools);
+    let tool_bytes: usize = tools
+        .iter()
+        .map(|t| t.name.len() + t.description.len() + t.input_schema.to_string().len())
+        .sum();
+    let input_tokens = estimate_tokens(spec.system_prompt.len() + spec.task.len() + tool_bytes);
+    let limits = &spec.limits;
+    if limits.max_total_tokens <= input_tokens {
+        return Err(ResolveError::TokensTooFew {
+            max: limits.max_total_tokens,
+            input_tokens,
+            need: input_tokens + 1,
+        });
+    }
+    let Some(price) = spec.price else {
+        return Ok(vec![format!(
+            "model `{model}` has no price, so its cost is reported as unknown and budget_usd (${budget}) cannot be enforced for it (token budgets still hold); to enforce it, add [pricing.\"{model}\"] with input = and output = (USD per million tokens) to your config",
+            model = spec.model,
+            budget = fmt_limit(limits.budget_usd),
+        )]);
+    };
+    let need = price.cost(input_tokens, 1);
+    if limits.budget_usd < need {
+        return Err(ResolveError::BudgetTooSmall {
+            budget: fmt_limit(limits.budget_usd),
+            model: spec.model.clone(),
+            // Rounded up, so the amount suggested is enough.
+            need: format!("{:.6}", (need * 1e6).ceil() / 1e6),
+            input_tokens,
+        });
+    }
+    Ok(Vec::new())
 }
 
 fn resolve_cwd(cwd: Option<&Path>) -> Result<PathBuf, ResolveError> {
@@ -312,8 +383,52 @@ mod tests {
         .unwrap();
         let mut r = req("x");
         r.tier = Some(Tier::Fast);
-        let spec = c.resolve(&r).unwrap().spec;
-        assert_eq!(spec.price, None);
-        assert_eq!(spec.provider.api_key_env, None);
+        let resolution = c.resolve(&r).unwrap();
+        assert_eq!(resolution.spec.price, None);
+        assert_eq!(resolution.spec.provider.api_key_env, None);
+        assert_eq!(resolution.warnings.len(), 1);
+        let w = &resolution.warnings[0];
+        assert!(w.contains("budget_usd ($1) cannot be enforced"), "{w}");
+        assert!(w.contains("[pricing.\"qwen3:8b\"]"), "{w}");
+    }
+
+    #[test]
+    fn priced_model_has_no_warning_and_prices_by_provider_first() {
+        let c = Config::from_layers(
+            Some("[pricing.\"ollama/qwen3:8b\"]\ninput = 0.0\noutput = 0.0\n"),
+            crate::config::ConfigSource::Builtin,
+        )
+        .unwrap();
+        let mut r = req("x");
+        r.model = Some("ollama/qwen3:8b".into());
+        let resolution = c.resolve(&r).unwrap();
+        assert_eq!(resolution.spec.price.map(|p| p.input), Some(0.0));
+        assert!(resolution.warnings.is_empty());
+        assert!(c.resolve(&req("x")).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn budgets_that_cannot_pay_for_one_request_are_refused() {
+        let c = Config::builtin().unwrap();
+        for budget in [0.0, 0.000001] {
+            let mut r = req("Summarize the README");
+            r.limits.budget_usd = Some(budget);
+            let e = c.resolve(&r).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("limits.budget_usd = {budget} cannot pay for a single request to `claude-haiku-5-5`")),
+                "{e}"
+            );
+            assert!(e.contains("ask for at least $0.0"), "{e}");
+        }
+        let mut r = req("Summarize the README");
+        r.limits.max_total_tokens = Some(10);
+        let e = c.resolve(&r).unwrap_err().to_string();
+        assert!(
+            e.starts_with("limits.max_total_tokens = 10 cannot hold a single request"),
+            "{e}"
+        );
+        let mut r = req("Summarize the README");
+        r.limits.budget_usd = Some(0.01);
+        assert!(c.resolve(&r).is_ok());
     }
 }

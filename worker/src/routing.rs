@@ -54,100 +54,113 @@ pub struct Route {
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum RouteError {
     #[error(
-        "unknown model `{model}`; use one of: {known}, an alias ({aliases}), or a tier instead; to run another model add it under [pricing] or [routing] allowed_models in your config"
+        "model is empty; name a model (e.g. `claude-sonnet-5-5`, `ollama/qwen3:8b`), an alias ({aliases}), or leave it out to route by tier"
     )]
-    UnknownModel {
-        model: String,
-        known: String,
-        aliases: String,
-    },
+    EmptyModel { aliases: String },
     #[error(
-        "model `{model}` is not allowed by policy ([routing] allowed_models); use one of: {allowed}"
+        "model `{model}` is not allowed by policy ([routing] allowed_models); use one of: {allowed}; or, to allow it, put this line under [routing] in your config: {paste}"
     )]
-    ModelNotAllowed { model: String, allowed: String },
+    ModelNotAllowed {
+        model: String,
+        allowed: String,
+        paste: String,
+    },
     #[error("tier `{tier}` is denied by policy ([routing] denied_tiers); use one of: {allowed}")]
     TierDenied { tier: Tier, allowed: String },
 }
 
 /// Routes a request to a tier, provider and model.
 pub fn route(config: &Config, req: &RouteRequest<'_>) -> Result<Route, RouteError> {
-    let (tier, routed_by, reason) = match req.model {
+    let route = match req.model {
         Some(model) => route_model(config, model, req)?,
         None => {
-            let (tier, by, reason) = route_tier(config, req);
-            (tier, by, reason)
+            let (tier, routed_by, reason) = route_tier(config, req);
+            let target = config.tiers.get(tier);
+            Route {
+                tier,
+                provider: target.provider.clone(),
+                model: target.model.clone(),
+                routed_by,
+                reason,
+            }
         }
     };
-    let target = config.tiers.get(tier);
-    let model = match req.model {
-        Some(m) => match config.routing.aliases.get(m) {
-            Some(_) => target.model.clone(),
-            None => m.to_string(),
-        },
-        None => target.model.clone(),
-    };
-    check_policy(config, tier, &model)?;
-    Ok(Route {
-        tier,
-        provider: target.provider.clone(),
-        model,
-        routed_by,
-        reason,
-    })
+    check_policy(config, &route)?;
+    Ok(route)
 }
 
-/// An explicit model: an alias names a tier; a tier's own model selects that tier; any
-/// other known model runs on the provider of the tier the rest of the request routes to.
-fn route_model(
-    config: &Config,
-    model: &str,
-    req: &RouteRequest<'_>,
-) -> Result<(Tier, RoutedBy, String), RouteError> {
-    if let Some(&tier) = config.routing.aliases.get(model) {
-        return Ok((
+/// An explicit model. Any name is accepted: an alias names a tier; a tier's own model
+/// selects that tier; `PROVIDER/MODEL` (the first segment a configured provider) runs
+/// MODEL on PROVIDER; any other name runs on the provider of the tier the rest of the
+/// request routes to, and the reason says so.
+fn route_model(config: &Config, model: &str, req: &RouteRequest<'_>) -> Result<Route, RouteError> {
+    let model = model.trim();
+    if model.is_empty() {
+        return Err(RouteError::EmptyModel {
+            aliases: aliases(config),
+        });
+    }
+    let on_tier = |tier: Tier, reason: String| {
+        let target = config.tiers.get(tier);
+        Route {
             tier,
-            RoutedBy::Model,
-            format!("model alias `{model}` → {tier}"),
-        ));
+            provider: target.provider.clone(),
+            model: target.model.clone(),
+            routed_by: RoutedBy::Model,
+            reason,
+        }
+    };
+    if let Some(&tier) = config.routing.aliases.get(model) {
+        return Ok(on_tier(tier, format!("model alias `{model}` → {tier}")));
     }
     if let Some(tier) = Tier::ALL
         .into_iter()
         .find(|&t| config.tiers.get(t).model == model)
     {
-        return Ok((
-            tier,
-            RoutedBy::Model,
-            format!("model `{model}` ({tier} tier)"),
-        ));
+        return Ok(on_tier(tier, format!("model `{model}` ({tier} tier)")));
     }
-    let known = config.pricing.contains_key(model)
-        || config.routing.allowed_models.iter().any(|m| m == model);
-    if !known {
-        let mut names: Vec<String> = Tier::ALL
-            .iter()
-            .map(|&t| config.tiers.get(t).model.clone())
-            .chain(config.pricing.keys().cloned())
-            .collect();
-        names.sort();
-        names.dedup();
-        return Err(RouteError::UnknownModel {
-            model: model.to_string(),
-            known: names.join(", "),
-            aliases: config
-                .routing
-                .aliases
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
+    // The tier the rest of the request picks: it decides the provider of a bare name,
+    // and is what the agent is accounted under.
+    let (tier, _, why) = route_tier(config, req);
+    if let Some((provider, name)) = model.split_once('/')
+        && !name.is_empty()
+        && config.providers.contains_key(provider)
+    {
+        return Ok(Route {
+            tier,
+            provider: provider.to_string(),
+            model: name.to_string(),
+            routed_by: RoutedBy::Model,
+            reason: format!("model `{model}`: provider `{provider}` named in the model"),
         });
     }
-    let (tier, _, _) = route_tier(config, req);
-    Ok((
+    let provider = config.tiers.get(tier).provider.clone();
+    let others: Vec<&str> = config
+        .providers
+        .keys()
+        .map(String::as_str)
+        .filter(|p| *p != provider)
+        .collect();
+    Ok(Route {
         tier,
-        RoutedBy::Model,
-        format!("model `{model}` on the {tier} tier's provider"),
-    ))
+        reason: format!(
+            "model `{model}` is no tier's model, so it runs on provider `{provider}` of the {tier} tier ({why}); to pick the provider, name it PROVIDER/{model} ({})",
+            others.join(", ")
+        ),
+        provider,
+        model: model.to_string(),
+        routed_by: RoutedBy::Model,
+    })
+}
+
+fn aliases(config: &Config) -> String {
+    config
+        .routing
+        .aliases
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn route_tier(config: &Config, req: &RouteRequest<'_>) -> (Tier, RoutedBy, String) {
@@ -180,28 +193,39 @@ fn route_tier(config: &Config, req: &RouteRequest<'_>) -> (Tier, RoutedBy, Strin
     (t, RoutedBy::Default, format!("default tier → {t}"))
 }
 
-fn check_policy(config: &Config, tier: Tier, model: &str) -> Result<(), RouteError> {
+fn check_policy(config: &Config, route: &Route) -> Result<(), RouteError> {
     let denied = &config.routing.denied_tiers;
-    if denied.contains(&tier) {
+    if denied.contains(&route.tier) {
         let allowed: Vec<&str> = Tier::ALL
             .into_iter()
             .filter(|t| !denied.contains(t))
             .map(Tier::as_str)
             .collect();
         return Err(RouteError::TierDenied {
-            tier,
+            tier: route.tier,
             allowed: if allowed.is_empty() {
-                "none (every tier is denied; fix your config)".into()
+                "none (every tier is denied)".into()
             } else {
                 allowed.join(", ")
             },
         });
     }
+    // Empty means any model. A list names models bare or as PROVIDER/MODEL.
     let allowed = &config.routing.allowed_models;
-    if !allowed.is_empty() && !allowed.iter().any(|m| m == model) {
+    let qualified = format!("{}/{}", route.provider, route.model);
+    if !allowed.is_empty() && !allowed.iter().any(|m| *m == route.model || *m == qualified) {
+        let mut with = allowed.clone();
+        with.push(route.model.clone());
         return Err(RouteError::ModelNotAllowed {
-            model: model.to_string(),
+            model: route.model.clone(),
             allowed: allowed.join(", "),
+            paste: format!(
+                "allowed_models = [{}]",
+                with.iter()
+                    .map(|m| format!("{m:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         });
     }
     Ok(())
@@ -398,20 +422,77 @@ mod tests {
     }
 
     #[test]
-    fn unknown_model_lists_known_ones() {
-        let e = route(
+    fn any_bare_model_runs_on_the_routed_tiers_provider_and_says_so() {
+        let r = route(
             &cfg(),
             &RouteRequest {
-                model: Some("claude-sonet-5-5"),
+                model: Some("llama3.2"),
                 task: "x",
                 ..Default::default()
             },
         )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("unknown model `claude-sonet-5-5`"), "{e}");
-        assert!(e.contains("claude-sonnet-5-5"), "{e}");
-        assert!(e.contains("haiku, opus, sonnet"), "{e}");
+        .unwrap();
+        assert_eq!(
+            (r.model.as_str(), r.provider.as_str(), r.tier),
+            ("llama3.2", "anthropic", Tier::Balanced)
+        );
+        assert!(r.reason.contains("provider `anthropic`"), "{}", r.reason);
+        assert!(r.reason.contains("PROVIDER/llama3.2"), "{}", r.reason);
+        assert!(r.reason.contains("ollama"), "{}", r.reason);
+    }
+
+    #[test]
+    fn provider_prefix_picks_the_provider() {
+        let c = cfg();
+        for (named, provider, model) in [
+            ("ollama/qwen3:8b", "ollama", "qwen3:8b"),
+            (
+                "openrouter/anthropic/claude-sonnet-4.5",
+                "openrouter",
+                "anthropic/claude-sonnet-4.5",
+            ),
+            ("openai/gpt-5", "openai", "gpt-5"),
+        ] {
+            let r = route(
+                &c,
+                &RouteRequest {
+                    model: Some(named),
+                    task: "find x",
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!((r.provider.as_str(), r.model.as_str()), (provider, model));
+            assert_eq!(r.routed_by, RoutedBy::Model);
+        }
+        // A first segment that is no configured provider is part of the model's name.
+        let r = route(
+            &c,
+            &RouteRequest {
+                model: Some("meta-llama/llama-3"),
+                task: "x",
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (r.provider.as_str(), r.model.as_str()),
+            ("anthropic", "meta-llama/llama-3")
+        );
+    }
+
+    #[test]
+    fn empty_model_is_refused() {
+        let e = route(
+            &cfg(),
+            &RouteRequest {
+                model: Some("  "),
+                task: "x",
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("model is empty"), "{e}");
     }
 
     #[test]
@@ -477,6 +558,27 @@ mod tests {
             e.to_string().contains("use one of: claude-haiku-5-5"),
             "{e}"
         );
+        assert!(
+            e.to_string().ends_with(
+                "put this line under [routing] in your config: allowed_models = [\"claude-haiku-5-5\", \"claude-sonnet-5-5\"]"
+            ),
+            "{e}"
+        );
+        // Allowed as PROVIDER/MODEL too.
+        let c = Config::from_layers(
+            Some("[routing]\nallowed_models = [\"ollama/qwen3:8b\"]\n"),
+            ConfigSource::Builtin,
+        )
+        .unwrap();
+        let ok = route(
+            &c,
+            &RouteRequest {
+                model: Some("ollama/qwen3:8b"),
+                task: "x",
+                ..Default::default()
+            },
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

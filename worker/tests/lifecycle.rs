@@ -40,19 +40,40 @@ async fn usd_budget_spent_stops_the_run_with_exit_3() {
         .collect();
     h.fake.script("spend money", steps);
 
-    let r = run(h.worker(&["--json", "--budget-usd", "0.00001", "spend money"])).await;
+    let r = run(h.worker(&["--json", "--budget-usd", "0.001", "spend money"])).await;
 
     assert_eq!(r.code, Some(exit::BUDGET), "{}", r.dump());
+    let requests = h.fake.requests_for("spend money");
     assert_eq!(
-        h.fake.request_count("spend money"),
-        1,
-        "no turn after the budget is spent"
+        requests[0].max_tokens,
+        Some(100),
+        "max_tokens lowered to what $0.001 buys at $10 per million output tokens"
     );
-    let spent = r.events().into_iter().find_map(|e| match e {
-        Event::Usage { cost_usd, .. } => cost_usd,
-        _ => None,
-    });
-    assert!(spent.is_some_and(|c| c > 0.00001), "{}", r.dump());
+    let usage: Vec<(u64, f64)> = r
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Usage {
+                input_tokens,
+                cost_usd,
+                ..
+            } => Some((input_tokens, cost_usd.expect("sonnet has a price"))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(usage.len(), requests.len(), "one usage event a turn");
+    assert!(requests.len() < 5, "stopped before the script ran out");
+    for (_, cost) in &usage[..usage.len() - 1] {
+        assert!(*cost <= 0.001, "no turn after the budget is spent");
+    }
+    let (last_in, spent) = usage[usage.len() - 1];
+    let before_in = usage.len().checked_sub(2).map_or(0, |i| usage[i].0);
+    let last_input_cost = (last_in - before_in) as f64 * 2.0 / 1e6;
+    assert!(spent > 0.001, "{}", r.dump());
+    assert!(
+        spent - 0.001 <= last_input_cost + 1e-12,
+        "a turn overshoots by at most its input: spent ${spent}, last input ${last_input_cost}"
+    );
     match r.last() {
         Event::Error { kind, message } => {
             assert_eq!(kind, ErrorKind::BudgetExceeded);

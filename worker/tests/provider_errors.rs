@@ -32,16 +32,17 @@ async fn rate_limit_overload_and_mid_stream_errors_are_retried_until_success() {
     let retries = r.retries();
     assert_eq!(retries.len(), 3, "{}", r.dump());
     let expected = [
-        (1, "overloaded_error", true, None),
-        (2, "429", false, Some(0)),
-        (3, "529", false, Some(0)),
+        (1, "overloaded_error", true, None, false),
+        (2, "429", false, Some(0), true),
+        (3, "529", false, Some(0), true),
     ];
-    for (event, (n, why, discarded, wait)) in retries.iter().zip(expected) {
+    for (event, (n, why, discarded, wait, throttle)) in retries.iter().zip(expected) {
         let Event::Retry {
             attempt,
             wait_ms,
             reason,
             discarded_output,
+            throttled,
         } = event
         else {
             unreachable!()
@@ -49,6 +50,10 @@ async fn rate_limit_overload_and_mid_stream_errors_are_retried_until_success() {
         assert_eq!(*attempt, n);
         assert!(reason.contains(why), "retry {n}: {reason}");
         assert_eq!(*discarded_output, discarded, "retry {n}");
+        assert_eq!(
+            *throttled, throttle,
+            "retry {n}: HTTP 429/529 are throttling"
+        );
         if let Some(w) = wait {
             assert_eq!(*wait_ms, w, "retry-after: 0 is honoured");
         }

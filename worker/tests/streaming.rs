@@ -65,8 +65,11 @@ async fn streamed_text_arrives_as_ordered_events_and_concatenates_to_the_result(
             input_tokens,
             output_tokens,
             cost_usd,
+            estimated,
+            ..
         } => {
             assert!(*input_tokens > 0 && *output_tokens > 0);
+            assert!(!estimated, "the provider sent usage");
             assert!(cost_usd.is_some_and(|c| c > 0.0), "sonnet has a price");
         }
         other => panic!("not usage: {other:?}"),

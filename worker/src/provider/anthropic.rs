@@ -1,12 +1,10 @@
 //! Anthropic Messages API, streamed over SSE (`POST {base}/v1/messages`).
 
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::{
-    Block, Client, Message, ProviderError, TokenUsage, TurnOutput, TurnRequest, error_body,
-    retry_after, status_error, transport_error,
+    Block, Client, Message, Metered, ProviderError, TokenUsage, TurnOutput, TurnRequest,
+    estimate_tokens, stream_cut_tokens,
 };
 
 pub const API_VERSION: &str = "2023-06-01";
@@ -16,29 +14,23 @@ pub(super) async fn turn(
     req: &TurnRequest<'_>,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<TurnOutput, ProviderError> {
+    let url = format!("{}/v1/messages", client.base_url);
+    let body = body(req, client.prompt_caching).to_string();
     let mut http = client
         .http
-        .post(format!("{}/v1/messages", client.base_url))
+        .post(&url)
         .header("anthropic-version", API_VERSION)
         .header("accept", "text/event-stream")
-        .json(&body(req));
+        .header("content-type", "application/json")
+        .body(body.clone());
     if let Some(key) = &client.api_key {
         http = http.header("x-api-key", key);
     }
-    let resp = http.send().await.map_err(transport_error)?;
-    let status = resp.status().as_u16();
-    if !resp.status().is_success() {
-        let after = retry_after(resp.headers());
-        let (message, spend_limit) = error_body(resp).await;
-        return Err(status_error(status, message, after, spend_limit));
-    }
-    let mut events = resp.bytes_stream().eventsource();
+    let resp = client.send(http, &url, req.model).await?;
+    let mut events = client.events(resp, &url, req.model);
     let mut acc = Accumulator::default();
-    while let Some(ev) = events.next().await {
-        let ev = ev.map_err(|e| ProviderError::Retryable {
-            reason: format!("stream broke off: {e}"),
-            retry_after: None,
-        })?;
+    let cut = stream_cut_tokens(req.max_tokens);
+    while let Some(ev) = events.next().await? {
         let data: Value = match serde_json::from_str(&ev.data) {
             Ok(v) => v,
             Err(_) if ev.event == "ping" => continue,
@@ -50,24 +42,43 @@ pub(super) async fn turn(
             }
         };
         if acc.apply(&data, on_text)? {
-            return acc.finish();
+            return acc.finish(body.len());
+        }
+        if estimate_tokens(acc.metered.out_bytes) > cut {
+            return acc.cut(body.len());
         }
     }
-    Err(ProviderError::Retryable {
-        reason: "stream closed before message_stop".into(),
-        retry_after: None,
-    })
+    Err(events.ended_early("message_stop"))
 }
 
-fn body(req: &TurnRequest<'_>) -> Value {
+/// The request body. With `caching`, up to three cache_control breakpoints (the API
+/// allows four): the system prompt (tools and system, shared by every agent of a role),
+/// the end of the previous request's prefix (the second-to-last user message, where the
+/// last turn wrote the cache: read exactly, however many blocks this turn added, so the
+/// API's 20-block lookback never matters) and the end of this request (written for the
+/// next turn).
+fn body(req: &TurnRequest<'_>, caching: bool) -> Value {
+    let mut messages: Vec<Value> = req.messages.iter().map(message_json).collect();
+    if caching {
+        let users: Vec<usize> = (0..messages.len())
+            .filter(|&i| messages[i]["role"] == "user")
+            .collect();
+        for &i in users.iter().rev().take(2) {
+            mark_last_block(&mut messages[i]);
+        }
+    }
     let mut body = json!({
         "model": req.model,
         "max_tokens": req.max_tokens,
         "stream": true,
-        "messages": req.messages.iter().map(message_json).collect::<Vec<_>>(),
+        "messages": messages,
     });
     if !req.system.is_empty() {
-        body["system"] = json!(req.system);
+        body["system"] = if caching {
+            json!([{"type": "text", "text": req.system, "cache_control": {"type": "ephemeral"}}])
+        } else {
+            json!(req.system)
+        };
     }
     if !req.tools.is_empty() {
         body["tools"] = req
@@ -77,6 +88,17 @@ fn body(req: &TurnRequest<'_>) -> Value {
             .collect();
     }
     body
+}
+
+/// Puts a cache breakpoint on the last block of a message.
+fn mark_last_block(message: &mut Value) {
+    if let Some(last) = message["content"]
+        .as_array_mut()
+        .and_then(|blocks| blocks.last_mut())
+        .and_then(Value::as_object_mut)
+    {
+        last.insert("cache_control".into(), json!({"type": "ephemeral"}));
+    }
 }
 
 fn message_json(m: &Message) -> Value {
@@ -117,6 +139,7 @@ struct Accumulator {
     done: Vec<Block>,
     stop_reason: Option<String>,
     usage: TokenUsage,
+    metered: Metered,
 }
 
 impl Accumulator {
@@ -130,10 +153,13 @@ impl Accumulator {
         match data.get("type").and_then(Value::as_str).unwrap_or("") {
             "message_start" => {
                 if let Some(u) = data.pointer("/message/usage") {
-                    self.usage.input_tokens = tokens(u, "input_tokens")
-                        + tokens(u, "cache_creation_input_tokens")
-                        + tokens(u, "cache_read_input_tokens");
-                    self.usage.output_tokens = tokens(u, "output_tokens");
+                    self.metered.usage_seen = true;
+                    self.usage = TokenUsage {
+                        input: tokens(u, "input_tokens"),
+                        cache_write: tokens(u, "cache_creation_input_tokens"),
+                        cache_read: tokens(u, "cache_read_input_tokens"),
+                        output: tokens(u, "output_tokens"),
+                    };
                 }
             }
             "content_block_start" => {
@@ -141,6 +167,7 @@ impl Accumulator {
                 let partial = match block.get("type").and_then(Value::as_str) {
                     Some("text") => {
                         let t = str_field(&block, "text");
+                        self.metered.out_bytes += t.len();
                         if !t.is_empty() {
                             on_text(&t);
                         }
@@ -166,14 +193,19 @@ impl Accumulator {
                 ) {
                     (Some(Partial::Text(t)), Some("text_delta")) => {
                         let d = str_field(delta, "text");
+                        self.metered.out_bytes += d.len();
                         on_text(&d);
                         t.push_str(&d);
                     }
                     (Some(Partial::ToolUse { json, .. }), Some("input_json_delta")) => {
-                        json.push_str(&str_field(delta, "partial_json"));
+                        let d = str_field(delta, "partial_json");
+                        self.metered.out_bytes += d.len();
+                        json.push_str(&d);
                     }
                     (Some(Partial::Opaque(v)), Some("thinking_delta")) => {
-                        append_field(v, "thinking", &str_field(delta, "thinking"));
+                        let d = str_field(delta, "thinking");
+                        self.metered.out_bytes += d.len();
+                        append_field(v, "thinking", &d);
                     }
                     (Some(Partial::Opaque(v)), Some("signature_delta")) => {
                         append_field(v, "signature", &str_field(delta, "signature"));
@@ -191,14 +223,15 @@ impl Accumulator {
                     self.stop_reason = Some(r.to_string());
                 }
                 if let Some(u) = data.get("usage") {
+                    self.metered.usage_seen = true;
                     // Cumulative for the message.
                     if u.get("output_tokens").is_some() {
-                        self.usage.output_tokens = tokens(u, "output_tokens");
+                        self.usage.output = tokens(u, "output_tokens");
                     }
                     if u.get("input_tokens").is_some_and(|v| !v.is_null()) {
-                        self.usage.input_tokens = tokens(u, "input_tokens")
-                            + tokens(u, "cache_creation_input_tokens")
-                            + tokens(u, "cache_read_input_tokens");
+                        self.usage.input = tokens(u, "input_tokens");
+                        self.usage.cache_write = tokens(u, "cache_creation_input_tokens");
+                        self.usage.cache_read = tokens(u, "cache_read_input_tokens");
                     }
                 }
             }
@@ -228,16 +261,48 @@ impl Accumulator {
         Ok(false)
     }
 
-    fn finish(mut self) -> Result<TurnOutput, ProviderError> {
+    /// The finished message; `sent_bytes` (the request body) estimates the input when the
+    /// provider sent no usage.
+    fn finish(mut self, sent_bytes: usize) -> Result<TurnOutput, ProviderError> {
         // Blocks never closed (should not happen after message_stop) are still kept.
-        for p in self.blocks.into_iter().flatten() {
+        for p in std::mem::take(&mut self.blocks).into_iter().flatten() {
             self.done.push(finish_block(p)?);
         }
-        Ok(TurnOutput {
+        let stop_reason = self.stop_reason.take().unwrap_or_else(|| "end_turn".into());
+        Ok(self.output(stop_reason, sent_bytes))
+    }
+
+    /// The message as far as it came, for a stream stopped because it ran far past
+    /// `max_tokens`: the text is kept, unfinished tool calls are not.
+    fn cut(mut self, sent_bytes: usize) -> Result<TurnOutput, ProviderError> {
+        for p in std::mem::take(&mut self.blocks).into_iter().flatten() {
+            if let Partial::Text(text) = p {
+                self.done.push(Block::Text { text });
+            }
+        }
+        self.done.retain(|b| !matches!(b, Block::ToolUse { .. }));
+        // The count that came with message_start is not the cumulative one.
+        let streamed = estimate_tokens(self.metered.out_bytes);
+        self.usage.output = self.usage.output.max(streamed);
+        Ok(self.output("max_tokens".into(), sent_bytes))
+    }
+
+    fn output(self, stop_reason: String, sent_bytes: usize) -> TurnOutput {
+        let estimated = !self.metered.usage_seen;
+        let mut usage = self.usage;
+        if estimated {
+            usage = TokenUsage {
+                input: estimate_tokens(sent_bytes),
+                output: estimate_tokens(self.metered.out_bytes),
+                ..Default::default()
+            };
+        }
+        TurnOutput {
             content: self.done,
-            stop_reason: self.stop_reason.unwrap_or_else(|| "end_turn".into()),
-            usage: self.usage,
-        })
+            stop_reason,
+            usage,
+            usage_estimated: estimated,
+        }
     }
 }
 
@@ -295,14 +360,77 @@ mod tests {
         ] {
             assert!(!acc.apply(&ev, &mut sink).unwrap());
         }
-        let out = acc.finish().unwrap();
+        let out = acc.finish(0).unwrap();
         assert_eq!(
             out.content,
             vec![Block::Opaque(
                 json!({"type":"thinking","thinking":"hmm","signature":"sig"})
             )]
         );
-        assert_eq!(out.usage.output_tokens, 7);
+        assert_eq!(out.usage.output, 7);
+    }
+
+    #[test]
+    fn breakpoints_mark_system_and_the_last_two_user_messages() {
+        let calls: Vec<Block> = (0..25)
+            .map(|i| Block::ToolUse {
+                id: format!("t{i}"),
+                name: "glob".into(),
+                input: json!({}),
+            })
+            .collect();
+        let results: Vec<Block> = (0..25)
+            .map(|i| Block::ToolResult {
+                tool_use_id: format!("t{i}"),
+                content: "x".into(),
+                is_error: false,
+            })
+            .collect();
+        let messages = vec![
+            Message {
+                role: crate::provider::Role::User,
+                content: vec![Block::Text {
+                    text: "task".into(),
+                }],
+            },
+            Message {
+                role: crate::provider::Role::Assistant,
+                content: calls,
+            },
+            Message {
+                role: crate::provider::Role::User,
+                content: results,
+            },
+        ];
+        let req = TurnRequest {
+            cache_key: None,
+            model: "m",
+            system: "sys",
+            messages: &messages,
+            tools: &[],
+            max_tokens: 10,
+        };
+        let b = body(&req, true);
+        assert_eq!(b.to_string().matches("cache_control").count(), 3);
+        assert_eq!(b["system"][0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(
+            b["messages"][0]["content"][0]["cache_control"]["type"],
+            "ephemeral"
+        );
+        // The 25th tool result: the previous breakpoint (the task) is 50 blocks back,
+        // out of the lookback, so it carries a breakpoint of its own.
+        assert_eq!(
+            b["messages"][2]["content"][24]["cache_control"]["type"],
+            "ephemeral"
+        );
+        assert!(
+            b["messages"][2]["content"][23]
+                .get("cache_control")
+                .is_none()
+        );
+        let plain = body(&req, false);
+        assert!(!plain.to_string().contains("cache_control"));
+        assert_eq!(plain["system"], "sys");
     }
 
     #[test]

@@ -7,8 +7,11 @@
 mod anthropic;
 mod openai;
 
+use std::pin::Pin;
 use std::time::Duration;
 
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ProviderKind;
@@ -56,6 +59,9 @@ pub struct ToolDef {
 }
 
 pub struct TurnRequest<'a> {
+    /// A stable key for the provider's prompt cache (OpenAI `prompt_cache_key`), sent only
+    /// when the provider is configured to accept it.
+    pub cache_key: Option<&'a str>,
     pub model: &'a str,
     pub system: &'a str,
     pub messages: &'a [Message],
@@ -63,11 +69,8 @@ pub struct TurnRequest<'a> {
     pub max_tokens: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenUsage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
+/// Tokens of one response as billed (uncached input, cache writes and reads, output).
+pub use crate::config::TokenCounts as TokenUsage;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnOutput {
@@ -75,6 +78,30 @@ pub struct TurnOutput {
     /// Normalized to Anthropic's vocabulary: end_turn, tool_use, max_tokens, stop_sequence.
     pub stop_reason: String,
     pub usage: TokenUsage,
+    /// The provider sent no usage (many local servers do not): `usage` is estimated from
+    /// the bytes sent and received, 4 bytes a token.
+    pub usage_estimated: bool,
+}
+
+/// Tokens in `bytes` of text or JSON, estimated the way budgets need when a provider sends
+/// no usage: 4 bytes a token, rounded up.
+pub fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
+}
+
+/// How far past `max_tokens` (by the 4-bytes-a-token estimate) a stream may run before the
+/// client stops reading it: real tokens are often longer than 4 bytes, so only a server
+/// that ignores `max_tokens` gets this far.
+fn stream_cut_tokens(max_tokens: u32) -> u64 {
+    2 * max_tokens as u64 + 64
+}
+
+/// What a provider module's accumulator tracks in common: output bytes seen (for the
+/// usage estimate and the cut of a runaway stream) and whether the provider sent usage.
+#[derive(Debug, Default)]
+struct Metered {
+    out_bytes: usize,
+    usage_seen: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -91,6 +118,12 @@ pub enum ProviderError {
     Fatal(String),
 }
 
+/// Whether a retryable failure's reason is the provider throttling: HTTP 429 (rate limit)
+/// or 529 (overloaded). `status_error` writes every status failure as `HTTP {status}: ...`.
+pub fn throttled(reason: &str) -> bool {
+    reason.starts_with("HTTP 429:") || reason.starts_with("HTTP 529:")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{var} is not set; export {var}=<your API key> (provider `{provider}`)")]
@@ -103,8 +136,73 @@ pub enum ClientError {
 pub struct Client {
     http: reqwest::Client,
     kind: ProviderKind,
+    /// The provider's name in the configuration, for error messages that name its keys.
+    name: String,
     base_url: String,
     api_key: Option<String>,
+    /// The longest wait for the response headers, and for each next chunk of a stream.
+    idle_timeout: Duration,
+    /// Anthropic: set cache_control breakpoints.
+    prompt_caching: bool,
+    /// OpenAI-compatible: send `prompt_cache_key`.
+    prompt_cache_key: bool,
+}
+
+/// Most bytes of an error body read: enough for any real error message, bounded so a
+/// misbehaving server cannot fill the worker's memory.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+type EventResult =
+    Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>;
+
+/// A response's SSE events, each awaited at most the idle timeout.
+struct Sse<'a> {
+    client: &'a Client,
+    url: &'a str,
+    model: &'a str,
+    events: Pin<Box<dyn Stream<Item = EventResult> + Send>>,
+    /// Whether any event arrived: an empty 200 stream is told apart from one cut short.
+    seen: bool,
+}
+
+impl Sse<'_> {
+    async fn next(&mut self) -> Result<Option<eventsource_stream::Event>, ProviderError> {
+        match tokio::time::timeout(self.client.idle_timeout, self.events.next()).await {
+            Err(_) => Err(self.client.timeout_error(
+                self.url,
+                self.model,
+                "the stream went silent: no chunk",
+            )),
+            Ok(None) => Ok(None),
+            Ok(Some(Err(e))) => Err(ProviderError::Retryable {
+                reason: format!("stream from {} broke off: {e}", self.url),
+                retry_after: None,
+            }),
+            Ok(Some(Ok(ev))) => {
+                self.seen = true;
+                Ok(Some(ev))
+            }
+        }
+    }
+
+    /// The error for a stream that ended before the message was complete.
+    fn ended_early(&self, what: &str) -> ProviderError {
+        let reason = if self.seen {
+            format!(
+                "the stream from {} (model `{}`) closed before {what}",
+                self.url, self.model
+            )
+        } else {
+            format!(
+                "{} answered HTTP 200 with an empty stream for model `{}`; check that the server serves this model and that [providers.{}] base_url points at its API",
+                self.url, self.model, self.client.name
+            )
+        };
+        ProviderError::Retryable {
+            reason,
+            retry_after: None,
+        }
+    }
 }
 
 impl Client {
@@ -131,23 +229,117 @@ impl Client {
             .and_then(&env)
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| spec.base_url.clone());
+        // No overall timeout: a healthy stream may run for minutes (a slow local model, a
+        // long answer); silence is what is timed, per chunk (`Sse::next`). Redirects are
+        // not followed: the key must never travel to another address.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(spec.request_timeout_seconds))
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("bg-agent-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
         Ok(Client {
             http,
             kind: spec.kind,
+            name: spec.name.clone(),
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key,
+            idle_timeout: Duration::from_secs(spec.request_timeout_seconds),
+            prompt_caching: spec.prompt_caching,
+            prompt_cache_key: spec.prompt_cache_key,
         })
     }
 
     /// The endpoint requests go to (after `base_url_env`); the sandbox allows its port.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// Sends a request built for `url` and waits for its response headers; a non-2xx
+    /// answer becomes the error that says what to do.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+        model: &str,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let resp = match tokio::time::timeout(self.idle_timeout, request.send()).await {
+            Err(_) => return Err(self.timeout_error(url, model, "no response headers")),
+            Ok(Err(e)) => return Err(self.transport_error(e, url, model)),
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        if resp.status().is_redirection() {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("(no location)")
+                .to_string();
+            return Err(ProviderError::Fatal(format!(
+                "HTTP {status} from {url}: the server redirects to {location}; redirects are not followed, so the API key never goes to another address; set [providers.{}] base_url to the address the API really lives at",
+                self.name
+            )));
+        }
+        let after = retry_after(resp.headers());
+        let (message, spend_limit) = error_body(resp).await;
+        if status == 404 {
+            return Err(ProviderError::Fatal(format!(
+                "HTTP 404 from {url} (model `{model}`): {message}; check [providers.{}] base_url (the API path is appended to it) and that the server has this model",
+                self.name
+            )));
+        }
+        Err(status_error(status, message, after, spend_limit))
+    }
+
+    /// The SSE events of a successful response.
+    fn events<'a>(&'a self, resp: reqwest::Response, url: &'a str, model: &'a str) -> Sse<'a> {
+        Sse {
+            client: self,
+            url,
+            model,
+            events: Box::pin(resp.bytes_stream().eventsource()),
+            seen: false,
+        }
+    }
+
+    fn timeout_error(&self, url: &str, model: &str, what: &str) -> ProviderError {
+        ProviderError::Retryable {
+            reason: format!(
+                "timed out: {what} from {url} (model `{model}`) within {} s; a slow server or model needs a larger [providers.{}] request_timeout_seconds (it bounds each wait, not the whole answer)",
+                self.idle_timeout.as_secs(),
+                self.name
+            ),
+            retry_after: None,
+        }
+    }
+
+    /// A transport failure: connection refused, reset. All are retryable.
+    fn transport_error(&self, e: reqwest::Error, url: &str, model: &str) -> ProviderError {
+        let what = if e.is_connect() {
+            format!(
+                "cannot connect to {url} (model `{model}`); is the server running? check [providers.{}] base_url",
+                self.name
+            )
+        } else if e.is_timeout() {
+            format!("timed out connecting to {url} (model `{model}`)")
+        } else {
+            format!("connection to {url} (model `{model}`) failed")
+        };
+        // reqwest's Display includes the URL, never headers, so the key cannot leak here.
+        let mut msg = format!("{what}: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        ProviderError::Retryable {
+            reason: msg,
+            retry_after: None,
+        }
     }
 
     /// Runs one streamed turn; `on_text` sees each text delta as it arrives.
@@ -214,40 +406,15 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(3600.0)))
 }
 
-/// A transport failure: connection refused, reset, timeout. All are retryable.
-fn transport_error(e: reqwest::Error) -> ProviderError {
-    let what = if e.is_timeout() {
-        "request timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "connection failed"
-    };
-    // reqwest's Display includes the URL, never headers, so the key cannot leak here.
-    let mut msg = format!("{what}: {e}");
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    ProviderError::Retryable {
-        reason: msg,
-        retry_after: None,
-    }
-}
-
-/// Most bytes of an error body read; a provider (or a proxy) that sends an endless one
-/// must not run the worker out of memory.
-const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
-
 /// Reads an error body `{"error": {"type", "message", "details"?}}` (both APIs use this
-/// shape); falls back to the raw text. Reads at most `MAX_ERROR_BODY_BYTES`.
-async fn error_body(mut resp: reqwest::Response) -> (String, bool) {
+/// shape); falls back to the raw text.
+async fn error_body(resp: reqwest::Response) -> (String, bool) {
     let mut raw = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        raw.extend_from_slice(&chunk);
-        if raw.len() >= MAX_ERROR_BODY_BYTES {
-            raw.truncate(MAX_ERROR_BODY_BYTES);
+    let mut body = resp.bytes_stream();
+    while let Some(Ok(chunk)) = body.next().await {
+        let room = MAX_ERROR_BODY - raw.len();
+        raw.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if raw.len() >= MAX_ERROR_BODY {
             break;
         }
     }
@@ -291,6 +458,8 @@ mod tests {
             api_key_env: key_env.map(str::to_string),
             max_retries: 1,
             request_timeout_seconds: 5,
+            prompt_caching: true,
+            prompt_cache_key: false,
         }
     }
 

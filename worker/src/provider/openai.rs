@@ -3,13 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::{
-    Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest, error_body,
-    retry_after, status_error, transport_error,
+    Block, Client, Message, Metered, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest,
+    estimate_tokens, stream_cut_tokens,
 };
 
 pub(super) async fn turn(
@@ -17,48 +15,42 @@ pub(super) async fn turn(
     req: &TurnRequest<'_>,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<TurnOutput, ProviderError> {
+    let url = format!("{}/chat/completions", client.base_url);
+    let body = body(req, client.prompt_cache_key).to_string();
     let mut http = client
         .http
-        .post(format!("{}/chat/completions", client.base_url))
+        .post(&url)
         .header("accept", "text/event-stream")
-        .json(&body(req));
+        .header("content-type", "application/json")
+        .body(body.clone());
     if let Some(key) = &client.api_key {
         http = http.bearer_auth(key);
     }
-    let resp = http.send().await.map_err(transport_error)?;
-    let status = resp.status().as_u16();
-    if !resp.status().is_success() {
-        let after = retry_after(resp.headers());
-        let (message, spend_limit) = error_body(resp).await;
-        return Err(status_error(status, message, after, spend_limit));
-    }
-    let mut events = resp.bytes_stream().eventsource();
+    let resp = client.send(http, &url, req.model).await?;
+    let mut events = client.events(resp, &url, req.model);
     let mut acc = Accumulator::default();
-    while let Some(ev) = events.next().await {
-        let ev = ev.map_err(|e| ProviderError::Retryable {
-            reason: format!("stream broke off: {e}"),
-            retry_after: None,
-        })?;
+    let cut = stream_cut_tokens(req.max_tokens);
+    while let Some(ev) = events.next().await? {
         if ev.data.trim() == "[DONE]" {
-            return acc.finish();
+            return acc.finish(body.len());
         }
         let data: Value = serde_json::from_str(&ev.data).map_err(|e| ProviderError::Retryable {
             reason: format!("unparsable chunk: {e}"),
             retry_after: None,
         })?;
         acc.apply(&data, on_text)?;
+        if estimate_tokens(acc.metered.out_bytes) > cut {
+            return Ok(acc.cut(body.len()));
+        }
     }
     // Some servers end the stream without [DONE]; a finish_reason means it was complete.
     if acc.finish_reason.is_some() {
-        return acc.finish();
+        return acc.finish(body.len());
     }
-    Err(ProviderError::Retryable {
-        reason: "stream closed before the completion finished".into(),
-        retry_after: None,
-    })
+    Err(events.ended_early("the completion finished"))
 }
 
-fn body(req: &TurnRequest<'_>) -> Value {
+fn body(req: &TurnRequest<'_>, send_cache_key: bool) -> Value {
     let mut messages = Vec::new();
     if !req.system.is_empty() {
         messages.push(json!({"role": "system", "content": req.system}));
@@ -73,12 +65,17 @@ fn body(req: &TurnRequest<'_>) -> Value {
         "stream_options": {"include_usage": true},
         "messages": messages,
     });
+    if send_cache_key && let Some(key) = req.cache_key {
+        body["prompt_cache_key"] = json!(key);
+    }
     if !req.tools.is_empty() {
         body["tools"] = req
             .tools
             .iter()
             .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}))
             .collect();
+        // Some local servers only call tools when asked to choose.
+        body["tool_choice"] = json!("auto");
     }
     body
 }
@@ -114,7 +111,8 @@ fn message_json(m: &Message) -> Vec<Value> {
     let mut out = results;
     match m.role {
         Role::Assistant => {
-            let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
+            // "" rather than null: llama-cpp-python answers HTTP 500 to a null content.
+            let mut msg = json!({"role": "assistant", "content": text});
             if !calls.is_empty() {
                 msg["tool_calls"] = Value::Array(calls);
             }
@@ -139,6 +137,7 @@ struct Accumulator {
     calls: BTreeMap<u64, Call>,
     finish_reason: Option<String>,
     usage: TokenUsage,
+    metered: Metered,
 }
 
 impl Accumulator {
@@ -154,11 +153,23 @@ impl Accumulator {
             });
         }
         if let Some(u) = data.get("usage").filter(|u| !u.is_null()) {
-            self.usage.input_tokens = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
-            self.usage.output_tokens = u
-                .get("completion_tokens")
+            self.metered.usage_seen = true;
+            let prompt = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
+            // Cached prompt tokens are part of prompt_tokens, billed at their own rate.
+            let cached = u
+                .pointer("/prompt_tokens_details/cached_tokens")
                 .and_then(Value::as_u64)
-                .unwrap_or(0);
+                .unwrap_or(0)
+                .min(prompt);
+            self.usage = TokenUsage {
+                input: prompt - cached,
+                cache_read: cached,
+                cache_write: 0,
+                output: u
+                    .get("completion_tokens")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+            };
         }
         let Some(choice) = data.get("choices").and_then(|c| c.get(0)) else {
             return Ok(());
@@ -168,20 +179,29 @@ impl Accumulator {
             && !t.is_empty()
         {
             on_text(t);
+            self.metered.out_bytes += t.len();
             self.text.push_str(t);
         }
         if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
             for c in calls {
                 let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let call = self.calls.entry(idx).or_default();
-                if let Some(id) = c.get("id").and_then(Value::as_str) {
+                // The id and the name are taken once per call index: llama-cpp-python
+                // repeats the whole name in every chunk of a call.
+                if let Some(id) = c.get("id").and_then(Value::as_str)
+                    && call.id.is_empty()
+                {
                     call.id = id.to_string();
                 }
                 if let Some(f) = c.get("function") {
-                    if let Some(n) = f.get("name").and_then(Value::as_str) {
-                        call.name.push_str(n);
+                    if let Some(n) = f.get("name").and_then(Value::as_str)
+                        && call.name.is_empty()
+                    {
+                        call.name = n.to_string();
+                        self.metered.out_bytes += n.len();
                     }
                     if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                        self.metered.out_bytes += a.len();
                         call.arguments.push_str(a);
                     }
                 }
@@ -193,7 +213,40 @@ impl Accumulator {
         Ok(())
     }
 
-    fn finish(self) -> Result<TurnOutput, ProviderError> {
+    /// The completion as far as it came, for a stream stopped because it ran far past
+    /// `max_tokens`: the text is kept, unfinished tool calls are not.
+    fn cut(mut self, sent_bytes: usize) -> TurnOutput {
+        self.calls.clear();
+        let mut content = Vec::new();
+        if !self.text.is_empty() {
+            content.push(Block::Text {
+                text: std::mem::take(&mut self.text),
+            });
+        }
+        let (usage, usage_estimated) = self.usage(sent_bytes);
+        TurnOutput {
+            content,
+            stop_reason: "max_tokens".into(),
+            usage,
+            usage_estimated,
+        }
+    }
+
+    /// The provider's usage, else the estimate from the bytes sent and received.
+    fn usage(&self, sent_bytes: usize) -> (TokenUsage, bool) {
+        if self.metered.usage_seen {
+            return (self.usage, false);
+        }
+        let estimate = TokenUsage {
+            input: estimate_tokens(sent_bytes),
+            output: estimate_tokens(self.metered.out_bytes),
+            ..Default::default()
+        };
+        (estimate, true)
+    }
+
+    fn finish(self, sent_bytes: usize) -> Result<TurnOutput, ProviderError> {
+        let (usage, usage_estimated) = self.usage(sent_bytes);
         let mut content = Vec::new();
         if !self.text.is_empty() {
             content.push(Block::Text { text: self.text });
@@ -228,7 +281,8 @@ impl Accumulator {
         Ok(TurnOutput {
             content,
             stop_reason: stop_reason.into(),
-            usage: self.usage,
+            usage,
+            usage_estimated,
         })
     }
 }
@@ -259,7 +313,7 @@ mod tests {
         let mut sink = |_: &str| {};
         acc.apply(&json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"glob","arguments":"{\"pat"}}]}}]}), &mut sink).unwrap();
         acc.apply(&json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"tern\":\"*\"}"}}]},"finish_reason":"tool_calls"}]}), &mut sink).unwrap();
-        let out = acc.finish().unwrap();
+        let out = acc.finish(0).unwrap();
         assert_eq!(out.stop_reason, "tool_use");
         assert_eq!(
             out.content,
