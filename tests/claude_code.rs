@@ -17,6 +17,8 @@ use support::mcp::API_KEY;
 use support::provider::{FakeProvider, RecordedRequest, Step, StepFn};
 
 const RUN_WITHIN: Duration = Duration::from_secs(120);
+/// A shell command that waits until some notice file exists under $XDG_RUNTIME_DIR.
+const NOTICE_POSTED: &str = "for i in $(seq 300); do ls \"$XDG_RUNTIME_DIR\"/bg-agents/*/*/n-* >/dev/null 2>&1 && break; sleep 0.1; done";
 
 fn tool_use(id: &str, name: &str, input: Value) -> Step {
     Step::ToolUse {
@@ -97,7 +99,9 @@ async fn plugin_tools_work_and_an_agent_end_reaches_the_model_once_after_an_unre
                 "agent_spawn",
                 json!({"task": "SLOW-TASK-7: what is the answer?", "label": "slow one"}),
             ),
-            bash("toolu_sleep", "sleep 3"),
+            // An unrelated command that returns once the agent's end was posted (at most
+            // 30 s), so the hook after it has something to tell.
+            bash("toolu_sleep", NOTICE_POSTED),
             bash("toolu_echo", "echo unrelated"),
             Step::text("All done."),
         ],
@@ -141,7 +145,7 @@ async fn plugin_tools_work_and_an_agent_end_reaches_the_model_once_after_an_unre
     );
     assert!(spawned.len() < 1000, "{spawned}");
 
-    // The agent ended during `sleep 3`: the hook after that Bash call told the model.
+    // The agent ended during that Bash call: the hook after it told the model.
     let notice = format!("{id} (slow one) completed: The answer is 42.");
     assert_eq!(
         occurrences(&main[2].body, &id),
@@ -169,7 +173,7 @@ async fn stop_hook_holds_the_turn_once_while_an_agent_runs() {
         "SLOW-TASK-8",
         vec![Step::Text {
             chunks: vec!["Eight ".into(), "is the answer.".into()],
-            delay_ms: 1000,
+            delay_ms: 2000,
         }],
     );
     fake.script_offering(
