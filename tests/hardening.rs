@@ -119,8 +119,10 @@ async fn transcripts_are_private_whatever_the_umask() {
     let id = s.spawn("Say hello privately").await;
     s.wait_all(std::slice::from_ref(&id)).await;
 
-    let st = s.status(&id).await;
-    let file = st["output"]["transcript_path"]
+    let st = s
+        .ok("agent_status", json!({"agent_id": id, "verbose": true}))
+        .await;
+    let file = st["details"]["output"]["transcript_path"]
         .as_str()
         .expect("a transcript path")
         .to_string();
@@ -165,7 +167,12 @@ async fn transcript_on_disk_keeps_up_with_status() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(st["status"], "running", "{st}");
-    let path = st["output"]["transcript_path"].as_str().expect("path");
+    let verbose = s
+        .ok("agent_status", json!({"agent_id": id, "verbose": true}))
+        .await;
+    let path = verbose["details"]["output"]["transcript_path"]
+        .as_str()
+        .expect("path");
     let on_disk = std::fs::read_to_string(path).expect("read transcript");
     assert!(on_disk.contains(r#""type":"started""#), "{on_disk}");
     assert!(on_disk.contains(r#""type":"usage""#), "{on_disk}");
@@ -189,7 +196,12 @@ async fn without_a_home_transcripts_go_to_a_private_dir_of_this_user() {
     let uid = nix::unistd::geteuid().as_raw();
     let base = tmp.path().join(format!("bg-agents-{uid}"));
     assert_eq!(mode(&base), 0o700, "{}", base.display());
-    let sessions: Vec<_> = std::fs::read_dir(&base).expect("ls").flatten().collect();
+    // Transcript sessions; the completion-notice board (`server-PID`) lives here too.
+    let sessions: Vec<_> = std::fs::read_dir(&base)
+        .expect("ls")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("session-"))
+        .collect();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(mode(&sessions[0].path()), 0o700);
 }

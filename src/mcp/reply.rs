@@ -188,6 +188,17 @@ pub struct Spawned {
     /// Effective limits that differ from the server's defaults (absent: all defaults).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsShown>,
+    /// How a model named in the spawn found its provider (a bare name that is no tier's
+    /// model goes to the provider of the tier the other rules pick).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_reason: Option<String>,
+    /// Why a queued agent waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_reason: Option<String>,
+    /// What the caller should know: e.g. a budget_usd that cannot hold for an unpriced
+    /// model, or a budget lowered to what the session has left.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Spawned {
@@ -203,6 +214,9 @@ impl Spawned {
             provider: (v.provider != *default_provider).then(|| v.provider.clone()),
             label: v.label.clone(),
             limits: LimitsShown::of(&v.limits, &config.defaults, false),
+            routing_reason: (v.routed_by == "model").then(|| v.routing_reason.clone()),
+            queued_reason: v.queued_reason.clone(),
+            warnings: v.warnings.clone(),
         }
     }
 }
@@ -211,19 +225,32 @@ impl Spawned {
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Input written to the prompt cache (billed at 1.25× input by default).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub cache_write_tokens: u64,
+    /// Input read from the prompt cache (billed at 0.1× input by default).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub cache_read_tokens: u64,
     /// USD so far; absent when the model has no configured price (unknown, not free).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
+    /// The provider sent no usage: tokens (and cost) are estimated from bytes.
+    #[serde(skip_serializing_if = "is_false")]
+    pub estimated: bool,
 }
 
 impl Usage {
     /// None before any token was counted.
     fn of(u: &UsageView) -> Option<Self> {
-        let counted = u.input_tokens + u.output_tokens > 0 || u.cost_usd.is_some_and(|c| c > 0.0);
+        let tokens = u.input_tokens + u.output_tokens + u.cache_write_tokens + u.cache_read_tokens;
+        let counted = tokens > 0 || u.cost_usd.is_some_and(|c| c > 0.0);
         counted.then_some(Usage {
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
+            cache_write_tokens: u.cache_write_tokens,
+            cache_read_tokens: u.cache_read_tokens,
             cost_usd: u.cost_usd,
+            estimated: u.estimated,
         })
     }
 }
@@ -267,8 +294,14 @@ pub struct AgentReply {
     pub result_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_on: Option<String>,
+    /// Set when the model stopped at its token limit: the answer is incomplete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_truncated: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why a queued agent waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// The task (its start).
@@ -290,6 +323,9 @@ pub struct AgentReply {
     pub turns: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// The kernel sandbox the worker runs in, e.g. `landlock (ABI 7)` or why none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     /// How the process ended (absent for a normal completion).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<Exit>,
@@ -340,7 +376,9 @@ impl AgentReply {
             result,
             result_truncated: cut,
             read_on,
+            answer_truncated: v.answer_truncated.clone(),
             error: v.error.as_deref().map(|e| head_chars(e, ERROR_CHARS)),
+            queued_reason: v.waiting_for.clone().or_else(|| v.queued_reason.clone()),
             label: v.label.clone(),
             task: one_line(&v.task, TASK_CHARS),
             model: v.model.clone(),
@@ -351,6 +389,7 @@ impl AgentReply {
             ended_s_ago: v.ended_at.map(|e| tenths((now - e).max(0.0))),
             turns: v.turns,
             usage: Usage::of(&v.usage),
+            sandbox: v.sandbox.clone(),
             exit,
             stderr_tail: v.stderr_tail.as_deref().map(tail_chars),
             limits: LimitsShown::of(&v.limits, &config.defaults, verbose),
@@ -581,9 +620,18 @@ pub struct Listed {
     /// Over the agents that match the filters.
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
+    /// Input written to and read from the prompt cache (not in total_input_tokens).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub total_cache_write_tokens: u64,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub total_cache_read_tokens: u64,
     /// Sum over agents with a known cost.
     #[serde(skip_serializing_if = "is_zero_f64")]
     pub total_cost_usd: f64,
+    /// This session's spending against `[server] session_budget_usd` /
+    /// `session_max_tokens`, when either is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<crate::supervisor::manager::SessionView>,
     /// Agents whose cost is unknown (no price configured), left out of the total.
     #[serde(skip_serializing_if = "is_zero_usize")]
     pub agents_with_unknown_cost: usize,
@@ -626,7 +674,10 @@ impl Listed {
             more,
             total_input_tokens: v.total_input_tokens,
             total_output_tokens: v.total_output_tokens,
+            total_cache_write_tokens: v.total_cache_write_tokens,
+            total_cache_read_tokens: v.total_cache_read_tokens,
             total_cost_usd: v.total_cost_usd,
+            session: v.session.clone(),
             agents_with_unknown_cost: v.agents_with_unknown_cost,
         }
     }
