@@ -58,6 +58,8 @@ impl BgAgents {
         let mut tool_router = Self::tool_router();
         for route in tool_router.map.values_mut() {
             schema::standardize_tool(&mut route.attr);
+            schema::declare_notices(&mut route.attr);
+            schema::describe_from_config(&mut route.attr, manager.config());
         }
         BgAgents {
             manager,
@@ -215,6 +217,44 @@ mod tests {
     use rmcp::task_manager::TaskOptions;
 
     use super::*;
+
+    #[tokio::test]
+    async fn parameter_descriptions_tell_this_servers_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::builtin().unwrap();
+        config.server.transcript_dir = dir.path().display().to_string();
+        config.server.max_wait_seconds = 17;
+        config.server.kill_grace_ms = 345;
+        config.defaults.cpu_seconds = 123;
+        config.max.cpu_seconds = 4567;
+        config.max.budget_usd = 2.5;
+        let roles: Vec<String> = config.roles.keys().cloned().collect();
+        let server = BgAgents::new(Arc::new(Manager::new(Arc::new(config)).unwrap()));
+        let tool = |name: &str| {
+            let route = server.tool_router.map.get(name).unwrap();
+            serde_json::to_string(&route.attr.input_schema).unwrap()
+        };
+        let spawn = tool("agent_spawn");
+        assert_eq!(
+            spawn.matches("default 123, at most 4567").count(),
+            1,
+            "{spawn}"
+        );
+        assert_eq!(spawn.matches("Roles of this server").count(), 1, "{spawn}");
+        assert!(spawn.contains("at most 2.5"), "{spawn}");
+        assert!(!spawn.contains("Default 600"), "{spawn}");
+        for role in &roles {
+            assert!(spawn.contains(role.as_str()), "{role}: {spawn}");
+        }
+        for name in ["agent_status", "agent_output", "agent_wait"] {
+            let s = tool(name);
+            assert!(s.contains("at most 17 s"), "{name}: {s}");
+            assert!(!s.contains("50 s"), "{name}: {s}");
+        }
+        let kill = tool("agent_kill");
+        assert!(kill.contains("default 345, at most 60000"), "{kill}");
+        server.shutdown().await;
+    }
 
     #[tokio::test]
     async fn shutdown_ends_every_mcp_task() {

@@ -128,10 +128,8 @@ pub struct SpawnParams {
     /// What the agent should do, self-contained: it sees nothing of your conversation.
     /// Name files, symbols and the expected form of the answer.
     pub task: String,
-    /// Role (system prompt, tools, limits): `explorer` (find and summarize code),
-    /// `analyst` (explain behaviour, trace data), `reviewer` (review a change for bugs),
-    /// `architect` (weigh designs, critical decisions), `general`, or one defined in the
-    /// server's config. Default: picked from the task's words, else `general`.
+    /// Role (system prompt, tools, limits), one of the server's `[roles]`. Default:
+    /// picked from the task's words, else `general`.
     pub role: Option<String>,
     /// Kind of work, which picks the model tier: exploration and analysis → fast (Haiku),
     /// reasoning → balanced (Sonnet), critical → quality (Opus).
@@ -144,8 +142,8 @@ pub struct SpawnParams {
     /// Directory the agent may read (its tools cannot leave it). Absolute, or relative to
     /// the server's working directory. Default: the server's working directory.
     pub cwd: Option<String>,
-    /// Per-agent limits; each unset key comes from the role, then the server defaults.
-    /// Values above the server's ceiling are refused, never clamped.
+    /// Per-agent limits; each unset key comes from the role, then limits.toml
+    /// `[defaults]`. Values above limits.toml `[max]` are refused, never clamped.
     pub limits: Option<LimitsParams>,
     /// Short free-form label shown in agent_list (e.g. "auth-explore"), at most 64 chars.
     pub label: Option<String>,
@@ -154,25 +152,25 @@ pub struct SpawnParams {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsParams {
-    /// CPU seconds (kernel RLIMIT_CPU). Default 600.
+    /// CPU seconds (kernel RLIMIT_CPU).
     pub cpu_seconds: Option<u64>,
-    /// Address space in MiB (kernel RLIMIT_AS). Default 1024.
+    /// Address space in MiB (kernel RLIMIT_AS).
     pub memory_mb: Option<u64>,
-    /// Wall-clock seconds before the agent is stopped as `timed_out`. Default 900.
+    /// Wall-clock seconds before the agent is stopped as `timed_out`.
     pub timeout_seconds: Option<u64>,
-    /// Bytes of readable output kept in memory (older output stays in the transcript). Default 1048576.
+    /// Bytes of readable output kept in memory (older output stays in the transcript).
     pub max_output_bytes: Option<u64>,
-    /// Model turns (requests). Default 30.
+    /// Model turns (requests).
     pub max_turns: Option<u32>,
-    /// Output tokens per model response. Default 8192.
+    /// Output tokens per model response.
     pub max_tokens: Option<u32>,
-    /// Input + output tokens over the whole run. Default 2000000.
+    /// Input + output tokens over the whole run.
     pub max_total_tokens: Option<u64>,
-    /// USD the run may spend (needs a priced model). Default 1.0.
+    /// USD the run may spend (needs a priced model).
     pub budget_usd: Option<f64>,
-    /// Open file descriptors (RLIMIT_NOFILE). Default 256.
+    /// Open file descriptors (RLIMIT_NOFILE).
     pub open_files: Option<u64>,
-    /// Largest file the worker may write, in MiB (RLIMIT_FSIZE). Default 16.
+    /// Largest file the worker may write, in MiB (RLIMIT_FSIZE).
     pub max_file_mb: Option<u64>,
 }
 
@@ -182,7 +180,7 @@ pub struct StatusParams {
     /// Id returned by agent_spawn (e.g. `a-7f3k2`).
     pub agent_id: String,
     /// Block until the agent ends or this many seconds pass (0 = answer at once, the
-    /// default; at most the server's max wait, 50 s by default; call again to keep waiting).
+    /// default; at most limits.toml `[server] max_wait_seconds`; call again to keep waiting).
     pub wait_seconds: Option<f64>,
     /// Also show every effective limit, output byte counts, the transcript path and
     /// timings. Default false.
@@ -205,7 +203,7 @@ pub struct OutputParams {
     /// Most bytes of text to return. Default 20000, at most 100000.
     pub max_bytes: Option<usize>,
     /// Block until output past `since` arrives, the agent ends, or this many seconds pass.
-    /// Default 0.
+    /// Default 0; at most limits.toml `[server] max_wait_seconds`.
     pub wait_seconds: Option<f64>,
 }
 
@@ -214,7 +212,8 @@ pub struct OutputParams {
 pub struct KillParams {
     /// Id returned by agent_spawn.
     pub agent_id: String,
-    /// Milliseconds between SIGTERM and SIGKILL. Default: the server's kill_grace_ms (2000).
+    /// Milliseconds between SIGTERM and SIGKILL. Default: limits.toml `[server]
+    /// kill_grace_ms`.
     pub grace_ms: Option<u64>,
 }
 
@@ -240,8 +239,8 @@ pub struct WaitParams {
     pub agent_ids: Vec<String>,
     /// `any`: return when the first of them ends; `all` (default): when all have ended.
     pub mode: Option<Choice<WaitMode>>,
-    /// Most seconds to block. Default and maximum: the server's max wait (50 s); call
-    /// again to keep waiting.
+    /// Most seconds to block. Default and maximum: limits.toml `[server]
+    /// max_wait_seconds`; call again to keep waiting.
     pub wait_seconds: Option<f64>,
     /// Show results from this index of agent_ids on: pass the previous reply's
     /// `next_offset` (same agent_ids) when not all results fit. Default 0.
