@@ -37,7 +37,7 @@ Several agents can run in parallel.\n\
 How: agent_spawn {task, task_type?} returns an agent_id at once. task_type picks the model: \
 exploration/analysis → fast (Haiku), reasoning → balanced (Sonnet), critical → quality \
 (Opus). Continue your own work, then collect answers with agent_wait {agent_ids} (blocks up \
-to 50 s; call again to keep waiting) or agent_status {agent_id, wait_seconds}; the final \
+to the server's max wait; call again to keep waiting) or agent_status {agent_id, wait_seconds}; the final \
 answer is in `result`. agent_output reads the streamed text (regex filter, paging). \
 agent_kill stops an agent for real; agent_list shows all. Write tasks self-contained: \
 agents see nothing of your conversation.";
@@ -99,7 +99,10 @@ impl ServerHandler for BgAgents {
                 .build(),
         )
         .with_server_info(Implementation::new("bg-agents", env!("CARGO_PKG_VERSION")))
-        .with_instructions(INSTRUCTIONS)
+        .with_instructions(format!(
+            "{INSTRUCTIONS}\nOne call blocks at most {} s on this server.",
+            self.manager.config().server.max_wait_seconds
+        ))
     }
 
     async fn call_tool(
@@ -250,7 +253,15 @@ mod tests {
             let s = tool(name);
             assert!(s.contains("at most 17 s"), "{name}: {s}");
             assert!(!s.contains("50 s"), "{name}: {s}");
+            let d = server.tool_router.map[name].attr.description.as_deref();
+            let d = d.unwrap_or_default();
+            assert!(d.ends_with("The server's max wait: 17 s."), "{name}: {d}");
+            assert!(!d.contains("50 s"), "{name}: {d}");
         }
+        let info = server.get_info();
+        let instructions = info.instructions.as_deref().unwrap_or_default();
+        assert!(instructions.contains("at most 17 s"), "{instructions}");
+        assert!(!instructions.contains("50 s"), "{instructions}");
         let kill = tool("agent_kill");
         assert!(kill.contains("default 345, at most 60000"), "{kill}");
         server.shutdown().await;

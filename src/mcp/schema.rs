@@ -84,6 +84,13 @@ pub fn describe_from_config(tool: &mut Tool, config: &Config) {
         }
     }
     let server = &config.server;
+    if let Some(Value::Object(props)) = input.get("properties")
+        && props.contains_key("wait_seconds")
+        && let Some(d) = &tool.description
+    {
+        let more = format!(" The server's max wait: {} s.", server.max_wait_seconds);
+        tool.description = Some(format!("{d}{more}").into());
+    }
     append_description(
         &mut input,
         "wait_seconds",

@@ -119,7 +119,8 @@ impl BgAgents {
     /// Status of one agent: queued/running/completed/failed/killed/timed_out/cpu_limit/
     /// memory_limit/output_limit/budget_exceeded, with its final answer (`result`) once
     /// completed, usage (tokens, USD), exit details and errors. Set wait_seconds to block
-    /// until it ends (up to 50 s; call again to keep waiting).
+    /// until it ends (one call blocks at most the server's max wait; call again to keep
+    /// waiting).
     #[tool(
         name = "agent_status",
         output_schema = schema_for_output::<AgentReply>(),
@@ -276,8 +277,8 @@ impl BgAgents {
     }
 
     /// Wait for several agents: mode `all` (default) returns when every one has ended,
-    /// `any` when the first one ends; at most wait_seconds (50 s by default and at most;
-    /// call again to keep waiting). Returns which ended, their statuses and results;
+    /// `any` when the first one ends; at most wait_seconds (by default and at most the
+    /// server's max wait; call again to keep waiting). Returns which ended, their statuses and results;
     /// when not all results fit, call again with `offset` = the reply's `next_offset`.
     #[tool(
         name = "agent_wait",
