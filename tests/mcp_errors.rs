@@ -188,7 +188,7 @@ async fn bad_mode_wait_seconds_max_bytes_and_grace_say_the_valid_range() {
     let e = s
         .tool_error("agent_wait", json!({ "agent_ids": [id], "mode": "some" }))
         .await;
-    assert!(e.contains("`some`") && e.contains("`any` or `all`"), "{e}");
+    assert!(e.contains("`some`") && e.contains("any, all"), "{e}");
     let e = s.tool_error("agent_wait", json!({ "agent_ids": [] })).await;
     assert!(e.contains("agent_ids is empty"), "{e}");
     for (tool, args) in [

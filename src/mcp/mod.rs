@@ -38,7 +38,7 @@ Several agents can run in parallel.\n\
 How: agent_spawn {task, task_type?} returns an agent_id at once. task_type picks the model: \
 exploration/analysis → fast (Haiku), reasoning → balanced (Sonnet), critical → quality \
 (Opus). Continue your own work, then collect answers with agent_wait {agent_ids} (blocks up \
-to 50 s; call again to keep waiting) or agent_status {agent_id, wait_seconds}; the final \
+to the server's max wait; call again to keep waiting) or agent_status {agent_id, wait_seconds}; the final \
 answer is in `result`. agent_output reads the streamed text (regex filter, paging). \
 agent_kill stops an agent for real; agent_list shows all. Write tasks self-contained: \
 agents see nothing of your conversation.";
@@ -59,6 +59,8 @@ impl BgAgents {
         let mut tool_router = Self::tool_router();
         for route in tool_router.map.values_mut() {
             schema::standardize_tool(&mut route.attr);
+            schema::declare_notices(&mut route.attr);
+            schema::describe_from_config(&mut route.attr, manager.config());
         }
         BgAgents {
             manager,
@@ -98,7 +100,10 @@ impl ServerHandler for BgAgents {
                 .build(),
         )
         .with_server_info(Implementation::new("bg-agents", env!("CARGO_PKG_VERSION")))
-        .with_instructions(INSTRUCTIONS)
+        .with_instructions(format!(
+            "{INSTRUCTIONS}\nOne call blocks at most {} s on this server.",
+            self.manager.config().server.max_wait_seconds
+        ))
     }
 
     async fn call_tool(
@@ -216,6 +221,52 @@ mod tests {
     use rmcp::task_manager::TaskOptions;
 
     use super::*;
+
+    #[tokio::test]
+    async fn parameter_descriptions_tell_this_servers_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::builtin().unwrap();
+        config.server.transcript_dir = dir.path().display().to_string();
+        config.server.max_wait_seconds = 17;
+        config.server.kill_grace_ms = 345;
+        config.defaults.cpu_seconds = 123;
+        config.max.cpu_seconds = 4567;
+        config.max.budget_usd = 2.5;
+        let roles: Vec<String> = config.roles.keys().cloned().collect();
+        let server = BgAgents::new(Arc::new(Manager::new(Arc::new(config)).unwrap()));
+        let tool = |name: &str| {
+            let route = server.tool_router.map.get(name).unwrap();
+            serde_json::to_string(&route.attr.input_schema).unwrap()
+        };
+        let spawn = tool("agent_spawn");
+        assert_eq!(
+            spawn.matches("default 123, at most 4567").count(),
+            1,
+            "{spawn}"
+        );
+        assert_eq!(spawn.matches("Roles of this server").count(), 1, "{spawn}");
+        assert!(spawn.contains("at most 2.5"), "{spawn}");
+        assert!(!spawn.contains("Default 600"), "{spawn}");
+        for role in &roles {
+            assert!(spawn.contains(role.as_str()), "{role}: {spawn}");
+        }
+        for name in ["agent_status", "agent_output", "agent_wait"] {
+            let s = tool(name);
+            assert!(s.contains("at most 17 s"), "{name}: {s}");
+            assert!(!s.contains("50 s"), "{name}: {s}");
+            let d = server.tool_router.map[name].attr.description.as_deref();
+            let d = d.unwrap_or_default();
+            assert!(d.ends_with("The server's max wait: 17 s."), "{name}: {d}");
+            assert!(!d.contains("50 s"), "{name}: {d}");
+        }
+        let info = server.get_info();
+        let instructions = info.instructions.as_deref().unwrap_or_default();
+        assert!(instructions.contains("at most 17 s"), "{instructions}");
+        assert!(!instructions.contains("50 s"), "{instructions}");
+        let kill = tool("agent_kill");
+        assert!(kill.contains("default 345, at most 60000"), "{kill}");
+        server.shutdown().await;
+    }
 
     #[tokio::test]
     async fn shutdown_ends_every_mcp_task() {

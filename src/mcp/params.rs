@@ -1,12 +1,126 @@
-//! The MCP tools' input types. Their doc comments become the parameter descriptions a
-//! client model reads, so they say units, defaults and allowed values.
+//! The MCP tools' input types and their conversion into the supervisor's requests. Their
+//! doc comments become the parameter descriptions a client model reads, so they say
+//! units and allowed values; defaults and ceilings that a user's limits.toml sets are
+//! not written here but filled in from the loaded configuration (`describe_from_config`).
 //!
-//! Enumerated inputs (task_type, tier, status, mode) are strings with an `enum` in the
-//! schema and are parsed by hand, so a wrong value becomes a tool error that lists the
-//! valid ones instead of an opaque protocol error.
+//! Each conversion starts `let Self { .. } = self;` naming every field, so a new field
+//! breaks the build until it is handled. Enumerated inputs are `Choice`s of a
+//! schema-facing enum: the schema lists the enum's values, and a value outside them
+//! becomes a tool error that lists the valid ones (not an opaque protocol error).
 
+use std::path::PathBuf;
+
+use bg_agent_worker::config::{LimitsOverride, TaskType, Tier};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::{Deserialize, Deserializer};
+
+use crate::supervisor::request::{SpawnAgent, shown};
+use crate::supervisor::{Status, WaitMode};
+
+/// A string-valued enum parameter: `E` once it parses, else the caller's string.
+#[derive(Debug, Clone)]
+pub struct Choice<E> {
+    parsed: Result<E, String>,
+}
+
+impl<'de, E: DeserializeOwned> Deserialize<'de> for Choice<E> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let de: serde::de::value::StringDeserializer<serde::de::value::Error> =
+            raw.clone().into_deserializer();
+        Ok(Choice {
+            parsed: E::deserialize(de).map_err(|_| raw),
+        })
+    }
+}
+
+impl<E: JsonSchema> JsonSchema for Choice<E> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        E::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        E::json_schema(generator)
+    }
+}
+
+impl<E: JsonSchema> Choice<E> {
+    /// The value, or an error naming `param` and listing the values the schema allows.
+    pub fn parse(self, param: &str) -> Result<E, String> {
+        self.parsed.map_err(|bad| {
+            format!(
+                "unknown {param} `{}`; use one of: {} (or omit it)",
+                shown(&bad),
+                allowed::<E>().join(", ")
+            )
+        })
+    }
+}
+
+/// The values `E`'s schema allows, in order.
+pub fn allowed<E: JsonSchema>() -> Vec<String> {
+    let schema = schemars::SchemaGenerator::default().into_root_schema_for::<E>();
+    schema
+        .get("enum")
+        .and_then(|v| v.as_array())
+        .map(|values| {
+            values
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An optional `Choice`, parsed.
+pub fn parse_opt<E: JsonSchema>(c: Option<Choice<E>>, param: &str) -> Result<Option<E>, String> {
+    c.map(|c| c.parse(param)).transpose()
+}
+
+/// Kind of work, which picks the model tier.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskTypeParam {
+    Exploration,
+    Analysis,
+    Reasoning,
+    Critical,
+}
+
+impl From<TaskTypeParam> for TaskType {
+    fn from(t: TaskTypeParam) -> TaskType {
+        match t {
+            TaskTypeParam::Exploration => TaskType::Exploration,
+            TaskTypeParam::Analysis => TaskType::Analysis,
+            TaskTypeParam::Reasoning => TaskType::Reasoning,
+            TaskTypeParam::Critical => TaskType::Critical,
+        }
+    }
+}
+
+/// Model tier.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TierParam {
+    Fast,
+    Balanced,
+    Quality,
+}
+
+impl From<TierParam> for Tier {
+    fn from(t: TierParam) -> Tier {
+        match t {
+            TierParam::Fast => Tier::Fast,
+            TierParam::Balanced => Tier::Balanced,
+            TierParam::Quality => Tier::Quality,
+        }
+    }
+}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -14,26 +128,22 @@ pub struct SpawnParams {
     /// What the agent should do, self-contained: it sees nothing of your conversation.
     /// Name files, symbols and the expected form of the answer.
     pub task: String,
-    /// Role (system prompt, tools, limits): `explorer` (find and summarize code),
-    /// `analyst` (explain behaviour, trace data), `reviewer` (review a change for bugs),
-    /// `architect` (weigh designs, critical decisions), `general`, or one defined in the
-    /// server's config. Default: picked from the task's words, else `general`.
+    /// Role (system prompt, tools, limits), one of the server's `[roles]`. Default:
+    /// picked from the task's words, else `general`.
     pub role: Option<String>,
     /// Kind of work, which picks the model tier: exploration and analysis → fast (Haiku),
     /// reasoning → balanced (Sonnet), critical → quality (Opus).
-    #[schemars(extend("enum" = ["exploration", "analysis", "reasoning", "critical", null]))]
-    pub task_type: Option<String>,
-    /// Model tier, overriding task_type and role: fast, balanced or quality.
-    #[schemars(extend("enum" = ["fast", "balanced", "quality", null]))]
-    pub tier: Option<String>,
+    pub task_type: Option<Choice<TaskTypeParam>>,
+    /// Model tier, overriding task_type and role.
+    pub tier: Option<Choice<TierParam>>,
     /// Exact model, overriding tier (e.g. `claude-haiku-5-5`, or an alias: haiku, sonnet, opus).
     /// Usually leave unset and use task_type or tier.
     pub model: Option<String>,
     /// Directory the agent may read (its tools cannot leave it). Absolute, or relative to
     /// the server's working directory. Default: the server's working directory.
     pub cwd: Option<String>,
-    /// Per-agent limits; each unset key comes from the role, then the server defaults.
-    /// Values above the server's ceiling are refused, never clamped.
+    /// Per-agent limits; each unset key comes from the role, then limits.toml
+    /// `[defaults]`. Values above limits.toml `[max]` are refused, never clamped.
     pub limits: Option<LimitsParams>,
     /// Short free-form label shown in agent_list (e.g. "auth-explore"), at most 64 chars.
     pub label: Option<String>,
@@ -42,25 +152,25 @@ pub struct SpawnParams {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsParams {
-    /// CPU seconds (kernel RLIMIT_CPU). Default 600.
+    /// CPU seconds (kernel RLIMIT_CPU).
     pub cpu_seconds: Option<u64>,
-    /// Address space in MiB (kernel RLIMIT_AS). Default 1024.
+    /// Address space in MiB (kernel RLIMIT_AS).
     pub memory_mb: Option<u64>,
-    /// Wall-clock seconds before the agent is stopped as `timed_out`. Default 900.
+    /// Wall-clock seconds before the agent is stopped as `timed_out`.
     pub timeout_seconds: Option<u64>,
-    /// Bytes of readable output kept in memory (older output stays in the transcript). Default 1048576.
+    /// Bytes of readable output kept in memory (older output stays in the transcript).
     pub max_output_bytes: Option<u64>,
-    /// Model turns (requests). Default 30.
+    /// Model turns (requests).
     pub max_turns: Option<u32>,
-    /// Output tokens per model response. Default 8192.
+    /// Output tokens per model response.
     pub max_tokens: Option<u32>,
-    /// Input + output tokens over the whole run. Default 2000000.
+    /// Input + output tokens over the whole run.
     pub max_total_tokens: Option<u64>,
-    /// USD the run may spend (needs a priced model). Default 1.0.
+    /// USD the run may spend (needs a priced model).
     pub budget_usd: Option<f64>,
-    /// Open file descriptors (RLIMIT_NOFILE). Default 256.
+    /// Open file descriptors (RLIMIT_NOFILE).
     pub open_files: Option<u64>,
-    /// Largest file the worker may write, in MiB (RLIMIT_FSIZE). Default 16.
+    /// Largest file the worker may write, in MiB (RLIMIT_FSIZE).
     pub max_file_mb: Option<u64>,
 }
 
@@ -70,7 +180,7 @@ pub struct StatusParams {
     /// Id returned by agent_spawn (e.g. `a-7f3k2`).
     pub agent_id: String,
     /// Block until the agent ends or this many seconds pass (0 = answer at once, the
-    /// default; at most the server's max wait, 50 s by default; call again to keep waiting).
+    /// default; at most limits.toml `[server] max_wait_seconds`; call again to keep waiting).
     pub wait_seconds: Option<f64>,
     /// Also show every effective limit, output byte counts, the transcript path and
     /// timings. Default false.
@@ -93,7 +203,7 @@ pub struct OutputParams {
     /// Most bytes of text to return. Default 20000, at most 100000.
     pub max_bytes: Option<usize>,
     /// Block until output past `since` arrives, the agent ends, or this many seconds pass.
-    /// Default 0.
+    /// Default 0; at most limits.toml `[server] max_wait_seconds`.
     pub wait_seconds: Option<f64>,
 }
 
@@ -102,7 +212,8 @@ pub struct OutputParams {
 pub struct KillParams {
     /// Id returned by agent_spawn.
     pub agent_id: String,
-    /// Milliseconds between SIGTERM and SIGKILL. Default: the server's kill_grace_ms (2000).
+    /// Milliseconds between SIGTERM and SIGKILL. Default: limits.toml `[server]
+    /// kill_grace_ms`.
     pub grace_ms: Option<u64>,
 }
 
@@ -110,8 +221,7 @@ pub struct KillParams {
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only agents in this status.
-    #[schemars(extend("enum" = ["queued", "running", "completed", "failed", "killed", "timed_out", "cpu_limit", "memory_limit", "output_limit", "budget_exceeded", null]))]
-    pub status: Option<String>,
+    pub status: Option<Choice<Status>>,
     /// Only agents with this role.
     pub role: Option<String>,
     /// Skip this many matching agents (oldest first): pass the previous reply's
@@ -128,12 +238,122 @@ pub struct WaitParams {
     /// Ids returned by agent_spawn.
     pub agent_ids: Vec<String>,
     /// `any`: return when the first of them ends; `all` (default): when all have ended.
-    #[schemars(extend("enum" = ["any", "all", null]))]
-    pub mode: Option<String>,
-    /// Most seconds to block. Default and maximum: the server's max wait (50 s); call
-    /// again to keep waiting.
+    pub mode: Option<Choice<WaitMode>>,
+    /// Most seconds to block. Default and maximum: limits.toml `[server]
+    /// max_wait_seconds`; call again to keep waiting.
     pub wait_seconds: Option<f64>,
     /// Show results from this index of agent_ids on: pass the previous reply's
     /// `next_offset` (same agent_ids) when not all results fit. Default 0.
     pub offset: Option<usize>,
+}
+
+impl SpawnParams {
+    pub fn into_request(self) -> Result<SpawnAgent, String> {
+        let Self {
+            task,
+            role,
+            task_type,
+            tier,
+            model,
+            cwd,
+            limits,
+            label,
+        } = self;
+        Ok(SpawnAgent {
+            task,
+            role,
+            task_type: parse_opt(task_type, "task_type")?.map(TaskType::from),
+            tier: parse_opt(tier, "tier")?.map(Tier::from),
+            model,
+            cwd: cwd.map(PathBuf::from),
+            limits: limits.map(LimitsOverride::from).unwrap_or_default(),
+            label,
+        })
+    }
+}
+
+impl From<LimitsParams> for LimitsOverride {
+    fn from(l: LimitsParams) -> LimitsOverride {
+        let LimitsParams {
+            cpu_seconds,
+            memory_mb,
+            timeout_seconds,
+            max_output_bytes,
+            max_turns,
+            max_tokens,
+            max_total_tokens,
+            budget_usd,
+            open_files,
+            max_file_mb,
+        } = l;
+        LimitsOverride {
+            cpu_seconds,
+            memory_mb,
+            open_files,
+            max_file_mb,
+            timeout_seconds,
+            max_output_bytes,
+            max_turns,
+            max_tokens,
+            max_total_tokens,
+            budget_usd,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_facing_enums_offer_every_domain_value() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            allowed::<TaskTypeParam>(),
+            names(&TaskType::ALL.map(TaskType::as_str))
+        );
+        assert_eq!(allowed::<TierParam>(), names(&Tier::ALL.map(Tier::as_str)));
+        assert_eq!(allowed::<Status>(), names(&Status::ALL.map(Status::as_str)));
+        assert_eq!(allowed::<WaitMode>(), ["any", "all"]);
+    }
+
+    #[test]
+    fn a_value_outside_the_enum_is_an_error_that_lists_the_valid_ones() {
+        let c: Choice<TierParam> = serde_json::from_value(serde_json::json!("turbo")).unwrap();
+        assert_eq!(
+            c.parse("tier").unwrap_err(),
+            "unknown tier `turbo`; use one of: fast, balanced, quality (or omit it)"
+        );
+        let c: Choice<TierParam> = serde_json::from_value(serde_json::json!("quality")).unwrap();
+        assert_eq!(Tier::from(c.parse("tier").unwrap()), Tier::Quality);
+    }
+
+    #[test]
+    fn every_limit_reaches_the_request() {
+        let p: SpawnParams = serde_json::from_value(serde_json::json!({
+            "task": "t",
+            "limits": {
+                "cpu_seconds": 1, "memory_mb": 2, "timeout_seconds": 3, "max_output_bytes": 4,
+                "max_turns": 5, "max_tokens": 6, "max_total_tokens": 7, "budget_usd": 8.0,
+                "open_files": 9, "max_file_mb": 10
+            }
+        }))
+        .unwrap();
+        let l = p.into_request().unwrap().limits;
+        assert_eq!(
+            l,
+            LimitsOverride {
+                cpu_seconds: Some(1),
+                memory_mb: Some(2),
+                timeout_seconds: Some(3),
+                max_output_bytes: Some(4),
+                max_turns: Some(5),
+                max_tokens: Some(6),
+                max_total_tokens: Some(7),
+                budget_usd: Some(8.0),
+                open_files: Some(9),
+                max_file_mb: Some(10),
+            }
+        );
+    }
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use bg_agent_worker::config::{Config, KILL_GRACE_MAX_MS};
 use rmcp::model::{JsonObject, Tool};
 use serde_json::Value;
 
@@ -41,6 +42,115 @@ pub fn standardize_tool(tool: &mut Tool) {
         let mut out = out.as_ref().clone();
         standardize(&mut out);
         tool.output_schema = Some(Arc::new(out));
+    }
+}
+
+/// Declares `notices` in `tool`'s output schema: `notify::attach` adds it to any reply
+/// when agents of this session ended unreported.
+pub fn declare_notices(tool: &mut Tool) {
+    let Some(out) = &tool.output_schema else {
+        return;
+    };
+    let mut out = out.as_ref().clone();
+    if let Some(Value::Object(props)) = out.get_mut("properties") {
+        props.insert(
+            "notices".into(),
+            serde_json::json!({
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Agents of this session that ended and were not reported yet, one line each."
+            }),
+        );
+    }
+    tool.output_schema = Some(Arc::new(out));
+}
+
+/// Completes parameter descriptions with what this server's configuration sets, so they
+/// never disagree with a user's limits.toml: each limit's default and ceiling
+/// (`[defaults]`, `[max]`), the longest wait (`[server] max_wait_seconds`), the kill
+/// grace (`[server] kill_grace_ms`) and the roles defined.
+pub fn describe_from_config(tool: &mut Tool, config: &Config) {
+    let mut input = tool.input_schema.as_ref().clone();
+    let defaults = serde_json::to_value(config.defaults).unwrap_or_default();
+    let max = serde_json::to_value(config.max).unwrap_or_default();
+    if let Value::Object(defaults) = &defaults {
+        for (key, d) in defaults {
+            let m = &max[key.as_str()];
+            append_description(
+                &mut input,
+                key,
+                &format!("This server: default {d}, at most {m}."),
+            );
+        }
+    }
+    let server = &config.server;
+    if let Some(Value::Object(props)) = input.get("properties")
+        && props.contains_key("wait_seconds")
+        && let Some(d) = &tool.description
+    {
+        let more = format!(" The server's max wait: {} s.", server.max_wait_seconds);
+        tool.description = Some(format!("{d}{more}").into());
+    }
+    append_description(
+        &mut input,
+        "wait_seconds",
+        &format!("This server: at most {} s.", server.max_wait_seconds),
+    );
+    append_description(
+        &mut input,
+        "grace_ms",
+        &format!(
+            "This server: default {}, at most {KILL_GRACE_MAX_MS}.",
+            server.kill_grace_ms
+        ),
+    );
+    if tool.name == "agent_spawn" {
+        let roles: Vec<&str> = config.roles.keys().map(String::as_str).collect();
+        append_description(
+            &mut input,
+            "role",
+            &format!("Roles of this server: {}.", roles.join(", ")),
+        );
+    }
+    tool.input_schema = Arc::new(input);
+}
+
+/// Appends `more` to the description of every property named `name`, at any depth.
+fn append_description(schema: &mut JsonObject, name: &str, more: &str) {
+    if let Some(Value::Object(props)) = schema.get_mut("properties")
+        && let Some(Value::Object(prop)) = props.get_mut(name)
+    {
+        let text = match prop.get("description").and_then(Value::as_str) {
+            Some(d) => format!("{d} {more}"),
+            None => more.to_string(),
+        };
+        prop.insert("description".into(), Value::String(text));
+    }
+    for (key, v) in schema.iter_mut() {
+        if key == "properties" {
+            if let Value::Object(props) = v {
+                for p in props.values_mut() {
+                    if let Value::Object(o) = p {
+                        append_nested(o, name, more);
+                    }
+                }
+            }
+        } else if let Value::Object(o) = v {
+            append_nested(o, name, more);
+        }
+    }
+}
+
+/// `append_description` below the top: in `$defs` and in nested object schemas.
+fn append_nested(o: &mut JsonObject, name: &str, more: &str) {
+    if o.contains_key("properties") {
+        append_description(o, name, more);
+    } else {
+        for v in o.values_mut() {
+            if let Value::Object(inner) = v {
+                append_nested(inner, name, more);
+            }
+        }
     }
 }
 

@@ -2,11 +2,8 @@
 //! structured content plus a short readable text. No process logic here.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bg_agent_worker::config::{LimitsOverride, TaskType, Tier};
-use bg_agent_worker::resolve::SpawnRequest;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam, RequestMetaObject};
@@ -15,12 +12,15 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::BgAgents;
-use super::params::{KillParams, ListParams, OutputParams, SpawnParams, StatusParams, WaitParams};
+use super::params::{
+    KillParams, ListParams, OutputParams, SpawnParams, StatusParams, WaitParams, parse_opt,
+};
 use super::reply::{self, AgentReply, Listed, OutputReply, Spawned, Waited};
 use super::text;
+use crate::supervisor::WaitMode;
 use crate::supervisor::manager::OutputQuery;
+use crate::supervisor::request::{WhenUnset, check_id, distinct_ids};
 use crate::supervisor::view::SpawnView;
-use crate::supervisor::{ManagerError, Status, WaitMode};
 
 /// Default and ceiling of `agent_output`'s max_bytes.
 pub const OUTPUT_DEFAULT_BYTES: usize = 20_000;
@@ -30,12 +30,6 @@ pub const OUTPUT_MAX_BYTES: usize = 100_000;
 pub const RESULT_MAX_BYTES: usize = 20_000;
 /// Seconds between progress notifications during a blocking wait.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// Longest label (chars); labels are echoed in every list row.
-pub const LABEL_MAX_CHARS: usize = 64;
-/// Longest model name (chars) a spawn may give.
-const MODEL_MAX_CHARS: usize = 128;
-/// Longest agent id accepted; real ids are `a-` and five characters.
-const ID_MAX_CHARS: usize = 32;
 
 /// A tool outcome: structured content with a readable text, or a caller's mistake.
 type ToolResult = Result<CallToolResult, String>;
@@ -49,29 +43,8 @@ fn reply<T: Serialize>(value: &T, readable: String) -> ToolResult {
     Ok(r)
 }
 
-fn caller_error(e: ManagerError) -> String {
+fn caller_error(e: impl std::fmt::Display) -> String {
     e.to_string()
-}
-
-/// A caller's string as echoed in an error: at most 40 chars.
-pub(super) fn shown(s: &str) -> String {
-    if s.chars().count() <= 40 {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(39).collect::<String>())
-    }
-}
-
-/// Refuses ids that cannot be agent ids before they are echoed anywhere.
-fn check_id(id: &str) -> Result<(), String> {
-    if id.chars().count() > ID_MAX_CHARS {
-        return Err(format!(
-            "agent_id `{}` is {} chars; ids look like a-7f3k2 (agent_spawn returns them, agent_list shows them)",
-            shown(id),
-            id.chars().count()
-        ));
-    }
-    Ok(())
 }
 
 /// What a blocking call needs to report progress and notice cancellation.
@@ -113,75 +86,13 @@ impl Blocking {
 }
 
 impl BgAgents {
-    /// Checks a spawn request and starts (or queues) the agent.
+    /// Converts a spawn's parameters and starts (or queues) the agent.
     pub(super) async fn spawn_agent(&self, p: SpawnParams) -> Result<SpawnView, String> {
-        let task_type = match p.task_type.as_deref() {
-            None => None,
-            Some(s) => Some(TaskType::parse(s).ok_or_else(|| {
-                format!("unknown task_type `{}`; use one of: exploration, analysis, reasoning, critical (or omit it)", shown(s))
-            })?),
-        };
-        let tier = match p.tier.as_deref() {
-            None => None,
-            Some(s) => Some(Tier::parse(s).ok_or_else(|| {
-                format!(
-                    "unknown tier `{}`; use one of: fast, balanced, quality (or omit it)",
-                    shown(s)
-                )
-            })?),
-        };
-        if let Some(label) = &p.label
-            && label.chars().count() > LABEL_MAX_CHARS
-        {
-            return Err(format!(
-                "label is {} chars, above the {LABEL_MAX_CHARS}-char cap; give a short name such as `auth-explore` (put details in task)",
-                label.chars().count()
-            ));
-        }
-        if let Some(model) = &p.model
-            && model.chars().count() > MODEL_MAX_CHARS
-        {
-            return Err(format!(
-                "model `{}` is {} chars, above the {MODEL_MAX_CHARS}-char cap; give a model name such as claude-haiku-5-5, or omit it",
-                shown(model),
-                model.chars().count()
-            ));
-        }
-        let l = p.limits.unwrap_or_default();
-        let req = SpawnRequest {
-            task: p.task,
-            role: p.role.filter(|r| !r.is_empty()),
-            task_type,
-            tier,
-            model: p.model.filter(|m| !m.is_empty()),
-            cwd: p.cwd.map(PathBuf::from),
-            limits: LimitsOverride {
-                cpu_seconds: l.cpu_seconds,
-                memory_mb: l.memory_mb,
-                open_files: l.open_files,
-                max_file_mb: l.max_file_mb,
-                timeout_seconds: l.timeout_seconds,
-                max_output_bytes: l.max_output_bytes,
-                max_turns: l.max_turns,
-                max_tokens: l.max_tokens,
-                max_total_tokens: l.max_total_tokens,
-                budget_usd: l.budget_usd,
-            },
-            agent_id: None,
-        };
-        self.manager.spawn(req, p.label).await.map_err(caller_error)
-    }
-
-    /// `wait_seconds` as a duration within the configured maximum; Err for a bad value.
-    fn wait_duration(&self, secs: Option<f64>, default: f64) -> Result<(Duration, bool), String> {
-        let max = self.manager.config().server.max_wait_seconds as f64;
-        let s = secs.unwrap_or(default);
-        if !s.is_finite() || s < 0.0 {
-            return Err(format!(
-                "wait_seconds = {s} is not valid; give a number of seconds from 0 to {max}"
-            ));
-        }
-        Ok((Duration::from_secs_f64(s.min(max)), s > max))
+        let request = p.into_request()?;
+        self.manager
+            .spawn_agent(request)
+            .await
+            .map_err(caller_error)
     }
 }
 
@@ -208,7 +119,8 @@ impl BgAgents {
     /// Status of one agent: queued/running/completed/failed/killed/timed_out/cpu_limit/
     /// memory_limit/output_limit/budget_exceeded, with its final answer (`result`) once
     /// completed, usage (tokens, USD), exit details and errors. Set wait_seconds to block
-    /// until it ends (up to 50 s; call again to keep waiting).
+    /// until it ends (one call blocks at most the server's max wait; call again to keep
+    /// waiting).
     #[tool(
         name = "agent_status",
         output_schema = schema_for_output::<AgentReply>(),
@@ -221,25 +133,31 @@ impl BgAgents {
         peer: Peer<RoleServer>,
         ct: CancellationToken,
     ) -> ToolResult {
-        check_id(&p.agent_id)?;
-        let (wait, capped) = self.wait_duration(p.wait_seconds, 0.0)?;
-        let view = if wait.is_zero() {
-            self.manager.status(&p.agent_id).map_err(caller_error)?
+        let StatusParams {
+            agent_id,
+            wait_seconds,
+            verbose,
+        } = p;
+        check_id(&agent_id).map_err(caller_error)?;
+        let wait = self
+            .manager
+            .wait_within(wait_seconds, WhenUnset::NoWait)
+            .map_err(caller_error)?;
+        let view = if wait.duration.is_zero() {
+            self.manager.status(&agent_id).map_err(caller_error)?
         } else {
-            self.manager.status(&p.agent_id).map_err(caller_error)?;
+            self.manager.status(&agent_id).map_err(caller_error)?;
             let b = Blocking { meta, peer, ct };
-            let what = format!("waiting for {}", p.agent_id);
-            match b
-                .run(wait, &what, self.manager.wait_status(&p.agent_id, wait))
-                .await
-            {
+            let what = format!("waiting for {agent_id}");
+            let waiting = self.manager.wait_status(&agent_id, wait.duration);
+            match b.run(wait.duration, &what, waiting).await {
                 Some(r) => r.map_err(caller_error)?,
                 None => return Err("the request was cancelled; the agent keeps running".into()),
             }
         };
-        let verbose = p.verbose.unwrap_or(false);
+        let verbose = verbose.unwrap_or(false);
         let agent = AgentReply::of(&view, self.manager.config(), verbose, RESULT_MAX_BYTES);
-        let readable = text::status(&agent, capped.then_some(wait));
+        let readable = text::status(&agent, wait.capped.then_some(wait.duration));
         reply(&agent, readable)
     }
 
@@ -260,38 +178,48 @@ impl BgAgents {
         peer: Peer<RoleServer>,
         ct: CancellationToken,
     ) -> ToolResult {
-        check_id(&p.agent_id)?;
-        let max_bytes = p.max_bytes.unwrap_or(OUTPUT_DEFAULT_BYTES);
+        let OutputParams {
+            agent_id,
+            filter,
+            since,
+            tail_lines,
+            max_bytes,
+            wait_seconds,
+        } = p;
+        check_id(&agent_id).map_err(caller_error)?;
+        let max_bytes = max_bytes.unwrap_or(OUTPUT_DEFAULT_BYTES);
         if !(1..=OUTPUT_MAX_BYTES).contains(&max_bytes) {
             return Err(format!(
                 "max_bytes = {max_bytes} is out of range; give 1 to {OUTPUT_MAX_BYTES} and page with since/next_cursor"
             ));
         }
-        if p.tail_lines == Some(0) {
+        if tail_lines == Some(0) {
             return Err("tail_lines = 0 returns nothing; give at least 1 or omit it".into());
         }
-        let (wait, _) = self.wait_duration(p.wait_seconds, 0.0)?;
+        let wait = self
+            .manager
+            .wait_within(wait_seconds, WhenUnset::NoWait)
+            .map_err(caller_error)?;
+        let filtered = filter.is_some();
         let q = OutputQuery {
-            filter: p.filter.clone(),
-            since: p.since,
-            tail_lines: p.tail_lines,
+            filter,
+            since,
+            tail_lines,
             max_bytes,
         };
-        let page = if wait.is_zero() {
-            self.manager.output(&p.agent_id, &q).map_err(caller_error)?
+        let page = if wait.duration.is_zero() {
+            self.manager.output(&agent_id, &q).map_err(caller_error)?
         } else {
-            self.manager.output(&p.agent_id, &q).map_err(caller_error)?;
+            self.manager.output(&agent_id, &q).map_err(caller_error)?;
             let b = Blocking { meta, peer, ct };
-            let what = format!("waiting for output of {}", p.agent_id);
-            match b
-                .run(wait, &what, self.manager.wait_output(&p.agent_id, &q, wait))
-                .await
-            {
+            let what = format!("waiting for output of {agent_id}");
+            let waiting = self.manager.wait_output(&agent_id, &q, wait.duration);
+            match b.run(wait.duration, &what, waiting).await {
                 Some(r) => r.map_err(caller_error)?,
                 None => return Err("the request was cancelled; the agent keeps running".into()),
             }
         };
-        let page = OutputReply::of(&page, p.filter.is_some());
+        let page = OutputReply::of(&page, filtered);
         let readable = text::output(&page);
         reply(&page, readable)
     }
@@ -305,17 +233,10 @@ impl BgAgents {
         annotations(title = "Kill agent", read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
     )]
     async fn agent_kill(&self, Parameters(p): Parameters<KillParams>) -> ToolResult {
-        check_id(&p.agent_id)?;
-        if let Some(g) = p.grace_ms
-            && g > 60_000
-        {
-            return Err(format!(
-                "grace_ms = {g} is above 60000; give 0 to 60000 milliseconds"
-            ));
-        }
+        let KillParams { agent_id, grace_ms } = p;
         let view = self
             .manager
-            .kill(&p.agent_id, p.grace_ms)
+            .kill_agent(&agent_id, grace_ms)
             .await
             .map_err(caller_error)?;
         let agent = AgentReply::of(&view, self.manager.config(), false, RESULT_MAX_BYTES);
@@ -332,49 +253,32 @@ impl BgAgents {
         annotations(title = "List agents", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
     async fn agent_list(&self, Parameters(p): Parameters<ListParams>) -> ToolResult {
-        let status = match p.status.as_deref() {
-            None => None,
-            Some(s) => Some(Status::parse(s).ok_or_else(|| {
-                let valid: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
-                format!(
-                    "unknown status `{}`; use one of: {}",
-                    shown(s),
-                    valid.join(", ")
-                )
-            })?),
-        };
-        if let Some(role) = p.role.as_deref()
-            && !self.manager.config().roles.contains_key(role)
-        {
-            let valid: Vec<&str> = self
-                .manager
-                .config()
-                .roles
-                .keys()
-                .map(String::as_str)
-                .collect();
-            return Err(format!(
-                "unknown role `{}`; use one of: {}",
-                shown(role),
-                valid.join(", ")
-            ));
+        let ListParams {
+            status,
+            role,
+            offset,
+            limit,
+        } = p;
+        let status = parse_opt(status, "status")?;
+        if let Some(role) = role.as_deref() {
+            self.manager.check_role(role).map_err(caller_error)?;
         }
-        let limit = p.limit.unwrap_or(reply::LIST_DEFAULT_ROWS);
+        let limit = limit.unwrap_or(reply::LIST_DEFAULT_ROWS);
         if !(1..=reply::LIST_MAX_ROWS).contains(&limit) {
             return Err(format!(
                 "limit = {limit} is out of range; give 1 to {} and page with offset/next_offset",
                 reply::LIST_MAX_ROWS
             ));
         }
-        let view = self.manager.list(status, p.role.as_deref());
-        let listed = Listed::of(&view, p.offset.unwrap_or(0), limit);
+        let view = self.manager.list(status, role.as_deref());
+        let listed = Listed::of(&view, offset.unwrap_or(0), limit);
         let readable = text::list(&listed);
         reply(&listed, readable)
     }
 
     /// Wait for several agents: mode `all` (default) returns when every one has ended,
-    /// `any` when the first one ends; at most wait_seconds (50 s by default and at most;
-    /// call again to keep waiting). Returns which ended, their statuses and results;
+    /// `any` when the first one ends; at most wait_seconds (by default and at most the
+    /// server's max wait; call again to keep waiting). Returns which ended, their statuses and results;
     /// when not all results fit, call again with `offset` = the reply's `next_offset`.
     #[tool(
         name = "agent_wait",
@@ -388,25 +292,19 @@ impl BgAgents {
         peer: Peer<RoleServer>,
         ct: CancellationToken,
     ) -> ToolResult {
-        let mode = match p.mode.as_deref() {
-            None | Some("all") => WaitMode::All,
-            Some("any") => WaitMode::Any,
-            Some(m) => return Err(format!("unknown mode `{}`; use `any` or `all`", shown(m))),
-        };
-        let max = self.manager.config().server.max_wait_seconds as f64;
-        let (wait, capped) = self.wait_duration(p.wait_seconds, max)?;
-        // Each agent once, in the caller's order (`dedup` alone only drops adjacent repeats).
-        let mut seen = std::collections::HashSet::new();
-        let ids: Vec<String> = p
-            .agent_ids
-            .iter()
-            .filter(|id| seen.insert(id.as_str()))
-            .cloned()
-            .collect();
-        for id in &ids {
-            check_id(id)?;
-        }
-        let offset = p.offset.unwrap_or(0);
+        let WaitParams {
+            agent_ids,
+            mode,
+            wait_seconds,
+            offset,
+        } = p;
+        let mode = parse_opt(mode, "mode")?.unwrap_or(WaitMode::All);
+        let wait = self
+            .manager
+            .wait_within(wait_seconds, WhenUnset::Longest)
+            .map_err(caller_error)?;
+        let ids = distinct_ids(agent_ids).map_err(caller_error)?;
+        let offset = offset.unwrap_or(0);
         if offset > 0 && offset >= ids.len() {
             return Err(format!(
                 "offset = {offset} is past the {} distinct agent_ids; give 0 to {} (the previous reply's next_offset)",
@@ -414,22 +312,15 @@ impl BgAgents {
                 ids.len().saturating_sub(1)
             ));
         }
-        // Unknown ids fail before any waiting.
-        self.manager
-            .wait(&ids, mode, Duration::ZERO)
-            .await
-            .map_err(caller_error)?;
         let b = Blocking { meta, peer, ct };
         let what = format!("waiting for {} agent(s)", ids.len());
-        let view = match b
-            .run(wait, &what, self.manager.wait(&ids, mode, wait))
-            .await
-        {
+        let waiting = self.manager.wait_agents(&ids, mode, wait);
+        let view = match b.run(wait.duration, &what, waiting).await {
             Some(r) => r.map_err(caller_error)?,
             None => return Err("the request was cancelled; the agents keep running".into()),
         };
         let waited = Waited::of(&view, offset);
-        let readable = text::waited(&waited, capped.then_some(wait));
+        let readable = text::waited(&waited, wait.capped.then_some(wait.duration));
         reply(&waited, readable)
     }
 }

@@ -554,7 +554,7 @@ impl Manager {
         let inner = &self.inner;
         let grace_ms = grace_ms
             .unwrap_or(inner.config.server.kill_grace_ms)
-            .min(60_000);
+            .min(bg_agent_worker::config::KILL_GRACE_MAX_MS);
         {
             let mut reg = inner.lock();
             let rec = inner.get(&reg, id)?;

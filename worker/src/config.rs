@@ -17,6 +17,10 @@ pub const BUILTIN: &str = include_str!("../../limits.toml");
 /// Environment variable naming a user configuration file.
 pub const CONFIG_ENV: &str = "BG_AGENTS_CONFIG";
 
+/// The longest grace between SIGTERM and SIGKILL, for `[server] kill_grace_ms` and for a
+/// kill that asks for its own.
+pub const KILL_GRACE_MAX_MS: u64 = 60_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -565,7 +569,7 @@ impl Config {
         range("max_concurrent", s.max_concurrent as u64, 1, 1024)?;
         range("max_queued", s.max_queued as u64, 0, 100_000)?;
         range("retained_agents", s.retained_agents as u64, 1, 100_000)?;
-        range("kill_grace_ms", s.kill_grace_ms, 0, 60_000)?;
+        range("kill_grace_ms", s.kill_grace_ms, 0, KILL_GRACE_MAX_MS)?;
         range("max_wait_seconds", s.max_wait_seconds, 1, 3600)?;
         range("transcript_max_mb", s.transcript_max_mb, 1, 10_240)?;
         if let Some(n) = s.session_max_tokens {

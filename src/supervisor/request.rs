@@ -1,0 +1,236 @@
+//! What callers ask the supervisor for, and the policy that checks it before the
+//! manager acts: caps on labels, model names and ids, waits within `[server]
+//! max_wait_seconds`, the kill grace ceiling, known roles, each agent once in a wait.
+//! A caller (the MCP tools) converts its parameters into these requests and nothing more.
+//!
+//! Not here: resolving a spawn into a model and limits (`bg_agent_worker::resolve`).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bg_agent_worker::config::{KILL_GRACE_MAX_MS, LimitsOverride, TaskType, Tier};
+use bg_agent_worker::resolve::SpawnRequest;
+
+use super::manager::{Manager, ManagerError, WaitMode, WaitView};
+use super::view::{SpawnView, StatusView};
+
+/// Longest label (chars); labels are echoed in every list row.
+pub const LABEL_MAX_CHARS: usize = 64;
+/// Longest model name (chars) a spawn may give.
+pub const MODEL_MAX_CHARS: usize = 128;
+/// Longest agent id accepted; real ids are `a-` and five characters.
+pub const ID_MAX_CHARS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    #[error(
+        "label is {chars} chars, above the {LABEL_MAX_CHARS}-char cap; give a short name such as `auth-explore` (put details in task)"
+    )]
+    LabelTooLong { chars: usize },
+    #[error(
+        "model `{shown}` is {chars} chars, above the {MODEL_MAX_CHARS}-char cap; give a model name such as claude-haiku-5-5, or omit it"
+    )]
+    ModelTooLong { shown: String, chars: usize },
+    #[error(
+        "agent_id `{shown}` is {chars} chars; ids look like a-7f3k2 (agent_spawn returns them, agent_list shows them)"
+    )]
+    IdTooLong { shown: String, chars: usize },
+    #[error("wait_seconds = {value} is not valid; give a number of seconds from 0 to {max}")]
+    BadWait { value: f64, max: u64 },
+    #[error(
+        "grace_ms = {0} is above {KILL_GRACE_MAX_MS}; give 0 to {KILL_GRACE_MAX_MS} milliseconds"
+    )]
+    GraceAboveCeiling(u64),
+    #[error("unknown role `{shown}`; use one of: {valid}")]
+    UnknownRole { shown: String, valid: String },
+}
+
+/// A caller's string as echoed in an error: at most 40 chars.
+pub fn shown(s: &str) -> String {
+    if s.chars().count() <= 40 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(39).collect::<String>())
+    }
+}
+
+/// Refuses ids that cannot be agent ids before they are echoed anywhere.
+pub fn check_id(id: &str) -> Result<(), RequestError> {
+    let chars = id.chars().count();
+    if chars > ID_MAX_CHARS {
+        return Err(RequestError::IdTooLong {
+            shown: shown(id),
+            chars,
+        });
+    }
+    Ok(())
+}
+
+/// `ids` checked, each once, in the caller's order.
+pub fn distinct_ids(ids: Vec<String>) -> Result<Vec<String>, RequestError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        check_id(&id)?;
+        if seen.insert(id.clone()) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// A spawn as a caller asks for it. Empty `role` and `model` mean "not given".
+#[derive(Debug, Clone, Default)]
+pub struct SpawnAgent {
+    pub task: String,
+    pub role: Option<String>,
+    pub task_type: Option<TaskType>,
+    pub tier: Option<Tier>,
+    pub model: Option<String>,
+    pub cwd: Option<PathBuf>,
+    pub limits: LimitsOverride,
+    pub label: Option<String>,
+}
+
+/// What a blocking call does when the caller gives no `wait_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenUnset {
+    /// Answer at once.
+    NoWait,
+    /// Wait as long as one call may (`[server] max_wait_seconds`).
+    Longest,
+}
+
+/// A wait as it will run: within `[server] max_wait_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Wait {
+    pub duration: Duration,
+    /// The caller asked for more than one call may wait (it should call again).
+    pub capped: bool,
+}
+
+impl Manager {
+    /// Checks a spawn request and starts (or queues) the agent.
+    pub async fn spawn_agent(&self, r: SpawnAgent) -> Result<SpawnView, RequestError> {
+        let SpawnAgent {
+            task,
+            role,
+            task_type,
+            tier,
+            model,
+            cwd,
+            limits,
+            label,
+        } = r;
+        if let Some(label) = &label {
+            let chars = label.chars().count();
+            if chars > LABEL_MAX_CHARS {
+                return Err(RequestError::LabelTooLong { chars });
+            }
+        }
+        if let Some(model) = &model {
+            let chars = model.chars().count();
+            if chars > MODEL_MAX_CHARS {
+                return Err(RequestError::ModelTooLong {
+                    shown: shown(model),
+                    chars,
+                });
+            }
+        }
+        let req = SpawnRequest {
+            task,
+            role: role.filter(|r| !r.is_empty()),
+            task_type,
+            tier,
+            model: model.filter(|m| !m.is_empty()),
+            cwd,
+            limits,
+            agent_id: None,
+        };
+        Ok(self.spawn(req, label).await?)
+    }
+
+    /// The wait a caller asked for (`asked` seconds), within `[server] max_wait_seconds`.
+    pub fn wait_within(&self, asked: Option<f64>, unset: WhenUnset) -> Result<Wait, RequestError> {
+        let max = self.config().server.max_wait_seconds;
+        let s = match (asked, unset) {
+            (Some(s), _) => s,
+            (None, WhenUnset::NoWait) => 0.0,
+            (None, WhenUnset::Longest) => max as f64,
+        };
+        if !s.is_finite() || s < 0.0 {
+            return Err(RequestError::BadWait { value: s, max });
+        }
+        Ok(Wait {
+            duration: Duration::from_secs_f64(s.min(max as f64)),
+            capped: s > max as f64,
+        })
+    }
+
+    /// Checks a kill request (the grace at most `KILL_GRACE_MAX_MS`) and stops the agent.
+    pub async fn kill_agent(
+        &self,
+        id: &str,
+        grace_ms: Option<u64>,
+    ) -> Result<StatusView, RequestError> {
+        check_id(id)?;
+        if let Some(g) = grace_ms
+            && g > KILL_GRACE_MAX_MS
+        {
+            return Err(RequestError::GraceAboveCeiling(g));
+        }
+        Ok(self.kill(id, grace_ms).await?)
+    }
+
+    /// Refuses a role the configuration does not define, listing those it does.
+    pub fn check_role(&self, role: &str) -> Result<(), RequestError> {
+        let roles = &self.config().roles;
+        if roles.contains_key(role) {
+            return Ok(());
+        }
+        let valid: Vec<&str> = roles.keys().map(String::as_str).collect();
+        Err(RequestError::UnknownRole {
+            shown: shown(role),
+            valid: valid.join(", "),
+        })
+    }
+
+    /// Waits for `ids` (each once, in the caller's order); unknown ids fail before any
+    /// waiting.
+    pub async fn wait_agents(
+        &self,
+        ids: &[String],
+        mode: WaitMode,
+        wait: Wait,
+    ) -> Result<WaitView, RequestError> {
+        self.wait(ids, mode, Duration::ZERO).await?;
+        Ok(self.wait(ids, mode, wait.duration).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_ids_keeps_the_first_of_each_in_order() {
+        let ids = ["a-2", "a-1", "a-2", "a-3", "a-1"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(distinct_ids(ids).unwrap(), ["a-2", "a-1", "a-3"]);
+        let long = vec!["a-".to_string() + &"x".repeat(40)];
+        assert!(matches!(
+            distinct_ids(long),
+            Err(RequestError::IdTooLong { chars: 42, .. })
+        ));
+    }
+
+    #[test]
+    fn shown_cuts_long_strings() {
+        assert_eq!(shown("abc"), "abc");
+        assert_eq!(shown(&"x".repeat(50)).chars().count(), 40);
+    }
+}
