@@ -31,7 +31,7 @@ type Writer = Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
 
 /// Lines in from `R`, messages out to a shared writer.
 pub struct LineTransport<R> {
-    reader: BufReader<R>,
+    reader: LineReader<BufReader<R>>,
     writer: Writer,
     /// Cancelled when the input ends.
     eof: CancellationToken,
@@ -51,19 +51,23 @@ impl<R: tokio::io::AsyncRead + Send + Unpin + 'static> LineTransport<R> {
         eof: CancellationToken,
     ) -> Self {
         LineTransport {
-            reader: BufReader::new(reader),
+            reader: LineReader::new(BufReader::new(reader), MAX_LINE_BYTES),
             writer: Arc::new(Mutex::new(Box::new(writer))),
             eof,
         }
     }
 }
 
-/// Answers a malformed line. A failed write means the client is gone; the next read
-/// sees the end.
-async fn reply_error(writer: &Writer, id: Value, code: i64, message: String) {
+/// Answers a malformed line from a task of its own, so that a dropped `receive` cannot
+/// cut the reply mid-line. A failed write means the client is gone; the next read sees
+/// the end.
+fn reply_error(writer: &Writer, id: Value, code: i64, message: String) {
     tracing::warn!(code, %message, "answered a malformed JSON-RPC line");
     let reply = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
-    let _ = write_line(writer, reply.to_string()).await;
+    let writer = Arc::clone(writer);
+    tokio::spawn(async move {
+        let _ = write_line(&writer, reply.to_string()).await;
+    });
 }
 
 impl<R: tokio::io::AsyncRead + Send + Unpin + 'static> Transport<RoleServer> for LineTransport<R> {
@@ -82,13 +86,15 @@ impl<R: tokio::io::AsyncRead + Send + Unpin + 'static> Transport<RoleServer> for
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
         loop {
-            let line = match read_bounded_line(&mut self.reader, MAX_LINE_BYTES).await {
+            // Cancel-safe: rmcp polls `receive` in a select! and may drop it; a partly
+            // read line stays in the reader.
+            let line = match self.reader.next_line().await {
                 Ok(Line::Complete(bytes)) => bytes,
                 Ok(Line::TooLong(len)) => {
                     let message = format!(
                         "line of {len}+ bytes refused: the limit is {MAX_LINE_BYTES} bytes per JSON-RPC message; send smaller arguments"
                     );
-                    reply_error(&self.writer, Value::Null, INVALID_REQUEST, message).await;
+                    reply_error(&self.writer, Value::Null, INVALID_REQUEST, message);
                     continue;
                 }
                 Ok(Line::End) | Err(_) => {
@@ -100,7 +106,7 @@ impl<R: tokio::io::AsyncRead + Send + Unpin + 'static> Transport<RoleServer> for
                 Decoded::Message(m) => return Some(*m),
                 Decoded::Skip => continue,
                 Decoded::Error { id, code, message } => {
-                    reply_error(&self.writer, id, code, message).await;
+                    reply_error(&self.writer, id, code, message);
                 }
             }
         }
@@ -126,40 +132,58 @@ enum Line {
     End,
 }
 
-/// The next line without its newline, holding at most `max` bytes in memory.
-async fn read_bounded_line<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
+/// Lines of at most `max` bytes. The line being read lives in the reader, not in the
+/// future that reads it, so dropping `next_line` mid-line loses nothing.
+struct LineReader<R> {
+    inner: R,
     max: usize,
-) -> io::Result<Line> {
-    let mut line = Vec::new();
-    let mut too_long = 0usize;
-    loop {
-        let buf = reader.fill_buf().await?;
-        if buf.is_empty() {
-            return Ok(match (too_long, line.is_empty()) {
-                (0, true) => Line::End,
-                (0, false) => Line::Complete(line),
-                (n, _) => Line::TooLong(n),
-            });
+    line: Vec<u8>,
+    /// Bytes of the current line so far once it passed `max` (0: within the bound).
+    too_long: usize,
+}
+
+impl<R: AsyncBufRead + Unpin> LineReader<R> {
+    fn new(inner: R, max: usize) -> Self {
+        LineReader {
+            inner,
+            max,
+            line: Vec::new(),
+            too_long: 0,
         }
-        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (&buf[..i], i + 1),
-            None => (buf, buf.len()),
-        };
-        let ends = done > chunk.len();
-        if too_long > 0 || line.len() + chunk.len() > max {
-            too_long = too_long.max(line.len()) + chunk.len();
-            line = Vec::new();
-        } else {
-            line.extend_from_slice(chunk);
-        }
-        reader.consume(done);
-        if ends {
-            return Ok(if too_long > 0 {
-                Line::TooLong(too_long)
+    }
+
+    /// The next line without its newline. The only await is `fill_buf`; what it
+    /// returns is copied into `self` and consumed before the next one.
+    async fn next_line(&mut self) -> io::Result<Line> {
+        loop {
+            let buf = self.inner.fill_buf().await?;
+            if buf.is_empty() {
+                let line = std::mem::take(&mut self.line);
+                return Ok(match std::mem::take(&mut self.too_long) {
+                    0 if line.is_empty() => Line::End,
+                    0 => Line::Complete(line),
+                    n => Line::TooLong(n),
+                });
+            }
+            let (chunk, used) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], i + 1),
+                None => (buf, buf.len()),
+            };
+            let ends = used > chunk.len();
+            if self.too_long > 0 || self.line.len() + chunk.len() > self.max {
+                self.too_long = self.too_long.max(self.line.len()) + chunk.len();
+                self.line = Vec::new();
             } else {
-                Line::Complete(line)
-            });
+                self.line.extend_from_slice(chunk);
+            }
+            self.inner.consume(used);
+            if ends {
+                let line = std::mem::take(&mut self.line);
+                return Ok(match std::mem::take(&mut self.too_long) {
+                    0 => Line::Complete(line),
+                    n => Line::TooLong(n),
+                });
+            }
         }
     }
 }
@@ -278,12 +302,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_dropped_mid_line_loses_nothing() {
+        use tokio::io::AsyncWriteExt;
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut r = LineReader::new(BufReader::new(rx), 1024);
+        tx.write_all(b"{\"first half").await.unwrap();
+        // rmcp's select! drops `receive` like this timeout does.
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(50), r.next_line()).await;
+        assert!(cut.is_err(), "no line yet");
+        tx.write_all(b" and the rest\"}\n").await.unwrap();
+        match r.next_line().await.unwrap() {
+            Line::Complete(l) => assert_eq!(l, b"{\"first half and the rest\"}"),
+            _ => panic!("no complete line"),
+        }
+    }
+
+    #[tokio::test]
     async fn lines_past_the_bound_are_skipped_whole() {
         let input = b"short\nxxxxxxxxxxxxxxxxxxxx\nnext\nlast".to_vec();
-        let mut r = BufReader::with_capacity(4, &input[..]);
+        let mut r = LineReader::new(BufReader::with_capacity(4, &input[..]), 8);
         let mut got = Vec::new();
         loop {
-            match read_bounded_line(&mut r, 8).await.unwrap() {
+            match r.next_line().await.unwrap() {
                 Line::Complete(l) => got.push(String::from_utf8(l).unwrap()),
                 Line::TooLong(n) => got.push(format!("too long {n}")),
                 Line::End => break,
