@@ -1409,11 +1409,9 @@ impl Inner {
             }
         }
         rec.output_seq.send_modify(|v| *v += 1);
-        if rec
-            .transcript
-            .as_ref()
-            .is_some_and(|t| t.dropped_bytes() > 0)
-        {
+        // Over the cap, not a write error: a full disk loses the transcript's tail
+        // (counted, and told in status), never the agent.
+        if rec.transcript.as_ref().is_some_and(Transcript::over_cap) {
             let cap = self.config.server.transcript_max_mb;
             rec.overflow.get_or_insert_with(|| {
                 format!(
