@@ -302,6 +302,10 @@ pub struct AgentReply {
     /// Why a queued agent waits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queued_reason: Option<String>,
+    /// Why the agent's transcript file stopped being written (e.g. a full disk); the
+    /// agent ran on, but the file misses what came after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// The task (its start).
@@ -379,6 +383,13 @@ impl AgentReply {
             answer_truncated: v.answer_truncated.clone(),
             error: v.error.as_deref().map(|e| head_chars(e, ERROR_CHARS)),
             queued_reason: v.waiting_for.clone().or_else(|| v.queued_reason.clone()),
+            transcript_error: v.output.transcript_error.as_deref().map(|e| {
+                format!(
+                    "{}; {} bytes not saved",
+                    head_chars(e, ERROR_CHARS),
+                    v.output.transcript_dropped_bytes
+                )
+            }),
             label: v.label.clone(),
             task: one_line(&v.task, TASK_CHARS),
             model: v.model.clone(),

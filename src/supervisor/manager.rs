@@ -30,8 +30,11 @@ use super::registry::{
 };
 use super::view::{LimitsView, ListRow, SpawnView, StatusView};
 
-/// Longest event line kept from a worker; the rest of such a line is counted as dropped.
-const MAX_EVENT_LINE: usize = 1024 * 1024;
+/// Longest event line read from a worker, whatever the transcript cap: the server holds
+/// one such line in memory per agent. A line is also never longer than the transcript
+/// cap (it could not be kept). A longer line is dropped whole, counted, and ends the
+/// agent as `output_limit`.
+const MAX_EVENT_LINE: usize = 64 * 1024 * 1024;
 /// How long to wait for a worker's pipes to close after it was reaped.
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 /// Characters of the task kept in records and lists.
@@ -430,6 +433,7 @@ impl Manager {
                 sandbox: None,
                 waiting_for: None,
                 oversize_dropped: 0,
+                overflow: None,
                 mid_line: false,
                 output_seq: watch::channel(0).0,
                 control: None,
@@ -1229,6 +1233,9 @@ impl Inner {
                     if cause == Some(ServerCause::SessionBudget) {
                         rec.error = self.session().exhausted.clone();
                     }
+                    if cause == Some(ServerCause::OutputLimit) && rec.overflow.is_some() {
+                        rec.error.clone_from(&rec.overflow);
+                    }
                     let _ = rec.state.end(status, exit);
                     rec.control = None;
                     if let Some(t) = rec.transcript.as_mut() {
@@ -1247,16 +1254,18 @@ impl Inner {
     }
 
     /// Reads JSONL events in chunks; never blocks on anything but the pipe, and keeps at
-    /// most one event line (capped) beyond what the buffers hold.
+    /// most one event line (capped by `max_event_line`) beyond what the buffers hold.
     async fn read_stdout(
         self: Arc<Self>,
         id: String,
         mut stdout: Receiver,
         ctl: mpsc::UnboundedSender<Control>,
     ) {
+        let max_line = self.max_event_line();
         let mut buf = vec![0u8; 64 * 1024];
         let mut pending: Vec<u8> = Vec::new();
-        let mut dropped_in_line = 0u64;
+        // The current line passed `max_line`: its bytes are dropped up to its '\n'.
+        let mut in_long_line = false;
         let mut limit_sent = false;
         loop {
             let n = match stdout.read(&mut buf).await {
@@ -1264,34 +1273,67 @@ impl Inner {
                 Ok(n) => n,
             };
             let mut lines = Vec::new();
+            // Bytes of lines too long to keep, and whether one began here.
             let mut dropped = 0u64;
+            let mut too_long = false;
             for piece in buf[..n].split_inclusive(|&b| b == b'\n') {
                 let (body, complete) = match piece.strip_suffix(b"\n") {
                     Some(b) => (b, true),
                     None => (piece, false),
                 };
-                let room = MAX_EVENT_LINE.saturating_sub(pending.len());
-                let keep = body.len().min(room);
-                pending.extend_from_slice(&body[..keep]);
-                dropped_in_line += (body.len() - keep) as u64;
+                if in_long_line {
+                    dropped += piece.len() as u64;
+                } else if pending.len() + body.len() > max_line {
+                    // Dropped whole at once, so the agent is stopped while it writes.
+                    in_long_line = true;
+                    too_long = true;
+                    dropped += (pending.len() + piece.len()) as u64;
+                    pending = Vec::new();
+                } else {
+                    pending.extend_from_slice(body);
+                }
                 if complete {
-                    lines.push(std::mem::take(&mut pending));
-                    dropped += std::mem::take(&mut dropped_in_line);
+                    if in_long_line {
+                        in_long_line = false;
+                    } else {
+                        lines.push(std::mem::take(&mut pending));
+                    }
                 }
             }
-            let over_cap = self.apply_lines(&id, &lines, n as u64, dropped);
+            let over_cap = self.apply_lines(&id, &lines, n as u64, dropped, too_long, max_line);
             if over_cap && !limit_sent {
                 limit_sent = true;
                 let _ = ctl.send(Control::OutputLimit);
             }
         }
         if !pending.is_empty() {
-            self.apply_lines(&id, &[pending], 0, dropped_in_line);
+            self.apply_lines(&id, &[pending], 0, 0, false, max_line);
         }
     }
 
-    /// Applies complete stdout lines to the record; true once the transcript overflowed.
-    fn apply_lines(&self, id: &str, lines: &[Vec<u8>], bytes: u64, dropped: u64) -> bool {
+    /// The longest event line read from a worker: the transcript cap, at most
+    /// `MAX_EVENT_LINE`.
+    fn max_event_line(&self) -> usize {
+        let cap = self
+            .config
+            .server
+            .transcript_max_mb
+            .saturating_mul(1024 * 1024);
+        usize::try_from(cap).map_or(MAX_EVENT_LINE, |c| c.min(MAX_EVENT_LINE))
+    }
+
+    /// Applies complete stdout lines to the record, and counts the `dropped` bytes of
+    /// lines longer than `max_line` (`too_long`: one began); true once output went over a
+    /// cap.
+    fn apply_lines(
+        &self,
+        id: &str,
+        lines: &[Vec<u8>],
+        bytes: u64,
+        dropped: u64,
+        too_long: bool,
+        max_line: usize,
+    ) -> bool {
         let mut reg = self.lock();
         let mut session_spent = false;
         let Some(rec) = reg.agents.get_mut(id) else {
@@ -1302,6 +1344,21 @@ impl Inner {
         }
         rec.stdout_bytes += bytes;
         rec.oversize_dropped += dropped;
+        if too_long {
+            // Said in the readable output; never the raw JSON of the line.
+            let nl = if rec.mid_line { "\n" } else { "" };
+            push_text(
+                rec,
+                &format!(
+                    "{nl}[bg-agents: an event line longer than {max_line} bytes was dropped: the longest line the server keeps]\n"
+                ),
+            );
+            rec.overflow.get_or_insert_with(|| {
+                format!(
+                    "wrote an event line longer than {max_line} bytes, the longest the server keeps ([server] transcript_max_mb, at most {MAX_EVENT_LINE} bytes); stopped so nothing is lost silently"
+                )
+            });
+        }
         for raw in lines {
             let line = String::from_utf8_lossy(raw);
             match serde_json::from_str::<Event>(&line) {
@@ -1352,11 +1409,17 @@ impl Inner {
             }
         }
         rec.output_seq.send_modify(|v| *v += 1);
-        let over_cap = rec
-            .transcript
-            .as_ref()
-            .is_some_and(|t| t.dropped_bytes() > 0)
-            || rec.oversize_dropped > 0;
+        // Over the cap, not a write error: a full disk loses the transcript's tail
+        // (counted, and told in status), never the agent.
+        if rec.transcript.as_ref().is_some_and(Transcript::over_cap) {
+            let cap = self.config.server.transcript_max_mb;
+            rec.overflow.get_or_insert_with(|| {
+                format!(
+                    "wrote more output than the transcript cap ([server] transcript_max_mb = {cap}); stopped so nothing is lost silently"
+                )
+            });
+        }
+        let over_cap = rec.overflow.is_some();
         if session_spent {
             self.stop_session(&mut reg);
         }

@@ -220,8 +220,11 @@ pub struct AgentRecord {
     pub sandbox: Option<String>,
     /// Why a queued agent has not started although a slot was free.
     pub waiting_for: Option<String>,
-    /// Event lines longer than the line cap, cut; their bytes are counted here.
+    /// Event lines longer than the line cap, dropped; their bytes are counted here.
     pub oversize_dropped: u64,
+    /// Why the agent's output went over a cap (the transcript's, or the longest event
+    /// line), once it did: the agent is being stopped as `output_limit`.
+    pub overflow: Option<String>,
     /// Whether the readable output ends in the middle of a line.
     pub mid_line: bool,
     /// Bumped whenever output arrives or the agent ends; waiters on output subscribe.
@@ -657,6 +660,7 @@ mod tests {
             waiting_for: None,
             stop_reason: None,
             oversize_dropped: 0,
+            overflow: None,
             mid_line: false,
             output_seq: tokio::sync::watch::channel(0).0,
             control: None,

@@ -103,6 +103,10 @@ pub struct OutputCounts {
     pub transcript_bytes: u64,
     /// Bytes not written to the transcript because of its cap (or a write error).
     pub transcript_dropped_bytes: u64,
+    /// Why the transcript stopped being written (e.g. the disk is full); the agent ran on
+    /// and its answer is in `result`, but the transcript misses what came after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -262,6 +266,10 @@ impl StatusView {
                 transcript_bytes: r.transcript.as_ref().map_or(0, |t| t.written_bytes()),
                 transcript_dropped_bytes: r.transcript.as_ref().map_or(0, |t| t.dropped_bytes())
                     + r.oversize_dropped,
+                transcript_error: r
+                    .transcript
+                    .as_ref()
+                    .and_then(|t| t.error().map(str::to_string)),
             },
             stderr_tail: (status != Status::Completed && !stderr.trim().is_empty())
                 .then_some(stderr),
