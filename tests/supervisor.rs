@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use bg_agent_worker::config::LimitsOverride;
+use bg_agent_worker::values::LimitsOverride;
 use bg_agents::supervisor::manager::{ManagerError, OutputQuery};
 use bg_agents::supervisor::process::SpawnError;
 use bg_agents::supervisor::view::StatusView;

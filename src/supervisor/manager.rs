@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bg_agent_worker::config::Config;
 use bg_agent_worker::protocol::Event;
-use bg_agent_worker::resolve::{Resolution, ResolveError, SpawnRequest, missing_key};
+use bg_agent_worker::resolve::{Resolution, ResolveError, SpawnRequest, missing_key, resolve};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +28,7 @@ use super::registry::{
     AgentRecord, AgentState, Control, EndFacts, ExitInfo, Registry, ServerCause, Status, Usage,
     classify, describe_end,
 };
-use super::view::{LimitsView, ListRow, SpawnView, StatusView};
+use super::view::{ListRow, SpawnView, StatusView};
 
 /// Longest event line read from a worker, whatever the transcript cap: the server holds
 /// one such line in memory per agent. A line is also never longer than the transcript
@@ -325,7 +325,7 @@ impl Manager {
         if let Some(why) = inner.session().exhausted.clone() {
             return Err(ManagerError::SessionBudget(why));
         }
-        let mut resolution = inner.config.resolve(&req)?;
+        let mut resolution = resolve(&inner.config, &req)?;
         inner.fit_to_session(&mut resolution);
         // The worker gets the key from the server's environment (`process::worker_env`):
         // without it the agent could only fail later, so the spawn fails now.
@@ -397,7 +397,7 @@ impl Manager {
                 provider: route.provider.clone(),
                 routed_by: route.routed_by.as_str().to_string(),
                 routing_reason: route.reason.clone(),
-                limits: LimitsView::from(&spec.limits),
+                limits: spec.limits,
                 label: label.clone(),
                 warnings: resolution.warnings,
                 queued_reason: None,
@@ -1112,7 +1112,7 @@ impl Inner {
         id: String,
         mut child: process::Worker,
         spec_line: String,
-        limits: bg_agent_worker::config::Limits,
+        limits: bg_agent_worker::values::Limits,
         ctl_tx: mpsc::UnboundedSender<Control>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {

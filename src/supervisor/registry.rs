@@ -5,10 +5,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use bg_agent_worker::config::{Limits, Tier};
 use bg_agent_worker::protocol::{ErrorKind, TaskSpec};
 use bg_agent_worker::roles::RoleChoice;
 use bg_agent_worker::routing::RoutedBy;
+use bg_agent_worker::values::{Limits, Tier};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 

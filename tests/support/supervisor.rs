@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bg_agent_worker::config::{Config, ConfigSource, LimitsOverride};
+use bg_agent_worker::config::{Config, ConfigSource};
 use bg_agent_worker::resolve::SpawnRequest;
+use bg_agent_worker::values::LimitsOverride;
 use bg_agents::supervisor::manager::{ManagerError, OutputPage, OutputQuery};
 use bg_agents::supervisor::view::{SpawnView, StatusView};
 use bg_agents::supervisor::{Manager, Status};
