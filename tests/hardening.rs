@@ -326,13 +326,14 @@ async fn three_hundred_agents_at_once_all_complete_under_a_1024_descriptor_limit
     let mut ids = Vec::new();
     let mut queued_at_spawn = 0;
     for i in 0..AGENTS {
-        // A script serves one conversation: one per agent, each answering for ~12 s, so that all run at once.
+        // A script serves one conversation: one per agent, each answering for ~24 s, so
+        // that all would run at once even when spawning 300 takes a loaded machine 15 s.
         let task = format!("slow agent #{i}#");
         s.fake.script(
             &task,
             vec![Step::Text {
                 chunks: vec!["one ".into(), "two ".into(), "three".into()],
-                delay_ms: 4000,
+                delay_ms: 8000,
             }],
         );
         let spawned = s.ok("agent_spawn", json!({ "task": task })).await;

@@ -363,7 +363,7 @@ impl AgentReply {
             ended_s_ago: v.ended_at.map(|e| tenths((now - e).max(0.0))),
             turns: v.turns,
             usage: Usage::of(&v.usage),
-            sandbox: v.sandbox.clone(),
+            sandbox: v.sandbox.as_deref().map(|s| sandbox_shown(s, verbose)),
             exit,
             stderr_tail: v.stderr_tail.as_deref().map(tail_chars),
             limits: limits_shown(&v.limits, &config.defaults, verbose),
@@ -376,6 +376,15 @@ impl AgentReply {
                 output: v.output.clone(),
             }),
         }
+    }
+}
+
+/// The sandbox as a reply shows it: in full with `verbose` or when it is not in force,
+/// else its name alone (`landlock (ABI 7)`).
+fn sandbox_shown(s: &str, verbose: bool) -> String {
+    match s.split_once(':') {
+        Some((name, _)) if !verbose && s.starts_with("landlock") => name.to_string(),
+        _ => s.to_string(),
     }
 }
 
