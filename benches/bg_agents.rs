@@ -5,8 +5,7 @@
 //! Everything runs the release binaries against the provider double on 127.0.0.1.
 //! Numbers go to BENCHMARKS.md; nothing here asserts a time.
 
-#[path = "../tests/support/provider.rs"]
-mod provider;
+use support::provider;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

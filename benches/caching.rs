@@ -7,8 +7,7 @@
 //!
 //! Nothing here asserts: the numbers go to BENCHMARKS.md.
 
-#[path = "../tests/support/provider.rs"]
-mod provider;
+use support::provider;
 
 use std::sync::Mutex;
 

@@ -7,8 +7,7 @@
 //! Sizes do not depend on the build profile. Every agent answers with the same 400-char
 //! text from the provider double on 127.0.0.1. Nothing here asserts a size (the tests do).
 
-#[path = "../tests/support/provider.rs"]
-mod provider;
+use support::provider;
 
 use std::path::{Path, PathBuf};
 

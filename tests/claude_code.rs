@@ -3,8 +3,6 @@
 //! recognised by the tools it offers (`ToolSearch`), the agents' own requests by their
 //! task. What the double receives is what the model would read.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +11,7 @@ use support::claude::{
     ClaudeHome, PLUGIN_TOOL_PREFIX, finish, occurrences, plugin_dir, readme_claude_lines, repo_dir,
     tool_results,
 };
-use support::mcp::API_KEY;
+use support::process::API_KEY;
 use support::provider::{FakeProvider, RecordedRequest, Step, StepFn};
 
 const RUN_WITHIN: Duration = Duration::from_secs(120);

@@ -1,7 +1,5 @@
 //! Checks that the provider test double speaks the real wire formats.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;

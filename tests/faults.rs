@@ -3,13 +3,12 @@
 //! Process-level faults use the misbehaving `examples/test_worker`; provider faults use
 //! the real worker against the provider double.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::mcp::{Session, alive, eventually};
+use support::mcp::Session;
+use support::process::{alive, eventually};
 use support::provider::Step;
 
 fn test_worker() -> PathBuf {

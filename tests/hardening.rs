@@ -1,15 +1,14 @@
 //! Hardening, end to end through the real binaries: private transcripts, a protocol that
 //! answers every line, descriptors that hold at scale, and causes that are right.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::mcp::{API_KEY, Session, server_exe};
+use support::mcp::{Session, server_exe};
+use support::process::API_KEY;
 use support::provider::{FakeProvider, Step};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -326,14 +325,15 @@ async fn three_hundred_agents_at_once_all_complete_under_a_1024_descriptor_limit
     let mut ids = Vec::new();
     let mut queued_at_spawn = 0;
     for i in 0..AGENTS {
-        // A script serves one conversation: one per agent, each answering for ~24 s, so
-        // that all would run at once even when spawning 300 takes a loaded machine 15 s.
+        // A script serves one conversation: one per agent, each answering for ~30 s, so
+        // that all run at once even when the 300 spawns are slow (neighbouring tests in
+        // the same binary share the CPU).
         let task = format!("slow agent #{i}#");
         s.fake.script(
             &task,
             vec![Step::Text {
                 chunks: vec!["one ".into(), "two ".into(), "three".into()],
-                delay_ms: 8000,
+                delay_ms: 10_000,
             }],
         );
         let spawned = s.ok("agent_spawn", json!({ "task": task })).await;

@@ -1,8 +1,6 @@
 //! The MCP server end to end: the real `bg-agents` binary behind rmcp's client, real
 //! worker processes, the provider double.
 
-mod support;
-
 use std::collections::HashSet;
 
 use serde_json::json;
@@ -39,7 +37,7 @@ async fn spawn_then_wait_returns_the_agents_answer() {
     assert!(st["usage"]["cost_usd"].as_f64().unwrap() > 0.0);
     let req = &s.fake.requests()[0];
     assert_eq!(req.model, "claude-haiku-5-5");
-    assert_eq!(req.api_key.as_deref(), Some(support::mcp::API_KEY));
+    assert_eq!(req.api_key.as_deref(), Some(support::process::API_KEY));
     assert!(req.system.as_deref().unwrap_or("").contains("agent"));
 }
 

@@ -1,8 +1,6 @@
 //! Caller mistakes: each is a tool error (`isError: true`) whose text says what to do
 //! instead, and none of them changes any state.
 
-mod support;
-
 use serde_json::{Value, json};
 use support::mcp::Session;
 use support::provider::Step;

@@ -1,11 +1,10 @@
 //! No worker outlives what should end it: agent_kill, the end of the session, and every
 //! way the server itself can die.
 
-mod support;
-
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::mcp::{Session, alive, all_gone, server_exit};
+use support::mcp::{Session, server_exit};
+use support::process::{alive, all_gone};
 use support::provider::Step;
 
 /// A session with `n` agents that hang mid-answer; returns their ids and worker pids.

@@ -1,8 +1,6 @@
 //! The MCP surface beyond plain tool calls: progress and cancellation of blocking calls,
 //! resources and their update notifications, and what tools/list tells a client.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +14,8 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, PeerRequestOptions, RequestHandle};
 use serde_json::{Value, json};
-use support::mcp::{LegacyClient, Session, eventually, text_of};
+use support::mcp::{LegacyClient, Session, text_of};
+use support::process::eventually;
 use support::provider::Step;
 
 /// A client that records every progress notification it receives.

@@ -3,8 +3,6 @@
 //! match its tool's outputSchema. Also: only standard schema formats, and a spawn with no
 //! API key fails at once.
 
-mod support;
-
 use std::collections::HashSet;
 
 use rmcp::model::{CallToolResult, Tool};
@@ -474,7 +472,7 @@ fn server_log(with_key: bool) -> String {
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null());
     if with_key {
-        cmd.env("ANTHROPIC_API_KEY", support::mcp::API_KEY);
+        cmd.env("ANTHROPIC_API_KEY", support::process::API_KEY);
     }
     let out = cmd.output().expect("run bg-agents");
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -1,7 +1,5 @@
 //! The MCP tasks extension: agent_spawn as a task for clients that declare it.
 
-mod support;
-
 use std::time::Duration;
 
 use rmcp::ClientHandler;

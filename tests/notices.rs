@@ -2,8 +2,6 @@
 //! clients without hooks) and as channel notifications (Claude Code's research preview).
 //! The hooks' side is in `src/notices` (unit tests) and `tests/claude_code.rs`.
 
-mod support;
-
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +10,8 @@ use rmcp::model::CustomNotification;
 use rmcp::service::NotificationContext;
 use rmcp::{ClientHandler, RoleClient};
 use serde_json::{Value, json};
-use support::mcp::{Session, eventually, text_of};
+use support::mcp::{Session, text_of};
+use support::process::eventually;
 use support::provider::Step;
 
 /// Where a test server (no CLAUDE_CODE_SESSION_ID, HOME in its temp dir, no

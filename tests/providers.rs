@@ -2,8 +2,6 @@
 //! provider and budget, answers cut at the token limit, and many agents sharing one
 //! rate-limited provider (per-provider caps and holds after a 429).
 
-mod support;
-
 use serde_json::{Value, json};
 use support::mcp::Session;
 use support::provider::{Quirks, Step};

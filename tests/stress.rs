@@ -1,14 +1,13 @@
 //! Parallel-spawn stress through MCP, sized for CI on 2 cores: many agents at once,
 //! many in a row, many killed at once. Real server, real workers, the provider double.
 
-mod support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::json;
-use support::mcp::{Session, alive, eventually};
+use support::mcp::Session;
+use support::process::{alive, eventually};
 use support::provider::Step;
 
 /// Resident set size of `pid` in KiB.

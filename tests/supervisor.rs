@@ -3,7 +3,8 @@
 //! manager, the FIFO queue, kill, shutdown, and what is left behind (no zombie, no open
 //! descriptor, no live process group). No test asserts a duration.
 
-mod support;
+#[path = "supervisor/harness.rs"]
+mod harness;
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use bg_agents::supervisor::manager::{ManagerError, OutputQuery};
 use bg_agents::supervisor::process::SpawnError;
 use bg_agents::supervisor::view::StatusView;
 use bg_agents::supervisor::{Status, WaitMode};
-use support::supervisor::{
+use harness::{
     Harness, PATIENCE, exclusive, group_gone, is_our_child, open_fds, shared, test_worker,
     zombie_children,
 };

@@ -4,8 +4,8 @@
 //!
 //! The CLI is installed by the tests themselves, once, under `target/tmp` (a file lock
 //! keeps parallel tests from racing); a machine without npm fails the tests loudly.
-#![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -16,8 +16,9 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::mcp::{API_KEY, server_exe};
-use super::provider::FakeProvider;
+use crate::mcp::server_exe;
+use crate::process::{API_KEY, isolated, target_tmp};
+use crate::provider::FakeProvider;
 
 /// The Claude Code release the tests run.
 pub const CLAUDE_CODE_VERSION: &str = "2.1.328";
@@ -31,8 +32,7 @@ pub fn claude_exe() -> PathBuf {
 }
 
 fn install() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("claude-code-{CLAUDE_CODE_VERSION}"));
+    let root = target_tmp().join(format!("claude-code-{CLAUDE_CODE_VERSION}"));
     std::fs::create_dir_all(&root).expect("create the Claude Code install directory");
     let exe = root.join("node_modules/.bin/claude");
     let lock = File::create(root.join(".lock")).expect("create the install lock");
@@ -84,7 +84,13 @@ fn reports_version(exe: &Path) -> bool {
 
 /// The repository's root (a plugin marketplace).
 pub fn repo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // This crate is tests/support in the repository.
+    let support = Path::new(env!("CARGO_MANIFEST_DIR"));
+    support
+        .ancestors()
+        .nth(2)
+        .expect("tests/support has a grandparent")
+        .to_path_buf()
 }
 
 /// The repository's plugin directory.
@@ -156,22 +162,19 @@ impl ClaudeHome {
     /// on PATH, the provider double as the API, telemetry, updates and other traffic
     /// off, and `extra_env` on top.
     pub fn command(&self, fake: &FakeProvider, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(claude_exe());
+        let mut cmd = self.isolate(claude_exe(), fake);
         cmd.args(args);
-        self.isolate(&mut cmd, fake);
         cmd
     }
 
     /// `sh -c LINE` in `dir`, with `claude` on PATH and the same isolation as `command`.
     pub fn shell(&self, fake: &FakeProvider, line: &str, dir: &Path) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c").arg(line);
-        self.isolate(&mut cmd, fake);
-        cmd.current_dir(dir);
+        let mut cmd = self.isolate("sh", fake);
+        cmd.arg("-c").arg(line).current_dir(dir);
         cmd
     }
 
-    fn isolate(&self, cmd: &mut tokio::process::Command, fake: &FakeProvider) {
+    fn isolate(&self, program: impl AsRef<OsStr>, fake: &FakeProvider) -> tokio::process::Command {
         let bin_dir = server_exe().parent().expect("bin dir").to_path_buf();
         let claude_dir = claude_exe().parent().expect("claude dir").to_path_buf();
         let path = format!(
@@ -179,10 +182,9 @@ impl ClaudeHome {
             bin_dir.display(),
             claude_dir.display()
         );
+        let mut cmd = isolated(program, &self.home());
         cmd.current_dir(self.project())
-            .env_clear()
             .env("PATH", path)
-            .env("HOME", self.home())
             .env("CLAUDE_CONFIG_DIR", self.home().join(".claude"))
             .env("XDG_RUNTIME_DIR", self.runtime_dir())
             .env("XDG_STATE_HOME", self.dir.path().join("state"))
@@ -198,8 +200,8 @@ impl ClaudeHome {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
+        cmd
     }
 
     /// Runs `claude ARGS` to its end (at most `within`); panics with its output if it

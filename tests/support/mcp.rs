@@ -1,6 +1,5 @@
 //! Runs the real `bg-agents` binary as a child process behind rmcp's client, against the
 //! provider double, with a private HOME, config and transcript directory.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -19,13 +18,12 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::process::Child;
 
-use super::provider::FakeProvider;
-
-pub const API_KEY: &str = "sk-test-bg-agents-0123456789";
+use crate::process::{API_KEY, isolated};
+use crate::provider::FakeProvider;
 
 /// The server binary under test.
 pub fn server_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bg-agents"))
+    crate::process::bin("bg-agents")
 }
 
 /// A server session: the fake provider, the server process, its client.
@@ -108,17 +106,13 @@ impl<H: ClientHandler> Session<H> {
             format!("{}{extra_config}", base_config(dir.path(), server_keys)),
         )
         .expect("write config");
-        let mut cmd = tokio::process::Command::new(server_exe());
+        let mut cmd = isolated(server_exe(), dir.path());
         cmd.arg("--config")
             .arg(&config)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", dir.path())
             .env("RUST_LOG", "warn")
             .env("ANTHROPIC_BASE_URL", fake.base_url())
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
+            .stdout(Stdio::piped());
         if with_key {
             cmd.env("ANTHROPIC_API_KEY", API_KEY);
         }
@@ -382,41 +376,10 @@ impl ClientHandler for LegacyClient {
     }
 }
 
-/// Whether a process exists (and is not a zombie).
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-/// Polls `cond` until it holds or `within` passes (for things the OS does
-/// asynchronously, like a process exiting after its parent died).
-pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// How the server exited; panics if it is still running after 15 s.
 pub async fn server_exit(server: &mut Child) -> ExitStatus {
     tokio::time::timeout(Duration::from_secs(15), server.wait())
         .await
         .expect("the server did not exit within 15 s")
         .expect("wait for the server")
-}
-
-/// Whether every one of `pids` is gone within a few seconds.
-pub async fn all_gone(pids: &[u32]) -> bool {
-    eventually(Duration::from_secs(5), || pids.iter().all(|&p| !alive(p))).await
 }

@@ -11,7 +11,6 @@
 //! (retries included) is answered with `steps[n]`. A client whose every request starts the
 //! same way (Claude Code's main loop) is scripted by a tool it offers instead
 //! (`script_offering`).
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! caches: each turn reads the previous turn's prefix, cache writes and reads are
 //! reported apart and priced at their own rates, and caching can be turned off.
 
-mod common;
+use crate::common;
 
 use bg_agent_worker::protocol::{Event, exit};
 use common::{Harness, OPENAI_KEY, Step, run, tool_use};

@@ -1,7 +1,7 @@
 //! The command line a person meets: --help, --check-config, configuration errors and a
 //! missing API key.
 
-mod common;
+use crate::common;
 
 use bg_agent_worker::protocol::{ErrorKind, Event, exit};
 use common::{Harness, run};

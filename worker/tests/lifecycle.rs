@@ -1,7 +1,7 @@
 //! How a run ends other than with an answer: budgets running out, SIGTERM, and the
 //! server going away (stdin EOF).
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 

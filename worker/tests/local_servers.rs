@@ -3,14 +3,14 @@
 //! limit, and provider errors that must say what to do. The fake reproduces each quirk;
 //! one test each, so none can come back.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
 use bg_agent_worker::protocol::{ErrorKind, Event, exit};
-use common::provider::Quirks;
 use common::{FakeProvider, Harness, Step, run, tool_use};
 use serde_json::json;
+use support::provider::Quirks;
 
 /// A config with provider `local` (OpenAI-compatible, no key) at `base_url`; the model is
 /// named `local/tiny` on the command line. `extra` is appended.

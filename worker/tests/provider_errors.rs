@@ -1,11 +1,12 @@
 //! How provider failures end or retry a turn: what is retried and how often, what is
 //! fatal at once, what the run reports, and that the API key is never part of it.
 
-mod common;
+use crate::common;
 
 use bg_agent_worker::protocol::{ErrorKind, Event, exit};
-use common::{API_KEY, Harness, Step, run, status_now};
+use common::{Harness, Step, run, status_now};
 use serde_json::json;
+use support::process::API_KEY;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_overload_and_mid_stream_errors_are_retried_until_success() {

@@ -1,7 +1,7 @@
 //! The worker's Landlock sandbox, seen from outside: what the `started` event says, and
 //! the kernel refusing a read outside the workspace that path checks alone would allow.
 
-mod common;
+use crate::common;
 
 use bg_agent_worker::protocol::{Event, exit};
 use bg_agent_worker::values::SandboxMode;

@@ -1,11 +1,12 @@
 //! A run end to end against the fake provider: events in order, what the request
 //! carries, the manual run's two output formats, the OpenAI-compatible wire format.
 
-mod common;
+use crate::common;
 
 use bg_agent_worker::protocol::{Event, exit};
-use common::{API_KEY, Harness, OPENAI_KEY, Step, run, tool_use};
+use common::{Harness, OPENAI_KEY, Step, run, tool_use};
 use serde_json::json;
+use support::process::API_KEY;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_text_arrives_as_ordered_events_and_concatenates_to_the_result() {

@@ -1,7 +1,7 @@
 //! The read-only tools through the real loop: results go back to the provider, and
 //! paths that leave the workspace are refused to the model while the run goes on.
 
-mod common;
+use crate::common;
 
 use bg_agent_worker::protocol::{Event, exit};
 use common::{Harness, Step, anthropic_tool_results, run, tool_use};

@@ -3,13 +3,6 @@
 //! cleared environment; its output parsed into protocol `Event`s.
 //!
 //! Every finished run is checked for the API key: it must never appear in any output.
-#![allow(dead_code)]
-
-/// The provider double shared with the server's tests. Only this file of tests/support:
-/// the rest (`mcp.rs`) drives the server binary, which the worker's tests do not build.
-#[path = "../../../tests/support/provider.rs"]
-pub mod provider;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -21,10 +14,10 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-pub use provider::{FakeProvider, RecordedRequest, Step};
+use support::process::{API_KEY, isolated};
+pub use support::provider::{FakeProvider, RecordedRequest, Step};
 
-/// Distinctive, so that finding it anywhere in the output is unambiguous.
-pub const API_KEY: &str = "sk-ant-test-9f3c7e-never-print-me-41d2";
+/// The OpenAI-compatible provider's key; like `API_KEY`, it must never appear in output.
 pub const OPENAI_KEY: &str = "sk-openai-test-5b8e1a-never-print-me-77c0";
 /// A run that takes longer than this is hung: fail rather than block the suite.
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -74,19 +67,16 @@ impl Harness {
     /// ANTHROPIC_BASE_URL with the test key. The environment is cleared first so a
     /// developer's real key or config cannot leak in.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bg-agent-worker"));
-        let home = self.root().join("home");
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("ANTHROPIC_BASE_URL", self.fake.base_url())
+        let mut cmd = isolated(
+            env!("CARGO_BIN_EXE_bg-agent-worker"),
+            &self.root().join("home"),
+        );
+        cmd.env("ANTHROPIC_BASE_URL", self.fake.base_url())
             .env("ANTHROPIC_API_KEY", API_KEY)
             .current_dir(self.workspace())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         cmd
     }
 

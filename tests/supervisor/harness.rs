@@ -1,6 +1,5 @@
 //! Helpers for driving the supervisor directly: a `Manager` whose agents run the
 //! misbehaving `examples/test_worker`, and what /proc says about our children.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

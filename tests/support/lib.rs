@@ -1,0 +1,13 @@
+//! What the integration tests of both packages share: the provider double (the only test
+//! double), the MCP session harness around the real `bg-agents` binary, the Claude Code
+//! CLI runner, and process helpers (a cleared environment, liveness, the built binaries).
+//!
+//! Both packages take this crate as the dev-dependency `support`, so a test reads
+//! `use support::provider::Step;`. It cannot depend on either package (that would
+//! compile it twice): helpers that need the `bg-agents` or `bg-agent-worker` library stay
+//! in that package's test binary.
+
+pub mod claude;
+pub mod mcp;
+pub mod process;
+pub mod provider;

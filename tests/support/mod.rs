@@ -1,6 +1,0 @@
-//! Helpers shared by the integration tests.
-
-pub mod claude;
-pub mod mcp;
-pub mod provider;
-pub mod supervisor;

@@ -1,0 +1,23 @@
+//! The server's integration tests, one binary: each module is one area, driven through
+//! the real `bg-agents` binary (and Claude Code) against the provider double. Helpers
+//! come from the workspace crate `support` (tests/support), shared with the worker's
+//! tests.
+//!
+//! tests/supervisor.rs is a binary of its own: it drives the library's `Manager` in
+//! this process and counts this process's children and descriptors, which the servers
+//! and clients of these tests would disturb.
+
+mod claude_code;
+mod cli;
+mod fake_provider;
+mod faults;
+mod hardening;
+mod mcp;
+mod mcp_errors;
+mod mcp_processes;
+mod mcp_protocol;
+mod mcp_replies;
+mod mcp_tasks;
+mod notices;
+mod providers;
+mod stress;
