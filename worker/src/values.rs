@@ -128,6 +128,7 @@ pub fn fmt_limit(v: f64) -> String {
     }
 }
 
+/// The API a provider speaks: Anthropic Messages, or OpenAI-compatible chat completions.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
@@ -135,6 +136,7 @@ pub enum ProviderKind {
     Openai,
 }
 
+/// A model tier; `[tiers]` maps each to a provider and a model.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
@@ -165,6 +167,7 @@ impl fmt::Display for Tier {
     }
 }
 
+/// A kind of work; `[routing] task_types` maps each to a tier.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskType {
