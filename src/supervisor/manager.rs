@@ -20,14 +20,14 @@ use tokio::net::unix::pipe::Receiver;
 use tokio::sync::{mpsc, watch};
 
 use super::admission::Admission;
+use super::outcome::{
+    EndFacts, ExitInfo, ExitReason, Outcome, ServerCause, Status, classify, describe_end,
+};
 use super::output::{
     OutputBuffer, OutputError, ReadRequest, StderrTail, Transcript, compile_filter,
 };
 use super::process::{self, SpawnError, Spawner};
-use super::registry::{
-    AgentRecord, AgentState, Control, EndFacts, ExitInfo, Registry, ServerCause, Status, Usage,
-    classify, describe_end,
-};
+use super::registry::{AgentRecord, AgentState, Control, Registry, Usage};
 use super::view::{LimitsView, ListRow, SpawnView, StatusView};
 
 /// Longest event line kept from a worker; the rest of such a line is counted as dropped.
@@ -291,8 +291,7 @@ impl Manager {
     pub fn live_agents(&self) -> Vec<LiveAgent> {
         let reg = self.inner.lock();
         let mut live: Vec<&AgentRecord> = reg
-            .agents
-            .values()
+            .records()
             .filter(|r| !r.status().is_terminal())
             .collect();
         live.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
@@ -351,15 +350,12 @@ impl Manager {
             // FIFO per provider: nobody overtakes a queued agent of the same provider.
             let provider = &resolution.route.provider;
             let mut admission = inner.admission();
-            let start_now = reg.running < server.max_concurrent
+            let start_now = reg.running() < server.max_concurrent
                 && admission.blocked(provider, Instant::now()).is_none()
-                && !reg
-                    .queue
-                    .iter()
-                    .any(|q| reg.agents.get(q).is_some_and(|r| &r.provider == provider));
-            if !start_now && reg.queue.len() >= server.max_queued {
+                && !reg.queues_provider(provider);
+            if !start_now && reg.queued() >= server.max_queued {
                 return Err(ManagerError::QueueFull {
-                    queued: reg.queue.len(),
+                    queued: reg.queued(),
                     max: server.max_queued,
                 });
             }
@@ -434,12 +430,9 @@ impl Manager {
                 output_seq: watch::channel(0).0,
                 control: None,
             };
-            reg.agents.insert(id.clone(), record);
+            reg.insert(record, start_now);
             if start_now {
-                reg.running += 1;
                 admission.take(&id, &view.provider);
-            } else {
-                reg.queue.push_back(id.clone());
             }
             (id, view, start_now)
         };
@@ -459,9 +452,8 @@ impl Manager {
             // Nothing may change on an error: forget the record and its transcript.
             let removed = {
                 let mut reg = inner.lock();
-                reg.running -= 1;
                 inner.admission().give_back(&id);
-                reg.agents.remove(&id)
+                reg.remove(&id)
             };
             if let Some(path) = removed.and_then(|r| r.transcript.map(|t| t.path().to_path_buf())) {
                 let _ = std::fs::remove_file(path);
@@ -582,14 +574,13 @@ impl Manager {
     pub fn list(&self, status: Option<Status>, role: Option<&str>) -> ListView {
         let reg = self.inner.lock();
         let mut recs: Vec<&AgentRecord> = reg
-            .agents
-            .values()
+            .records()
             .filter(|r| status.is_none_or(|s| r.status() == s))
             .filter(|r| role.is_none_or(|x| r.role == x))
             .collect();
         recs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         let mut counts = HashMap::new();
-        for r in reg.agents.values() {
+        for r in reg.records() {
             *counts.entry(r.status().as_str().to_string()).or_insert(0) += 1;
         }
         ListView {
@@ -680,13 +671,13 @@ impl Manager {
         let mut rx = inner.changed.subscribe();
         let pids: Vec<u32> = {
             let mut reg = inner.lock();
-            let queued: Vec<String> = reg.queue.iter().cloned().collect();
+            let queued: Vec<String> = reg.queued_ids();
             for id in &queued {
                 inner.cancel_queued(&mut reg, id);
             }
             report.cancelled = queued.len();
             let mut pids = Vec::new();
-            for rec in reg.agents.values() {
+            for rec in reg.records() {
                 match &rec.state {
                     AgentState::Running { pid, .. } => {
                         report.killed += 1;
@@ -704,7 +695,7 @@ impl Manager {
         inner.bump();
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(grace) + Duration::from_secs(5);
-        while inner.lock().running > 0 {
+        while inner.lock().running() > 0 {
             tokio::select! {
                 r = rx.changed() => if r.is_err() { break },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -735,8 +726,7 @@ impl Manager {
     pub fn marks(&self) -> Vec<(String, AgentMark)> {
         self.inner
             .lock()
-            .agents
-            .values()
+            .records()
             .map(|r| {
                 let mark = AgentMark {
                     status: r.status(),
@@ -752,7 +742,7 @@ impl Drop for Manager {
     /// A last guard: no worker outlives its manager, even without `shutdown`.
     fn drop(&mut self) {
         if let Ok(reg) = self.inner.registry.lock() {
-            for rec in reg.agents.values() {
+            for rec in reg.records() {
                 if let AgentState::Running { pid, .. } = rec.state {
                     process::signal_group(pid, Signal::SIGKILL);
                 }
@@ -780,7 +770,7 @@ impl Inner {
     }
 
     fn get<'r>(&self, reg: &'r Registry, id: &str) -> Result<&'r AgentRecord, ManagerError> {
-        reg.agents.get(id).ok_or_else(|| {
+        reg.get(id).ok_or_else(|| {
             let near = reg.nearest_ids(id, 3);
             ManagerError::UnknownAgent {
                 id: id.to_string(),
@@ -797,19 +787,8 @@ impl Inner {
     }
 
     fn cancel_queued(&self, reg: &mut Registry, id: &str) {
-        reg.queue.retain(|q| q != id);
-        if let Some(rec) = reg.agents.get_mut(id)
-            && rec
-                .state
-                .end(
-                    Status::Killed,
-                    ExitInfo {
-                        reason: "cancelled".into(),
-                        ..Default::default()
-                    },
-                )
-                .is_ok()
-        {
+        let cancelled = ExitInfo::without_process(ExitReason::Cancelled);
+        if let Some(rec) = reg.end_queued(id, Outcome::Killed, cancelled) {
             rec.error = Some("cancelled before it started".into());
             if let Some(t) = rec.transcript.as_mut() {
                 t.close();
@@ -824,12 +803,7 @@ impl Inner {
     /// Creates and attaches `id`'s transcript unless it has one (a queued agent's was
     /// made at spawn). The file system call runs on a blocking thread.
     async fn attach_transcript(self: &Arc<Self>, id: &str) -> Result<(), ManagerError> {
-        if self
-            .lock()
-            .agents
-            .get(id)
-            .is_none_or(|r| r.transcript.is_some())
-        {
+        if self.lock().get(id).is_none_or(|r| r.transcript.is_some()) {
             return Ok(());
         }
         let inner = Arc::clone(self);
@@ -842,7 +816,7 @@ impl Inner {
                     source: std::io::Error::other(e.to_string()),
                 })
             })??;
-        if let Some(rec) = self.lock().agents.get_mut(id) {
+        if let Some(rec) = self.lock().get_mut(id) {
             rec.transcript = Some(made);
         }
         Ok(())
@@ -881,12 +855,12 @@ impl Inner {
     async fn start(self: &Arc<Self>, id: &str, exe: &Path) -> Result<(), ManagerError> {
         let spec = {
             let reg = self.lock();
-            match reg.agents.get(id).map(|r| &r.state) {
+            match reg.get(id).map(|r| &r.state) {
                 Some(AgentState::Queued { spec }) => spec.clone(),
                 _ => {
                     // Cancelled between dequeue and start: give the slot back.
                     drop(reg);
-                    self.lock().running -= 1;
+                    self.lock().release_slot(id);
                     self.admission().give_back(id);
                     self.start_next();
                     return Ok(());
@@ -918,7 +892,7 @@ impl Inner {
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let still_wanted = {
             let mut reg = self.lock();
-            match reg.agents.get_mut(id) {
+            match reg.get_mut(id) {
                 Some(rec) => {
                     let ok = rec.state.start(pid).is_ok();
                     if ok {
@@ -955,26 +929,19 @@ impl Inner {
             let mut reg = self.lock();
             let mut admission = self.admission();
             let mut ids = Vec::new();
-            let mut i = 0;
-            while reg.running < self.config.server.max_concurrent
+            while reg.running() < self.config.server.max_concurrent
                 && !self.shutting_down.load(Ordering::SeqCst)
-                && i < reg.queue.len()
             {
-                let id = reg.queue[i].clone();
-                let Some(provider) = reg.agents.get(&id).map(|r| r.provider.clone()) else {
-                    reg.queue.remove(i);
-                    continue;
+                let admits = |r: &AgentRecord| admission.blocked(&r.provider, now).is_none();
+                let Some(id) = reg.admit_next(admits) else {
+                    break;
                 };
-                if admission.blocked(&provider, now).is_some() {
-                    i += 1;
-                    continue;
+                if let Some(rec) = reg.get(&id) {
+                    admission.take(&id, &rec.provider);
                 }
-                reg.queue.remove(i);
-                reg.running += 1;
-                admission.take(&id, &provider);
                 ids.push(id);
             }
-            let waiting = !reg.queue.is_empty();
+            let waiting = reg.queued() > 0;
             (ids, admission.next_release(now).filter(|_| waiting))
         };
         if let Some(at) = release {
@@ -1002,8 +969,8 @@ impl Inner {
     fn requeue(self: &Arc<Self>, id: &str, e: &ManagerError) {
         let transcript = {
             let mut reg = self.lock();
-            reg.running -= 1;
-            let Some(rec) = reg.agents.get_mut(id) else {
+            reg.release_slot(id);
+            let Some(rec) = reg.get_mut(id) else {
                 return;
             };
             if !matches!(rec.state, AgentState::Queued { .. }) {
@@ -1013,7 +980,7 @@ impl Inner {
                 "file descriptors: the server is at its open-file limit ({e}); the agent starts when others end and free some"
             ));
             let transcript = rec.transcript.take();
-            reg.queue.push_front(id.to_string());
+            reg.requeue_front(id);
             transcript
         };
         // Made again (new) at the next start.
@@ -1064,29 +1031,19 @@ impl Inner {
         }
         format!(
             "{} agents are running ([server] max_concurrent = {}); {} queued",
-            reg.running,
+            reg.running(),
             self.config.server.max_concurrent,
-            reg.queue.len()
+            reg.queued()
         )
     }
 
     fn fail_start(self: &Arc<Self>, id: &str, message: String) {
         {
             let mut reg = self.lock();
-            reg.running -= 1;
+            reg.release_slot(id);
             self.admission().give_back(id);
-            if let Some(rec) = reg.agents.get_mut(id)
-                && rec
-                    .state
-                    .end(
-                        Status::Failed,
-                        ExitInfo {
-                            reason: "spawn_failed".into(),
-                            ..Default::default()
-                        },
-                    )
-                    .is_ok()
-            {
+            let spawn_failed = ExitInfo::without_process(ExitReason::SpawnFailed);
+            if let Some(rec) = reg.end_queued(id, Outcome::Failed, spawn_failed) {
                 rec.error = Some(format!("could not start: {message}"));
                 if let Some(t) = rec.transcript.as_mut() {
                     t.close();
@@ -1141,7 +1098,7 @@ impl Inner {
         let mut cause: Option<ServerCause> = None;
         let mut kill_at: Option<tokio::time::Instant> = None;
         if let Some(e) = transcript_failed {
-            if let Some(rec) = self.lock().agents.get_mut(&id) {
+            if let Some(rec) = self.lock().get_mut(&id) {
                 rec.error = Some(e.to_string());
             }
             cause = Some(ServerCause::NoTranscript);
@@ -1209,10 +1166,10 @@ impl Inner {
     ) {
         let evicted = {
             let mut reg = self.lock();
-            reg.running -= 1;
+            reg.release_slot(id);
             self.admission().give_back(id);
             let retain = self.config.server.retained_agents;
-            match reg.agents.get_mut(id) {
+            match reg.get_mut(id) {
                 Some(rec) if !rec.status().is_terminal() => {
                     let facts = EndFacts {
                         code,
@@ -1224,12 +1181,12 @@ impl Inner {
                         error_kind: rec.error_kind,
                         stderr_tail: rec.stderr.text(),
                     };
-                    let (status, exit) = classify(&facts);
-                    rec.error = describe_end(status, &exit, &rec.limits, rec.error.as_deref());
+                    let (outcome, exit) = classify(&facts);
+                    rec.error = describe_end(outcome, &exit, &rec.limits, rec.error.as_deref());
                     if cause == Some(ServerCause::SessionBudget) {
                         rec.error = self.session().exhausted.clone();
                     }
-                    let _ = rec.state.end(status, exit);
+                    let _ = rec.state.end(outcome, exit);
                     rec.control = None;
                     if let Some(t) = rec.transcript.as_mut() {
                         t.close();
@@ -1294,7 +1251,7 @@ impl Inner {
     fn apply_lines(&self, id: &str, lines: &[Vec<u8>], bytes: u64, dropped: u64) -> bool {
         let mut reg = self.lock();
         let mut session_spent = false;
-        let Some(rec) = reg.agents.get_mut(id) else {
+        let Some(rec) = reg.get_mut(id) else {
             return false;
         };
         if rec.first_event_at.is_none() && bytes > 0 {
@@ -1431,16 +1388,16 @@ impl Inner {
     /// The session's budget is spent: stops every running agent (as budget_exceeded) and
     /// cancels the queued ones.
     fn stop_session(&self, reg: &mut Registry) {
-        for rec in reg.agents.values() {
+        for rec in reg.records() {
             if let Some(c) = &rec.control {
                 let _ = c.send(Control::SessionBudget);
             }
         }
         let why = self.session().exhausted.clone();
-        let queued: Vec<String> = reg.queue.iter().cloned().collect();
+        let queued: Vec<String> = reg.queued_ids();
         for id in queued {
             self.cancel_queued(reg, &id);
-            if let Some(rec) = reg.agents.get_mut(&id) {
+            if let Some(rec) = reg.get_mut(&id) {
                 rec.error.clone_from(&why);
             }
         }
@@ -1454,7 +1411,7 @@ impl Inner {
                 Ok(n) => n,
             };
             let mut reg = self.lock();
-            if let Some(rec) = reg.agents.get_mut(&id) {
+            if let Some(rec) = reg.get_mut(&id) {
                 rec.stderr.push(&buf[..n]);
             }
         }

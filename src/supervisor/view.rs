@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use bg_agent_worker::protocol::STOP_MAX_TOKENS;
 
-use super::registry::{AgentRecord, AgentState, Status};
+use super::outcome::Status;
+use super::registry::{AgentRecord, AgentState};
 
 /// Limits as callers see them (also what agent_spawn reports as effective).
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -213,7 +214,7 @@ impl StatusView {
             AgentState::Ended { exit, .. } => Some(ExitView {
                 code: exit.code,
                 signal: exit.signal.clone(),
-                reason: exit.reason.clone(),
+                reason: exit.reason.as_str().to_string(),
             }),
             _ => None,
         };

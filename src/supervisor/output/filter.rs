@@ -66,5 +66,4 @@ mod tests {
         assert!(matches!(huge, OutputError::FilterTooLarge { .. }), "{huge}");
         assert!(huge.to_string().contains("1048576"), "{huge}");
     }
-
 }

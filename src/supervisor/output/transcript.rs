@@ -267,5 +267,4 @@ mod tests {
         assert_eq!(transcript.written_bytes(), 0);
         assert_eq!(transcript.dropped_bytes(), 10_001 + 6);
     }
-
 }
