@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bg_agent_worker::config::{Config, ConfigSource};
-use bg_agent_worker::resolve::SpawnRequest;
+use bg_agent_worker::resolve::{SpawnRequest, resolve};
 use bg_agents::supervisor::Manager;
 use bg_agents::supervisor::output::{OutputBuffer, ReadRequest, compile_filter};
 use futures_util::future::join_all;
@@ -91,14 +91,16 @@ fn config_text(dir: &Path, extra: &str) -> String {
 fn worker_peak_rss(fake_url: &str, dir: &Path) -> u64 {
     let spec = {
         let cfg = Config::builtin().expect("config");
-        let mut r = cfg
-            .resolve(&SpawnRequest {
+        let mut r = resolve(
+            &cfg,
+            &SpawnRequest {
                 task: "peak rss".into(),
                 cwd: Some(dir.to_path_buf()),
                 ..Default::default()
-            })
-            .expect("resolve")
-            .spec;
+            },
+        )
+        .expect("resolve")
+        .spec;
         r.provider.base_url = fake_url.to_string();
         serde_json::to_string(&r).expect("spec")
     };

@@ -13,10 +13,11 @@ mod provider;
 use std::sync::Mutex;
 
 use bg_agent_worker::agent::{self, Emit};
-use bg_agent_worker::config::{Config, Tier, TokenCounts};
+use bg_agent_worker::config::Config;
 use bg_agent_worker::protocol::Event;
 use bg_agent_worker::provider::Client;
-use bg_agent_worker::resolve::SpawnRequest;
+use bg_agent_worker::resolve::{SpawnRequest, resolve};
+use bg_agent_worker::values::{Tier, TokenCounts};
 use provider::{FakeProvider, Step};
 use serde_json::json;
 
@@ -67,7 +68,7 @@ async fn read_loop(fake: &FakeProvider, dir: &std::path::Path, caching: bool) ->
         cwd: Some(dir.to_path_buf()),
         ..Default::default()
     };
-    let mut spec = config.resolve(&request).expect("resolve").spec;
+    let mut spec = resolve(&config, &request).expect("resolve").spec;
     spec.provider.base_url = fake.base_url();
     spec.provider.base_url_env = None;
     spec.provider.prompt_caching = caching;

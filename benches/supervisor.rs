@@ -14,8 +14,9 @@ mod test_worker;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bg_agent_worker::config::{Config, ConfigSource, LimitsOverride};
+use bg_agent_worker::config::{Config, ConfigSource};
 use bg_agent_worker::resolve::SpawnRequest;
+use bg_agent_worker::values::LimitsOverride;
 use bg_agents::supervisor::manager::OutputQuery;
 use bg_agents::supervisor::output::{OutputBuffer, ReadRequest, compile_filter};
 use bg_agents::supervisor::{Manager, Status};

@@ -16,6 +16,7 @@
 //! | `flood`       | write text events to stdout as fast as possible, forever          |
 //! | `exit3`       | an `error` event of kind budget_exceeded; exit 3                  |
 //! | `exit-stdin`  | sleep until stdin reaches EOF, then exit 143, like the real worker |
+//! | `answer N`    | a result of N bytes (lines of 99 `a` and a '\n'); exit 0           |
 
 use std::io::{BufRead, Read, Write};
 use std::time::Duration;
@@ -102,6 +103,17 @@ pub fn main() {
             let _ = std::io::stdin().lock().read_to_end(&mut Vec::new());
             eprintln!("test_worker: stdin closed, the server is gone; exiting");
             std::process::exit(exit::INTERRUPTED_TERM)
+        }
+        other if other.starts_with("answer ") => {
+            let n: usize = other["answer ".len()..]
+                .parse()
+                .expect("answer N: a byte count");
+            let text: String = ("a".repeat(99) + "\n").chars().cycle().take(n).collect();
+            emit(&Event::Result {
+                text,
+                stop_reason: "end_turn".into(),
+                turns: 1,
+            });
         }
         other => {
             eprintln!("test_worker: unknown mode `{other}`");

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use bg_agent_worker::config::LimitsOverride;
+use bg_agent_worker::values::LimitsOverride;
 use bg_agents::supervisor::manager::{ManagerError, OutputQuery};
 use bg_agents::supervisor::process::SpawnError;
 use bg_agents::supervisor::view::StatusView;
@@ -428,6 +428,116 @@ async fn stdout_flood_ends_output_limit_within_every_cap() {
         "{out:?}"
     );
     assert!(out.stdout_bytes > 1024 * 1024, "{out:?}");
+}
+
+/// The readable output of `id`: all of it, and its last three lines.
+fn readable(h: &Harness, id: &str) -> (String, String) {
+    let all = h
+        .manager
+        .output(id, &query(None, None, usize::MAX))
+        .unwrap();
+    let tail = OutputQuery {
+        tail_lines: Some(3),
+        ..query(None, None, usize::MAX)
+    };
+    (all.text, h.manager.output(id, &tail).unwrap().text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_a_mib_is_kept_whole() {
+    let _procs = shared().await;
+    let h = Harness::new("");
+    let st = run_to_end(&h, "answer 1100000", limits()).await;
+    assert_eq!(st.status, Status::Completed, "{:?}", st.error);
+    assert_eq!(st.error, None);
+    let result = st.result.as_deref().unwrap();
+    assert_eq!(result.len(), 1_100_000);
+    assert!(result.lines().all(|l| l == "a".repeat(99)));
+    assert_eq!(st.output.transcript_dropped_bytes, 0, "{:?}", st.output);
+    let (all, tail) = readable(&h, &st.agent_id);
+    assert!(!all.contains("\"type\""), "raw JSON in the readable output");
+    assert!(tail.len() < 1024, "{} bytes in the last lines", tail.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_line_over_the_transcript_cap_ends_output_limit_and_says_so() {
+    let _procs = shared().await;
+    let h = Harness::new("transcript_max_mb = 1");
+    let st = run_to_end(&h, "answer 1500000", limits()).await;
+    assert_eq!(st.status, Status::OutputLimit, "{st:?}");
+    assert_eq!(exit_of(&st).2, "output_limit");
+    let error = st.error.as_deref().unwrap();
+    assert!(
+        error.contains("event line longer than 1048576 bytes"),
+        "{error}"
+    );
+    assert_eq!(st.result, None);
+    assert!(
+        st.output.transcript_dropped_bytes > 1024 * 1024,
+        "{:?}",
+        st.output
+    );
+    let (all, tail) = readable(&h, &st.agent_id);
+    assert!(!all.contains("\"type\""), "raw JSON in the readable output");
+    assert!(
+        all.contains("event line longer than 1048576 bytes was dropped"),
+        "{all}"
+    );
+    assert!(tail.len() < 1024, "{} bytes in the last lines", tail.len());
+}
+
+/// A 64 KiB tmpfs mounted on a fresh temp dir, unmounted when dropped.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// None (said loudly) where mounting is refused (not root, no CAP_SYS_ADMIN).
+    fn mount() -> Option<SmallFs> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallFs { dir }),
+            other => {
+                eprintln!(
+                    "SKIPPED: cannot mount a small tmpfs to fill ({other:?}); run as root to test a full disk"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_the_transcript_tail_not_the_agent() {
+    let _procs = shared().await;
+    let Some(fs) = SmallFs::mount() else {
+        return;
+    };
+    let h = Harness::with_transcript_dir(&fs.dir.path().join("transcripts"), "");
+    let st = run_to_end(&h, "answer 200000", limits()).await;
+    assert_eq!(st.status, Status::Completed, "{st:?}");
+    assert_eq!(st.error, None);
+    assert_eq!(st.result.as_deref().map(str::len), Some(200_000));
+    let out = &st.output;
+    assert!(
+        out.transcript_dropped_bytes >= 200_000 - 64 * 1024,
+        "{out:?}"
+    );
+    let error = out.transcript_error.as_deref().unwrap_or_default();
+    assert!(error.contains("No space left on device"), "{out:?}");
+    drop(h);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

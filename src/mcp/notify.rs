@@ -102,15 +102,22 @@ pub fn attach(board: &NoticeBoard, reply: &mut CallToolResult) {
     if let Some(v) = &reply.structured_content {
         board.discard(&ended_in(v));
     }
-    let notices = board.take_pending();
+    let (notices, left) = board.take_pending();
     if notices.is_empty() {
         return;
     }
-    let lines: Vec<Value> = notices.iter().map(|n| Value::String(n.line())).collect();
+    let mut lines: Vec<Value> = notices.iter().map(|n| Value::String(n.line())).collect();
+    if left > 0 {
+        lines.push(Value::String(format!(
+            "and {left} more ended: told with your next bg-agents call (agent_list shows every agent)"
+        )));
+    }
     if let Some(Value::Object(map)) = reply.structured_content.as_mut() {
         map.insert("notices".into(), Value::Array(lines));
     }
-    reply.content.push(ContentBlock::text(render(&notices)));
+    reply
+        .content
+        .push(ContentBlock::text(render(&notices, left)));
 }
 
 /// Ids of agents shown with a terminal status in a reply (`agent_id` + `status` at the

@@ -7,10 +7,12 @@
 //! breaks the build until it is handled. Enumerated inputs are `Choice`s of a
 //! schema-facing enum: the schema lists the enum's values, and a value outside them
 //! becomes a tool error that lists the valid ones (not an opaque protocol error).
+//! `limits` is the worker's `LimitsOverride` itself (its doc comments are the schema's
+//! descriptions), so a new limit key reaches the request with nothing to copy.
 
 use std::path::PathBuf;
 
-use bg_agent_worker::config::{LimitsOverride, TaskType, Tier};
+use bg_agent_worker::values::{LimitsOverride, TaskType, Tier};
 use schemars::JsonSchema;
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use serde::{Deserialize, Deserializer};
@@ -144,34 +146,9 @@ pub struct SpawnParams {
     pub cwd: Option<String>,
     /// Per-agent limits; each unset key comes from the role, then limits.toml
     /// `[defaults]`. Values above limits.toml `[max]` are refused, never clamped.
-    pub limits: Option<LimitsParams>,
+    pub limits: Option<LimitsOverride>,
     /// Short free-form label shown in agent_list (e.g. "auth-explore"), at most 64 chars.
     pub label: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsParams {
-    /// CPU seconds (kernel RLIMIT_CPU).
-    pub cpu_seconds: Option<u64>,
-    /// Address space in MiB (kernel RLIMIT_AS).
-    pub memory_mb: Option<u64>,
-    /// Wall-clock seconds before the agent is stopped as `timed_out`.
-    pub timeout_seconds: Option<u64>,
-    /// Bytes of readable output kept in memory (older output stays in the transcript).
-    pub max_output_bytes: Option<u64>,
-    /// Model turns (requests).
-    pub max_turns: Option<u32>,
-    /// Output tokens per model response.
-    pub max_tokens: Option<u32>,
-    /// Input + output tokens over the whole run.
-    pub max_total_tokens: Option<u64>,
-    /// USD the run may spend (needs a priced model).
-    pub budget_usd: Option<f64>,
-    /// Open file descriptors (RLIMIT_NOFILE).
-    pub open_files: Option<u64>,
-    /// Largest file the worker may write, in MiB (RLIMIT_FSIZE).
-    pub max_file_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -266,38 +243,9 @@ impl SpawnParams {
             tier: parse_opt(tier, "tier")?.map(Tier::from),
             model,
             cwd: cwd.map(PathBuf::from),
-            limits: limits.map(LimitsOverride::from).unwrap_or_default(),
+            limits: limits.unwrap_or_default(),
             label,
         })
-    }
-}
-
-impl From<LimitsParams> for LimitsOverride {
-    fn from(l: LimitsParams) -> LimitsOverride {
-        let LimitsParams {
-            cpu_seconds,
-            memory_mb,
-            timeout_seconds,
-            max_output_bytes,
-            max_turns,
-            max_tokens,
-            max_total_tokens,
-            budget_usd,
-            open_files,
-            max_file_mb,
-        } = l;
-        LimitsOverride {
-            cpu_seconds,
-            memory_mb,
-            open_files,
-            max_file_mb,
-            timeout_seconds,
-            max_output_bytes,
-            max_turns,
-            max_tokens,
-            max_total_tokens,
-            budget_usd,
-        }
     }
 }
 

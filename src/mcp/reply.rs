@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bg_agent_worker::config::{Config, Limits};
+use bg_agent_worker::config::Config;
+use bg_agent_worker::values::{Limits, LimitsOverride};
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -119,53 +120,15 @@ pub fn compact_len<T: Serialize>(v: &T) -> usize {
     serde_json::to_string(v).map_or(0, |s| s.chars().count())
 }
 
-/// Limits of an agent; in replies only the keys that differ from the configured
-/// `[defaults]`, all of them with `verbose`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
-pub struct LimitsShown {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_seconds: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_mb: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub open_files: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_file_mb: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_seconds: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_output_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_turns: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_total_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub budget_usd: Option<f64>,
-}
-
-impl LimitsShown {
-    /// Every key of `l` (`all`), or only those that differ from `defaults`; None when
-    /// nothing is left to show.
-    fn of(l: &crate::supervisor::view::LimitsView, defaults: &Limits, all: bool) -> Option<Self> {
-        fn pick<T: PartialEq + Copy>(v: T, d: T, all: bool) -> Option<T> {
-            (all || v != d).then_some(v)
-        }
-        let shown = LimitsShown {
-            cpu_seconds: pick(l.cpu_seconds, defaults.cpu_seconds, all),
-            memory_mb: pick(l.memory_mb, defaults.memory_mb, all),
-            open_files: pick(l.open_files, defaults.open_files, all),
-            max_file_mb: pick(l.max_file_mb, defaults.max_file_mb, all),
-            timeout_seconds: pick(l.timeout_seconds, defaults.timeout_seconds, all),
-            max_output_bytes: pick(l.max_output_bytes, defaults.max_output_bytes, all),
-            max_turns: pick(l.max_turns, defaults.max_turns, all),
-            max_tokens: pick(l.max_tokens, defaults.max_tokens, all),
-            max_total_tokens: pick(l.max_total_tokens, defaults.max_total_tokens, all),
-            budget_usd: pick(l.budget_usd, defaults.budget_usd, all),
-        };
-        (shown != LimitsShown::default()).then_some(shown)
-    }
+/// Limits of an agent as replies show them: only the keys that differ from the configured
+/// `[defaults]`, all of them with `all` (verbose); None when nothing is left to show.
+fn limits_shown(l: &Limits, defaults: &Limits, all: bool) -> Option<LimitsOverride> {
+    let shown = if all {
+        l.to_override()
+    } else {
+        l.changes_from(defaults)
+    };
+    (!shown.is_empty()).then_some(shown)
 }
 
 /// What agent_spawn answers.
@@ -187,7 +150,7 @@ pub struct Spawned {
     pub label: Option<String>,
     /// Effective limits that differ from the server's defaults (absent: all defaults).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub limits: Option<LimitsShown>,
+    pub limits: Option<LimitsOverride>,
     /// How a model named in the spawn found its provider (a bare name that is no tier's
     /// model goes to the provider of the tier the other rules pick).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,7 +176,7 @@ impl Spawned {
             routed_by: v.routed_by.clone(),
             provider: (v.provider != *default_provider).then(|| v.provider.clone()),
             label: v.label.clone(),
-            limits: LimitsShown::of(&v.limits, &config.defaults, false),
+            limits: limits_shown(&v.limits, &config.defaults, false),
             routing_reason: (v.routed_by == "model").then(|| v.routing_reason.clone()),
             queued_reason: v.queued_reason.clone(),
             warnings: v.warnings.clone(),
@@ -302,6 +265,10 @@ pub struct AgentReply {
     /// Why a queued agent waits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queued_reason: Option<String>,
+    /// Why the agent's transcript file stopped being written (e.g. a full disk); the
+    /// agent ran on, but the file misses what came after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// The task (its start).
@@ -334,7 +301,7 @@ pub struct AgentReply {
     pub stderr_tail: Option<String>,
     /// Limits that differ from the defaults (all of them with `verbose`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub limits: Option<LimitsShown>,
+    pub limits: Option<LimitsOverride>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Details>,
 }
@@ -379,6 +346,13 @@ impl AgentReply {
             answer_truncated: v.answer_truncated.clone(),
             error: v.error.as_deref().map(|e| head_chars(e, ERROR_CHARS)),
             queued_reason: v.waiting_for.clone().or_else(|| v.queued_reason.clone()),
+            transcript_error: v.output.transcript_error.as_deref().map(|e| {
+                format!(
+                    "{}; {} bytes not saved",
+                    head_chars(e, ERROR_CHARS),
+                    v.output.transcript_dropped_bytes
+                )
+            }),
             label: v.label.clone(),
             task: one_line(&v.task, TASK_CHARS),
             model: v.model.clone(),
@@ -392,7 +366,7 @@ impl AgentReply {
             sandbox: v.sandbox.clone(),
             exit,
             stderr_tail: v.stderr_tail.as_deref().map(tail_chars),
-            limits: LimitsShown::of(&v.limits, &config.defaults, verbose),
+            limits: limits_shown(&v.limits, &config.defaults, verbose),
             details: verbose.then(|| Details {
                 tier: v.tier.clone(),
                 provider: v.provider.clone(),
@@ -747,12 +721,12 @@ mod tests {
     #[test]
     fn limits_show_only_what_differs() {
         let c = Config::builtin().unwrap();
-        let mut l = crate::supervisor::view::LimitsView::from(&c.defaults);
-        assert_eq!(LimitsShown::of(&l, &c.defaults, false), None);
+        let mut l = c.defaults;
+        assert_eq!(limits_shown(&l, &c.defaults, false), None);
         l.max_turns = 5;
-        let shown = LimitsShown::of(&l, &c.defaults, false).unwrap();
+        let shown = limits_shown(&l, &c.defaults, false).unwrap();
         assert_eq!(serde_json::to_string(&shown).unwrap(), r#"{"max_turns":5}"#);
-        let all = LimitsShown::of(&l, &c.defaults, true).unwrap();
+        let all = limits_shown(&l, &c.defaults, true).unwrap();
         assert_eq!(all.cpu_seconds, Some(c.defaults.cpu_seconds));
     }
 }

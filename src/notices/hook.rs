@@ -14,14 +14,14 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
 use super::{
-    LiveAgent, Notice, REMINDED_FILE, STATE_FILE, ServerState, base_dir, check_private_dir, claim,
-    live_server_dirs, notice_files, read_small, render, valid_session_id,
+    LiveAgent, MAX_NOTICES, REMINDED_FILE, STATE_FILE, ServerState, base_dir, check_private_dir,
+    claim_some, live_server_dirs, notice_files, read_small, render, valid_session_id,
 };
 
 /// The hook events this binary answers.
@@ -93,15 +93,12 @@ pub fn answer(event: Event, input: &str, base: &Path) -> Result<Option<Value>, S
     let servers = live_server_dirs(&session_dir);
     Ok(match event {
         Event::PostToolUse | Event::UserPromptSubmit => {
-            let notices: Vec<Notice> = servers
-                .iter()
-                .flat_map(|d| notice_files(d))
-                .filter_map(|p| claim(&p))
-                .collect();
+            let files: Vec<PathBuf> = servers.iter().flat_map(|d| notice_files(d)).collect();
+            let (notices, left) = claim_some(&files, MAX_NOTICES);
             (!notices.is_empty()).then(|| {
                 json!({"hookSpecificOutput": {
                     "hookEventName": event.hook_event_name(),
-                    "additionalContext": render(&notices),
+                    "additionalContext": render(&notices, left),
                 }})
             })
         }
@@ -121,7 +118,7 @@ pub fn answer(event: Event, input: &str, base: &Path) -> Result<Option<Value>, S
 fn stop(servers: &[impl AsRef<Path>]) -> Option<String> {
     let mut running: Vec<LiveAgent> = Vec::new();
     let mut fresh = false;
-    let mut notices: Vec<Notice> = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
     for dir in servers {
         let dir = dir.as_ref();
         let Some(state) = read_small(&dir.join(STATE_FILE))
@@ -152,8 +149,9 @@ fn stop(servers: &[impl AsRef<Path>]) -> Option<String> {
             }
         }
         running.extend(state.agents);
-        notices.extend(notice_files(dir).iter().filter_map(|p| claim(p)));
+        files.extend(notice_files(dir));
     }
+    let (notices, left) = claim_some(&files, MAX_NOTICES);
     if !fresh && notices.is_empty() {
         return None;
     }
@@ -161,14 +159,25 @@ fn stop(servers: &[impl AsRef<Path>]) -> Option<String> {
     if running.is_empty() {
         reason.push_str("background agents of this session ended and you were not told yet.\n");
     } else {
-        let names: Vec<String> = running
+        let mut names: Vec<String> = running
             .iter()
+            .take(MAX_NOTICES)
             .map(|a| match &a.label {
                 Some(l) => format!("{} ({l}, {})", a.agent_id, a.status),
                 None => format!("{} ({})", a.agent_id, a.status),
             })
             .collect();
-        let ids: Vec<&str> = running.iter().map(|a| a.agent_id.as_str()).collect();
+        if running.len() > MAX_NOTICES {
+            names.push(format!(
+                "and {} more (agent_list {{\"status\": \"running\"}})",
+                running.len() - MAX_NOTICES
+            ));
+        }
+        let ids: Vec<&str> = running
+            .iter()
+            .take(MAX_NOTICES)
+            .map(|a| a.agent_id.as_str())
+            .collect();
         reason.push_str(&format!(
             "{} background agent{} of this session {} not done: {}. Collect the results with \
              agent_wait {} (it blocks up to 50 s; call again to keep waiting), or stop them \
@@ -182,7 +191,7 @@ fn stop(servers: &[impl AsRef<Path>]) -> Option<String> {
         ));
     }
     if !notices.is_empty() {
-        reason.push_str(&render(&notices));
+        reason.push_str(&render(&notices, left));
     }
     Some(reason.trim_end().to_string())
 }

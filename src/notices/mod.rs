@@ -42,6 +42,9 @@ const LABEL_CHARS: usize = 60;
 const STATE_FILE: &str = "state.json";
 const REMINDED_FILE: &str = "reminded";
 const NOTICE_PREFIX: &str = "n-";
+/// Most notices delivered at once (a hook's context or one tool reply); the rest stay
+/// pending for the next delivery, so a burst of ends never floods the model.
+pub const MAX_NOTICES: usize = 20;
 
 /// One agent's end, as the model is told about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,8 +94,8 @@ pub fn read_more(notices: &[Notice]) -> String {
     format!("Read the whole result with agent_status {{\"agent_id\": \"{id}\"}}.")
 }
 
-/// The notices as one block of text for the model.
-pub fn render(notices: &[Notice]) -> String {
+/// The notices as one block of text for the model; `left` more are still pending.
+pub fn render(notices: &[Notice], left: usize) -> String {
     let n = notices.len();
     let mut s = format!(
         "bg-agents: {n} background agent{} ended:\n",
@@ -103,8 +106,29 @@ pub fn render(notices: &[Notice]) -> String {
         s.push_str(&notice.line());
         s.push('\n');
     }
+    if left > 0 {
+        s.push_str(&format!(
+            "- and {left} more: told with your next tool call, or see them all now with agent_list {{\"status\": \"completed\"}} (or another status)\n"
+        ));
+    }
     s.push_str(&read_more(notices));
     s
+}
+
+/// Claims up to `max` of the notice files `paths` (oldest first); returns the notices and
+/// how many files are left pending.
+pub fn claim_some(paths: &[PathBuf], max: usize) -> (Vec<Notice>, usize) {
+    let mut notices = Vec::new();
+    let mut rest = paths.iter();
+    for p in rest.by_ref() {
+        if let Some(n) = claim(p) {
+            notices.push(n);
+            if notices.len() == max {
+                break;
+            }
+        }
+    }
+    (notices, rest.len())
 }
 
 /// What a server publishes for the `Stop` hook.
@@ -311,12 +335,10 @@ impl NoticeBoard {
         write_atomic(&self.dir, &name, &body)
     }
 
-    /// Claims every notice of this server not yet delivered, oldest first.
-    pub fn take_pending(&self) -> Vec<Notice> {
-        notice_files(&self.dir)
-            .iter()
-            .filter_map(|p| claim(p))
-            .collect()
+    /// Claims up to `MAX_NOTICES` notices of this server not yet delivered, oldest
+    /// first; also returns how many are left pending.
+    pub fn take_pending(&self) -> (Vec<Notice>, usize) {
+        claim_some(&notice_files(&self.dir), MAX_NOTICES)
     }
 
     /// Claims and drops the notices of `agent_ids` (the model has just seen their end).

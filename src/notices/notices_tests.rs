@@ -102,7 +102,7 @@ fn a_notice_is_claimed_once_whoever_asks_first() {
     assert!(text.contains("agent_status"), "{text}");
     assert_eq!(hook(Event::PostToolUse, tmp.path(), input), None);
     assert!(
-        b.take_pending().is_empty(),
+        b.take_pending().0.is_empty(),
         "the server must not deliver them again"
     );
 }
@@ -112,7 +112,7 @@ fn the_server_claims_what_no_hook_took() {
     let tmp = tempfile::tempdir().unwrap();
     let b = board(tmp.path(), SESSION);
     b.post(&done("a-1", "x")).unwrap();
-    assert_eq!(b.take_pending(), vec![done("a-1", "x")]);
+    assert_eq!(b.take_pending(), (vec![done("a-1", "x")], 0));
     let input = json!({"session_id": SESSION});
     assert_eq!(hook(Event::UserPromptSubmit, tmp.path(), input), None);
 }
@@ -124,7 +124,7 @@ fn discarded_notices_are_never_delivered() {
     b.post(&done("a-1", "x")).unwrap();
     b.post(&done("a-2", "y")).unwrap();
     b.discard(&HashSet::from(["a-1"]));
-    let left: Vec<String> = b.take_pending().into_iter().map(|n| n.agent_id).collect();
+    let left: Vec<String> = b.take_pending().0.into_iter().map(|n| n.agent_id).collect();
     assert_eq!(left, ["a-2"]);
 }
 
@@ -150,7 +150,7 @@ fn another_sessions_notices_never_appear() {
         text.contains("a-mine") && !text.contains("a-theirs"),
         "{text}"
     );
-    assert_eq!(theirs.take_pending().len(), 1);
+    assert_eq!(theirs.take_pending().0.len(), 1);
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn stop_delivers_unreported_ends() {
         reason.contains("a-9 (auth flow) completed: the answer"),
         "{reason}"
     );
-    assert!(b.take_pending().is_empty());
+    assert!(b.take_pending().0.is_empty());
     assert_eq!(hook(Event::Stop, tmp.path(), input), None);
 }
 
@@ -237,7 +237,7 @@ fn stop_hook_off_never_holds_the_turn() {
     let input = json!({"session_id": SESSION, "stop_hook_active": false});
     assert_eq!(hook(Event::Stop, tmp.path(), input), None);
     assert_eq!(
-        b.take_pending().len(),
+        b.take_pending().0.len(),
         1,
         "off leaves notices to the other ways"
     );
@@ -283,4 +283,24 @@ fn previews_are_one_short_line() {
         Notice::new("a-1", None, "killed", None).line(),
         "a-1 killed"
     );
+}
+
+#[test]
+fn a_burst_of_ends_is_told_at_most_max_notices_at_a_time_and_nothing_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = board(tmp.path(), SESSION);
+    let n = MAX_NOTICES + 5;
+    for i in 0..n {
+        b.post(&done(&format!("a-{i:03}"), "x")).unwrap();
+    }
+    let input = json!({"session_id": SESSION});
+    let out = hook(Event::PostToolUse, tmp.path(), input.clone()).expect("notices");
+    let text = context_of(&out);
+    assert_eq!(text.matches(" completed: ").count(), MAX_NOTICES, "{text}");
+    assert!(text.contains("and 5 more"), "{text}");
+    let out = hook(Event::PostToolUse, tmp.path(), input.clone()).expect("the rest");
+    let text = context_of(&out);
+    assert_eq!(text.matches(" completed: ").count(), 5, "{text}");
+    assert!(!text.contains("more:"), "{text}");
+    assert_eq!(hook(Event::PostToolUse, tmp.path(), input), None);
 }

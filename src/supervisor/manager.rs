@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bg_agent_worker::config::Config;
 use bg_agent_worker::protocol::Event;
-use bg_agent_worker::resolve::{Resolution, ResolveError, SpawnRequest, missing_key};
+use bg_agent_worker::resolve::{Resolution, ResolveError, SpawnRequest, missing_key, resolve};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,10 +28,13 @@ use super::output::{
 };
 use super::process::{self, SpawnError, Spawner};
 use super::registry::{AgentRecord, AgentState, Control, Registry, Usage};
-use super::view::{LimitsView, ListRow, SpawnView, StatusView};
+use super::view::{ListRow, SpawnView, StatusView};
 
-/// Longest event line kept from a worker; the rest of such a line is counted as dropped.
-const MAX_EVENT_LINE: usize = 1024 * 1024;
+/// Longest event line read from a worker, whatever the transcript cap: the server holds
+/// one such line in memory per agent. A line is also never longer than the transcript
+/// cap (it could not be kept). A longer line is dropped whole, counted, and ends the
+/// agent as `output_limit`.
+const MAX_EVENT_LINE: usize = 64 * 1024 * 1024;
 /// How long to wait for a worker's pipes to close after it was reaped.
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
 /// Characters of the task kept in records and lists.
@@ -321,7 +324,7 @@ impl Manager {
         if let Some(why) = inner.session().exhausted.clone() {
             return Err(ManagerError::SessionBudget(why));
         }
-        let mut resolution = inner.config.resolve(&req)?;
+        let mut resolution = resolve(&inner.config, &req)?;
         inner.fit_to_session(&mut resolution);
         // The worker gets the key from the server's environment (`process::worker_env`):
         // without it the agent could only fail later, so the spawn fails now.
@@ -390,7 +393,7 @@ impl Manager {
                 provider: route.provider.clone(),
                 routed_by: route.routed_by.as_str().to_string(),
                 routing_reason: route.reason.clone(),
-                limits: LimitsView::from(&spec.limits),
+                limits: spec.limits,
                 label: label.clone(),
                 warnings: resolution.warnings,
                 queued_reason: None,
@@ -426,6 +429,7 @@ impl Manager {
                 sandbox: None,
                 waiting_for: None,
                 oversize_dropped: 0,
+                overflow: None,
                 mid_line: false,
                 output_seq: watch::channel(0).0,
                 control: None,
@@ -1065,7 +1069,7 @@ impl Inner {
         id: String,
         mut child: process::Worker,
         spec_line: String,
-        limits: bg_agent_worker::config::Limits,
+        limits: bg_agent_worker::values::Limits,
         ctl_tx: mpsc::UnboundedSender<Control>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
@@ -1186,6 +1190,9 @@ impl Inner {
                     if cause == Some(ServerCause::SessionBudget) {
                         rec.error = self.session().exhausted.clone();
                     }
+                    if cause == Some(ServerCause::OutputLimit) && rec.overflow.is_some() {
+                        rec.error.clone_from(&rec.overflow);
+                    }
                     let _ = rec.state.end(outcome, exit);
                     rec.control = None;
                     if let Some(t) = rec.transcript.as_mut() {
@@ -1204,16 +1211,18 @@ impl Inner {
     }
 
     /// Reads JSONL events in chunks; never blocks on anything but the pipe, and keeps at
-    /// most one event line (capped) beyond what the buffers hold.
+    /// most one event line (capped by `max_event_line`) beyond what the buffers hold.
     async fn read_stdout(
         self: Arc<Self>,
         id: String,
         mut stdout: Receiver,
         ctl: mpsc::UnboundedSender<Control>,
     ) {
+        let max_line = self.max_event_line();
         let mut buf = vec![0u8; 64 * 1024];
         let mut pending: Vec<u8> = Vec::new();
-        let mut dropped_in_line = 0u64;
+        // The current line passed `max_line`: its bytes are dropped up to its '\n'.
+        let mut in_long_line = false;
         let mut limit_sent = false;
         loop {
             let n = match stdout.read(&mut buf).await {
@@ -1221,34 +1230,67 @@ impl Inner {
                 Ok(n) => n,
             };
             let mut lines = Vec::new();
+            // Bytes of lines too long to keep, and whether one began here.
             let mut dropped = 0u64;
+            let mut too_long = false;
             for piece in buf[..n].split_inclusive(|&b| b == b'\n') {
                 let (body, complete) = match piece.strip_suffix(b"\n") {
                     Some(b) => (b, true),
                     None => (piece, false),
                 };
-                let room = MAX_EVENT_LINE.saturating_sub(pending.len());
-                let keep = body.len().min(room);
-                pending.extend_from_slice(&body[..keep]);
-                dropped_in_line += (body.len() - keep) as u64;
+                if in_long_line {
+                    dropped += piece.len() as u64;
+                } else if pending.len() + body.len() > max_line {
+                    // Dropped whole at once, so the agent is stopped while it writes.
+                    in_long_line = true;
+                    too_long = true;
+                    dropped += (pending.len() + piece.len()) as u64;
+                    pending = Vec::new();
+                } else {
+                    pending.extend_from_slice(body);
+                }
                 if complete {
-                    lines.push(std::mem::take(&mut pending));
-                    dropped += std::mem::take(&mut dropped_in_line);
+                    if in_long_line {
+                        in_long_line = false;
+                    } else {
+                        lines.push(std::mem::take(&mut pending));
+                    }
                 }
             }
-            let over_cap = self.apply_lines(&id, &lines, n as u64, dropped);
+            let over_cap = self.apply_lines(&id, &lines, n as u64, dropped, too_long, max_line);
             if over_cap && !limit_sent {
                 limit_sent = true;
                 let _ = ctl.send(Control::OutputLimit);
             }
         }
         if !pending.is_empty() {
-            self.apply_lines(&id, &[pending], 0, dropped_in_line);
+            self.apply_lines(&id, &[pending], 0, 0, false, max_line);
         }
     }
 
-    /// Applies complete stdout lines to the record; true once the transcript overflowed.
-    fn apply_lines(&self, id: &str, lines: &[Vec<u8>], bytes: u64, dropped: u64) -> bool {
+    /// The longest event line read from a worker: the transcript cap, at most
+    /// `MAX_EVENT_LINE`.
+    fn max_event_line(&self) -> usize {
+        let cap = self
+            .config
+            .server
+            .transcript_max_mb
+            .saturating_mul(1024 * 1024);
+        usize::try_from(cap).map_or(MAX_EVENT_LINE, |c| c.min(MAX_EVENT_LINE))
+    }
+
+    /// Applies complete stdout lines to the record, and counts the `dropped` bytes of
+    /// lines longer than `max_line` (`too_long`: one began); true once output went over a
+    /// cap.
+    fn apply_lines(
+        &self,
+        id: &str,
+        lines: &[Vec<u8>],
+        bytes: u64,
+        dropped: u64,
+        too_long: bool,
+        max_line: usize,
+    ) -> bool {
         let mut reg = self.lock();
         let mut session_spent = false;
         let Some(rec) = reg.get_mut(id) else {
@@ -1259,6 +1301,21 @@ impl Inner {
         }
         rec.stdout_bytes += bytes;
         rec.oversize_dropped += dropped;
+        if too_long {
+            // Said in the readable output; never the raw JSON of the line.
+            let nl = if rec.mid_line { "\n" } else { "" };
+            push_text(
+                rec,
+                &format!(
+                    "{nl}[bg-agents: an event line longer than {max_line} bytes was dropped: the longest line the server keeps]\n"
+                ),
+            );
+            rec.overflow.get_or_insert_with(|| {
+                format!(
+                    "wrote an event line longer than {max_line} bytes, the longest the server keeps ([server] transcript_max_mb, at most {MAX_EVENT_LINE} bytes); stopped so nothing is lost silently"
+                )
+            });
+        }
         for raw in lines {
             let line = String::from_utf8_lossy(raw);
             match serde_json::from_str::<Event>(&line) {
@@ -1309,11 +1366,17 @@ impl Inner {
             }
         }
         rec.output_seq.send_modify(|v| *v += 1);
-        let over_cap = rec
-            .transcript
-            .as_ref()
-            .is_some_and(|t| t.dropped_bytes() > 0)
-            || rec.oversize_dropped > 0;
+        // Over the cap, not a write error: a full disk loses the transcript's tail
+        // (counted, and told in status), never the agent.
+        if rec.transcript.as_ref().is_some_and(Transcript::over_cap) {
+            let cap = self.config.server.transcript_max_mb;
+            rec.overflow.get_or_insert_with(|| {
+                format!(
+                    "wrote more output than the transcript cap ([server] transcript_max_mb = {cap}); stopped so nothing is lost silently"
+                )
+            });
+        }
+        let over_cap = rec.overflow.is_some();
         if session_spent {
             self.stop_session(&mut reg);
         }

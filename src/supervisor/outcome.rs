@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use bg_agent_worker::config::Limits;
 use bg_agent_worker::protocol::{ErrorKind, exit};
+use bg_agent_worker::values::Limits;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 

@@ -17,8 +17,8 @@ use std::process::ExitStatus;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bg_agent_worker::config::Limits;
 use bg_agent_worker::protocol::ProviderSpec;
+use bg_agent_worker::values::Limits;
 use nix::libc;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;

@@ -8,10 +8,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
 
-use bg_agent_worker::config::{Limits, Tier};
 use bg_agent_worker::protocol::{ErrorKind, TaskSpec};
 use bg_agent_worker::roles::RoleChoice;
 use bg_agent_worker::routing::RoutedBy;
+use bg_agent_worker::values::{Limits, Tier};
 use serde::Serialize;
 
 use super::outcome::{ExitInfo, Outcome, Status};
@@ -148,8 +148,11 @@ pub struct AgentRecord {
     pub sandbox: Option<String>,
     /// Why a queued agent has not started although a slot was free.
     pub waiting_for: Option<String>,
-    /// Event lines longer than the line cap, cut; their bytes are counted here.
+    /// Event lines longer than the line cap, dropped; their bytes are counted here.
     pub oversize_dropped: u64,
+    /// Why the agent's output went over a cap (the transcript's, or the longest event
+    /// line), once it did: the agent is being stopped as `output_limit`.
+    pub overflow: Option<String>,
     /// Whether the readable output ends in the middle of a line.
     pub mid_line: bool,
     /// Bumped whenever output arrives or the agent ends; waiters on output subscribe.
@@ -506,6 +509,7 @@ mod tests {
             waiting_for: None,
             stop_reason: None,
             oversize_dropped: 0,
+            overflow: None,
             mid_line: false,
             output_seq: tokio::sync::watch::channel(0).0,
             control: None,

@@ -9,8 +9,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bg_agent_worker::config::{KILL_GRACE_MAX_MS, LimitsOverride, TaskType, Tier};
+use bg_agent_worker::config::KILL_GRACE_MAX_MS;
 use bg_agent_worker::resolve::SpawnRequest;
+use bg_agent_worker::values::{LimitsOverride, TaskType, Tier};
 
 use super::manager::{Manager, ManagerError, WaitMode, WaitView};
 use super::view::{SpawnView, StatusView};

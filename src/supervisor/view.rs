@@ -8,41 +8,10 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use bg_agent_worker::protocol::STOP_MAX_TOKENS;
+use bg_agent_worker::values::Limits;
 
 use super::outcome::Status;
 use super::registry::{AgentRecord, AgentState};
-
-/// Limits as callers see them (also what agent_spawn reports as effective).
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct LimitsView {
-    pub cpu_seconds: u64,
-    pub memory_mb: u64,
-    pub open_files: u64,
-    pub max_file_mb: u64,
-    pub timeout_seconds: u64,
-    pub max_output_bytes: u64,
-    pub max_turns: u32,
-    pub max_tokens: u32,
-    pub max_total_tokens: u64,
-    pub budget_usd: f64,
-}
-
-impl From<&bg_agent_worker::config::Limits> for LimitsView {
-    fn from(l: &bg_agent_worker::config::Limits) -> Self {
-        LimitsView {
-            cpu_seconds: l.cpu_seconds,
-            memory_mb: l.memory_mb,
-            open_files: l.open_files,
-            max_file_mb: l.max_file_mb,
-            timeout_seconds: l.timeout_seconds,
-            max_output_bytes: l.max_output_bytes,
-            max_turns: l.max_turns,
-            max_tokens: l.max_tokens,
-            max_total_tokens: l.max_total_tokens,
-            budget_usd: l.budget_usd,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SpawnView {
@@ -57,7 +26,7 @@ pub struct SpawnView {
     /// Which rule chose the model: model, tier, task_type, role, keyword or default.
     pub routed_by: String,
     pub routing_reason: String,
-    pub limits: LimitsView,
+    pub limits: Limits,
     pub label: Option<String>,
     /// What will not work as asked, one line each (e.g. budget_usd for an unpriced model).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -104,6 +73,10 @@ pub struct OutputCounts {
     pub transcript_bytes: u64,
     /// Bytes not written to the transcript because of its cap (or a write error).
     pub transcript_dropped_bytes: u64,
+    /// Why the transcript stopped being written (e.g. the disk is full); the agent ran on
+    /// and its answer is in `result`, but the transcript misses what came after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -149,7 +122,7 @@ pub struct StatusView {
     pub output: OutputCounts,
     /// Last lines of the worker's stderr (diagnostics), when not completed.
     pub stderr_tail: Option<String>,
-    pub limits: LimitsView,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -263,10 +236,14 @@ impl StatusView {
                 transcript_bytes: r.transcript.as_ref().map_or(0, |t| t.written_bytes()),
                 transcript_dropped_bytes: r.transcript.as_ref().map_or(0, |t| t.dropped_bytes())
                     + r.oversize_dropped,
+                transcript_error: r
+                    .transcript
+                    .as_ref()
+                    .and_then(|t| t.error().map(str::to_string)),
             },
             stderr_tail: (status != Status::Completed && !stderr.trim().is_empty())
                 .then_some(stderr),
-            limits: LimitsView::from(&r.limits),
+            limits: r.limits,
         }
     }
 }

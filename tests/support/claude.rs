@@ -101,7 +101,14 @@ pub fn readme_claude_lines() -> Vec<String> {
         match line.trim() {
             "```sh" => in_sh = true,
             "```" => in_sh = false,
-            l if in_sh && l.starts_with("claude ") => lines.push(l.to_string()),
+            // A line may chain commands (`cargo build ... && claude plugin ...`): each
+            // `claude` command of it counts.
+            l if in_sh => lines.extend(
+                l.split(" && ")
+                    .map(str::trim)
+                    .filter(|c| c.starts_with("claude "))
+                    .map(str::to_string),
+            ),
             _ => {}
         }
     }

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bg_agent_worker::config::{Config, ConfigSource, LimitsOverride};
+use bg_agent_worker::config::{Config, ConfigSource};
 use bg_agent_worker::resolve::SpawnRequest;
+use bg_agent_worker::values::LimitsOverride;
 use bg_agents::supervisor::manager::{ManagerError, OutputPage, OutputQuery};
 use bg_agents::supervisor::view::{SpawnView, StatusView};
 use bg_agents::supervisor::{Manager, Status};
@@ -65,12 +66,28 @@ impl Harness {
 
     pub fn with_worker(worker: &Path, server: &str) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
+        let transcripts = dir.path().join("transcripts");
+        Harness::with_dirs(dir, worker, &transcripts, server)
+    }
+
+    /// A manager running `test_worker` whose transcripts go under `transcripts`.
+    pub fn with_transcript_dir(transcripts: &Path, server: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Harness::with_dirs(dir, &test_worker(), transcripts, server)
+    }
+
+    fn with_dirs(
+        dir: tempfile::TempDir,
+        worker: &Path,
+        transcripts: &Path,
+        server: &str,
+    ) -> Harness {
         // The test worker calls no API: its provider needs no key.
         let toml = format!(
             "[server]\nworker.path = {:?}\ntranscript_dir = {:?}\nkill_grace_ms = 200\n{server}\n\
              [providers.anthropic]\napi_key_env = \"\"\n",
             worker.display().to_string(),
-            dir.path().join("transcripts").display().to_string(),
+            transcripts.display().to_string(),
         );
         let config = Config::from_layers(Some(&toml), ConfigSource::Builtin)
             .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));

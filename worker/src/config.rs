@@ -1,7 +1,8 @@
 //! The configuration: its schema, loading (built-in `limits.toml` overridden key by key
 //! by a user file) and validation, done once at load.
 //!
-//! Not here: turning a spawn request into a model and a role (`routing`, `roles`).
+//! Not here: turning a spawn request into a model and a role (`routing`, `roles`,
+//! `resolve`), and the value types the configuration shares with the wire (`values`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,13 +10,19 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{SandboxMode, ToolName};
+use crate::values::{
+    LIMIT_KEYS, LimitKey, Limits, LimitsOverride, Price, ProviderKind, SandboxMode, TaskType, Tier,
+    ToolName, fmt_limit,
+};
 
 /// The repo's `limits.toml`: complete defaults, documented key by key.
 pub const BUILTIN: &str = include_str!("../../limits.toml");
 
 /// Environment variable naming a user configuration file.
 pub const CONFIG_ENV: &str = "BG_AGENTS_CONFIG";
+
+/// The role used when nothing else decides; the configuration must define it.
+pub const DEFAULT_ROLE: &str = "general";
 
 /// The longest grace between SIGTERM and SIGKILL, for `[server] kill_grace_ms` and for a
 /// kill that asks for its own.
@@ -83,107 +90,6 @@ pub struct WorkerLocation {
     pub path: String,
 }
 
-/// Effective per-agent limits. Enforced by the kernel (cpu, memory, files), the server
-/// (timeout, output) and the worker (turns, tokens, USD).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    pub cpu_seconds: u64,
-    pub memory_mb: u64,
-    pub open_files: u64,
-    pub max_file_mb: u64,
-    pub timeout_seconds: u64,
-    pub max_output_bytes: u64,
-    pub max_turns: u32,
-    pub max_tokens: u32,
-    pub max_total_tokens: u64,
-    pub budget_usd: f64,
-}
-
-/// A partial set of limits (a role's, or a spawn's request); absent keys fall through.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsOverride {
-    pub cpu_seconds: Option<u64>,
-    pub memory_mb: Option<u64>,
-    pub open_files: Option<u64>,
-    pub max_file_mb: Option<u64>,
-    pub timeout_seconds: Option<u64>,
-    pub max_output_bytes: Option<u64>,
-    pub max_turns: Option<u32>,
-    pub max_tokens: Option<u32>,
-    pub max_total_tokens: Option<u64>,
-    pub budget_usd: Option<f64>,
-}
-
-/// One limit key: its name, its allowed range and how to read it from the structs.
-struct LimitKey {
-    name: &'static str,
-    min: f64,
-    max: f64,
-    get: fn(&Limits) -> f64,
-    get_override: fn(&LimitsOverride) -> Option<f64>,
-}
-
-macro_rules! limit_keys {
-    ($($field:ident: $min:expr, $max:expr;)*) => {
-        const LIMIT_KEYS: &[LimitKey] = &[$(LimitKey {
-            name: stringify!($field),
-            min: $min as f64,
-            max: $max as f64,
-            get: |l| l.$field as f64,
-            get_override: |o| o.$field.map(|v| v as f64),
-        }),*];
-
-        impl Limits {
-            /// These limits with every key `o` sets replaced.
-            pub fn overridden_by(&self, o: &LimitsOverride) -> Limits {
-                Limits { $($field: o.$field.unwrap_or(self.$field)),* }
-            }
-        }
-    };
-}
-
-limit_keys! {
-    cpu_seconds: 1, 86_400;
-    memory_mb: 32, 65_536;
-    open_files: 16, 65_536;
-    max_file_mb: 0, 65_536;
-    timeout_seconds: 1, 86_400;
-    max_output_bytes: 4096, 268_435_456;
-    max_turns: 1, 1000;
-    max_tokens: 1, 200_000;
-    max_total_tokens: 1, 100_000_000;
-    budget_usd: 0, 10_000;
-}
-
-impl Limits {
-    /// The first key of `self` above the matching key of `ceiling`, as (key, value, max).
-    pub fn first_above(&self, ceiling: &Limits) -> Option<(&'static str, f64, f64)> {
-        LIMIT_KEYS.iter().find_map(|k| {
-            let (v, m) = ((k.get)(self), (k.get)(ceiling));
-            // NaN is above every ceiling: a budget of NaN must not switch the budget off.
-            (v > m || v.is_nan()).then_some((k.name, v, m))
-        })
-    }
-}
-
-/// Formats a limit value the way it is written in TOML (integers without ".0").
-pub fn fmt_limit(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    Anthropic,
-    Openai,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
@@ -210,67 +116,6 @@ pub struct ProviderConfig {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Tier {
-    Fast,
-    Balanced,
-    Quality,
-}
-
-impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Fast, Tier::Balanced, Tier::Quality];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Fast => "fast",
-            Tier::Balanced => "balanced",
-            Tier::Quality => "quality",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Tier> {
-        Tier::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskType {
-    Exploration,
-    Analysis,
-    Reasoning,
-    Critical,
-}
-
-impl TaskType {
-    pub const ALL: [TaskType; 4] = [
-        TaskType::Exploration,
-        TaskType::Analysis,
-        TaskType::Reasoning,
-        TaskType::Critical,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskType::Exploration => "exploration",
-            TaskType::Analysis => "analysis",
-            TaskType::Reasoning => "reasoning",
-            TaskType::Critical => "critical",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<TaskType> {
-        TaskType::ALL.into_iter().find(|t| t.as_str() == s)
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -337,89 +182,6 @@ pub struct RoleConfig {
     pub limits: LimitsOverride,
 }
 
-/// USD per million tokens.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    pub input: f64,
-    pub output: f64,
-    /// Input written to the prompt cache; default 1.25 × `input` (Anthropic, 5 minutes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_write: Option<f64>,
-    /// Input read from the prompt cache; default 0.1 × `input`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_read: Option<f64>,
-    /// OpenAI-compatible name for the price of cached input (`cached_tokens`); used when
-    /// `cache_read` is not set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cached_input: Option<f64>,
-}
-
-/// Tokens of one response or of a whole run, as billed: uncached input, input written to
-/// and read from the prompt cache, output.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenCounts {
-    pub input: u64,
-    pub cache_write: u64,
-    pub cache_read: u64,
-    pub output: u64,
-}
-
-impl TokenCounts {
-    /// Every token, cached or not: what `max_total_tokens` counts.
-    pub fn total(&self) -> u64 {
-        self.input + self.cache_write + self.cache_read + self.output
-    }
-
-    pub fn add(&mut self, other: &TokenCounts) {
-        self.input += other.input;
-        self.cache_write += other.cache_write;
-        self.cache_read += other.cache_read;
-        self.output += other.output;
-    }
-}
-
-impl Price {
-    /// A price for plain input and output only (caching at its default rates).
-    pub fn new(input: f64, output: f64) -> Price {
-        Price {
-            input,
-            output,
-            cache_write: None,
-            cache_read: None,
-            cached_input: None,
-        }
-    }
-
-    pub fn cache_write_rate(&self) -> f64 {
-        self.cache_write.unwrap_or(self.input * 1.25)
-    }
-
-    pub fn cache_read_rate(&self) -> f64 {
-        self.cache_read
-            .or(self.cached_input)
-            .unwrap_or(self.input * 0.1)
-    }
-
-    /// USD for uncached input and output tokens.
-    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        self.cost_of(&TokenCounts {
-            input: input_tokens,
-            output: output_tokens,
-            ..Default::default()
-        })
-    }
-
-    /// USD for `t` as billed: cache writes and reads at their own rates.
-    pub fn cost_of(&self, t: &TokenCounts) -> f64 {
-        (t.input as f64 * self.input
-            + t.cache_write as f64 * self.cache_write_rate()
-            + t.cache_read as f64 * self.cache_read_rate()
-            + t.output as f64 * self.output)
-            / 1_000_000.0
-    }
-}
-
 /// Where the effective configuration came from, for messages.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConfigSource {
@@ -472,6 +234,26 @@ pub struct Loaded {
 }
 
 impl Config {
+    /// The price of MODEL on PROVIDER: `[pricing."PROVIDER/MODEL"]`, else
+    /// `[pricing."MODEL"]`.
+    pub fn price_for(&self, provider: &str, model: &str) -> Option<Price> {
+        self.pricing
+            .get(&format!("{provider}/{model}"))
+            .or_else(|| self.pricing.get(model))
+            .copied()
+    }
+
+    /// The default tier's provider and its key variable when `env` lacks that key.
+    pub fn default_tier_missing_key(
+        &self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Option<(String, String)> {
+        let provider = &self.tiers.get(self.routing.default_tier).provider;
+        let var = self.providers.get(provider)?.api_key_env.as_deref()?;
+        (!var.is_empty() && env(var).is_none_or(|v| v.is_empty()))
+            .then(|| (provider.clone(), var.to_string()))
+    }
+
     /// The built-in defaults alone.
     pub fn builtin() -> Result<Config, ConfigError> {
         Self::from_layers(None, ConfigSource::Builtin)
@@ -661,9 +443,9 @@ impl Config {
         }
 
         let role_names = || self.roles.keys().cloned().collect::<Vec<_>>().join(", ");
-        if !self.roles.contains_key(crate::roles::DEFAULT_ROLE) {
+        if !self.roles.contains_key(DEFAULT_ROLE) {
             return Err(invalid(
-                format!("[roles.{}]", crate::roles::DEFAULT_ROLE),
+                format!("[roles.{}]", DEFAULT_ROLE),
                 "missing".into(),
                 "the default role must exist; do not remove it".into(),
             ));
@@ -773,6 +555,7 @@ pub fn user_config_path() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::values::TokenCounts;
 
     fn user(text: &str) -> Result<Config, ConfigError> {
         Config::from_layers(Some(text), ConfigSource::File("user.toml".into()))

@@ -3,6 +3,25 @@
 //! The library half holds what the bg-agents server and a manual run must agree on —
 //! the wire protocol, the configuration, tier and role resolution — plus the provider
 //! clients, the agent loop and the read-only tools the worker runs.
+//!
+//! Modules depend on each other in one direction only (an arrow: "uses"); `values` is the
+//! leaf that the wire and the configuration share, so neither needs the other:
+//!
+//! ```text
+//! agent ───► sandbox, tools, provider, protocol
+//! resolve ─► roles, routing, config, tools, provider, protocol, values
+//! roles ───► routing ─► config ─────────────────────┐
+//! tools ───► provider ─► protocol ──────────────────┼─► values (the leaf)
+//! sandbox ─► protocol ──────────────────────────────┘
+//! ```
+//!
+//! - `values`: limits (their fields written once), prices and token counts, provider
+//!   kinds, tiers, task types, tool names, the sandbox mode. Uses nothing of the crate.
+//! - `protocol`: the wire (`TaskSpec`, `Event`, exit codes); `config`: `limits.toml`'s
+//!   schema, loading and validation. Each uses `values` only.
+//! - `routing` (task type → tier → model) and `roles` (the agent selector) read a `Config`;
+//!   `resolve` ties them into a `TaskSpec` (`resolve::resolve`), for the server and for a
+//!   manual run alike.
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
@@ -20,3 +39,4 @@ pub mod roles;
 pub mod routing;
 pub mod sandbox;
 pub mod tools;
+pub mod values;

@@ -8,11 +8,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bg_agent_worker::agent::{self, Emit};
-use bg_agent_worker::config::{Config, LimitsOverride, TaskType, Tier};
+use bg_agent_worker::config::Config;
 use bg_agent_worker::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, exit};
 use bg_agent_worker::provider::Client;
-use bg_agent_worker::resolve::SpawnRequest;
+use bg_agent_worker::resolve::{SpawnRequest, resolve};
 use bg_agent_worker::sandbox;
+use bg_agent_worker::values::{LimitsOverride, TaskType, Tier};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -219,7 +220,7 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
                 },
                 agent_id: None,
             };
-            let resolution = loaded.config.resolve(&req)?;
+            let resolution = resolve(&loaded.config, &req)?;
             for warning in &resolution.warnings {
                 eprintln!("warning: {warning}");
             }

@@ -2,13 +2,14 @@
 //! writes to the worker's stdin, the `Event`s the worker writes to stdout (one JSON object
 //! per line), and the exit codes. Both sides use these types; nobody parses by hand.
 //!
-//! Not here: how a spec is resolved from configuration (`config`, `routing`, `roles`).
+//! Not here: how a spec is resolved from configuration (`resolve`), and the value types a
+//! spec shares with the configuration (`values`: limits, prices, tool names...).
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Limits, Price, ProviderKind};
+use crate::values::{Limits, Price, ProviderKind, SandboxMode, ToolName};
 
 /// Exit codes of the worker process (listed for users in README.md, "Run an agent by hand").
 pub mod exit {
@@ -43,17 +44,6 @@ pub struct TaskSpec {
     pub sandbox: SandboxMode,
 }
 
-/// Whether the worker confines itself with Landlock: `auto` when the kernel can (and
-/// says when it cannot), `require` refuses to run unconfined, `off` never confines.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SandboxMode {
-    #[default]
-    Auto,
-    Require,
-    Off,
-}
-
 /// The provider a spec talks to, with the names of the environment variables that hold
 /// its secrets (never the secrets themselves).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,31 +66,6 @@ pub struct ProviderSpec {
 
 fn yes() -> bool {
     true
-}
-
-/// The read-only tools a worker can offer its model.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum ToolName {
-    ReadFile,
-    Glob,
-    Grep,
-}
-
-impl ToolName {
-    pub const ALL: [ToolName; 3] = [ToolName::ReadFile, ToolName::Glob, ToolName::Grep];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ToolName::ReadFile => "read_file",
-            ToolName::Glob => "glob",
-            ToolName::Grep => "grep",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<ToolName> {
-        ToolName::ALL.into_iter().find(|t| t.as_str() == name)
-    }
 }
 
 /// Why a run ended in an `error` event.

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{Config, Limits, LimitsOverride, Price, TaskType, Tier, fmt_limit};
+use crate::config::Config;
 use crate::protocol::{ProviderSpec, TaskSpec};
 use crate::provider::estimate_tokens;
 use crate::roles::{RoleChoice, UnknownRole, select_role};
 use crate::routing::{Route, RouteError, RouteRequest, route};
+use crate::values::{Limits, LimitsOverride, TaskType, Tier, fmt_limit};
 
 /// Longest task text accepted (bytes).
 pub const MAX_TASK_BYTES: usize = 256 * 1024;
@@ -86,109 +87,86 @@ pub enum ResolveError {
     },
 }
 
-impl Config {
-    /// Resolves a request completely, or says what to change.
-    pub fn resolve(&self, req: &SpawnRequest) -> Result<Resolution, ResolveError> {
-        if req.task.trim().is_empty() {
-            return Err(ResolveError::EmptyTask);
-        }
-        if req.task.len() > MAX_TASK_BYTES {
-            return Err(ResolveError::TaskTooLong(req.task.len()));
-        }
-        let (role_name, role_choice) = select_role(self, req.role.as_deref(), &req.task)?;
-        // select_role only returns names present in the map.
-        let role = &self.roles[&role_name];
-        let route = route(
-            self,
-            &RouteRequest {
-                model: req.model.as_deref(),
-                tier: req.tier,
-                task_type: req.task_type,
-                role_tier: role.tier,
-                task: &req.task,
-            },
-        )?;
-        let limits = self.effective_limits(&role.limits, &req.limits)?;
-        let cwd = resolve_cwd(req.cwd.as_deref())?;
-        // Validation guarantees every tier's provider exists.
-        let p = &self.providers[&route.provider];
-        let spec = TaskSpec {
-            task: req.task.clone(),
-            agent_id: req.agent_id.clone(),
-            role: role_name,
-            system_prompt: role.system_prompt.clone(),
-            tools: role.tools.clone(),
-            provider: ProviderSpec {
-                name: route.provider.clone(),
-                kind: p.kind,
-                base_url: p.base_url.clone(),
-                base_url_env: p.base_url_env.clone().filter(|s| !s.is_empty()),
-                api_key_env: p.api_key_env.clone().filter(|s| !s.is_empty()),
-                max_retries: p.max_retries,
-                request_timeout_seconds: p.request_timeout_seconds,
-                prompt_caching: p.prompt_caching,
-                prompt_cache_key: p.prompt_cache_key,
-            },
-            model: route.model.clone(),
-            cwd,
-            limits,
-            price: self.price_for(&route.provider, &route.model),
-            sandbox: self.server.sandbox,
-        };
-        let warnings = check_budgets(&spec)?;
-        Ok(Resolution {
-            spec,
-            route,
-            role_choice,
-            warnings,
-        })
+/// Resolves a request completely, or says what to change.
+pub fn resolve(config: &Config, req: &SpawnRequest) -> Result<Resolution, ResolveError> {
+    if req.task.trim().is_empty() {
+        return Err(ResolveError::EmptyTask);
     }
+    if req.task.len() > MAX_TASK_BYTES {
+        return Err(ResolveError::TaskTooLong(req.task.len()));
+    }
+    let (role_name, role_choice) = select_role(config, req.role.as_deref(), &req.task)?;
+    // select_role only returns names present in the map.
+    let role = &config.roles[&role_name];
+    let route = route(
+        config,
+        &RouteRequest {
+            model: req.model.as_deref(),
+            tier: req.tier,
+            task_type: req.task_type,
+            role_tier: role.tier,
+            task: &req.task,
+        },
+    )?;
+    let limits = effective_limits(config, &role.limits, &req.limits)?;
+    let cwd = resolve_cwd(req.cwd.as_deref())?;
+    // Validation guarantees every tier's provider exists.
+    let p = &config.providers[&route.provider];
+    let spec = TaskSpec {
+        task: req.task.clone(),
+        agent_id: req.agent_id.clone(),
+        role: role_name,
+        system_prompt: role.system_prompt.clone(),
+        tools: role.tools.clone(),
+        provider: ProviderSpec {
+            name: route.provider.clone(),
+            kind: p.kind,
+            base_url: p.base_url.clone(),
+            base_url_env: p.base_url_env.clone().filter(|s| !s.is_empty()),
+            api_key_env: p.api_key_env.clone().filter(|s| !s.is_empty()),
+            max_retries: p.max_retries,
+            request_timeout_seconds: p.request_timeout_seconds,
+            prompt_caching: p.prompt_caching,
+            prompt_cache_key: p.prompt_cache_key,
+        },
+        model: route.model.clone(),
+        cwd,
+        limits,
+        price: config.price_for(&route.provider, &route.model),
+        sandbox: config.server.sandbox,
+    };
+    let warnings = check_budgets(&spec)?;
+    Ok(Resolution {
+        spec,
+        route,
+        role_choice,
+        warnings,
+    })
+}
 
-    /// The price of MODEL on PROVIDER: `[pricing."PROVIDER/MODEL"]`, else
-    /// `[pricing."MODEL"]`.
-    pub fn price_for(&self, provider: &str, model: &str) -> Option<Price> {
-        self.pricing
-            .get(&format!("{provider}/{model}"))
-            .or_else(|| self.pricing.get(model))
-            .copied()
+/// Spawn's limits > the role's > `[defaults]`; a spawn above `[max]` is an error,
+/// never a silent clamp.
+pub fn effective_limits(
+    config: &Config,
+    role: &LimitsOverride,
+    spawn: &LimitsOverride,
+) -> Result<Limits, ResolveError> {
+    let requested = config.defaults.overridden_by(role).overridden_by(spawn);
+    if let Some((key, value, max)) = requested.first_above(&config.max) {
+        return Err(ResolveError::AboveCeiling {
+            key,
+            value: fmt_limit(value),
+            max: fmt_limit(max),
+        });
     }
-
-    /// Spawn's limits > the role's > `[defaults]`; a spawn above `[max]` is an error,
-    /// never a silent clamp.
-    pub fn effective_limits(
-        &self,
-        role: &LimitsOverride,
-        spawn: &LimitsOverride,
-    ) -> Result<Limits, ResolveError> {
-        let requested = self.defaults.overridden_by(role).overridden_by(spawn);
-        if let Some((key, value, max)) = requested.first_above(&self.max) {
-            return Err(ResolveError::AboveCeiling {
-                key,
-                value: fmt_limit(value),
-                max: fmt_limit(max),
-            });
-        }
-        let floor = Limits {
-            cpu_seconds: 1,
-            memory_mb: 32,
-            open_files: 16,
-            max_file_mb: 0,
-            timeout_seconds: 1,
-            max_output_bytes: 4096,
-            max_turns: 1,
-            max_tokens: 1,
-            max_total_tokens: 1,
-            budget_usd: 0.0,
-        };
-        if let Some((key, value, min)) = floor.first_above(&requested) {
-            return Err(ResolveError::BelowMinimum {
-                key,
-                value: fmt_limit(min),
-                min: fmt_limit(value),
-            });
-        }
-        Ok(requested)
+    if let Some((key, value, min)) = Limits::MIN.first_above(&requested) {
+        return Err(ResolveError::BelowMinimum {
+            key,
+            value: fmt_limit(min),
+            min: fmt_limit(value),
+        });
     }
+    Ok(requested)
 }
 
 /// The variable holding `provider`'s API key when `env` lacks it (unset or empty), as
@@ -200,19 +178,6 @@ pub fn missing_key(
 ) -> Option<&str> {
     let var = provider.api_key_env.as_deref()?;
     env(var).is_none_or(|v| v.is_empty()).then_some(var)
-}
-
-impl Config {
-    /// The default tier's provider and its key variable when `env` lacks that key.
-    pub fn default_tier_missing_key(
-        &self,
-        env: impl Fn(&str) -> Option<std::ffi::OsString>,
-    ) -> Option<(String, String)> {
-        let provider = &self.tiers.get(self.routing.default_tier).provider;
-        let var = self.providers.get(provider)?.api_key_env.as_deref()?;
-        (!var.is_empty() && env(var).is_none_or(|v| v.is_empty()))
-            .then(|| (provider.clone(), var.to_string()))
-    }
 }
 
 /// Refuses budgets that cannot pay for the first request; warns about the USD budget of
@@ -282,7 +247,7 @@ mod tests {
     #[test]
     fn resolves_a_complete_spec() {
         let c = Config::builtin().unwrap();
-        let r = c.resolve(&req("Review this diff for races")).unwrap();
+        let r = resolve(&c, &req("Review this diff for races")).unwrap();
         assert_eq!(r.spec.role, "reviewer");
         assert_eq!(r.spec.model, "claude-sonnet-5-5");
         assert_eq!(r.route.tier, Tier::Balanced);
@@ -297,7 +262,7 @@ mod tests {
     #[test]
     fn a_missing_or_empty_key_is_found_and_a_keyless_provider_passes() {
         let c = Config::builtin().unwrap();
-        let spec = c.resolve(&req("x")).unwrap().spec;
+        let spec = resolve(&c, &req("x")).unwrap().spec;
         let none = |_: &str| None;
         let empty = |_: &str| Some(std::ffi::OsString::new());
         let set = |_: &str| Some(std::ffi::OsString::from("sk-1"));
@@ -323,7 +288,7 @@ mod tests {
         let mut r = req("x");
         r.role = Some("architect".into());
         r.limits.max_turns = Some(5);
-        let l = c.resolve(&r).unwrap().spec.limits;
+        let l = resolve(&c, &r).unwrap().spec.limits;
         assert_eq!(l.max_turns, 5, "spawn");
         assert_eq!(l.budget_usd, 2.0, "role");
         assert_eq!(l.memory_mb, c.defaults.memory_mb, "defaults");
@@ -334,7 +299,7 @@ mod tests {
         let c = Config::builtin().unwrap();
         let mut r = req("x");
         r.limits.memory_mb = Some(100_000);
-        let e = c.resolve(&r).unwrap_err().to_string();
+        let e = resolve(&c, &r).unwrap_err().to_string();
         assert_eq!(
             e,
             "limits.memory_mb = 100000 is above the ceiling 8192 ([max] memory_mb); ask for at most 8192, or raise [max] memory_mb in the config"
@@ -342,7 +307,7 @@ mod tests {
         let mut r = req("x");
         r.limits.budget_usd = Some(25.5);
         assert!(
-            c.resolve(&r)
+            resolve(&c, &r)
                 .unwrap_err()
                 .to_string()
                 .contains("budget_usd = 25.5")
@@ -354,7 +319,7 @@ mod tests {
         let c = Config::builtin().unwrap();
         let mut r = req("x");
         r.limits.max_turns = Some(0);
-        let e = c.resolve(&r).unwrap_err().to_string();
+        let e = resolve(&c, &r).unwrap_err().to_string();
         assert!(
             e.contains("limits.max_turns = 0 is below the minimum 1"),
             "{e}"
@@ -365,12 +330,12 @@ mod tests {
     fn empty_task_and_bad_cwd_are_refused() {
         let c = Config::builtin().unwrap();
         assert!(matches!(
-            c.resolve(&req("  ")),
+            resolve(&c, &req("  ")),
             Err(ResolveError::EmptyTask)
         ));
         let mut r = req("x");
         r.cwd = Some("/definitely/not/here".into());
-        let e = c.resolve(&r).unwrap_err().to_string();
+        let e = resolve(&c, &r).unwrap_err().to_string();
         assert!(e.starts_with("cwd /definitely/not/here:"), "{e}");
     }
 
@@ -383,7 +348,7 @@ mod tests {
         .unwrap();
         let mut r = req("x");
         r.tier = Some(Tier::Fast);
-        let resolution = c.resolve(&r).unwrap();
+        let resolution = resolve(&c, &r).unwrap();
         assert_eq!(resolution.spec.price, None);
         assert_eq!(resolution.spec.provider.api_key_env, None);
         assert_eq!(resolution.warnings.len(), 1);
@@ -401,10 +366,10 @@ mod tests {
         .unwrap();
         let mut r = req("x");
         r.model = Some("ollama/qwen3:8b".into());
-        let resolution = c.resolve(&r).unwrap();
+        let resolution = resolve(&c, &r).unwrap();
         assert_eq!(resolution.spec.price.map(|p| p.input), Some(0.0));
         assert!(resolution.warnings.is_empty());
-        assert!(c.resolve(&req("x")).unwrap().warnings.is_empty());
+        assert!(resolve(&c, &req("x")).unwrap().warnings.is_empty());
     }
 
     #[test]
@@ -413,7 +378,7 @@ mod tests {
         for budget in [0.0, 0.000001] {
             let mut r = req("Summarize the README");
             r.limits.budget_usd = Some(budget);
-            let e = c.resolve(&r).unwrap_err().to_string();
+            let e = resolve(&c, &r).unwrap_err().to_string();
             assert!(
                 e.starts_with(&format!("limits.budget_usd = {budget} cannot pay for a single request to `claude-haiku-5-5`")),
                 "{e}"
@@ -422,13 +387,13 @@ mod tests {
         }
         let mut r = req("Summarize the README");
         r.limits.max_total_tokens = Some(10);
-        let e = c.resolve(&r).unwrap_err().to_string();
+        let e = resolve(&c, &r).unwrap_err().to_string();
         assert!(
             e.starts_with("limits.max_total_tokens = 10 cannot hold a single request"),
             "{e}"
         );
         let mut r = req("Summarize the README");
         r.limits.budget_usd = Some(0.01);
-        assert!(c.resolve(&r).is_ok());
+        assert!(resolve(&c, &r).is_ok());
     }
 }

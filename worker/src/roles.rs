@@ -3,11 +3,8 @@
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_ROLE};
 use crate::routing::find_keyword;
-
-/// The role used when nothing else decides; the configuration must define it.
-pub const DEFAULT_ROLE: &str = "general";
 
 /// Why a role was chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -4,7 +4,8 @@
 
 use serde::Serialize;
 
-use crate::config::{Config, TaskType, Tier};
+use crate::config::Config;
+use crate::values::{TaskType, Tier};
 
 /// Which rule decided the tier or model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

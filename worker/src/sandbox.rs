@@ -22,7 +22,8 @@ use landlock::{
     Scope, path_beneath_rules,
 };
 
-use crate::protocol::{SandboxMode, TaskSpec};
+use crate::protocol::TaskSpec;
+use crate::values::SandboxMode;
 
 /// The newest Landlock ABI whose rights we ask for; older kernels get what they support.
 const TARGET_ABI: ABI = ABI::V7;

@@ -3,7 +3,8 @@
 
 mod common;
 
-use bg_agent_worker::protocol::{Event, SandboxMode, exit};
+use bg_agent_worker::protocol::{Event, exit};
+use bg_agent_worker::values::SandboxMode;
 use common::{Harness, Step, anthropic_tool_results, run, tool_use};
 use serde_json::json;
 

@@ -168,8 +168,8 @@ async fn spec_cwd_given_through_a_symlink_still_reads_its_files() {
 /// the workspace, so no read ever returns a byte from outside.
 #[test]
 fn a_directory_swapped_for_a_symlink_never_leads_a_read_outside() {
-    use bg_agent_worker::protocol::ToolName;
     use bg_agent_worker::tools::execute;
+    use bg_agent_worker::values::ToolName;
     use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
     use std::sync::atomic::{AtomicBool, Ordering};
 

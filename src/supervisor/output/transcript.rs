@@ -104,7 +104,6 @@ impl Transcript {
     pub fn close(&mut self) {
         self.flush();
         self.writer = None;
-        self.capped = true;
     }
 
     fn write(&mut self, bytes: &[u8]) -> bool {
@@ -140,6 +139,12 @@ impl Transcript {
     /// Bytes of lines not saved: past the cap, or after a write error.
     pub fn dropped_bytes(&self) -> u64 {
         self.dropped
+    }
+
+    /// Whether a line went past the cap: the agent wrote more than the transcript keeps.
+    /// Lines dropped after a write error (a full disk) or after `close` do not count.
+    pub fn over_cap(&self) -> bool {
+        self.capped
     }
 
     /// The write error that stopped the transcript, if any.

@@ -14,8 +14,8 @@ use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ProviderKind;
 use crate::protocol::ProviderSpec;
+use crate::values::ProviderKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,7 +70,7 @@ pub struct TurnRequest<'a> {
 }
 
 /// Tokens of one response as billed (uncached input, cache writes and reads, output).
-pub use crate::config::TokenCounts as TokenUsage;
+pub use crate::values::TokenCounts as TokenUsage;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnOutput {

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::protocol::ToolName;
 use crate::provider::ToolDef;
+use crate::values::ToolName;
 
 /// Cap of one tool result, in bytes; longer output is cut and says so.
 pub const MAX_RESULT_BYTES: usize = 64 * 1024;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bg_agent_worker::config::Config;
 use bg_agent_worker::protocol::{Event, TaskSpec};
-use bg_agent_worker::resolve::SpawnRequest;
+use bg_agent_worker::resolve::{SpawnRequest, resolve};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -106,7 +106,7 @@ impl Harness {
             cwd: Some(self.workspace()),
             ..Default::default()
         };
-        let mut spec = config.resolve(&request).expect("resolve spec").spec;
+        let mut spec = resolve(&config, &request).expect("resolve spec").spec;
         spec.provider.base_url = self.fake.base_url();
         spec.provider.base_url_env = None;
         spec
