@@ -40,6 +40,7 @@ use bg_agent_worker::resolve::ResolveError;
 use tokio::sync::{mpsc, watch};
 
 use super::admission::Admission;
+use super::outcome::{ExitInfo, ExitReason, Outcome};
 use super::output::OutputError;
 use super::process::{SpawnError, Spawner};
 use super::registry::{AgentRecord, Registry};
@@ -184,6 +185,29 @@ impl Inner {
         let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = ended.as_ref() {
             let _ = tx.send(EndedAgent::of(rec));
+        }
+    }
+
+    /// Ends `id`, which never ran (queued, or its start failed), with `outcome`, `reason`
+    /// and `error`, and tells whoever listens; nothing happens when it is no longer queued.
+    fn end_unstarted(
+        &self,
+        reg: &mut Registry,
+        id: &str,
+        outcome: Outcome,
+        reason: ExitReason,
+        error: String,
+    ) {
+        let exit = ExitInfo::without_process(reason);
+        if let Some(rec) = reg.end_queued(id, outcome, exit) {
+            rec.error = Some(error);
+            if let Some(t) = rec.transcript.as_mut() {
+                t.close();
+            }
+            rec.output_seq.send_modify(|v| *v += 1);
+            self.tell_ended(rec);
+            let retain = self.config.server.retained_agents;
+            reg.note_ended(id, retain);
         }
     }
 

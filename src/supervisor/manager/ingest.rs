@@ -3,14 +3,16 @@
 //!
 //! Not here: the stores themselves (`output`), session spending (`session`).
 
-use crate::supervisor::output::Transcript;
-use crate::supervisor::registry::{AgentRecord, Control, Usage};
-use bg_agent_worker::protocol::Event;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use bg_agent_worker::protocol::Event;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::mpsc;
+
+use crate::supervisor::output::Transcript;
+use crate::supervisor::registry::{AgentRecord, Control, Usage};
 
 use super::Inner;
 

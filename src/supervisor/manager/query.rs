@@ -2,13 +2,15 @@
 //!
 //! Not here: the view types shared with the MCP layer (`view`), waiting (`wait`).
 
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{ReadRequest, compile_filter};
 use crate::supervisor::registry::{AgentRecord, Registry};
 use crate::supervisor::view::{ListRow, StatusView};
-use serde::Serialize;
-use std::collections::HashMap;
-use std::time::Instant;
 
 use super::{Inner, Manager, ManagerError, SessionView};
 

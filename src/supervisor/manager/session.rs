@@ -3,10 +3,12 @@
 //!
 //! Not here: one agent's own budget (the worker enforces it).
 
-use crate::supervisor::registry::{Control, Registry, Usage};
+use std::sync::MutexGuard;
+
 use bg_agent_worker::resolve::Resolution;
 use serde::Serialize;
-use std::sync::MutexGuard;
+
+use crate::supervisor::registry::{Control, Registry, Usage};
 
 use super::Inner;
 

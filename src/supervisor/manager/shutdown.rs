@@ -3,12 +3,14 @@
 //!
 //! Not here: the kill of one agent (`supervise`).
 
-use crate::supervisor::process::{self};
-use crate::supervisor::registry::{AgentState, Control};
-use nix::sys::signal::Signal;
-use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use crate::supervisor::process::{self};
+use crate::supervisor::registry::{AgentState, Control};
 
 use super::Manager;
 

@@ -3,15 +3,17 @@
 //!
 //! Not here: starting the worker (`start`), resolving roles and routes (the worker library).
 
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use bg_agent_worker::resolve::{SpawnRequest, missing_key, resolve};
+use tokio::sync::watch;
+
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{OutputBuffer, OutputError, StderrTail};
 use crate::supervisor::process::{self, SpawnError};
 use crate::supervisor::registry::{AgentRecord, AgentState, Usage};
 use crate::supervisor::view::SpawnView;
-use bg_agent_worker::resolve::{SpawnRequest, missing_key, resolve};
-use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
-use tokio::sync::watch;
 
 use super::{Inner, Manager, ManagerError, out_of_descriptors};
 

@@ -3,15 +3,17 @@
 //!
 //! Not here: accepting a spawn (`spawn`), watching the running worker (`supervise`).
 
-use crate::supervisor::outcome::{ExitInfo, ExitReason, Outcome};
-use crate::supervisor::output::{OutputError, Transcript};
-use crate::supervisor::process::{self, SpawnError};
-use crate::supervisor::registry::{AgentRecord, AgentState, Control};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
 use tokio::sync::mpsc;
+
+use crate::supervisor::outcome::{ExitReason, Outcome};
+use crate::supervisor::output::{OutputError, Transcript};
+use crate::supervisor::process::{self, SpawnError};
+use crate::supervisor::registry::{AgentRecord, AgentState, Control};
 
 use super::{Inner, ManagerError};
 
@@ -213,17 +215,14 @@ impl Inner {
             let mut reg = self.lock();
             reg.release_slot(id);
             self.admission().give_back(id);
-            let spawn_failed = ExitInfo::without_process(ExitReason::SpawnFailed);
-            if let Some(rec) = reg.end_queued(id, Outcome::Failed, spawn_failed) {
-                rec.error = Some(format!("could not start: {message}"));
-                if let Some(t) = rec.transcript.as_mut() {
-                    t.close();
-                }
-                rec.output_seq.send_modify(|v| *v += 1);
-                self.tell_ended(rec);
-                let retain = self.config.server.retained_agents;
-                reg.note_ended(id, retain);
-            }
+            let error = format!("could not start: {message}");
+            self.end_unstarted(
+                &mut reg,
+                id,
+                Outcome::Failed,
+                ExitReason::SpawnFailed,
+                error,
+            );
         }
         self.bump();
         self.start_next();

@@ -3,18 +3,20 @@
 //!
 //! Not here: parsing its events (`ingest`), how an end is classified (`outcome`).
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe::Receiver;
+use tokio::sync::mpsc;
+
 use crate::supervisor::outcome::{
-    EndFacts, ExitInfo, ExitReason, Outcome, ServerCause, Status, classify, describe_end,
+    EndFacts, ExitReason, Outcome, ServerCause, Status, classify, describe_end,
 };
 use crate::supervisor::process::{self};
 use crate::supervisor::registry::{Control, Registry};
 use crate::supervisor::view::StatusView;
-use nix::sys::signal::Signal;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::pipe::Receiver;
-use tokio::sync::mpsc;
 
 use super::{Inner, Manager, ManagerError, WaitMode};
 
@@ -56,17 +58,8 @@ impl Manager {
 
 impl Inner {
     pub(super) fn cancel_queued(&self, reg: &mut Registry, id: &str) {
-        let cancelled = ExitInfo::without_process(ExitReason::Cancelled);
-        if let Some(rec) = reg.end_queued(id, Outcome::Killed, cancelled) {
-            rec.error = Some("cancelled before it started".into());
-            if let Some(t) = rec.transcript.as_mut() {
-                t.close();
-            }
-            rec.output_seq.send_modify(|v| *v += 1);
-            self.tell_ended(rec);
-            let retain = self.config.server.retained_agents;
-            reg.note_ended(id, retain);
-        }
+        let error = "cancelled before it started".to_string();
+        self.end_unstarted(reg, id, Outcome::Killed, ExitReason::Cancelled, error);
     }
 
     /// Owns one running worker until it is reaped: feeds its stdin, reads its output,

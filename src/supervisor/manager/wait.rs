@@ -3,9 +3,11 @@
 //!
 //! Not here: what a wait returns (`view`, `query`).
 
-use crate::supervisor::view::StatusView;
-use serde::Serialize;
 use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::supervisor::view::StatusView;
 
 use super::{Inner, Manager, ManagerError, OutputPage, OutputQuery, compiled_filter};
 
@@ -125,9 +127,9 @@ impl Manager {
 }
 
 /// Ends a wait's watch on its ids when the wait returns (or is dropped).
-pub(super) struct Unwatch<'a> {
-    pub(super) inner: &'a Inner,
-    pub(super) ids: &'a [String],
+struct Unwatch<'a> {
+    inner: &'a Inner,
+    ids: &'a [String],
 }
 
 impl Drop for Unwatch<'_> {
