@@ -209,11 +209,6 @@ impl Registry {
         self.agents.values()
     }
 
-    /// Every record, mutably, in no particular order.
-    pub fn records_mut(&mut self) -> impl Iterator<Item = &mut AgentRecord> {
-        self.agents.values_mut()
-    }
-
     /// Adds a new record: queued at the back of the FIFO, or holding a run slot when it
     /// starts at once (`start_now`).
     pub fn insert(&mut self, record: AgentRecord, start_now: bool) {
