@@ -1,10 +1,21 @@
-//! Everything between an MCP call and a worker process: `process` builds and starts a
-//! worker, `registry` holds records and the status state machine, `output` owns ring
-//! buffers and transcripts, `manager` ties them together, `request` checks what callers
-//! ask for before the manager acts, `view` is what callers see.
+//! Everything between an MCP call and a worker process. One concept a file:
+//! - `manager` — the facade the MCP layer calls ([`Manager`]) and the state its tasks
+//!   share; under `manager/`: `spawn` (accept a spawn), `start` (start a queued agent),
+//!   `supervise` (a running worker until reaped), `ingest` (worker events into records),
+//!   `session` (session spending), `wait` (waits without polling), `query` (reading
+//!   records), `shutdown`;
+//! - `request` — checks what callers ask for before the manager acts;
+//! - `admission` — per-provider caps and holds on starts;
+//! - `process` — builds and starts a worker and awaits it; its unsafe clone-and-exec is
+//!   in `process/clone_exec.rs`;
+//! - `registry` — records, their state machine, the queue and the run slots;
+//! - `outcome` — statuses, terminal outcomes, exit reasons, classification of an end;
+//! - `output` — ring buffer (`output/ring.rs`), filter, transcript, stderr tail;
+//! - `view` — what callers see.
 
 pub mod admission;
 pub mod manager;
+pub mod outcome;
 pub mod output;
 pub mod process;
 pub mod registry;
@@ -12,4 +23,4 @@ pub mod request;
 pub mod view;
 
 pub use manager::{Manager, ManagerError, ShutdownReport, WaitMode};
-pub use registry::Status;
+pub use outcome::Status;

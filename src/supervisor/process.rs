@@ -1,16 +1,16 @@
 //! Builds and starts one worker process: its own process group, kernel limits, a
 //! parent-death signal, a cleared environment; awaits its exit; signals its group.
 //!
-//! The child is started with clone(CLONE_VM | CLONE_VFORK) — what posix_spawn does —
-//! and sets its limits and PR_SET_PDEATHSIG itself between clone and exec, with raw
-//! system calls only. A `pre_exec` hook would do the same but forces std to fork(),
-//! copying the server's page tables on every spawn (measured: 0.8 ms against 0.2 ms).
+//! The clone-and-exec itself, the only unsafe code between a `Plan` and a running
+//! child, is in `clone_exec`.
 //!
 //! Not here: what the worker prints (`manager` reads it), records (`registry`).
 
+mod clone_exec;
+
 use std::ffi::CString;
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -22,6 +22,8 @@ use bg_agent_worker::values::Limits;
 use nix::libc;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+
+use self::clone_exec::{Started, clone_exec, reap_blocking};
 
 /// Seconds between the soft CPU limit (SIGXCPU) and the hard one (SIGKILL).
 pub const CPU_HARD_MARGIN_SECS: u64 = 5;
@@ -190,220 +192,6 @@ impl Plan {
             ],
         })
     }
-}
-
-/// What the child needs, as raw pointers into memory the parent keeps alive: with
-/// CLONE_VFORK the parent thread is suspended until the child has exec'd or exited.
-struct ChildArgs {
-    exe: *const libc::c_char,
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-    cwd: *const libc::c_char,
-    limits: [(rlimit::Resource, u64, u64); 5],
-    parent: libc::pid_t,
-    stdio: [RawFd; 3],
-    /// Where the child reports why it could not exec (shared memory under CLONE_VM).
-    errno: *mut libc::c_int,
-}
-
-/// The child between clone and exec. It shares the parent's memory, so it may only make
-/// raw system calls: no allocation, no locks, no Rust runtime. Each call below is a
-/// single async-signal-safe system call.
-extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` points to the ChildArgs on the suspended parent's stack, and every
-    // pointer in it stays valid until exec or _exit (CLONE_VFORK).
-    unsafe {
-        let a = &*(arg as *const ChildArgs);
-        let fail = || -> ! {
-            *a.errno = *libc::__errno_location();
-            if *a.errno == 0 {
-                *a.errno = libc::ECHILD;
-            }
-            libc::_exit(127)
-        };
-        // sigaction(2): handlers are code in the parent's memory; reset every caught
-        // signal to its default, and SIGPIPE too (Rust ignores it; std's Command resets it).
-        for sig in 1..65 {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
-                continue;
-            }
-            if old.sa_sigaction != libc::SIG_DFL
-                && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
-            {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
-        }
-        // sigprocmask(2): the parent blocked everything around clone; start unblocked.
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        // setpgid(2): its own process group, so a kill reaches everything it starts.
-        if libc::setpgid(0, 0) != 0 {
-            fail();
-        }
-        // setrlimit(2), through the rlimit crate (a plain struct and the raw call, no
-        // allocation on success): the kernel enforces the agent's limits from here on.
-        for (resource, soft, hard) in a.limits {
-            if rlimit::setrlimit(resource, soft, hard).is_err() {
-                fail();
-            }
-        }
-        // prctl(2): SIGKILL when the thread that cloned us dies (the server's main thread
-        // or the spawner thread; both live as long as the server).
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) != 0
-        {
-            fail();
-        }
-        // getppid(2): if the server died before prctl took effect, the signal will never
-        // come; give up instead of running orphaned.
-        if libc::getppid() != a.parent {
-            *libc::__errno_location() = libc::ESRCH;
-            fail();
-        }
-        // dup2(2): the pipes become stdin, stdout, stderr (dup2 clears close-on-exec).
-        for (target, fd) in a.stdio.iter().enumerate() {
-            if libc::dup2(*fd, target as libc::c_int) < 0 {
-                fail();
-            }
-        }
-        // chdir(2), execve(2).
-        if libc::chdir(a.cwd) != 0 {
-            fail();
-        }
-        libc::execve(a.exe, a.argv, a.envp);
-        fail()
-    }
-}
-
-/// A started worker before it is handed to the runtime.
-struct Started {
-    pid: libc::pid_t,
-    pidfd: OwnedFd,
-    stdin: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-}
-
-/// A pipe whose ends close on exec (the child's ends are dup2'd onto 0, 1, 2 instead).
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2(2) fills two new descriptors that we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Starts `plan` with clone(CLONE_VM | CLONE_VFORK), as posix_spawn does, but with the
-/// limits and the parent-death signal set in the child before exec. A fork() would copy
-/// the server's page tables on every spawn; this costs what a plain spawn costs.
-fn clone_exec(plan: &Plan) -> std::io::Result<Started> {
-    let (in_r, in_w) = pipe()?;
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let argv: Vec<*const libc::c_char> = plan
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let envp: Vec<*const libc::c_char> = plan
-        .envp
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let mut child_errno: libc::c_int = 0;
-    let args = ChildArgs {
-        exe: plan.exe.as_ptr(),
-        argv: argv.as_ptr(),
-        envp: envp.as_ptr(),
-        cwd: plan.cwd.as_ptr(),
-        limits: plan.limits,
-        parent: std::process::id() as libc::pid_t,
-        stdio: [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
-        errno: &mut child_errno,
-    };
-    let (pid, clone_error) = CHILD_STACK.with_borrow_mut(|stack| {
-        if stack.is_empty() {
-            *stack = vec![0u8; CHILD_STACK_BYTES];
-        }
-        // SAFETY: the stack outlives the child's use of it (this thread is suspended
-        // until exec/_exit, so one stack per thread serves every spawn from it); the top
-        // is 16-byte aligned as the ABI wants; every signal is blocked in this thread
-        // across clone so no handler can run in the child before it resets them;
-        // child_main only makes raw system calls.
-        unsafe {
-            let top = stack.as_mut_ptr().add(stack.len());
-            let top = top.sub(top as usize % 16);
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            let pid = libc::clone(
-                child_main,
-                top as *mut libc::c_void,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                &args as *const ChildArgs as *mut libc::c_void,
-            );
-            let clone_error = std::io::Error::last_os_error();
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-            (pid, clone_error)
-        }
-    });
-    if pid < 0 {
-        return Err(clone_error);
-    }
-    drop((in_r, out_w, err_w));
-    if child_errno != 0 {
-        reap_blocking(pid);
-        return Err(std::io::Error::from_raw_os_error(child_errno));
-    }
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        // SAFETY: kill(2) of the child we just started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        reap_blocking(pid);
-        return Err(std::io::Error::other(format!(
-            "pidfd_open failed (Linux 5.3 or later is required): {e}"
-        )));
-    }
-    // SAFETY: `fd` is a fresh descriptor returned to us and owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(Started {
-        pid,
-        pidfd,
-        stdin: in_w,
-        stdout: out_r,
-        stderr: err_r,
-    })
-}
-
-/// Stack for the child between clone and exec; it only makes system calls.
-const CHILD_STACK_BYTES: usize = 64 * 1024;
-
-thread_local! {
-    /// The child stack of the spawns made from this thread, allocated once.
-    static CHILD_STACK: std::cell::RefCell<Vec<u8>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn reap_blocking(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waitpid(2) on our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
 }
 
 /// A running worker process: its pipes and a pidfd to await its exit without polling.

@@ -1,97 +1,21 @@
-//! Agent records and their status state machine, and how a worker's end is classified.
+//! Agent records, their state machine, and the registry that holds them: records by id,
+//! the FIFO of queued agents, which agents hold a run slot, and the order in which agents
+//! ended (for eviction).
 //!
-//! Not here: processes (`process`), output storage (`output`), scheduling (`manager`).
+//! Not here: statuses and how an end is classified (`outcome`), processes (`process`),
+//! output storage (`output`), scheduling (`manager`).
 
-use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, SystemTime};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::SystemTime;
 
 use bg_agent_worker::protocol::{ErrorKind, TaskSpec};
 use bg_agent_worker::roles::RoleChoice;
 use bg_agent_worker::routing::RoutedBy;
 use bg_agent_worker::values::{Limits, Tier};
-use nix::sys::signal::Signal;
 use serde::Serialize;
 
+use super::outcome::{ExitInfo, Outcome, Status};
 use super::output::{OutputBuffer, StderrTail, Transcript};
-
-/// Every status an agent can be in (README.md, "Tools"); the names are the contract.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Killed,
-    TimedOut,
-    CpuLimit,
-    MemoryLimit,
-    OutputLimit,
-    BudgetExceeded,
-}
-
-impl Status {
-    pub const ALL: [Status; 10] = [
-        Status::Queued,
-        Status::Running,
-        Status::Completed,
-        Status::Failed,
-        Status::Killed,
-        Status::TimedOut,
-        Status::CpuLimit,
-        Status::MemoryLimit,
-        Status::OutputLimit,
-        Status::BudgetExceeded,
-    ];
-
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, Status::Queued | Status::Running)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Completed => "completed",
-            Status::Failed => "failed",
-            Status::Killed => "killed",
-            Status::TimedOut => "timed_out",
-            Status::CpuLimit => "cpu_limit",
-            Status::MemoryLimit => "memory_limit",
-            Status::OutputLimit => "output_limit",
-            Status::BudgetExceeded => "budget_exceeded",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-/// How a process ended, as the kernel said.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ExitInfo {
-    pub code: Option<i32>,
-    pub signal: Option<String>,
-    /// Machine-readable cause: completed, killed, timed_out, cpu_limit, memory_limit,
-    /// file_limit, output_limit, budget_exceeded, provider_error, config_error,
-    /// interrupted, crashed, spawn_failed, cancelled, transcript_error.
-    pub reason: String,
-}
-
-/// Why the server itself ended an agent, when it did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerCause {
-    Killed,
-    /// The session's budget (`[server] session_budget_usd` / `session_max_tokens`) ran out.
-    SessionBudget,
-    TimedOut,
-    OutputLimit,
-    /// The transcript file could not be created, so the output could not be kept.
-    NoTranscript,
-}
 
 /// The lifecycle with only the data each state can have.
 #[derive(Debug)]
@@ -104,7 +28,7 @@ pub enum AgentState {
         started_at: SystemTime,
     },
     Ended {
-        status: Status,
+        outcome: Outcome,
         exit: ExitInfo,
         started_at: Option<SystemTime>,
         pid: Option<u32>,
@@ -124,7 +48,7 @@ impl AgentState {
         match self {
             AgentState::Queued { .. } => Status::Queued,
             AgentState::Running { .. } => Status::Running,
-            AgentState::Ended { status, .. } => *status,
+            AgentState::Ended { outcome, .. } => outcome.status(),
         }
     }
 
@@ -139,30 +63,34 @@ impl AgentState {
         ok.then_some(()).ok_or(IllegalTransition { from, to })
     }
 
+    /// queued → running; returns the spec the worker is started with.
     pub fn start(&mut self, pid: u32) -> Result<Box<TaskSpec>, IllegalTransition> {
-        Self::check_transition(self.status(), Status::Running)?;
-        let old = std::mem::replace(
-            self,
-            AgentState::Running {
-                pid,
-                started_at: SystemTime::now(),
-            },
-        );
-        match old {
+        let running = AgentState::Running {
+            pid,
+            started_at: SystemTime::now(),
+        };
+        match std::mem::replace(self, running) {
             AgentState::Queued { spec } => Ok(spec),
-            // check_transition only allows Running from Queued.
-            _ => unreachable!("start from a non-queued state passed the transition check"),
+            other => {
+                let from = other.status();
+                *self = other;
+                Err(IllegalTransition {
+                    from,
+                    to: Status::Running,
+                })
+            }
         }
     }
 
-    pub fn end(&mut self, status: Status, exit: ExitInfo) -> Result<(), IllegalTransition> {
-        Self::check_transition(self.status(), status)?;
+    /// queued → killed or failed; running → any outcome.
+    pub fn end(&mut self, outcome: Outcome, exit: ExitInfo) -> Result<(), IllegalTransition> {
+        Self::check_transition(self.status(), outcome.status())?;
         let (started_at, pid) = match self {
             AgentState::Running { pid, started_at } => (Some(*started_at), Some(*pid)),
             _ => (None, None),
         };
         *self = AgentState::Ended {
-            status,
+            outcome,
             exit,
             started_at,
             pid,
@@ -250,20 +178,123 @@ impl AgentRecord {
     }
 }
 
-/// Records by id, plus the FIFO of queued agents and the order in which agents ended
-/// (for eviction).
+/// Records by id, plus the FIFO of queued agents, the agents that hold a run slot
+/// (starting or running, counted against `max_concurrent`) and the order in which agents
+/// ended (for eviction).
 #[derive(Debug, Default)]
 pub struct Registry {
-    pub agents: HashMap<String, AgentRecord>,
-    pub queue: VecDeque<String>,
+    agents: HashMap<String, AgentRecord>,
+    queue: VecDeque<String>,
+    /// Ids holding a run slot: from being admitted to start until their start failed or
+    /// their process was reaped. A set, so a slot is given back once however many paths
+    /// end an agent.
+    slots: HashSet<String>,
     ended: VecDeque<String>,
-    pub running: usize,
     /// Ids that pending waits are watching, with how many waits: never evicted while
     /// watched, so a wait always sees the end (and result) of what it waits for.
     watched: HashMap<String, usize>,
 }
 
 impl Registry {
+    pub fn get(&self, id: &str) -> Option<&AgentRecord> {
+        self.agents.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut AgentRecord> {
+        self.agents.get_mut(id)
+    }
+
+    /// Every record, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = &AgentRecord> {
+        self.agents.values()
+    }
+
+    /// Adds a new record: queued at the back of the FIFO, or holding a run slot when it
+    /// starts at once (`start_now`).
+    pub fn insert(&mut self, record: AgentRecord, start_now: bool) {
+        let id = record.id.clone();
+        self.agents.insert(id.clone(), record);
+        if start_now {
+            self.slots.insert(id);
+        } else {
+            self.queue.push_back(id);
+        }
+    }
+
+    /// Forgets `id` entirely (a spawn that failed changes nothing).
+    pub fn remove(&mut self, id: &str) -> Option<AgentRecord> {
+        self.queue.retain(|q| q != id);
+        self.slots.remove(id);
+        self.agents.remove(id)
+    }
+
+    /// Agents holding a run slot: starting or running.
+    pub fn running(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The queued ids, oldest first.
+    pub fn queued_ids(&self) -> Vec<String> {
+        self.queue.iter().cloned().collect()
+    }
+
+    /// Whether an agent of `provider` waits in the queue.
+    pub fn queues_provider(&self, provider: &str) -> bool {
+        self.queue
+            .iter()
+            .any(|q| self.agents.get(q).is_some_and(|r| r.provider == provider))
+    }
+
+    /// Takes the first queued agent that `admits` lets start out of the queue and gives
+    /// it a run slot; drops queued ids whose record is gone.
+    pub fn admit_next(&mut self, mut admits: impl FnMut(&AgentRecord) -> bool) -> Option<String> {
+        let mut i = 0;
+        while i < self.queue.len() {
+            let Some(rec) = self.agents.get(&self.queue[i]) else {
+                self.queue.remove(i);
+                continue;
+            };
+            if admits(rec) {
+                let id = self.queue.remove(i)?;
+                self.slots.insert(id.clone());
+                return Some(id);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// `id` gives its run slot back (its start failed, was cancelled, or its process was
+    /// reaped); a slot already given back is fine.
+    pub fn release_slot(&mut self, id: &str) {
+        self.slots.remove(id);
+    }
+
+    /// `id` gives its run slot back and waits at the head of the queue again.
+    pub fn requeue_front(&mut self, id: &str) {
+        self.slots.remove(id);
+        self.queue.retain(|q| q != id);
+        self.queue.push_front(id.to_string());
+    }
+
+    /// Ends queued agent `id` with `outcome` and takes it out of the queue; `None` when
+    /// there is no such record or its state may not end so.
+    pub fn end_queued(
+        &mut self,
+        id: &str,
+        outcome: Outcome,
+        exit: ExitInfo,
+    ) -> Option<&mut AgentRecord> {
+        self.queue.retain(|q| q != id);
+        let rec = self.agents.get_mut(id)?;
+        rec.state.end(outcome, exit).ok()?;
+        Some(rec)
+    }
+
     /// A fresh id like `a-7f3k2`, unique among the records.
     pub fn new_id(&self) -> String {
         const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
@@ -346,151 +377,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// What the server knows when a worker process has been reaped.
-#[derive(Debug, Clone)]
-pub struct EndFacts {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    pub cause: Option<ServerCause>,
-    pub limits: Limits,
-    /// CPU time the worker used (user + system, from the exit's rusage), when known.
-    pub cpu_used: Option<Duration>,
-    /// The worker's own final event.
-    pub result_seen: bool,
-    pub error_kind: Option<ErrorKind>,
-    pub stderr_tail: String,
-}
-
-/// Classifies a worker's end into a status and exit info, from the exit codes of
-/// `bg_agent_worker::protocol::exit` and the signal that ended it.
-pub fn classify(f: &EndFacts) -> (Status, ExitInfo) {
-    let signal_name = f.signal.map(signal_name);
-    let info = |reason: &str| ExitInfo {
-        code: f.code,
-        signal: signal_name.clone(),
-        reason: reason.to_string(),
-    };
-    match f.cause {
-        Some(ServerCause::Killed) => return (Status::Killed, info("killed")),
-        Some(ServerCause::SessionBudget) => {
-            return (Status::BudgetExceeded, info("session_budget"));
-        }
-        Some(ServerCause::TimedOut) => return (Status::TimedOut, info("timed_out")),
-        Some(ServerCause::OutputLimit) => return (Status::OutputLimit, info("output_limit")),
-        Some(ServerCause::NoTranscript) => return (Status::Failed, info("transcript_error")),
-        None => {}
-    }
-    if let Some(sig) = f.signal {
-        let sig = Signal::try_from(sig).ok();
-        return match sig {
-            Some(Signal::SIGXCPU) => (Status::CpuLimit, info("cpu_limit")),
-            // The hard CPU limit ends with SIGKILL from the kernel when SIGXCPU was
-            // ignored; the process must have used at least that much CPU.
-            Some(Signal::SIGKILL) if used_cpu_limit(f) => (Status::CpuLimit, info("cpu_limit")),
-            // Not ours (no server cause) and not the CPU limit: someone else killed it.
-            Some(Signal::SIGKILL) => (Status::Failed, info("killed_outside")),
-            Some(Signal::SIGXFSZ) => (Status::Failed, info("file_limit")),
-            Some(Signal::SIGABRT) | Some(Signal::SIGSEGV) | Some(Signal::SIGBUS)
-                if allocation_failed(&f.stderr_tail) =>
-            {
-                (Status::MemoryLimit, info("memory_limit"))
-            }
-            _ => (Status::Failed, info("crashed")),
-        };
-    }
-    match f.code {
-        Some(0) if f.result_seen => (Status::Completed, info("completed")),
-        Some(0) => (Status::Failed, info("no_result")),
-        Some(3) => (Status::BudgetExceeded, info("budget_exceeded")),
-        Some(_) if f.error_kind.is_none() && allocation_failed(&f.stderr_tail) => {
-            (Status::MemoryLimit, info("memory_limit"))
-        }
-        Some(1) => (Status::Failed, info("provider_error")),
-        Some(2) => (Status::Failed, info("config_error")),
-        Some(130) | Some(143) => (Status::Failed, info("interrupted")),
-        _ => (Status::Failed, info("crashed")),
-    }
-}
-
-/// Whether the measured CPU time reached `cpu_seconds` (less a little: the kernel
-/// checks RLIMIT_CPU on its ticks). Unmeasured is never the limit.
-fn used_cpu_limit(f: &EndFacts) -> bool {
-    f.cpu_used
-        .is_some_and(|cpu| cpu.as_secs_f64() + 0.5 >= f.limits.cpu_seconds as f64)
-}
-
-/// Allocation failures under RLIMIT_AS as runtimes report them: Rust's
-/// "memory allocation of N bytes failed", C's ENOMEM text, Python's MemoryError.
-fn allocation_failed(stderr_tail: &str) -> bool {
-    [
-        "memory allocation of",
-        "Cannot allocate memory",
-        "MemoryError",
-        "out of memory",
-    ]
-    .iter()
-    .any(|m| stderr_tail.contains(m))
-}
-
-pub fn signal_name(sig: i32) -> String {
-    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
-}
-
-/// A human sentence for an ended agent's `error`, when the status is not `completed`.
-pub fn describe_end(
-    status: Status,
-    exit: &ExitInfo,
-    limits: &Limits,
-    worker_error: Option<&str>,
-) -> Option<String> {
-    let detail = worker_error.map(|e| format!(": {e}")).unwrap_or_default();
-    Some(match (status, exit.reason.as_str()) {
-        (Status::Completed, _) => return None,
-        (Status::Killed, _) => {
-            "stopped by the server (agent_kill, a cancelled task, or shutdown)".to_string()
-        }
-        (Status::TimedOut, _) => format!(
-            "ran past timeout_seconds = {}; stopped",
-            limits.timeout_seconds
-        ),
-        (Status::CpuLimit, _) => {
-            format!("used its CPU limit (cpu_seconds = {})", limits.cpu_seconds)
-        }
-        (Status::MemoryLimit, _) => format!(
-            "ran out of memory under RLIMIT_AS (memory_mb = {})",
-            limits.memory_mb
-        ),
-        (Status::OutputLimit, _) => {
-            "wrote more output than the transcript cap; stopped so nothing is lost silently"
-                .to_string()
-        }
-        (Status::BudgetExceeded, _) => format!("budget exhausted{detail}"),
-        (_, "file_limit") => format!(
-            "wrote a file past the file size limit (SIGXFSZ, max_file_mb = {})",
-            limits.max_file_mb
-        ),
-        (_, "spawn_failed") => format!("could not start{detail}"),
-        (_, "transcript_error") => format!("stopped: could not keep its transcript{detail}"),
-        (_, "no_result") => "exited 0 without a result event".to_string(),
-        (_, "killed_outside") => format!(
-            "killed by {} from outside the server (not agent_kill, and not the CPU limit: cpu_seconds = {})",
-            exit.signal.as_deref().unwrap_or("a signal"),
-            limits.cpu_seconds
-        ),
-        (_, reason) => {
-            let how = match (&exit.signal, exit.code) {
-                (Some(s), _) => format!("killed by {s}"),
-                (None, Some(c)) => format!("exited with code {c}"),
-                (None, None) => "ended".to_string(),
-            };
-            format!("{reason}: {how}{detail}")
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervisor::outcome::ExitReason;
 
     #[test]
     fn a_watched_agent_is_not_evicted_until_its_wait_returns() {
@@ -512,19 +402,6 @@ mod tests {
 
     fn limits() -> Limits {
         bg_agent_worker::config::Config::builtin().unwrap().defaults
-    }
-
-    fn facts(code: Option<i32>, signal: Option<Signal>) -> EndFacts {
-        EndFacts {
-            code,
-            signal: signal.map(|s| s as i32),
-            cause: None,
-            limits: limits(),
-            cpu_used: Some(Duration::from_millis(10)),
-            result_seen: false,
-            error_kind: None,
-            stderr_tail: String::new(),
-        }
     }
 
     #[test]
@@ -565,7 +442,11 @@ mod tests {
         };
         s.start(42).unwrap();
         assert!(s.start(43).is_err());
-        s.end(Status::Completed, ExitInfo::default()).unwrap();
+        s.end(
+            Outcome::Completed,
+            ExitInfo::without_process(ExitReason::Completed),
+        )
+        .unwrap();
         assert!(matches!(
             s,
             AgentState::Ended {
@@ -574,51 +455,14 @@ mod tests {
                 ..
             }
         ));
-        assert!(s.end(Status::Failed, ExitInfo::default()).is_err());
+        assert!(
+            s.end(
+                Outcome::Failed,
+                ExitInfo::without_process(ExitReason::Crashed)
+            )
+            .is_err()
+        );
         assert_eq!(s.status(), Status::Completed);
-    }
-
-    #[test]
-    fn classification_table() {
-        let mut f = facts(Some(0), None);
-        f.result_seen = true;
-        assert_eq!(classify(&f).0, Status::Completed);
-        assert_eq!(classify(&facts(Some(0), None)).0, Status::Failed);
-        assert_eq!(classify(&facts(Some(3), None)).0, Status::BudgetExceeded);
-        assert_eq!(classify(&facts(Some(1), None)).1.reason, "provider_error");
-        assert_eq!(classify(&facts(Some(2), None)).1.reason, "config_error");
-        assert_eq!(
-            classify(&facts(None, Some(Signal::SIGXCPU))).0,
-            Status::CpuLimit
-        );
-        let (s, e) = classify(&facts(None, Some(Signal::SIGXFSZ)));
-        assert_eq!(
-            (s, e.reason.as_str(), e.signal.as_deref()),
-            (Status::Failed, "file_limit", Some("SIGXFSZ"))
-        );
-        assert_eq!(
-            classify(&facts(None, Some(Signal::SIGSEGV))).1.reason,
-            "crashed"
-        );
-        let mut f = facts(None, Some(Signal::SIGABRT));
-        f.stderr_tail = "memory allocation of 1073741824 bytes failed\n".into();
-        assert_eq!(classify(&f).0, Status::MemoryLimit);
-        // SIGKILL from outside after a short run is a crash, not the CPU limit.
-        assert_eq!(
-            classify(&facts(None, Some(Signal::SIGKILL))).0,
-            Status::Failed
-        );
-        let mut f = facts(None, Some(Signal::SIGKILL));
-        f.cpu_used = Some(Duration::from_secs(f.limits.cpu_seconds));
-        assert_eq!(classify(&f).0, Status::CpuLimit);
-        // The server's own causes win over whatever the process did.
-        let mut f = facts(Some(143), None);
-        f.cause = Some(ServerCause::Killed);
-        assert_eq!(classify(&f).0, Status::Killed);
-        f.cause = Some(ServerCause::TimedOut);
-        assert_eq!(classify(&f).0, Status::TimedOut);
-        f.cause = Some(ServerCause::OutputLimit);
-        assert_eq!(classify(&f).0, Status::OutputLimit);
     }
 
     /// A queued record with id `id` and `limits`, as the registry holds one.
@@ -665,6 +509,24 @@ mod tests {
             output_seq: tokio::sync::watch::channel(0).0,
             control: None,
         }
+    }
+
+    #[test]
+    fn run_slots_follow_admission_and_are_given_back_once() {
+        let mut r = Registry::default();
+        r.insert(record("a", limits()), false);
+        r.insert(record("b", limits()), true);
+        assert_eq!((r.running(), r.queued()), (1, 1));
+        assert_eq!(r.admit_next(|_| false), None);
+        assert_eq!(r.admit_next(|_| true).as_deref(), Some("a"));
+        assert_eq!((r.running(), r.queued()), (2, 0));
+        r.release_slot("a");
+        r.release_slot("a");
+        assert_eq!(r.running(), 1, "a slot given back twice counts once");
+        r.requeue_front("b");
+        assert_eq!((r.running(), r.queued_ids()), (0, vec!["b".to_string()]));
+        assert!(r.remove("b").is_some());
+        assert_eq!((r.running(), r.queued()), (0, 0));
     }
 
     #[test]

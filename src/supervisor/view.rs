@@ -10,7 +10,8 @@ use serde::Serialize;
 use bg_agent_worker::protocol::STOP_MAX_TOKENS;
 use bg_agent_worker::values::Limits;
 
-use super::registry::{AgentRecord, AgentState, Status};
+use super::outcome::Status;
+use super::registry::{AgentRecord, AgentState};
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SpawnView {
@@ -186,7 +187,7 @@ impl StatusView {
             AgentState::Ended { exit, .. } => Some(ExitView {
                 code: exit.code,
                 signal: exit.signal.clone(),
-                reason: exit.reason.clone(),
+                reason: exit.reason.as_str().to_string(),
             }),
             _ => None,
         };

@@ -1,0 +1,139 @@
+//! Waiting without polling: for agents to end (`agent_wait`), for a status change, for
+//! new output; the ids waited on are kept from eviction until the wait returns.
+//!
+//! Not here: what a wait returns (`view`, `query`).
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::supervisor::view::StatusView;
+
+use super::{Inner, Manager, ManagerError, OutputPage, OutputQuery, compiled_filter};
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitMode {
+    Any,
+    All,
+}
+
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct WaitView {
+    /// True when the condition (any or all ended) was met; false when the wait ran out.
+    pub done: bool,
+    pub ended: Vec<String>,
+    pub still_running: Vec<String>,
+    pub agents: Vec<StatusView>,
+    pub waited_seconds: f64,
+}
+
+impl Manager {
+    /// The status once the agent has ended, or after `wait` (whichever first).
+    pub async fn wait_status(&self, id: &str, wait: Duration) -> Result<StatusView, ManagerError> {
+        let ids = [id.to_string()];
+        self.wait(&ids, WaitMode::All, wait).await?;
+        self.status(id)
+    }
+
+    /// Like `output`, but first waits up to `wait` for output past `since` (or the end).
+    pub async fn wait_output(
+        &self,
+        id: &str,
+        q: &OutputQuery,
+        wait: Duration,
+    ) -> Result<OutputPage, ManagerError> {
+        // Compiled once for the whole wait, not on every wake-up.
+        let filter = compiled_filter(q)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = {
+            let reg = self.inner.lock();
+            self.inner.get(&reg, id)?.output_seq.subscribe()
+        };
+        loop {
+            let page = self.read_output(id, q, filter.as_ref())?;
+            let since = q.since.unwrap_or(0);
+            if page.status.is_terminal() || page.next_cursor > since || !page.text.is_empty() {
+                return Ok(page);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return self.read_output(id, q, filter.as_ref()) },
+                _ = tokio::time::sleep_until(deadline) => return Ok(page),
+            }
+        }
+    }
+
+    /// Waits until any or all of `ids` have ended, or `wait` passes. Unknown ids are an
+    /// error before any waiting.
+    pub async fn wait(
+        &self,
+        ids: &[String],
+        mode: WaitMode,
+        wait: Duration,
+    ) -> Result<WaitView, ManagerError> {
+        if ids.is_empty() {
+            return Err(ManagerError::NoIds);
+        }
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = self.inner.changed.subscribe();
+        // While this wait is pending its agents are not evicted (retained_agents), so
+        // an end it is about to report cannot turn into "unknown agent".
+        self.inner.lock().watch(ids);
+        let _unwatch = Unwatch {
+            inner: &self.inner,
+            ids,
+        };
+        loop {
+            rx.borrow_and_update();
+            let (ended, running, agents) = {
+                let reg = self.inner.lock();
+                let mut ended = Vec::new();
+                let mut running = Vec::new();
+                let mut agents = Vec::new();
+                for id in ids {
+                    let rec = self.inner.get(&reg, id)?;
+                    if rec.status().is_terminal() {
+                        ended.push(id.clone());
+                    } else {
+                        running.push(id.clone());
+                    }
+                    agents.push(self.inner.status_view(&reg, rec));
+                }
+                (ended, running, agents)
+            };
+            let done = match mode {
+                WaitMode::Any => !ended.is_empty(),
+                WaitMode::All => running.is_empty(),
+            };
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            if done || timed_out {
+                return Ok(WaitView {
+                    done,
+                    ended,
+                    still_running: running,
+                    agents,
+                    waited_seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Err(ManagerError::ShuttingDown) },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+}
+
+/// Ends a wait's watch on its ids when the wait returns (or is dropped).
+struct Unwatch<'a> {
+    inner: &'a Inner,
+    ids: &'a [String],
+}
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        self.inner.lock().unwatch(self.ids);
+    }
+}
