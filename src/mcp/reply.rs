@@ -328,13 +328,8 @@ impl AgentReply {
             });
         let read_on = cut.then(|| {
             format!(
-                "the answer is cut at {result_max} bytes; agent_output {{\"agent_id\": \"{}\"}} pages through all output (the answer ends it){}",
-                v.agent_id,
-                v.output
-                    .transcript_path
-                    .as_deref()
-                    .map(|t| format!("; transcript: {t}"))
-                    .unwrap_or_default()
+                "cut at {result_max} bytes; agent_output {{\"agent_id\": \"{}\"}} pages through all of it (the answer ends the output; verbose names the transcript)",
+                v.agent_id
             )
         });
         AgentReply {
