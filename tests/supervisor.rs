@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bg_agent_worker::values::LimitsOverride;
 use bg_agents::supervisor::manager::{ManagerError, OutputQuery};
+use bg_agents::supervisor::output::hold_transcript_writes;
 use bg_agents::supervisor::process::SpawnError;
 use bg_agents::supervisor::view::StatusView;
 use bg_agents::supervisor::{Status, WaitMode};
@@ -539,6 +540,55 @@ async fn a_full_disk_loses_the_transcript_tail_not_the_agent() {
     let error = out.transcript_error.as_deref().unwrap_or_default();
     assert!(error.contains("No space left on device"), "{out:?}");
     drop(h);
+}
+
+/// What `f` returns, from a thread of its own; fails the test when `f` does not return
+/// within PATIENCE (it is blocked: the thread is left behind).
+fn answers<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("{what} did not answer in {PATIENCE:?}: blocked"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The held guard is the stalled disk; only the transcript writer threads wait on it.
+#[allow(clippy::await_holding_lock)]
+async fn calls_answer_while_the_transcript_disk_stalls() {
+    // Exclusive: the stall holds every transcript of this test binary.
+    let _procs = exclusive().await;
+    let h = std::sync::Arc::new(Harness::new(""));
+    let stall = hold_transcript_writes();
+    let rt = tokio::runtime::Handle::current();
+    let h2 = h.clone();
+    let id = answers("agent spawn", move || rt.block_on(h2.spawn("ok")));
+    // All of the agent's output arrives and is readable while no transcript write can
+    // finish: neither the registry nor the runtime waits for the disk.
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !seen.contains("ok line 0300") && std::time::Instant::now() < deadline {
+        let (h2, id2) = (h.clone(), id.clone());
+        seen = answers("agent output", move || h2.read_all(&id2).text);
+        let (h2, id2) = (h.clone(), id.clone());
+        answers("agent status", move || h2.status(&id2));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.contains("ok line 0300"), "{seen}");
+    drop(stall);
+    // Nothing lost: once the disk answers, every event is in the file.
+    let st = h.wait_end(&id).await;
+    assert_eq!(st.status, Status::Completed, "{st:?}");
+    let out = &st.output;
+    assert_eq!(out.transcript_dropped_bytes, 0, "{out:?}");
+    let file = std::fs::read_to_string(out.transcript_path.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        file.lines().count(),
+        1 + 300 + 2,
+        "started, text, usage, result"
+    );
+    assert_eq!(file.len() as u64, out.transcript_bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,7 +202,7 @@ impl Inner {
         if let Some(rec) = reg.end_queued(id, outcome, exit) {
             rec.error = Some(error);
             if let Some(t) = rec.transcript.as_mut() {
-                t.close();
+                drop(t.close());
             }
             rec.output_seq.send_modify(|v| *v += 1);
             self.tell_ended(rec);

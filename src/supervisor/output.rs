@@ -6,7 +6,8 @@
 //! - `filter` — [`compile_filter`]: the bounded per-line regex a read may filter by.
 //! - `transcript` — [`Transcript`]: the agent's full event stream, one JSON event per
 //!   line, appended to a private file (0600 in a 0700 directory) up to a byte cap, so
-//!   output evicted from the ring buffer is not lost.
+//!   output evicted from the ring buffer is not lost; one shared writer thread writes
+//!   every transcript, so the disk never stalls the caller.
 //! - `stderr_tail` — [`StderrTail`]: the last bytes of the worker's stderr, for
 //!   `agent_status`.
 //!
@@ -26,7 +27,10 @@ mod transcript;
 pub use filter::{FILTER_SIZE_LIMIT, compile_filter};
 pub use ring::{DEFAULT_BUFFER_CAPACITY, MAX_LINE, OutputBuffer, ReadRequest, ReadResult};
 pub use stderr_tail::{DEFAULT_STDERR_TAIL, StderrTail};
-pub use transcript::{DEFAULT_TRANSCRIPT_CAP, Transcript, ensure_private_dir};
+pub use transcript::{
+    DEFAULT_TRANSCRIPT_CAP, MAX_QUEUED_BYTES, MAX_QUEUED_TOTAL, Transcript, ensure_private_dir,
+    hold_transcript_writes,
+};
 
 /// A caller's mistake with output, or a transcript that cannot be opened.
 #[derive(Debug, thiserror::Error)]

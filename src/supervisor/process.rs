@@ -23,7 +23,7 @@ use nix::libc;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use self::clone_exec::{Started, clone_exec, reap_blocking};
+use self::clone_exec::{Started, clone_exec, reap_blocking, reap_now};
 
 /// Seconds between the soft CPU limit (SIGXCPU) and the hard one (SIGKILL).
 pub const CPU_HARD_MARGIN_SECS: u64 = 5;
@@ -333,10 +333,25 @@ pub fn first_above_hard_limits(limits: &Limits) -> Option<(&'static str, u64, u6
 }
 
 impl Drop for Worker {
+    /// Kills the group and reaps the worker without blocking the caller (a runtime
+    /// thread): a process that does not die at once (stuck in the kernel on a slow
+    /// disk) is reaped by a thread of its own.
     fn drop(&mut self) {
-        if !self.reaped {
-            signal_group(self.pid, Signal::SIGKILL);
-            reap_blocking(self.pid as libc::pid_t);
+        if self.reaped {
+            return;
+        }
+        signal_group(self.pid, Signal::SIGKILL);
+        let pid = self.pid as libc::pid_t;
+        if reap_now(pid) {
+            return;
+        }
+        let handed_off = std::thread::Builder::new()
+            .name(format!("reap-{pid}"))
+            .spawn(move || reap_blocking(pid))
+            .is_ok();
+        if !handed_off {
+            // No thread to be had: block rather than leave a zombie.
+            reap_blocking(pid);
         }
     }
 }

@@ -11,6 +11,7 @@ use bg_agent_worker::protocol::STOP_MAX_TOKENS;
 use bg_agent_worker::values::Limits;
 
 use super::outcome::Status;
+use super::output::Transcript;
 use super::registry::{AgentRecord, AgentState};
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -239,7 +240,7 @@ impl StatusView {
                 transcript_error: r
                     .transcript
                     .as_ref()
-                    .and_then(|t| t.error().map(str::to_string)),
+                    .and_then(Transcript::error),
             },
             stderr_tail: (status != Status::Completed && !stderr.trim().is_empty())
                 .then_some(stderr),

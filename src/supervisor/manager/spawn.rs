@@ -3,6 +3,7 @@
 //!
 //! Not here: starting the worker (`start`), resolving roles and routes (the worker library).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
@@ -56,7 +57,15 @@ impl Manager {
             .into());
         }
         let exe = process::locate_worker(&inner.config.server.worker.path)?;
-        inner.check_transcript_dir()?;
+        let checker = Arc::clone(inner);
+        tokio::task::spawn_blocking(move || checker.check_transcript_dir())
+            .await
+            .map_err(|e| {
+                ManagerError::Transcript(OutputError::TranscriptDir {
+                    path: inner.transcript_dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })??;
         let server = &inner.config.server;
         let (id, view, start_now) = {
             let mut reg = inner.lock();

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::supervisor::outcome::{
     EndFacts, ExitReason, Outcome, ServerCause, Status, classify, describe_end,
 };
+use crate::supervisor::output::Transcript;
 use crate::supervisor::process::{self};
 use crate::supervisor::registry::{Control, Registry};
 use crate::supervisor::view::StatusView;
@@ -22,6 +23,8 @@ use super::{Inner, Manager, ManagerError, WaitMode};
 
 /// How long to wait for a worker's pipes to close after it was reaped.
 const PIPE_DRAIN: Duration = Duration::from_secs(2);
+/// How long an ended agent waits for its transcript to be written before its end is told.
+const TRANSCRIPT_CLOSE: Duration = Duration::from_secs(10);
 
 impl Manager {
     /// Stops an agent: a queued one is cancelled; a running one gets SIGTERM to its group,
@@ -150,6 +153,18 @@ impl Inner {
                 tracing::warn!(agent = %id, "output pipe still open {PIPE_DRAIN:?} after exit");
             }
         }
+        // Everything the agent wrote is on disk (or counted as lost) before its end is
+        // told; the writer thread does it, the runtime only waits for its word.
+        let closing = self
+            .lock()
+            .get_mut(&id)
+            .and_then(|r| r.transcript.as_mut())
+            .and_then(Transcript::close);
+        if let Some(done) = closing
+            && tokio::time::timeout(TRANSCRIPT_CLOSE, done).await.is_err()
+        {
+            tracing::warn!(agent = %id, "transcript still being written {TRANSCRIPT_CLOSE:?} after exit");
+        }
         let (code, signal, cpu_used) = match &status {
             Ok(exit) => {
                 use std::os::unix::process::ExitStatusExt;
@@ -196,7 +211,7 @@ impl Inner {
                     let _ = rec.state.end(outcome, exit);
                     rec.control = None;
                     if let Some(t) = rec.transcript.as_mut() {
-                        t.close();
+                        drop(t.close());
                     }
                     rec.output_seq.send_modify(|v| *v += 1);
                     self.tell_ended(rec);

@@ -2,35 +2,145 @@
 //! event per line, up to a byte cap, and the privacy of where it lives (0600 files in a
 //! 0700 directory owned by this user, never through a symlink).
 //!
+//! Every transcript of the server is written by one shared writer thread, started on
+//! first use and fed by one channel of (transcript id, line | flush | close) messages;
+//! it owns the open files. Callers (the runtime thread, under the registry lock) only
+//! hand bytes over, so a slow or full disk never stalls them. Bytes waiting for the
+//! writer are bounded (per transcript and in all); past the bound lines are left out,
+//! counted as dropped and told as the transcript's error.
+//!
 //! Not here: the readable text (`ring`), deciding what a dropped byte means for the
 //! agent (the manager).
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use super::OutputError;
 
 /// Default byte cap of a transcript file.
 pub const DEFAULT_TRANSCRIPT_CAP: u64 = 64 * 1024 * 1024;
 
+/// Most bytes of one transcript's lines handed to the writer and not yet written: past
+/// it (the disk is slower than the agent's output), its lines are left out and counted
+/// as dropped.
+pub const MAX_QUEUED_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Most bytes of all transcripts' lines waiting for the writer, so many agents cannot
+/// together queue without bound behind a slow disk.
+pub const MAX_QUEUED_TOTAL: u64 = 64 * 1024 * 1024;
+
+/// Bytes of all transcripts handed to the writer and not yet written.
+static QUEUED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Names transcripts on the writer's channel.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The shared writer's channel; None until first use, or after its thread died.
+static WRITER: Mutex<Option<Sender<Msg>>> = Mutex::new(None);
+
 /// An agent's full event stream, one JSON event per line, in `{agent_id}.jsonl`, up to a
-/// byte cap. Write failures are recorded, never raised: output keeps flowing to the ring
-/// buffer and the counts say what the file is missing.
+/// byte cap. The file is written by the shared writer thread, never by the caller.
+/// Write failures are recorded, never raised: output keeps flowing to the ring buffer
+/// and the counts say what the file is missing.
 #[derive(Debug)]
 pub struct Transcript {
     path: PathBuf,
-    writer: Option<BufWriter<File>>,
+    id: u64,
+    /// The writer's channel; None once closed.
+    writer: Option<Sender<Msg>>,
+    /// Fires (its sender is dropped) when the writer has flushed and closed the file.
+    done: Option<oneshot::Receiver<()>>,
+    shared: Arc<WriterState>,
     cap_bytes: u64,
-    written: u64,
+    /// Bytes handed to the writer, counted against the cap.
+    accepted: u64,
+    /// Bytes left out on this side: past the cap, after close, or the writer behind.
     dropped: u64,
     capped: bool,
-    error: Option<String>,
+}
+
+/// What the writer tells one transcript.
+#[derive(Debug, Default)]
+struct WriterState {
+    written: AtomicU64,
+    /// Bytes the writer could not write (after a write error).
+    dropped: AtomicU64,
+    /// Bytes handed over and not yet written.
+    queued: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
+impl WriterState {
+    fn fail(&self, message: String) {
+        let mut error = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        error.get_or_insert(message);
+    }
+}
+
+/// A message to the shared writer about transcript `id`.
+#[derive(Debug)]
+enum Msg {
+    Open {
+        id: u64,
+        path: PathBuf,
+        file: File,
+        state: Arc<WriterState>,
+        done: oneshot::Sender<()>,
+    },
+    /// One line with its '\n'.
+    Line(u64, Vec<u8>),
+    Flush(u64),
+    /// Write what was given, flush, close the file, then drop `done`.
+    Close(u64),
+    /// Flush, then answer: the writer has caught up.
+    #[cfg(test)]
+    Settle(u64, Sender<()>),
+}
+
+/// Taken by the writer thread before each message: a test holds it to stand for a disk
+/// that does not answer. Uncontended (a few nanoseconds) otherwise.
+static WRITE_GATE: Mutex<()> = Mutex::new(());
+
+/// Holds every transcript write until the guard is dropped, as a stalled disk would.
+/// For tests.
+#[doc(hidden)]
+pub fn hold_transcript_writes() -> std::sync::MutexGuard<'static, ()> {
+    WRITE_GATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hands `open` to the shared writer, starting its thread if it is not running.
+fn open_in_writer(open: Msg) -> io::Result<Sender<Msg>> {
+    let mut slot = WRITER.lock().unwrap_or_else(|p| p.into_inner());
+    let open = match slot.as_ref() {
+        Some(tx) => match tx.send(open) {
+            Ok(()) => return Ok(tx.clone()),
+            // Its thread is gone (it panicked): start another.
+            Err(std::sync::mpsc::SendError(open)) => open,
+        },
+        None => open,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("transcripts".into())
+        .spawn(move || write_transcripts(&rx))?;
+    tx.send(open)
+        .map_err(|_| io::Error::other("the transcript writer thread exited at once"))?;
+    *slot = Some(tx.clone());
+    Ok(tx)
 }
 
 impl Transcript {
     /// Creates `dir/{agent_id}.jsonl` (0600, new: an existing file or symlink there is an
-    /// error), creating `dir` (0700) if missing. Agent ids must be unique within `dir`.
+    /// error), creating `dir` (0700) if missing, and hands the file to the shared writer.
+    /// Agent ids must be unique within `dir`. Blocks on the file system: call it off the
+    /// runtime.
     pub fn create(dir: &Path, agent_id: &str, cap_bytes: u64) -> Result<Transcript, OutputError> {
         let bad_id = agent_id.is_empty()
             || agent_id.starts_with('.')
@@ -47,98 +157,137 @@ impl Transcript {
             path: path.clone(),
             source,
         })?;
-        Ok(Self::with_file(path, file, cap_bytes))
+        Self::with_file(path.clone(), file, cap_bytes)
+            .map_err(|source| OutputError::TranscriptFile { path, source })
     }
 
-    fn with_file(path: PathBuf, file: File, cap_bytes: u64) -> Self {
-        Self {
+    fn with_file(path: PathBuf, file: File, cap_bytes: u64) -> io::Result<Self> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let (done_tx, done) = oneshot::channel();
+        let shared = Arc::new(WriterState::default());
+        let writer = open_in_writer(Msg::Open {
+            id,
+            path: path.clone(),
+            file,
+            state: Arc::clone(&shared),
+            done: done_tx,
+        })?;
+        Ok(Self {
             path,
-            writer: Some(BufWriter::new(file)),
+            id,
+            writer: Some(writer),
+            done: Some(done),
+            shared,
             cap_bytes,
-            written: 0,
+            accepted: 0,
             dropped: 0,
             capped: false,
-            error: None,
-        }
+        })
     }
 
     /// Appends `line` and a '\n'; `line` is one serialized event and holds no '\n'.
     /// Once a line would pass the cap, writes one `transcript_truncated` marker and from
-    /// then on only counts dropped bytes.
+    /// then on only counts dropped bytes. Never waits for the disk.
     pub fn append_line(&mut self, line: &str) {
         let len = line.len() as u64 + 1;
         if self.capped || self.writer.is_none() {
             self.dropped += len;
             return;
         }
-        if self.written + len > self.cap_bytes {
+        if self.accepted + len > self.cap_bytes {
             self.capped = true;
             self.dropped += len;
             let marker = format!(
                 "{{\"type\":\"transcript_truncated\",\"cap_bytes\":{}}}\n",
                 self.cap_bytes
             );
-            if self.write(marker.as_bytes()) {
-                self.written += marker.len() as u64;
-            }
+            self.hand_over(marker.into_bytes());
             return;
         }
-        if self.write(line.as_bytes()) && self.write(b"\n") {
-            self.written += len;
-        } else {
-            self.dropped += len;
-        }
-    }
-
-    /// Writes buffered lines to the file; a failure is recorded like a write failure.
-    pub fn flush(&mut self) {
-        if let Some(writer) = self.writer.as_mut()
-            && let Err(err) = writer.flush()
+        let queued = self.shared.queued.load(Ordering::Acquire);
+        let total = QUEUED_TOTAL.load(Ordering::Acquire);
+        // A line longer than a bound still goes when nothing waits before it.
+        if (queued > 0 && queued + len > MAX_QUEUED_BYTES)
+            || (total > 0 && total + len > MAX_QUEUED_TOTAL)
         {
-            self.fail(&err);
+            self.dropped += len;
+            self.shared.fail(format!(
+                "writing transcript {} fell behind: more than {} bytes waited for the disk, so lines were left out",
+                self.path.display(),
+                if queued + len > MAX_QUEUED_BYTES { MAX_QUEUED_BYTES } else { MAX_QUEUED_TOTAL }
+            ));
+            return;
         }
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        self.hand_over(bytes);
     }
 
-    /// Flushes and closes the file once the agent has ended, so an ended agent holds no
-    /// file descriptor; later lines are counted as dropped.
-    pub fn close(&mut self) {
-        self.flush();
-        self.writer = None;
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> bool {
-        let Some(writer) = self.writer.as_mut() else {
-            return false;
+    fn hand_over(&mut self, bytes: Vec<u8>) {
+        let len = bytes.len() as u64;
+        let Some(writer) = self.writer.as_ref() else {
+            self.dropped += len;
+            return;
         };
-        match writer.write_all(bytes) {
-            Ok(()) => true,
-            Err(err) => {
-                self.fail(&err);
-                false
-            }
+        self.shared.queued.fetch_add(len, Ordering::AcqRel);
+        QUEUED_TOTAL.fetch_add(len, Ordering::AcqRel);
+        if writer.send(Msg::Line(self.id, bytes)).is_ok() {
+            self.accepted += len;
+        } else {
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+            QUEUED_TOTAL.fetch_sub(len, Ordering::AcqRel);
+            self.dropped += len;
+            self.shared.fail(format!(
+                "writing transcript {} failed: its writer thread is gone; later events were not saved",
+                self.path.display()
+            ));
         }
     }
 
-    fn fail(&mut self, err: &io::Error) {
-        self.error = Some(format!(
-            "writing transcript {} failed: {err}; later events were not saved",
-            self.path.display()
-        ));
-        self.writer = None;
+    /// Asks the writer to write buffered lines to the file; a failure is recorded like
+    /// a write failure.
+    pub fn flush(&mut self) {
+        if let Some(writer) = self.writer.as_ref() {
+            let _ = writer.send(Msg::Flush(self.id));
+        }
+    }
+
+    /// Ends the file once the agent has ended, so an ended agent holds no file
+    /// descriptor; later lines are counted as dropped. The writer writes what it was
+    /// given, flushes and closes the file; the receiver (only from the first call) fires
+    /// then (also when the writer is gone).
+    pub fn close(&mut self) -> Option<oneshot::Receiver<()>> {
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.send(Msg::Close(self.id));
+        }
+        self.done.take()
+    }
+
+    /// Waits until the writer has written and flushed everything handed to it.
+    #[cfg(test)]
+    fn settle(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(writer) = self.writer.as_ref()
+            && writer.send(Msg::Settle(self.id, tx)).is_ok()
+        {
+            let _ = rx.recv();
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Bytes handed to the file, including the truncation marker.
+    /// Bytes written to the file, including the truncation marker.
     pub fn written_bytes(&self) -> u64 {
-        self.written
+        self.shared.written.load(Ordering::Acquire)
     }
 
-    /// Bytes of lines not saved: past the cap, or after a write error.
+    /// Bytes of lines not saved: past the cap, after a write error, or left out while
+    /// the writer was behind.
     pub fn dropped_bytes(&self) -> u64 {
-        self.dropped
+        self.dropped + self.shared.dropped.load(Ordering::Acquire)
     }
 
     /// Whether a line went past the cap: the agent wrote more than the transcript keeps.
@@ -147,9 +296,116 @@ impl Transcript {
         self.capped
     }
 
-    /// The write error that stopped the transcript, if any.
-    pub fn error(&self) -> Option<&str> {
-        self.error.as_deref()
+    /// Why lines are missing from the file for a reason other than the cap, if any: a
+    /// write error, or a writer that fell behind.
+    pub fn error(&self) -> Option<String> {
+        self.shared
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Transcript {
+    /// A transcript dropped unclosed (its record evicted, a start that failed) still has
+    /// its file closed by the writer.
+    fn drop(&mut self) {
+        drop(self.close());
+    }
+}
+
+/// One open transcript file, owned by the writer thread.
+struct Open {
+    path: PathBuf,
+    /// None after a write error: later lines are only counted.
+    file: Option<BufWriter<File>>,
+    state: Arc<WriterState>,
+    /// Dropped once the file is closed: the transcript's `close` receiver fires.
+    _done: oneshot::Sender<()>,
+}
+
+impl Open {
+    fn write(&mut self, bytes: &[u8]) {
+        let len = bytes.len() as u64;
+        match self.file.as_mut().map(|w| w.write_all(bytes)) {
+            Some(Ok(())) => {
+                self.state.written.fetch_add(len, Ordering::AcqRel);
+            }
+            Some(Err(err)) => {
+                self.fail(&err);
+                self.state.dropped.fetch_add(len, Ordering::AcqRel);
+            }
+            None => {
+                self.state.dropped.fetch_add(len, Ordering::AcqRel);
+            }
+        }
+        self.state.queued.fetch_sub(len, Ordering::AcqRel);
+        QUEUED_TOTAL.fetch_sub(len, Ordering::AcqRel);
+    }
+
+    fn flush(&mut self) {
+        if let Some(Err(err)) = self.file.as_mut().map(BufWriter::flush) {
+            self.fail(&err);
+        }
+    }
+
+    fn fail(&mut self, err: &io::Error) {
+        self.state.fail(format!(
+            "writing transcript {} failed: {err}; later events were not saved",
+            self.path.display()
+        ));
+        self.file = None;
+    }
+}
+
+/// The shared writer thread: writes each transcript's lines in order, flushes when
+/// asked, closes a file when its transcript is closed. Runs as long as the server.
+fn write_transcripts(messages: &Receiver<Msg>) {
+    let mut open: HashMap<u64, Open> = HashMap::new();
+    for msg in messages {
+        drop(hold_transcript_writes());
+        match msg {
+            Msg::Open {
+                id,
+                path,
+                file,
+                state,
+                done,
+            } => {
+                open.insert(
+                    id,
+                    Open {
+                        path,
+                        file: Some(BufWriter::new(file)),
+                        state,
+                        _done: done,
+                    },
+                );
+            }
+            Msg::Line(id, bytes) => {
+                if let Some(t) = open.get_mut(&id) {
+                    t.write(&bytes);
+                }
+            }
+            Msg::Flush(id) => {
+                if let Some(t) = open.get_mut(&id) {
+                    t.flush();
+                }
+            }
+            Msg::Close(id) => {
+                if let Some(mut t) = open.remove(&id) {
+                    t.flush();
+                }
+            }
+            #[cfg(test)]
+            Msg::Settle(id, answer) => {
+                if let Some(t) = open.get_mut(&id) {
+                    t.flush();
+                }
+                let _ = answer.send(());
+            }
+        }
     }
 }
 
@@ -223,7 +479,7 @@ mod tests {
         transcript.append_line("0123456789");
         transcript.append_line("abcdefghi");
         transcript.append_line("x");
-        transcript.flush();
+        transcript.settle();
 
         let marker = "{\"type\":\"transcript_truncated\",\"cap_bytes\":20}\n";
         let written = fs::read_to_string(transcript.path()).unwrap();
@@ -261,15 +517,41 @@ mod tests {
         let Ok(full) = File::options().write(true).open("/dev/full") else {
             return; // No /dev/full on this system.
         };
-        let mut transcript = Transcript::with_file(PathBuf::from("/dev/full"), full, 1 << 20);
+        let mut transcript =
+            Transcript::with_file(PathBuf::from("/dev/full"), full, 1 << 20).unwrap();
         let line = "x".repeat(10_000);
         transcript.append_line(&line);
         transcript.append_line("after");
-        transcript.flush();
+        transcript.settle();
 
         let error = transcript.error().unwrap();
         assert!(error.contains("/dev/full"), "{error}");
         assert_eq!(transcript.written_bytes(), 0);
         assert_eq!(transcript.dropped_bytes(), 10_001 + 6);
+    }
+    #[test]
+    fn lines_past_the_queue_bound_behind_a_stalled_disk_are_counted_and_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut transcript = Transcript::create(dir.path(), "agent-1", 1 << 30).unwrap();
+        let line = "y".repeat(1024 * 1024 - 1);
+        let lines = MAX_QUEUED_BYTES / (1024 * 1024) + 4;
+        let stall = hold_transcript_writes();
+        for _ in 0..lines {
+            transcript.append_line(&line);
+        }
+        // Only the bound waits for the disk; the rest is left out at once, counted.
+        assert!(transcript.dropped_bytes() >= 4 * 1024 * 1024);
+        let error = transcript.error().unwrap();
+        assert!(error.contains("fell behind"), "{error}");
+        drop(stall);
+        let done = transcript.close().unwrap();
+        done.blocking_recv().unwrap_err();
+
+        let on_disk = fs::metadata(transcript.path()).unwrap().len();
+        assert_eq!(on_disk, transcript.written_bytes());
+        assert_eq!(
+            transcript.written_bytes() + transcript.dropped_bytes(),
+            lines * 1024 * 1024
+        );
     }
 }

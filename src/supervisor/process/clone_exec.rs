@@ -191,6 +191,15 @@ pub(super) fn reap_blocking(pid: libc::pid_t) {
     unsafe { libc::waitpid(pid, &mut status, 0) };
 }
 
+/// waitpid(2) with WNOHANG: reaps our child `pid` if it has exited; true when it is
+/// gone (reaped now, or no longer ours to wait for).
+pub(super) fn reap_now(pid: libc::pid_t) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid(2) with WNOHANG on our own child.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    r != 0
+}
+
 /// The child between clone and exec. It shares the parent's memory, so it may only make
 /// raw system calls: no allocation, no locks, no Rust runtime. Each step below is a
 /// single async-signal-safe system call (or a loop of them); the first that fails
