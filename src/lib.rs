@@ -13,6 +13,7 @@ compile_error!(
 
 pub mod mcp;
 pub mod notices;
+pub mod private_fs;
 pub mod supervisor;
 
 #[cfg(test)]

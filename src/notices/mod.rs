@@ -25,13 +25,16 @@
 pub mod hook;
 
 use std::collections::HashSet;
-use std::fs::{DirBuilder, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::private_fs::check_private_dir;
+use crate::private_fs::ensure_private_dir;
 
 /// Environment variable through which Claude Code gives an MCP server its session id.
 pub const SESSION_ENV: &str = "CLAUDE_CODE_SESSION_ID";
@@ -175,40 +178,6 @@ pub fn valid_session_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Makes `dir` (0700) unless it exists, then checks that it is a real directory of ours
-/// that nobody else can enter.
-fn private_dir(dir: &Path) -> io::Result<()> {
-    match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
-    }
-    check_private_dir(dir)
-}
-
-/// A directory of ours (not a symlink), closed to others (made so if it was not).
-fn check_private_dir(dir: &Path) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.file_type().is_dir() {
-        return Err(io::Error::other(format!(
-            "{} is not a directory (a symlink or a file); remove it",
-            dir.display()
-        )));
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(io::Error::other(format!(
-            "{} belongs to uid {}, not to you (uid {me}); remove it or set XDG_RUNTIME_DIR",
-            dir.display(),
-            meta.uid()
-        )));
-    }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
 /// Creates `path` (0600) with `contents`, atomically: readers see all of it or nothing.
 fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
@@ -309,12 +278,12 @@ impl NoticeBoard {
         if let Some(parent) = base.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        private_dir(base)?;
+        ensure_private_dir(base)?;
         sweep_dead_servers(base);
         let session_dir = base.join(session);
-        private_dir(&session_dir)?;
+        ensure_private_dir(&session_dir)?;
         let dir = session_dir.join(std::process::id().to_string());
-        private_dir(&dir)?;
+        ensure_private_dir(&dir)?;
         Ok(NoticeBoard {
             session_dir,
             dir,

@@ -13,7 +13,7 @@
 //! agent (the manager).
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use super::OutputError;
+use crate::private_fs::create_private_file;
+pub use crate::private_fs::ensure_private_dir;
 
 /// Default byte cap of a transcript file.
 pub const DEFAULT_TRANSCRIPT_CAP: u64 = 64 * 1024 * 1024;
@@ -409,68 +411,10 @@ fn write_transcripts(messages: &Receiver<Msg>) {
     }
 }
 
-/// Makes `dir` a directory only this user can use: created 0700 if missing (its missing
-/// parents too); an existing one must be a real directory (not a symlink) owned by this
-/// user, and loses any group or other permissions. Independent of the umask.
-pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)?;
-    }
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = fs::symlink_metadata(dir)?;
-    check_owned_dir(dir, &meta)?;
-    if meta.permissions().mode() & 0o777 != 0o700 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
-/// Refuses a directory another user could have planted: a symlink, or one not owned by
-/// this user.
-fn check_owned_dir(dir: &Path, meta: &fs::Metadata) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if meta.file_type().is_symlink() || !meta.is_dir() {
-        return Err(io::Error::other(format!(
-            "{} is a symlink or not a directory; refused, so transcripts cannot be redirected",
-            dir.display()
-        )));
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(io::Error::other(format!(
-            "{} belongs to user id {}, not to you (user id {me}); refused, so other users cannot read or redirect transcripts",
-            dir.display(),
-            meta.uid()
-        )));
-    }
-    Ok(())
-}
-
-/// A new file that only this user can read: 0600 whatever the umask, never through a
-/// symlink, never an existing file.
-fn create_private_file(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(path)?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    Ok(file)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn transcript_stops_at_its_cap_with_one_marker_and_counts_dropped_bytes() {
