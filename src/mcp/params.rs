@@ -12,6 +12,7 @@
 
 use std::path::PathBuf;
 
+use bg_agent_worker::resolve::SpawnRequest;
 use bg_agent_worker::values::{LimitsOverride, TaskType, Tier};
 use schemars::JsonSchema;
 use serde::de::{DeserializeOwned, IntoDeserializer};
@@ -237,13 +238,16 @@ impl SpawnParams {
             label,
         } = self;
         Ok(SpawnAgent {
-            task,
-            role,
-            task_type: parse_opt(task_type, "task_type")?.map(TaskType::from),
-            tier: parse_opt(tier, "tier")?.map(Tier::from),
-            model,
-            cwd: cwd.map(PathBuf::from),
-            limits: limits.unwrap_or_default(),
+            request: SpawnRequest {
+                task,
+                role,
+                task_type: parse_opt(task_type, "task_type")?.map(TaskType::from),
+                tier: parse_opt(tier, "tier")?.map(Tier::from),
+                model,
+                cwd: cwd.map(PathBuf::from),
+                limits: limits.unwrap_or_default(),
+                agent_id: None,
+            },
             label,
         })
     }
@@ -287,7 +291,7 @@ mod tests {
             }
         }))
         .unwrap();
-        let l = p.into_request().unwrap().limits;
+        let l = p.into_request().unwrap().request.limits;
         assert_eq!(
             l,
             LimitsOverride {

@@ -6,12 +6,10 @@
 //! Not here: resolving a spawn into a model and limits (`bg_agent_worker::resolve`).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bg_agent_worker::config::KILL_GRACE_MAX_MS;
 use bg_agent_worker::resolve::SpawnRequest;
-use bg_agent_worker::values::{LimitsOverride, TaskType, Tier};
 
 use super::manager::{Manager, ManagerError, WaitMode, WaitView};
 use super::view::{SpawnView, StatusView};
@@ -83,16 +81,11 @@ pub fn distinct_ids(ids: Vec<String>) -> Result<Vec<String>, RequestError> {
     Ok(out)
 }
 
-/// A spawn as a caller asks for it. Empty `role` and `model` mean "not given".
+/// A spawn as a caller asks for it: the request the worker library resolves, and the
+/// caller's label. Empty `role` and `model` mean "not given".
 #[derive(Debug, Clone, Default)]
 pub struct SpawnAgent {
-    pub task: String,
-    pub role: Option<String>,
-    pub task_type: Option<TaskType>,
-    pub tier: Option<Tier>,
-    pub model: Option<String>,
-    pub cwd: Option<PathBuf>,
-    pub limits: LimitsOverride,
+    pub request: SpawnRequest,
     pub label: Option<String>,
 }
 
@@ -116,23 +109,14 @@ pub struct Wait {
 impl Manager {
     /// Checks a spawn request and starts (or queues) the agent.
     pub async fn spawn_agent(&self, r: SpawnAgent) -> Result<SpawnView, RequestError> {
-        let SpawnAgent {
-            task,
-            role,
-            task_type,
-            tier,
-            model,
-            cwd,
-            limits,
-            label,
-        } = r;
+        let SpawnAgent { mut request, label } = r;
         if let Some(label) = &label {
             let chars = label.chars().count();
             if chars > LABEL_MAX_CHARS {
                 return Err(RequestError::LabelTooLong { chars });
             }
         }
-        if let Some(model) = &model {
+        if let Some(model) = &request.model {
             let chars = model.chars().count();
             if chars > MODEL_MAX_CHARS {
                 return Err(RequestError::ModelTooLong {
@@ -141,17 +125,9 @@ impl Manager {
                 });
             }
         }
-        let req = SpawnRequest {
-            task,
-            role: role.filter(|r| !r.is_empty()),
-            task_type,
-            tier,
-            model: model.filter(|m| !m.is_empty()),
-            cwd,
-            limits,
-            agent_id: None,
-        };
-        Ok(self.spawn(req, label).await?)
+        request.role = request.role.filter(|r| !r.is_empty());
+        request.model = request.model.filter(|m| !m.is_empty());
+        Ok(self.spawn(request, label).await?)
     }
 
     /// The wait a caller asked for (`asked` seconds), within `[server] max_wait_seconds`.
