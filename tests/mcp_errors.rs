@@ -285,6 +285,17 @@ async fn refused_calls_leave_existing_agents_as_they_were() {
         json!({ "agent_ids": [done], "wait_seconds": 30 }),
     )
     .await;
+    // `running` is running once its process started; wait until its request reached the
+    // provider too, so the count below is about the refused calls alone.
+    assert!(
+        support::process::eventually(std::time::Duration::from_secs(30), || s
+            .fake
+            .requests()
+            .len()
+            == 2)
+        .await,
+        "both agents reach the provider"
+    );
     let before = s.ok("agent_list", json!({})).await;
 
     for args in bad_spawns() {
