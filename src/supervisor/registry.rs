@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
 
-use bg_agent_worker::protocol::{ErrorKind, TaskSpec};
+use bg_agent_worker::protocol::{ErrorKind, Message, TaskSpec};
 use bg_agent_worker::roles::RoleChoice;
 use bg_agent_worker::routing::RoutedBy;
 use bg_agent_worker::values::{Limits, Tier};
@@ -159,6 +159,9 @@ pub struct AgentRecord {
     pub output_seq: tokio::sync::watch::Sender<u64>,
     /// How the server tells the agent's supervising task to stop it (while running).
     pub control: Option<tokio::sync::mpsc::UnboundedSender<Control>>,
+    /// The conversation so far, from the worker's `message` events: what a follow-up
+    /// (`agent_send`) continues.
+    pub conversation: Vec<Message>,
 }
 
 /// A request to the task supervising a running agent.
@@ -508,6 +511,7 @@ mod tests {
             mid_line: false,
             output_seq: tokio::sync::watch::channel(0).0,
             control: None,
+            conversation: Vec::new(),
         }
     }
 

@@ -42,12 +42,17 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
         sandbox: crate::sandbox::in_force(),
     });
     let tool_defs = tools::definitions(&spec.tools);
-    let mut messages = vec![Message {
-        role: Role::User,
-        content: vec![Block::Text {
-            text: spec.task.clone(),
-        }],
-    }];
+    let mut messages = spec.history.clone();
+    push_message(
+        &mut messages,
+        Message {
+            role: Role::User,
+            content: vec![Block::Text {
+                text: spec.task.clone(),
+            }],
+        },
+        out,
+    );
     let mut total = TokenUsage::default();
     let mut estimated = false;
     let limits = &spec.limits;
@@ -112,10 +117,14 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
                 _ => None,
             })
             .collect();
-        messages.push(Message {
-            role: Role::Assistant,
-            content,
-        });
+        push_message(
+            &mut messages,
+            Message {
+                role: Role::Assistant,
+                content,
+            },
+            out,
+        );
         if calls.is_empty() {
             out.emit(&Event::Result {
                 text,
@@ -152,10 +161,14 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
                 is_error: result.is_error,
             });
         }
-        messages.push(Message {
-            role: Role::User,
-            content: results,
-        });
+        push_message(
+            &mut messages,
+            Message {
+                role: Role::User,
+                content: results,
+            },
+            out,
+        );
     }
     fail(
         out,
@@ -165,6 +178,21 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
             limits.max_turns
         ),
     )
+}
+
+/// Adds a message to the conversation and tells it (a `message` event: what a follow-up
+/// resumes from). A user message after a user message (a history that ended with tool
+/// results, say) joins it: the providers want the roles to alternate.
+fn push_message(messages: &mut Vec<Message>, message: Message, out: &dyn Emit) {
+    out.emit(&Event::Message {
+        message: message.clone(),
+    });
+    match messages.last_mut() {
+        Some(last) if last.role == Role::User && message.role == Role::User => {
+            last.content.extend(message.content);
+        }
+        _ => messages.push(message),
+    }
 }
 
 fn fail(out: &dyn Emit, kind: ErrorKind, message: String) -> i32 {

@@ -133,6 +133,7 @@ pub fn resolve(config: &Config, req: &SpawnRequest) -> Result<Resolution, Resolv
         cwd,
         limits,
         price: config.price_for(&route.provider, &route.model),
+        history: Vec::new(),
         sandbox: config.server.sandbox,
     };
     let warnings = check_budgets(&spec)?;

@@ -230,6 +230,7 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
             rec.error = Some(message.clone());
             rec.error_kind = Some(*kind);
         }
+        Event::Message { message } => rec.conversation.push(message.clone()),
         _ => {}
     }
     if let Some(text) = event.render_human(!rec.mid_line) {

@@ -143,6 +143,7 @@ impl Manager {
                 mid_line: false,
                 output_seq: watch::channel(0).0,
                 control: None,
+                conversation: Vec::new(),
             };
             reg.insert(record, start_now);
             if start_now {
