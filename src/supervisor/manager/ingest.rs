@@ -208,14 +208,15 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
             cost_usd,
             estimated,
         } => {
-            rec.usage = Usage {
+            // The worker counts its own round; earlier rounds add up here.
+            rec.usage = rec.prior_usage.plus(&Usage {
                 input_tokens: *input_tokens,
                 output_tokens: *output_tokens,
                 cache_write_tokens: *cache_write_tokens,
                 cache_read_tokens: *cache_read_tokens,
                 cost_usd: *cost_usd,
                 estimated: *estimated,
-            };
+            });
         }
         Event::Result {
             text,
@@ -223,7 +224,7 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
             stop_reason,
         } => {
             rec.result = Some(text.clone());
-            rec.turns = *turns;
+            rec.turns = rec.prior_turns + *turns;
             rec.stop_reason = Some(stop_reason.clone());
         }
         Event::Error { kind, message } => {

@@ -123,6 +123,10 @@ impl Manager {
                 cwd: spec.cwd.display().to_string(),
                 created_at: SystemTime::now(),
                 output: OutputBuffer::new(spec.limits.max_output_bytes as usize),
+                round_spec: Box::new(spec.clone()),
+                rounds: 1,
+                prior_usage: Usage::default(),
+                prior_turns: 0,
                 state: AgentState::Queued {
                     spec: Box::new(spec),
                 },

@@ -106,6 +106,22 @@ impl Transcript {
         self.writer = None;
     }
 
+    /// Opens a closed transcript again to append an agent's next round (`agent_send`),
+    /// never through a symlink; a transcript that is open, capped or failed stays as it
+    /// is (what it misses stays counted).
+    pub fn reopen(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if self.writer.is_some() || self.capped || self.error.is_some() {
+            return Ok(());
+        }
+        let file = fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&self.path)?;
+        self.writer = Some(BufWriter::new(file));
+        Ok(())
+    }
+
     fn write(&mut self, bytes: &[u8]) -> bool {
         let Some(writer) = self.writer.as_mut() else {
             return false;
