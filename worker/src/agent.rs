@@ -40,6 +40,7 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
         role: spec.role.clone(),
         limits: spec.limits,
         sandbox: crate::sandbox::in_force(),
+        cwd: Some(root.as_ref().clone()),
     });
     let tool_defs = tools::definitions(&spec.tools);
     let mut messages = spec.history.clone();

@@ -229,6 +229,9 @@ pub enum Event {
         /// Which sandbox is in force, e.g. `landlock (ABI 7): ...` or `none: ...`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sandbox: Option<String>,
+        /// The workspace directory (canonical): where a resumed run (`--resume`) works.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<PathBuf>,
     },
     /// A delta of assistant text, as it streams.
     Text {
