@@ -263,16 +263,6 @@ async fn every_refused_follow_up_says_why_and_what_to_do() {
     let running = s.spawn("slow answer").await;
     let queued = s.spawn("queued question").await;
     assert_eq!(s.status(&queued).await["status"], "queued");
-    let busy = s
-        .tool_error(
-            "agent_send",
-            json!({"agent_id": running, "message": "also X"}),
-        )
-        .await;
-    assert!(
-        busy.contains("running") && busy.contains("agent_wait"),
-        "{busy}"
-    );
     let appended = s
         .ok(
             "agent_send",
@@ -312,5 +302,55 @@ async fn every_refused_follow_up_says_why_and_what_to_do() {
         req.first_user_text(),
         "queued question\n\nand also this",
         "the message was appended to its task"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_a_running_agent_arrives_at_its_next_turn() {
+    let s = Session::start("").await;
+    s.fake.script(
+        "survey the modules",
+        vec![
+            Step::Text {
+                chunks: (0..30).map(|i| format!("module {i}\n")).collect(),
+                delay_ms: 100,
+            },
+            Step::text("Checked X too."),
+        ],
+    );
+    let id = s.spawn("survey the modules").await;
+    let out = s
+        .ok(
+            "agent_output",
+            json!({"agent_id": id, "wait_seconds": 20, "filter": "module"}),
+        )
+        .await;
+    assert!(out["text"].as_str().is_some_and(|t| t.contains("module")));
+    let sent = s
+        .ok(
+            "agent_send",
+            json!({"agent_id": id, "message": "also check X"}),
+        )
+        .await;
+    assert_eq!(sent["status"], "running", "{sent}");
+    assert_eq!(sent["messages_pending"], 1, "{sent}");
+
+    let done = s
+        .ok("agent_status", json!({"agent_id": id, "wait_seconds": 30}))
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"], "Checked X too.");
+    assert_eq!(done.get("messages_pending"), None, "delivered: {done}");
+    assert_eq!(done.get("rounds"), None, "the same round: {done}");
+    let requests = s.fake.requests_for("survey the modules");
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].last_user_text(), "also check X");
+    assert_eq!(
+        shape(&requests[1].body),
+        vec![
+            msg("user", &["text"]),
+            msg("assistant", &["text"]),
+            msg("user", &["text"]),
+        ]
     );
 }

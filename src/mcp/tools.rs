@@ -166,7 +166,8 @@ impl BgAgents {
     /// conversation (same model, role, tools and cwd; it remembers everything so far) in a
     /// new round: status goes back to running, then completed with the new `result`;
     /// `rounds` counts them. Turns, tokens and USD add up over rounds against its limits
-    /// (raise them with `limits`). A queued agent gets the message appended to its task.
+    /// (raise them with `limits`). A running agent takes the message at its next turn
+    /// (`messages_pending` until then); a queued one gets it appended to its task.
     /// Agents that ended any other way cannot continue: spawn a new one. Set wait_seconds
     /// to block until this round's answer.
     #[tool(

@@ -208,6 +208,11 @@ pub struct AgentRecord {
     /// its own, and `usage`/`turns` are the sums.
     pub prior_usage: Usage,
     pub prior_turns: u32,
+    /// Where follow-ups to the running worker go (lines for its stdin), while it runs.
+    pub inbox: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Follow-ups sent while it ran that its worker has not yet taken into the
+    /// conversation (it does at its next turn boundary).
+    pub pending_messages: Vec<String>,
 }
 
 /// A request to the task supervising a running agent.
@@ -596,6 +601,8 @@ mod tests {
             rounds: 1,
             prior_usage: Usage::default(),
             prior_turns: 0,
+            inbox: None,
+            pending_messages: Vec::new(),
         }
     }
 

@@ -19,6 +19,32 @@ pub trait Emit {
     fn emit(&self, event: &Event);
 }
 
+/// Follow-ups that arrive while the agent runs (the server's `follow_up` lines on stdin),
+/// taken at each turn boundary.
+#[derive(Default)]
+pub struct Inbox(Option<tokio::sync::mpsc::UnboundedReceiver<String>>);
+
+impl Inbox {
+    pub fn new(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Inbox {
+        Inbox(Some(rx))
+    }
+
+    /// Every message waiting now, oldest first.
+    fn take_all(&mut self) -> Vec<String> {
+        let mut got = Vec::new();
+        if let Some(rx) = self.0.as_mut() {
+            while let Ok(m) = rx.try_recv() {
+                got.push(m);
+            }
+        }
+        got
+    }
+}
+
+fn texts(messages: Vec<String>) -> impl Iterator<Item = Block> {
+    messages.into_iter().map(|text| Block::Text { text })
+}
+
 /// Longest wait between retries, whatever the backoff or `retry-after` says.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -26,7 +52,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 /// Runs the task to its end and returns the process exit code. Exactly one final event
 /// (`result` or `error`) is emitted.
-pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
+pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut Inbox) -> i32 {
     // The sandbox compares canonical paths, and a spec written by hand may name its cwd
     // relatively or through a symlink.
     let root = match std::fs::canonicalize(&spec.cwd) {
@@ -127,6 +153,25 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
             out,
         );
         if calls.is_empty() {
+            // A follow-up that came during this response is answered before the end.
+            // Taken only when it can be answered: otherwise it stays undelivered, and
+            // the server says so.
+            let pending = if turn < limits.max_turns && over_budget.is_none() {
+                inbox.take_all()
+            } else {
+                Vec::new()
+            };
+            if !pending.is_empty() {
+                push_message(
+                    &mut messages,
+                    Message {
+                        role: Role::User,
+                        content: texts(pending).collect(),
+                    },
+                    out,
+                );
+                continue;
+            }
             out.emit(&Event::Result {
                 text,
                 stop_reason,
@@ -162,6 +207,8 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
                 is_error: result.is_error,
             });
         }
+        // Follow-ups join at the turn boundary, after the tool results.
+        results.extend(texts(inbox.take_all()));
         push_message(
             &mut messages,
             Message {

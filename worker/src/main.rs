@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bg_agent_worker::agent::{self, Emit};
 use bg_agent_worker::config::Config;
-use bg_agent_worker::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, exit};
+use bg_agent_worker::protocol::{ErrorKind, Event, Input, STOP_MAX_TOKENS, TaskSpec, exit};
 use bg_agent_worker::provider::Client;
 use bg_agent_worker::resolve::{SpawnRequest, resolve};
 use bg_agent_worker::sandbox;
@@ -179,11 +179,25 @@ async fn run(cli: Cli) -> i32 {
         });
         code
     };
+    let (mut inbox, stdin_closed) = if from_server {
+        let (inbox, closed) = read_inputs();
+        (inbox, Some(closed))
+    } else {
+        (agent::Inbox::default(), None)
+    };
+    let stdin_closed = async {
+        match stdin_closed {
+            Some(closed) => {
+                let _ = closed.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        code = agent::run(&spec, &client, out.as_ref()) => code,
+        code = agent::run(&spec, &client, out.as_ref(), &mut inbox) => code,
         _ = term.recv() => interrupted("received SIGTERM", exit::INTERRUPTED_TERM),
         _ = int.recv() => interrupted("received SIGINT", exit::INTERRUPTED_INT),
-        _ = stdin_closed(), if from_server => {
+        _ = stdin_closed => {
             eprintln!("bg-agent-worker: stdin closed, the server is gone; exiting");
             exit::INTERRUPTED_TERM
         }
@@ -321,16 +335,31 @@ impl Earlier {
     }
 }
 
-/// Resolves when stdin reaches end of file (the rest of the spec line is ignored).
-async fn stdin_closed() {
-    use tokio::io::AsyncReadExt;
-    let mut stdin = tokio::io::stdin();
-    let mut buf = [0u8; 256];
-    while let Ok(n) = stdin.read(&mut buf).await {
-        if n == 0 {
-            return;
+/// Reads the server's lines after the spec from stdin on a thread of its own (the same
+/// buffered stdin the spec line came from): follow-ups go to the inbox; the receiver
+/// resolves at end of file (the server is gone). A line that is not an `Input` is said on
+/// stderr and skipped.
+fn read_inputs() -> (agent::Inbox, tokio::sync::oneshot::Receiver<()>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match stdin.lock().read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => match serde_json::from_str::<Input>(&line) {
+                    Ok(Input::FollowUp { message }) => {
+                        let _ = tx.send(message);
+                    }
+                    Err(e) => eprintln!("bg-agent-worker: ignored a stdin line: {e}"),
+                },
+            }
         }
-    }
+        let _ = closed_tx.send(());
+    });
+    (agent::Inbox::new(rx), closed_rx)
 }
 
 /// JSONL on stdout, flushed per event so the server sees each at once.

@@ -1,5 +1,5 @@
 //! The wire protocol between the bg-agents server and a worker: the `TaskSpec` the server
-//! writes to the worker's stdin, the `Event`s the worker writes to stdout (one JSON object
+//! writes to the worker's stdin (then `Input` lines: follow-ups), the `Event`s the worker writes to stdout (one JSON object
 //! per line), and the exit codes. Both sides use these types; nobody parses by hand.
 //!
 //! Not here: how a spec is resolved from configuration (`resolve`), and the value types a
@@ -162,6 +162,15 @@ impl<'de> Deserialize<'de> for Block {
         let v = serde_json::Value::deserialize(d)?;
         Block::from_json(v).map_err(serde::de::Error::custom)
     }
+}
+
+/// A line the server writes to a running worker's stdin after the spec.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Input {
+    /// A user message for the conversation, delivered at the next turn boundary (after
+    /// the current response and its tool results).
+    FollowUp { message: String },
 }
 
 /// The provider a spec talks to, with the names of the environment variables that hold

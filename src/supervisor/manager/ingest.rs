@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bg_agent_worker::protocol::Event;
+use bg_agent_worker::protocol::{Block, Event, Role};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::mpsc;
@@ -231,7 +231,19 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
             rec.error = Some(message.clone());
             rec.error_kind = Some(*kind);
         }
-        Event::Message { message } => rec.conversation.push(message.clone()),
+        Event::Message { message } => {
+            // A follow-up sent while it ran is delivered once it joins the conversation.
+            if message.role == Role::User {
+                for block in &message.content {
+                    if let Block::Text { text } = block
+                        && let Some(i) = rec.pending_messages.iter().position(|p| p == text)
+                    {
+                        rec.pending_messages.remove(i);
+                    }
+                }
+            }
+            rec.conversation.push(message.clone());
+        }
         _ => {}
     }
     if let Some(text) = event.render_human(!rec.mid_line) {

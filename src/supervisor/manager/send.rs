@@ -1,14 +1,15 @@
 //! Follow-ups (`agent_send`): another user message to an agent. A completed agent starts a
 //! new round of the same conversation (a new worker with the conversation as `history`
-//! and what is left of its turn, token and USD budgets); a queued agent's task gets the
-//! message appended. Every other end is final.
+//! and what is left of its turn, token and USD budgets); a running agent's worker gets it
+//! on stdin and takes it at its next turn boundary; a queued agent's task gets it
+//! appended. Every other end is final.
 //!
 //! Not here: the state machine's door itself (`registry`, `AgentState::reopen`), starting
 //! the round's worker (`start`).
 
 use std::sync::atomic::Ordering;
 
-use bg_agent_worker::protocol::TaskSpec;
+use bg_agent_worker::protocol::{Input, TaskSpec};
 use bg_agent_worker::resolve::raised_limits;
 use bg_agent_worker::values::{Limits, LimitsOverride};
 
@@ -25,6 +26,8 @@ pub enum Sent {
     Round(u32),
     /// A queued agent's task got the message appended.
     Appended,
+    /// A running agent takes the message at its next turn boundary.
+    Pending,
 }
 
 impl Manager {
@@ -82,6 +85,21 @@ impl Manager {
                     begin_round(rec, limits, message);
                     reg.queue_round(id);
                     Sent::Round(reg.get(id).map_or(0, |r| r.rounds))
+                }
+                Status::Running => {
+                    let line = serde_json::to_string(&Input::FollowUp {
+                        message: message.to_string(),
+                    })
+                    .map_err(|_| not_resumable(rec))?;
+                    let delivered = rec
+                        .inbox
+                        .as_ref()
+                        .is_some_and(|tx| tx.send(line + "\n").is_ok());
+                    if !delivered {
+                        return Err(not_resumable(rec));
+                    }
+                    rec.pending_messages.push(message.to_string());
+                    Sent::Pending
                 }
                 _ => return Err(not_resumable(rec)),
             }
@@ -154,6 +172,7 @@ fn begin_round(rec: &mut AgentRecord, limits: Limits, message: &str) {
     rec.error = None;
     rec.error_kind = None;
     rec.waiting_for = None;
+    rec.pending_messages.clear();
     let nl = if rec.mid_line { "\n" } else { "" };
     let text = format!(
         "{nl}\n[round {}: follow-up] {}\n",
@@ -168,7 +187,7 @@ fn begin_round(rec: &mut AgentRecord, limits: Limits, message: &str) {
 fn not_resumable(rec: &AgentRecord) -> ManagerError {
     let status = rec.status();
     let why = match status {
-        Status::Running => "it is still working on its answer: wait for it (agent_wait or agent_status with wait_seconds), then agent_send again".to_string(),
+        Status::Running => "it is ending or starting and cannot take a message now: wait for its answer (agent_wait), then agent_send again".to_string(),
         Status::BudgetExceeded => format!(
             "its budget ran out mid-task ({}), so its conversation stopped in the middle of a turn and cannot continue; spawn a new agent with larger limits (agent_spawn limits) and the context it needs",
             rec.error.as_deref().unwrap_or("budget exceeded")

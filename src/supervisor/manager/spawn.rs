@@ -127,6 +127,8 @@ impl Manager {
                 rounds: 1,
                 prior_usage: Usage::default(),
                 prior_turns: 0,
+                inbox: None,
+                pending_messages: Vec::new(),
                 state: AgentState::Queued {
                     spec: Box::new(spec),
                 },
