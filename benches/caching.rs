@@ -73,7 +73,7 @@ async fn read_loop(fake: &FakeProvider, dir: &std::path::Path, caching: bool) ->
     spec.provider.prompt_caching = caching;
     let client = Client::new(&spec.provider, |_| Some("sk-bench".into())).expect("client");
     let out = LastUsage::default();
-    let code = agent::run(&spec, &client, &out).await;
+    let code = agent::run(&spec, &client, &out, &mut agent::Inbox::default()).await;
     assert_eq!(code, 0, "the loop ran to its answer");
     let last = out.0.lock().ok().and_then(|l| *l);
     last.expect("a usage event")

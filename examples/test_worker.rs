@@ -40,6 +40,7 @@ pub fn main() {
         role: spec.role.clone(),
         limits: spec.limits,
         sandbox: None,
+        cwd: None,
     });
     let mode = spec.task.trim();
     match mode {

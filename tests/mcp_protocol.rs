@@ -385,6 +385,7 @@ async fn tools_list_describes_every_tool_for_a_model() {
             "agent_kill",
             "agent_list",
             "agent_output",
+            "agent_send",
             "agent_spawn",
             "agent_status",
             "agent_wait"

@@ -370,7 +370,7 @@ async fn an_over_long_label_is_refused_and_nothing_starts() {
 async fn every_schema_uses_only_standard_formats() {
     let s = Session::start("").await;
     let tools = tools(&s).await;
-    assert_eq!(tools.len(), 6);
+    assert_eq!(tools.len(), 7);
     let mut bad = Vec::new();
     let mut unsigned = 0;
     for t in &tools {

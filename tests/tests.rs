@@ -7,6 +7,7 @@
 //! this process and counts this process's children and descriptors, which the servers
 //! and clients of these tests would disturb.
 
+mod agent_send;
 mod claude_code;
 mod cli;
 mod fake_provider;

@@ -40,6 +40,9 @@ exploration/analysis → fast (Haiku), reasoning → balanced (Sonnet), critical
 (Opus). Continue your own work, then collect answers with agent_wait {agent_ids} (blocks up \
 to the server's max wait; call again to keep waiting) or agent_status {agent_id, wait_seconds}; the final \
 answer is in `result`. agent_output reads the streamed text (regex filter, paging). \
+agent_send {agent_id, message} asks a completed agent a follow-up: it continues its own \
+conversation (it remembers what it read), cheaper than a new agent; a running agent gets \
+the message at its next turn. \
 agent_kill stops an agent for real; agent_list shows all. Write tasks self-contained: \
 agents see nothing of your conversation.";
 

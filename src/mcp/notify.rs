@@ -53,11 +53,17 @@ fn notice_of(agent: &EndedAgent) -> Notice {
         "completed" => agent.result.as_deref().or(agent.error.as_deref()),
         _ => agent.error.as_deref().or(agent.result.as_deref()),
     };
+    // A follow-up's end says its round, so it is not taken for the first answer again.
+    let text = match (agent.round, text) {
+        (1, t) => t.map(str::to_string),
+        (n, Some(t)) => Some(format!("(round {n}) {t}")),
+        (n, None) => Some(format!("(round {n})")),
+    };
     Notice::new(
         &agent.agent_id,
         agent.label.as_deref(),
         agent.status.as_str(),
-        text,
+        text.as_deref(),
     )
 }
 

@@ -165,6 +165,24 @@ pub struct StatusParams {
     pub verbose: Option<bool>,
 }
 
+/// A follow-up to an agent (`agent_send`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendParams {
+    /// The id returned by agent_spawn.
+    pub agent_id: String,
+    /// The follow-up: the next user message of the agent's conversation.
+    pub message: String,
+    /// Seconds to block until this round's answer (default 0: return at once; at most
+    /// limits.toml `[server] max_wait_seconds`; call agent_status or agent_wait to keep
+    /// waiting).
+    pub wait_seconds: Option<f64>,
+    /// Raise this agent's limits (each at most limits.toml `[max]`). Turns, tokens and
+    /// USD count over all rounds, so a follow-up to an agent that used them up needs a
+    /// larger max_turns, max_total_tokens or budget_usd here.
+    pub limits: Option<LimitsOverride>,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputParams {

@@ -288,6 +288,13 @@ pub struct AgentReply {
     pub ended_s_ago: Option<f64>,
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub turns: u32,
+    /// Rounds of the conversation, once a follow-up (agent_send) began a second one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<u32>,
+    /// Follow-ups sent while it ran, not yet taken in: it reads them at its next turn
+    /// boundary. Once it has ended, they were never read: agent_send them again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_pending: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     /// The kernel sandbox the worker runs in, e.g. `landlock (ABI 7)` or why none.
@@ -357,6 +364,8 @@ impl AgentReply {
             elapsed_s: v.elapsed_seconds.map(tenths),
             ended_s_ago: v.ended_at.map(|e| tenths((now - e).max(0.0))),
             turns: v.turns,
+            rounds: (v.rounds > 1).then_some(v.rounds),
+            messages_pending: (v.messages_pending > 0).then_some(v.messages_pending),
             usage: Usage::of(&v.usage),
             sandbox: v.sandbox.as_deref().map(|s| sandbox_shown(s, verbose)),
             exit,

@@ -1,4 +1,4 @@
-//! The six agent tools: parse and check the caller's input, call the manager, and return
+//! The seven agent tools: parse and check the caller's input, call the manager, and return
 //! structured content plus a short readable text. No process logic here.
 
 use std::future::Future;
@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::BgAgents;
 use super::params::{
-    KillParams, ListParams, OutputParams, SpawnParams, StatusParams, WaitParams, parse_opt,
+    KillParams, ListParams, OutputParams, SendParams, SpawnParams, StatusParams, WaitParams,
+    parse_opt,
 };
 use super::reply::{self, AgentReply, Listed, OutputReply, Spawned, Waited};
 use super::text;
@@ -157,6 +158,55 @@ impl BgAgents {
         };
         let verbose = verbose.unwrap_or(false);
         let agent = AgentReply::of(&view, self.manager.config(), verbose, RESULT_MAX_BYTES);
+        let readable = text::status(&agent, wait.capped.then_some(wait.duration));
+        reply(&agent, readable)
+    }
+
+    /// Send a follow-up message to an agent. A completed agent continues the same
+    /// conversation (same model, role, tools and cwd; it remembers everything so far) in a
+    /// new round: status goes back to running, then completed with the new `result`;
+    /// `rounds` counts them. Turns, tokens and USD add up over rounds against its limits
+    /// (raise them with `limits`). A running agent takes the message at its next turn
+    /// (`messages_pending` until then); a queued one gets it appended to its task.
+    /// Agents that ended any other way cannot continue: spawn a new one. Set wait_seconds
+    /// to block until this round's answer.
+    #[tool(
+        name = "agent_send",
+        output_schema = schema_for_output::<AgentReply>(),
+        annotations(title = "Send a follow-up to an agent", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
+    )]
+    async fn agent_send(
+        &self,
+        Parameters(p): Parameters<SendParams>,
+        meta: RequestMetaObject,
+        peer: Peer<RoleServer>,
+        ct: CancellationToken,
+    ) -> ToolResult {
+        let SendParams {
+            agent_id,
+            message,
+            wait_seconds,
+            limits,
+        } = p;
+        check_id(&agent_id).map_err(caller_error)?;
+        let wait = self
+            .manager
+            .wait_within(wait_seconds, WhenUnset::NoWait)
+            .map_err(caller_error)?;
+        let (_, mut view) = self
+            .manager
+            .send(&agent_id, &message, &limits.unwrap_or_default())
+            .map_err(caller_error)?;
+        if !wait.duration.is_zero() {
+            let b = Blocking { meta, peer, ct };
+            let what = format!("waiting for {agent_id}'s answer");
+            let waiting = self.manager.wait_status(&agent_id, wait.duration);
+            view = match b.run(wait.duration, &what, waiting).await {
+                Some(r) => r.map_err(caller_error)?,
+                None => return Err("the request was cancelled; the agent keeps running".into()),
+            };
+        }
+        let agent = AgentReply::of(&view, self.manager.config(), false, RESULT_MAX_BYTES);
         let readable = text::status(&agent, wait.capped.then_some(wait.duration));
         reply(&agent, readable)
     }

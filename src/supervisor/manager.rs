@@ -2,6 +2,7 @@
 //! layer calls, and `Inner`, the state its tasks share (registry, admission, session
 //! spending, the spawner). Each concept is a file of its own under `manager/`:
 //! - `spawn`: accepting a spawn (resolve, check, admit now or queue, make the record);
+//! - `send`: follow-ups (`agent_send`): a completed agent's next round, a queued one's task;
 //! - `start`: starting a queued agent (transcript, worker process, the queue moving on);
 //! - `supervise`: a running worker until it is reaped (stdin, wall clock, kill, its end);
 //! - `ingest`: the worker's events into its record and transcript;
@@ -18,6 +19,7 @@
 
 mod ingest;
 mod query;
+mod send;
 mod session;
 mod shutdown;
 mod spawn;
@@ -26,6 +28,7 @@ mod supervise;
 mod wait;
 
 pub use query::{AgentMark, EndedAgent, ListView, LiveAgent, OutputPage, OutputQuery};
+pub use send::Sent;
 pub use session::SessionView;
 pub use shutdown::ShutdownReport;
 pub use wait::{WaitMode, WaitView};
@@ -88,6 +91,27 @@ pub enum ManagerError {
         "agent_ids is empty; pass one or more ids returned by agent_spawn (agent_list shows them)"
     )]
     NoIds,
+    #[error("message is empty; give the follow-up's text")]
+    EmptyMessage,
+    #[error("agent `{id}` is {status}: {why}")]
+    NotResumable {
+        id: String,
+        status: &'static str,
+        why: String,
+    },
+    #[error(
+        "agent `{id}` has no conversation to continue (its worker told none); spawn a new agent with the task and the context it needs"
+    )]
+    NoConversation { id: String },
+    #[error(
+        "agent `{id}` has used {used} of its {key} ({limit}) over its rounds; send again with a larger limits.{key} (at most [max]), or spawn a new agent"
+    )]
+    RoundBudget {
+        id: String,
+        key: &'static str,
+        used: String,
+        limit: String,
+    },
 }
 
 /// The supervisor of every agent of one server.

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
 
-use bg_agent_worker::protocol::{ErrorKind, TaskSpec};
+use bg_agent_worker::protocol::{ErrorKind, Message, TaskSpec};
 use bg_agent_worker::roles::RoleChoice;
 use bg_agent_worker::routing::RoutedBy;
 use bg_agent_worker::values::{Limits, Tier};
@@ -82,6 +82,24 @@ impl AgentState {
         }
     }
 
+    /// completed → queued, with the spec of its next round: `agent_send`'s follow-up, the
+    /// one door out of an end. Every other end stays final.
+    pub fn reopen(&mut self, spec: Box<TaskSpec>) -> Result<(), IllegalTransition> {
+        match self {
+            AgentState::Ended {
+                outcome: Outcome::Completed,
+                ..
+            } => {
+                *self = AgentState::Queued { spec };
+                Ok(())
+            }
+            other => Err(IllegalTransition {
+                from: other.status(),
+                to: Status::Queued,
+            }),
+        }
+    }
+
     /// queued → killed or failed; running → any outcome.
     pub fn end(&mut self, outcome: Outcome, exit: ExitInfo) -> Result<(), IllegalTransition> {
         Self::check_transition(self.status(), outcome.status())?;
@@ -111,6 +129,25 @@ pub struct Usage {
     pub cost_usd: Option<f64>,
     /// The provider sent no usage for some turn: tokens and cost are estimates.
     pub estimated: bool,
+}
+
+impl Usage {
+    /// `self` (earlier rounds) plus `run` (the current round's totals).
+    pub fn plus(&self, run: &Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens + run.input_tokens,
+            output_tokens: self.output_tokens + run.output_tokens,
+            cache_write_tokens: self.cache_write_tokens + run.cache_write_tokens,
+            cache_read_tokens: self.cache_read_tokens + run.cache_read_tokens,
+            cost_usd: run.cost_usd.map(|c| c + self.cost_usd.unwrap_or(0.0)),
+            estimated: self.estimated || run.estimated,
+        }
+    }
+
+    /// Every token, cached or not: what `max_total_tokens` counts.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens + self.cache_write_tokens + self.cache_read_tokens
+    }
 }
 
 /// Everything known about one agent.
@@ -159,6 +196,23 @@ pub struct AgentRecord {
     pub output_seq: tokio::sync::watch::Sender<u64>,
     /// How the server tells the agent's supervising task to stop it (while running).
     pub control: Option<tokio::sync::mpsc::UnboundedSender<Control>>,
+    /// The conversation so far, from the worker's `message` events: what a follow-up
+    /// (`agent_send`) continues.
+    pub conversation: Vec<Message>,
+    /// What every round's worker shares (model, role, tools, cwd, provider): the spec the
+    /// agent was spawned with.
+    pub round_spec: Box<TaskSpec>,
+    /// Rounds begun: 1 at spawn, one more per follow-up.
+    pub rounds: u32,
+    /// Usage and turns of the rounds before the current one; the current worker reports
+    /// its own, and `usage`/`turns` are the sums.
+    pub prior_usage: Usage,
+    pub prior_turns: u32,
+    /// Where follow-ups to the running worker go (lines for its stdin), while it runs.
+    pub inbox: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Follow-ups sent while it ran that its worker has not yet taken into the
+    /// conversation (it does at its next turn boundary).
+    pub pending_messages: Vec<String>,
 }
 
 /// A request to the task supervising a running agent.
@@ -226,6 +280,13 @@ impl Registry {
         self.queue.retain(|q| q != id);
         self.slots.remove(id);
         self.agents.remove(id)
+    }
+
+    /// Queues `id` for another round (its state already reopened): out of the order of
+    /// ended agents, so it is not evicted while it runs.
+    pub fn queue_round(&mut self, id: &str) {
+        self.ended.retain(|e| e != id);
+        self.queue.push_back(id.to_string());
     }
 
     /// Agents holding a run slot: starting or running.
@@ -463,6 +524,33 @@ mod tests {
             .is_err()
         );
         assert_eq!(s.status(), Status::Completed);
+        // The one door out of an end: a completed agent's follow-up queues a new round.
+        let next = Box::new(s_spec());
+        s.reopen(next.clone()).unwrap();
+        assert_eq!(s.status(), Status::Queued);
+        assert!(s.reopen(next.clone()).is_err(), "only an end reopens");
+        s.start(44).unwrap();
+        s.end(
+            Outcome::BudgetExceeded,
+            ExitInfo::without_process(ExitReason::BudgetExceeded),
+        )
+        .unwrap();
+        assert_eq!(
+            s.reopen(next),
+            Err(IllegalTransition {
+                from: Status::BudgetExceeded,
+                to: Status::Queued
+            })
+        );
+    }
+
+    fn s_spec() -> TaskSpec {
+        serde_json::from_value(serde_json::json!({
+            "task": "t", "role": "general", "system_prompt": "s", "tools": [],
+            "provider": {"name": "a", "kind": "anthropic", "base_url": "http://x", "max_retries": 0, "request_timeout_seconds": 1},
+            "model": "m", "cwd": "/", "limits": limits(),
+        }))
+        .unwrap()
     }
 
     /// A queued record with id `id` and `limits`, as the registry holds one.
@@ -508,6 +596,13 @@ mod tests {
             mid_line: false,
             output_seq: tokio::sync::watch::channel(0).0,
             control: None,
+            conversation: Vec::new(),
+            round_spec: Box::new(s_spec()),
+            rounds: 1,
+            prior_usage: Usage::default(),
+            prior_turns: 0,
+            inbox: None,
+            pending_messages: Vec::new(),
         }
     }
 

@@ -109,6 +109,10 @@ pub struct StatusView {
     pub exit: Option<ExitView>,
     pub usage: UsageView,
     pub turns: u32,
+    /// Rounds of the conversation: 1, plus one per follow-up (`agent_send`).
+    pub rounds: u32,
+    /// Follow-ups sent while it ran that it has not yet taken in.
+    pub messages_pending: usize,
     /// The final answer, once completed.
     pub result: Option<String>,
     /// True when `result` was cut to fit this reply; read the rest with agent_output.
@@ -215,6 +219,8 @@ impl StatusView {
             exit,
             usage: UsageView::of(r),
             turns: r.turns,
+            rounds: r.rounds,
+            messages_pending: r.pending_messages.len(),
             result: r.result.clone().filter(|_| status == Status::Completed),
             result_truncated: false,
             answer_truncated: (r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS)).then(|| {

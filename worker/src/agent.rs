@@ -19,6 +19,32 @@ pub trait Emit {
     fn emit(&self, event: &Event);
 }
 
+/// Follow-ups that arrive while the agent runs (the server's `follow_up` lines on stdin),
+/// taken at each turn boundary.
+#[derive(Default)]
+pub struct Inbox(Option<tokio::sync::mpsc::UnboundedReceiver<String>>);
+
+impl Inbox {
+    pub fn new(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Inbox {
+        Inbox(Some(rx))
+    }
+
+    /// Every message waiting now, oldest first.
+    fn take_all(&mut self) -> Vec<String> {
+        let mut got = Vec::new();
+        if let Some(rx) = self.0.as_mut() {
+            while let Ok(m) = rx.try_recv() {
+                got.push(m);
+            }
+        }
+        got
+    }
+}
+
+fn texts(messages: Vec<String>) -> impl Iterator<Item = Block> {
+    messages.into_iter().map(|text| Block::Text { text })
+}
+
 /// Longest wait between retries, whatever the backoff or `retry-after` says.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -26,7 +52,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 /// Runs the task to its end and returns the process exit code. Exactly one final event
 /// (`result` or `error`) is emitted.
-pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
+pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut Inbox) -> i32 {
     // The sandbox compares canonical paths, and a spec written by hand may name its cwd
     // relatively or through a symlink.
     let root = match std::fs::canonicalize(&spec.cwd) {
@@ -40,14 +66,20 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
         role: spec.role.clone(),
         limits: spec.limits,
         sandbox: crate::sandbox::in_force(),
+        cwd: Some(root.as_ref().clone()),
     });
     let tool_defs = tools::definitions(&spec.tools);
-    let mut messages = vec![Message {
-        role: Role::User,
-        content: vec![Block::Text {
-            text: spec.task.clone(),
-        }],
-    }];
+    let mut messages = spec.history.clone();
+    push_message(
+        &mut messages,
+        Message {
+            role: Role::User,
+            content: vec![Block::Text {
+                text: spec.task.clone(),
+            }],
+        },
+        out,
+    );
     let mut total = TokenUsage::default();
     let mut estimated = false;
     let limits = &spec.limits;
@@ -112,11 +144,34 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
                 _ => None,
             })
             .collect();
-        messages.push(Message {
-            role: Role::Assistant,
-            content,
-        });
+        push_message(
+            &mut messages,
+            Message {
+                role: Role::Assistant,
+                content,
+            },
+            out,
+        );
         if calls.is_empty() {
+            // A follow-up that came during this response is answered before the end.
+            // Taken only when it can be answered: otherwise it stays undelivered, and
+            // the server says so.
+            let pending = if turn < limits.max_turns && over_budget.is_none() {
+                inbox.take_all()
+            } else {
+                Vec::new()
+            };
+            if !pending.is_empty() {
+                push_message(
+                    &mut messages,
+                    Message {
+                        role: Role::User,
+                        content: texts(pending).collect(),
+                    },
+                    out,
+                );
+                continue;
+            }
             out.emit(&Event::Result {
                 text,
                 stop_reason,
@@ -152,10 +207,16 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
                 is_error: result.is_error,
             });
         }
-        messages.push(Message {
-            role: Role::User,
-            content: results,
-        });
+        // Follow-ups join at the turn boundary, after the tool results.
+        results.extend(texts(inbox.take_all()));
+        push_message(
+            &mut messages,
+            Message {
+                role: Role::User,
+                content: results,
+            },
+            out,
+        );
     }
     fail(
         out,
@@ -165,6 +226,21 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit) -> i32 {
             limits.max_turns
         ),
     )
+}
+
+/// Adds a message to the conversation and tells it (a `message` event: what a follow-up
+/// resumes from). A user message after a user message (a history that ended with tool
+/// results, say) joins it: the providers want the roles to alternate.
+fn push_message(messages: &mut Vec<Message>, message: Message, out: &dyn Emit) {
+    out.emit(&Event::Message {
+        message: message.clone(),
+    });
+    match messages.last_mut() {
+        Some(last) if last.role == Role::User && message.role == Role::User => {
+            last.content.extend(message.content);
+        }
+        _ => messages.push(message),
+    }
 }
 
 fn fail(out: &dyn Emit, kind: ErrorKind, message: String) -> i32 {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bg_agent_worker::agent::{self, Emit};
 use bg_agent_worker::config::Config;
-use bg_agent_worker::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, exit};
+use bg_agent_worker::protocol::{ErrorKind, Event, Input, STOP_MAX_TOKENS, TaskSpec, exit};
 use bg_agent_worker::provider::Client;
 use bg_agent_worker::resolve::{SpawnRequest, resolve};
 use bg_agent_worker::sandbox;
@@ -24,6 +24,7 @@ use tokio::signal::unix::{SignalKind, signal};
 ///   bg-agent-worker "Find where the config file is parsed"
 ///   bg-agent-worker --tier quality --cwd ../repo "Decide between the two cache designs in docs/"
 ///   bg-agent-worker --json --max-turns 5 "List the public API of src/lib.rs"
+///   bg-agent-worker --resume run.jsonl "And where is it called from?"
 ///
 /// The API key comes from the environment variable the provider names in the
 /// configuration (ANTHROPIC_API_KEY for the default tiers; ANTHROPIC_BASE_URL overrides
@@ -65,8 +66,13 @@ struct Cli {
     budget_usd: Option<f64>,
     /// Read a complete TaskSpec (JSON) from FILE, or from stdin with `-` (the server's
     /// way in: stdin then stays open, and its end means the server is gone).
-    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["task", "model", "tier", "task_type", "role", "cwd", "config", "max_turns", "budget_usd"])]
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["task", "model", "tier", "task_type", "role", "cwd", "config", "max_turns", "budget_usd", "resume"])]
     spec: Option<String>,
+    /// Continue a finished run with TASK as the follow-up: TRANSCRIPT is its event stream
+    /// (a server transcript, or what `--json` printed), which gives the conversation, the
+    /// model, role and workspace (--model, --role and --cwd override them).
+    #[arg(long, value_name = "TRANSCRIPT", conflicts_with_all = ["tier", "task_type"])]
+    resume: Option<PathBuf>,
     /// Validate the configuration, print the effective one, and exit.
     #[arg(long)]
     check_config: bool,
@@ -173,11 +179,25 @@ async fn run(cli: Cli) -> i32 {
         });
         code
     };
+    let (mut inbox, stdin_closed) = if from_server {
+        let (inbox, closed) = read_inputs();
+        (inbox, Some(closed))
+    } else {
+        (agent::Inbox::default(), None)
+    };
+    let stdin_closed = async {
+        match stdin_closed {
+            Some(closed) => {
+                let _ = closed.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        code = agent::run(&spec, &client, out.as_ref()) => code,
+        code = agent::run(&spec, &client, out.as_ref(), &mut inbox) => code,
         _ = term.recv() => interrupted("received SIGTERM", exit::INTERRUPTED_TERM),
         _ = int.recv() => interrupted("received SIGINT", exit::INTERRUPTED_INT),
-        _ = stdin_closed(), if from_server => {
+        _ = stdin_closed => {
             eprintln!("bg-agent-worker: stdin closed, the server is gone; exiting");
             exit::INTERRUPTED_TERM
         }
@@ -206,13 +226,23 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
                 anyhow::bail!("no task given; run `bg-agent-worker \"TASK\"` (see --help)");
             };
             let loaded = Config::load(cli.config.as_deref())?;
+            let earlier = cli.resume.as_deref().map(Earlier::read).transpose()?;
             let req = SpawnRequest {
                 task,
-                role: cli.role.clone(),
+                role: cli
+                    .role
+                    .clone()
+                    .or(earlier.as_ref().map(|e| e.role.clone())),
                 task_type: cli.task_type,
                 tier: cli.tier,
-                model: cli.model.clone(),
-                cwd: cli.cwd.clone(),
+                model: cli
+                    .model
+                    .clone()
+                    .or(earlier.as_ref().map(|e| e.model.clone())),
+                cwd: cli
+                    .cwd
+                    .clone()
+                    .or(earlier.as_ref().and_then(|e| e.cwd.clone())),
                 limits: LimitsOverride {
                     max_turns: cli.max_turns,
                     budget_usd: cli.budget_usd,
@@ -220,25 +250,116 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
                 },
                 agent_id: None,
             };
-            let resolution = resolve(&loaded.config, &req)?;
+            let mut resolution = resolve(&loaded.config, &req)?;
             for warning in &resolution.warnings {
                 eprintln!("warning: {warning}");
+            }
+            if let Some(earlier) = earlier {
+                resolution.spec.history = earlier.messages;
             }
             Ok(resolution.spec)
         }
     }
 }
 
-/// Resolves when stdin reaches end of file (the rest of the spec line is ignored).
-async fn stdin_closed() {
-    use tokio::io::AsyncReadExt;
-    let mut stdin = tokio::io::stdin();
-    let mut buf = [0u8; 256];
-    while let Ok(n) = stdin.read(&mut buf).await {
-        if n == 0 {
-            return;
+/// What `--resume` takes from a finished run's events.
+struct Earlier {
+    /// `PROVIDER/MODEL`, so the same provider answers.
+    model: String,
+    role: String,
+    cwd: Option<PathBuf>,
+    messages: Vec<bg_agent_worker::protocol::Message>,
+}
+
+impl Earlier {
+    fn read(path: &std::path::Path) -> anyhow::Result<Earlier> {
+        let shown = path.display();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the transcript {shown}"))?;
+        let mut started = None;
+        let mut messages = Vec::new();
+        let mut last_end = None;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{shown} holds a line that is not JSON: {line:.80}"))?;
+            if value["type"] == "transcript_truncated" {
+                anyhow::bail!(
+                    "{shown} was cut at its size cap, so the conversation is incomplete; start a new run"
+                );
+            }
+            // Lines of other kinds (a crashed worker's `raw` output) are not events.
+            let Ok(event) = serde_json::from_value::<Event>(value) else {
+                continue;
+            };
+            match event {
+                Event::Started {
+                    model,
+                    provider,
+                    role,
+                    cwd,
+                    ..
+                } => {
+                    started.get_or_insert((format!("{provider}/{model}"), role, cwd));
+                }
+                Event::Message { message } => messages.push(message),
+                Event::Result { .. } => last_end = Some(None),
+                Event::Error { message, .. } => last_end = Some(Some(message)),
+                _ => {}
+            }
         }
+        let Some((model, role, cwd)) = started else {
+            anyhow::bail!(
+                "{shown} holds no `started` event: give the transcript of a run (the server's, or what `--json` printed)"
+            );
+        };
+        match last_end {
+            Some(None) => {}
+            Some(Some(error)) => anyhow::bail!(
+                "the run in {shown} did not finish with an answer (it ended: {error}); only a finished run continues, start a new one"
+            ),
+            None => anyhow::bail!(
+                "the run in {shown} has not finished (no result event); wait for its answer, or start a new run"
+            ),
+        }
+        if messages.is_empty() {
+            anyhow::bail!(
+                "{shown} holds no `message` events (written by an older worker?); start a new run"
+            );
+        }
+        Ok(Earlier {
+            model,
+            role,
+            cwd,
+            messages,
+        })
     }
+}
+
+/// Reads the server's lines after the spec from stdin on a thread of its own (the same
+/// buffered stdin the spec line came from): follow-ups go to the inbox; the receiver
+/// resolves at end of file (the server is gone). A line that is not an `Input` is said on
+/// stderr and skipped.
+fn read_inputs() -> (agent::Inbox, tokio::sync::oneshot::Receiver<()>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match stdin.lock().read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => match serde_json::from_str::<Input>(&line) {
+                    Ok(Input::FollowUp { message }) => {
+                        let _ = tx.send(message);
+                    }
+                    Err(e) => eprintln!("bg-agent-worker: ignored a stdin line: {e}"),
+                },
+            }
+        }
+        let _ = closed_tx.send(());
+    });
+    (agent::Inbox::new(rx), closed_rx)
 }
 
 /// JSONL on stdout, flushed per event so the server sees each at once.

@@ -1,5 +1,5 @@
 //! The wire protocol between the bg-agents server and a worker: the `TaskSpec` the server
-//! writes to the worker's stdin, the `Event`s the worker writes to stdout (one JSON object
+//! writes to the worker's stdin (then `Input` lines: follow-ups), the `Event`s the worker writes to stdout (one JSON object
 //! per line), and the exit codes. Both sides use these types; nobody parses by hand.
 //!
 //! Not here: how a spec is resolved from configuration (`resolve`), and the value types a
@@ -42,6 +42,135 @@ pub struct TaskSpec {
     /// How the worker confines itself (`[server] sandbox`).
     #[serde(default)]
     pub sandbox: SandboxMode,
+    /// The conversation so far, as its `message` events gave it, when this run continues
+    /// one (a follow-up): `task` is then the new user message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Message>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// One message of a conversation, in a provider-neutral shape (Anthropic-like content
+/// blocks) that the provider clients translate per request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<Block>,
+}
+
+/// A content block. On the wire it is the Anthropic content block itself (`text`,
+/// `tool_use`, `tool_result`; any other type is kept whole as `Opaque`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Block {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: serde_json::Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        content: String,
+        is_error: bool,
+    },
+    /// A block we do not interpret (thinking, redacted_thinking, ...), passed back to the
+    /// provider unchanged on the next turn.
+    Opaque(serde_json::Value),
+}
+
+impl Block {
+    /// The block as an Anthropic content block.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Block::Text { text } => json!({"type": "text", "text": text}),
+            Block::ToolUse { id, name, input } => {
+                json!({"type": "tool_use", "id": id, "name": name, "input": input})
+            }
+            Block::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => {
+                json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": content, "is_error": is_error})
+            }
+            Block::Opaque(v) => v.clone(),
+        }
+    }
+
+    /// The block of an Anthropic content block; a known type with missing fields is an
+    /// error, an unknown type is kept whole.
+    pub fn from_json(v: serde_json::Value) -> Result<Block, String> {
+        #[derive(Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Known {
+            Text {
+                text: String,
+            },
+            ToolUse {
+                id: String,
+                name: String,
+                input: serde_json::Value,
+            },
+            ToolResult {
+                tool_use_id: String,
+                content: String,
+                #[serde(default)]
+                is_error: bool,
+            },
+        }
+        let known = matches!(
+            v.get("type").and_then(|t| t.as_str()),
+            Some("text" | "tool_use" | "tool_result")
+        );
+        if !known {
+            return Ok(Block::Opaque(v));
+        }
+        Ok(
+            match serde_json::from_value::<Known>(v).map_err(|e| e.to_string())? {
+                Known::Text { text } => Block::Text { text },
+                Known::ToolUse { id, name, input } => Block::ToolUse { id, name, input },
+                Known::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                } => Block::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                },
+            },
+        )
+    }
+}
+
+impl Serialize for Block {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Block {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Block, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Block::from_json(v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A line the server writes to a running worker's stdin after the spec.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Input {
+    /// A user message for the conversation, delivered at the next turn boundary (after
+    /// the current response and its tool results).
+    FollowUp { message: String },
 }
 
 /// The provider a spec talks to, with the names of the environment variables that hold
@@ -109,6 +238,9 @@ pub enum Event {
         /// Which sandbox is in force, e.g. `landlock (ABI 7): ...` or `none: ...`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sandbox: Option<String>,
+        /// The workspace directory (canonical): where a resumed run (`--resume`) works.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<PathBuf>,
     },
     /// A delta of assistant text, as it streams.
     Text {
@@ -164,6 +296,11 @@ pub enum Event {
         kind: ErrorKind,
         message: String,
     },
+    /// A message that joined the conversation (the user's task, each assistant response,
+    /// each turn's tool results), in order: what a follow-up needs to continue it.
+    Message {
+        message: Message,
+    },
 }
 
 /// The stop reason of an answer cut at the token limit (OpenAI's `length` is mapped to it).
@@ -188,7 +325,10 @@ impl Event {
     pub fn render_human(&self, at_line_start: bool) -> Option<String> {
         let nl = if at_line_start { "" } else { "\n" };
         match self {
-            Event::Started { .. } | Event::Usage { .. } | Event::Result { .. } => None,
+            Event::Started { .. }
+            | Event::Usage { .. }
+            | Event::Result { .. }
+            | Event::Message { .. } => None,
             Event::Text { text } => Some(text.clone()),
             Event::ToolCall { name, input, .. } => {
                 Some(format!("{nl}→ {name} {}\n", summarize_input(input)))

@@ -133,6 +133,7 @@ pub fn resolve(config: &Config, req: &SpawnRequest) -> Result<Resolution, Resolv
         cwd,
         limits,
         price: config.price_for(&route.provider, &route.model),
+        history: Vec::new(),
         sandbox: config.server.sandbox,
     };
     let warnings = check_budgets(&spec)?;
@@ -151,7 +152,23 @@ pub fn effective_limits(
     role: &LimitsOverride,
     spawn: &LimitsOverride,
 ) -> Result<Limits, ResolveError> {
-    let requested = config.defaults.overridden_by(role).overridden_by(spawn);
+    within_bounds(
+        config,
+        config.defaults.overridden_by(role).overridden_by(spawn),
+    )
+}
+
+/// `current` limits with `raise` applied (a follow-up's `limits`), within `[max]` like a
+/// spawn's.
+pub fn raised_limits(
+    config: &Config,
+    current: &Limits,
+    raise: &LimitsOverride,
+) -> Result<Limits, ResolveError> {
+    within_bounds(config, current.overridden_by(raise))
+}
+
+fn within_bounds(config: &Config, requested: Limits) -> Result<Limits, ResolveError> {
     if let Some((key, value, max)) = requested.first_above(&config.max) {
         return Err(ResolveError::AboveCeiling {
             key,

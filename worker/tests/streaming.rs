@@ -26,7 +26,9 @@ async fn streamed_text_arrives_as_ordered_events_and_concatenates_to_the_result(
     assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
     assert_eq!(
         r.types(),
-        ["started", "text", "text", "text", "usage", "result"],
+        [
+            "started", "message", "text", "text", "text", "usage", "message", "result"
+        ],
         "{}",
         r.dump()
     );
@@ -61,7 +63,7 @@ async fn streamed_text_arrives_as_ordered_events_and_concatenates_to_the_result(
         }
         other => panic!("not a result: {other:?}"),
     }
-    match &r.events()[4] {
+    match &r.events()[5] {
         Event::Usage {
             input_tokens,
             output_tokens,
@@ -156,13 +158,17 @@ async fn manual_run_with_json_prints_only_events() {
         r.types(),
         [
             "started",
+            "message",
             "usage",
+            "message",
             "tool_call",
             "tool_result",
+            "message",
             "text",
             "text",
             "text",
             "usage",
+            "message",
             "result"
         ],
         "{}",

@@ -6,6 +6,7 @@ mod common;
 
 mod caching;
 mod cli;
+mod follow_up;
 mod lifecycle;
 mod local_servers;
 mod provider_errors;

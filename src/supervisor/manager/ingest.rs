@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bg_agent_worker::protocol::Event;
+use bg_agent_worker::protocol::{Block, Event, Role};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::mpsc;
@@ -208,14 +208,15 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
             cost_usd,
             estimated,
         } => {
-            rec.usage = Usage {
+            // The worker counts its own round; earlier rounds add up here.
+            rec.usage = rec.prior_usage.plus(&Usage {
                 input_tokens: *input_tokens,
                 output_tokens: *output_tokens,
                 cache_write_tokens: *cache_write_tokens,
                 cache_read_tokens: *cache_read_tokens,
                 cost_usd: *cost_usd,
                 estimated: *estimated,
-            };
+            });
         }
         Event::Result {
             text,
@@ -223,12 +224,25 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
             stop_reason,
         } => {
             rec.result = Some(text.clone());
-            rec.turns = *turns;
+            rec.turns = rec.prior_turns + *turns;
             rec.stop_reason = Some(stop_reason.clone());
         }
         Event::Error { kind, message } => {
             rec.error = Some(message.clone());
             rec.error_kind = Some(*kind);
+        }
+        Event::Message { message } => {
+            // A follow-up sent while it ran is delivered once it joins the conversation.
+            if message.role == Role::User {
+                for block in &message.content {
+                    if let Block::Text { text } = block
+                        && let Some(i) = rec.pending_messages.iter().position(|p| p == text)
+                    {
+                        rec.pending_messages.remove(i);
+                    }
+                }
+            }
+            rec.conversation.push(message.clone());
         }
         _ => {}
     }

@@ -72,6 +72,8 @@ pub struct EndedAgent {
     /// The final answer (completed agents).
     pub result: Option<String>,
     pub error: Option<String>,
+    /// Which round ended: 1, or more after follow-ups (`agent_send`).
+    pub round: u32,
 }
 
 impl EndedAgent {
@@ -82,6 +84,7 @@ impl EndedAgent {
             status: rec.status(),
             result: rec.result.clone(),
             error: rec.error.clone(),
+            round: rec.rounds,
         }
     }
 }

@@ -132,6 +132,12 @@ impl Manager {
                 cwd: spec.cwd.display().to_string(),
                 created_at: SystemTime::now(),
                 output: OutputBuffer::new(spec.limits.max_output_bytes as usize),
+                round_spec: Box::new(spec.clone()),
+                rounds: 1,
+                prior_usage: Usage::default(),
+                prior_turns: 0,
+                inbox: None,
+                pending_messages: Vec::new(),
                 state: AgentState::Queued {
                     spec: Box::new(spec),
                 },
@@ -152,6 +158,7 @@ impl Manager {
                 mid_line: false,
                 output_seq: watch::channel(0).0,
                 control: None,
+                conversation: Vec::new(),
             };
             reg.insert(record, start_now);
             if start_now {

@@ -82,13 +82,25 @@ impl Inner {
         // the file system. The directory was checked at spawn; should it fail anyway,
         // the agent is stopped: its output could not be kept.
         let transcript_failed = self.attach_transcript(&id).await.err();
-        let (stdin_done_tx, stdin_done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stdin_done_tx, mut stdin_done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (inbox_tx, mut inbox_rx) = mpsc::unbounded_channel::<String>();
+        if let Some(rec) = self.lock().get_mut(&id) {
+            rec.inbox = Some(inbox_tx);
+        }
         if let Some(mut stdin) = child.stdin.take() {
             // Written from its own task: a large spec must not stall supervision. Stdin then
-            // stays open until the agent ends; its EOF tells the worker the server is gone.
+            // stays open until the agent ends (follow-ups are written to it); its EOF tells
+            // the worker the server is gone.
             tokio::spawn(async move {
                 let _ = stdin.write_all(spec_line.as_bytes()).await;
-                let _ = stdin_done_rx.await;
+                loop {
+                    tokio::select! {
+                        Some(line) = inbox_rx.recv() => {
+                            let _ = stdin.write_all(line.as_bytes()).await;
+                        }
+                        _ = &mut stdin_done_rx => break,
+                    }
+                }
             });
         }
         let out_task = child
@@ -210,6 +222,7 @@ impl Inner {
                     }
                     let _ = rec.state.end(outcome, exit);
                     rec.control = None;
+                    rec.inbox = None;
                     if let Some(t) = rec.transcript.as_mut() {
                         drop(t.close());
                     }

@@ -226,6 +226,34 @@ impl Transcript {
         self.hand_over(bytes);
     }
 
+    /// Opens a closed transcript again to append an agent's next round (`agent_send`),
+    /// never through a symlink, and hands it to the shared writer; a transcript that is
+    /// open, capped or failed stays as it is (what it misses stays counted). One open(2):
+    /// call it off the registry lock where possible.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if self.writer.is_some() || self.capped || self.error().is_some() {
+            return Ok(());
+        }
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&self.path)?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let (done_tx, done) = oneshot::channel();
+        let writer = open_in_writer(Msg::Open {
+            id,
+            path: self.path.clone(),
+            file,
+            state: Arc::clone(&self.shared),
+            done: done_tx,
+        })?;
+        self.id = id;
+        self.writer = Some(writer);
+        self.done = Some(done);
+        Ok(())
+    }
+
     fn hand_over(&mut self, bytes: Vec<u8>) {
         let len = bytes.len() as u64;
         let Some(writer) = self.writer.as_ref() else {

@@ -102,22 +102,7 @@ fn mark_last_block(message: &mut Value) {
 }
 
 fn message_json(m: &Message) -> Value {
-    let content: Vec<Value> = m
-        .content
-        .iter()
-        .map(|b| match b {
-            Block::Text { text } => json!({"type": "text", "text": text}),
-            Block::ToolUse { id, name, input } => {
-                json!({"type": "tool_use", "id": id, "name": name, "input": input})
-            }
-            Block::ToolResult {
-                tool_use_id,
-                content,
-                is_error,
-            } => json!({"type": "tool_result", "tool_use_id": tool_use_id, "content": content, "is_error": is_error}),
-            Block::Opaque(v) => v.clone(),
-        })
-        .collect();
+    let content: Vec<Value> = m.content.iter().map(Block::to_json).collect();
     json!({"role": m.role, "content": content})
 }
 

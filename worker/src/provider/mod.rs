@@ -12,43 +12,12 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
 
 use crate::protocol::ProviderSpec;
 use crate::values::ProviderKind;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    User,
-    Assistant,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub role: Role,
-    pub content: Vec<Block>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Block {
-    Text {
-        text: String,
-    },
-    ToolUse {
-        id: String,
-        name: String,
-        input: serde_json::Value,
-    },
-    ToolResult {
-        tool_use_id: String,
-        content: String,
-        is_error: bool,
-    },
-    /// A block we do not interpret (thinking, redacted_thinking, ...), passed back to the
-    /// provider unchanged on the next turn.
-    Opaque(serde_json::Value),
-}
+/// The conversation's shape is part of the wire (`message` events, `TaskSpec::history`).
+pub use crate::protocol::{Block, Message, Role};
 
 /// A tool offered to the model.
 #[derive(Debug, Clone, PartialEq)]
