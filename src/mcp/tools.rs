@@ -56,9 +56,25 @@ struct Blocking {
 }
 
 impl Blocking {
-    /// Runs `fut`, sending progress notifications while it blocks (when the request
-    /// carries a progress token). A cancelled request ends the wait, never the agent.
-    async fn run<F: Future>(&self, total: Duration, what: &str, fut: F) -> Option<F::Output> {
+    /// Runs the manager call `fut`, sending progress notifications while it blocks (when
+    /// the request carries a progress token). Its error, or a cancelled request, is the
+    /// caller's tool error; a cancelled request ends the wait, never the agents (`still`
+    /// says so: "the agent keeps running").
+    async fn run<T, E: std::fmt::Display>(
+        &self,
+        total: Duration,
+        what: &str,
+        still: &str,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        match self.progress(total, what, fut).await {
+            Some(r) => r.map_err(caller_error),
+            None => Err(format!("the request was cancelled; {still}")),
+        }
+    }
+
+    /// Runs `fut` with progress notifications; None when the request was cancelled.
+    async fn progress<F: Future>(&self, total: Duration, what: &str, fut: F) -> Option<F::Output> {
         let token = self.meta.get_progress_token();
         let start = Instant::now();
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -151,10 +167,8 @@ impl BgAgents {
             let b = Blocking { meta, peer, ct };
             let what = format!("waiting for {agent_id}");
             let waiting = self.manager.wait_status(&agent_id, wait.duration);
-            match b.run(wait.duration, &what, waiting).await {
-                Some(r) => r.map_err(caller_error)?,
-                None => return Err("the request was cancelled; the agent keeps running".into()),
-            }
+            b.run(wait.duration, &what, "the agent keeps running", waiting)
+                .await?
         };
         let verbose = verbose.unwrap_or(false);
         let agent = AgentReply::of(&view, self.manager.config(), verbose, RESULT_MAX_BYTES);
@@ -201,10 +215,9 @@ impl BgAgents {
             let b = Blocking { meta, peer, ct };
             let what = format!("waiting for {agent_id}'s answer");
             let waiting = self.manager.wait_status(&agent_id, wait.duration);
-            view = match b.run(wait.duration, &what, waiting).await {
-                Some(r) => r.map_err(caller_error)?,
-                None => return Err("the request was cancelled; the agent keeps running".into()),
-            };
+            view = b
+                .run(wait.duration, &what, "the agent keeps running", waiting)
+                .await?;
         }
         let agent = AgentReply::of(&view, self.manager.config(), false, RESULT_MAX_BYTES);
         let readable = text::status(&agent, wait.capped.then_some(wait.duration));
@@ -264,10 +277,8 @@ impl BgAgents {
             let b = Blocking { meta, peer, ct };
             let what = format!("waiting for output of {agent_id}");
             let waiting = self.manager.wait_output(&agent_id, &q, wait.duration);
-            match b.run(wait.duration, &what, waiting).await {
-                Some(r) => r.map_err(caller_error)?,
-                None => return Err("the request was cancelled; the agent keeps running".into()),
-            }
+            b.run(wait.duration, &what, "the agent keeps running", waiting)
+                .await?
         };
         let page = OutputReply::of(&page, filtered);
         let readable = text::output(&page);
@@ -365,10 +376,9 @@ impl BgAgents {
         let b = Blocking { meta, peer, ct };
         let what = format!("waiting for {} agent(s)", ids.len());
         let waiting = self.manager.wait_agents(&ids, mode, wait);
-        let view = match b.run(wait.duration, &what, waiting).await {
-            Some(r) => r.map_err(caller_error)?,
-            None => return Err("the request was cancelled; the agents keep running".into()),
-        };
+        let view = b
+            .run(wait.duration, &what, "the agents keep running", waiting)
+            .await?;
         let waited = Waited::of(&view, offset);
         let readable = text::waited(&waited, wait.capped.then_some(wait.duration));
         reply(&waited, readable)
