@@ -106,16 +106,12 @@ pub struct ProviderConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<usize>,
     /// Anthropic: mark the conversation for prompt caching (cache_control breakpoints).
-    #[serde(default = "yes")]
+    #[serde(default = "crate::values::default_true")]
     pub prompt_caching: bool,
     /// OpenAI-compatible: send a stable `prompt_cache_key` per agent (only where the
     /// provider accepts the field).
     #[serde(default)]
     pub prompt_cache_key: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

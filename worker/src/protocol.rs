@@ -187,14 +187,10 @@ pub struct ProviderSpec {
     pub api_key_env: Option<String>,
     pub max_retries: u32,
     pub request_timeout_seconds: u64,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::values::default_true")]
     pub prompt_caching: bool,
     #[serde(default)]
     pub prompt_cache_key: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Why a run ended in an `error` event.

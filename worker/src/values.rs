@@ -119,6 +119,11 @@ impl Limits {
     }
 }
 
+/// `true`, for serde fields that default to on (the wire and the config alike).
+pub fn default_true() -> bool {
+    true
+}
+
 /// Formats a limit value the way it is written in TOML (integers without ".0").
 pub fn fmt_limit(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
