@@ -100,6 +100,23 @@ pub enum Step {
         name: String,
         input: Value,
     },
+    /// Optionally some text, then one tool call whose arguments stop halfway (not valid
+    /// JSON) because the token limit was reached: finish_reason `length` (OpenAI) or
+    /// stop_reason `max_tokens` (Anthropic) inside the call. Small local models hit this
+    /// when `max_tokens` is lowered as a budget runs out.
+    ToolUseCut {
+        text: Option<String>,
+        id: String,
+        name: String,
+        input: Value,
+    },
+    /// One complete tool call whose arguments are exactly `arguments` (e.g. not valid JSON,
+    /// as small models write them), ended normally (tool_calls / tool_use).
+    ToolUseRaw {
+        id: String,
+        name: String,
+        arguments: String,
+    },
     /// Non-2xx HTTP response with the provider's JSON error body. `retry_after` sets the
     /// `retry-after` header (seconds).
     Status {
@@ -151,6 +168,10 @@ pub struct Quirks {
     pub reject_null_content: bool,
     /// llama-cpp-python: no usage at all, even when `stream_options.include_usage` asks.
     pub no_usage: bool,
+    /// llama-cpp-python 0.3.x (`chatml-function-calling`): a streaming request with
+    /// `tool_choice: "auto"` gets HTTP 200 with an empty body ("Automatic streaming tool
+    /// choice is not supported"); the script's next step is left for the next request.
+    pub empty_on_streaming_auto_tool_choice: bool,
     /// A rate limit on requests in flight: past this many, HTTP 429 with `retry-after`.
     pub max_in_flight: Option<usize>,
     /// The `retry-after` (seconds) of those 429s.
@@ -395,7 +416,12 @@ async fn handle(
                 admit(&mut state, accepted).map(|(accepted, permit)| (accepted, cache, permit))
             })
             .map(|(accepted, cache, permit)| {
-                (accepted, cache, permit, next_step(&mut state, &recorded))
+                let step = if refuses_auto_tool_choice(&quirks, &accepted) {
+                    Step::Empty
+                } else {
+                    next_step(&mut state, &recorded)
+                };
+                (accepted, cache, permit, step)
             });
         (state.next_id, quirks, outcome)
     };
@@ -445,6 +471,15 @@ fn quirky(quirks: &Quirks, (api, body): (Api, Value)) -> Result<(Api, Value), Re
         });
     }
     Ok((api, body))
+}
+
+/// `Quirks::empty_on_streaming_auto_tool_choice`: what llama-cpp-python answers with an
+/// empty body.
+fn refuses_auto_tool_choice(quirks: &Quirks, (api, body): &(Api, Value)) -> bool {
+    quirks.empty_on_streaming_auto_tool_choice
+        && *api == Api::OpenAi
+        && body["stream"] == true
+        && body["tool_choice"] == "auto"
 }
 
 /// Input tokens read from and written to the prompt cache by one request.
@@ -840,6 +875,12 @@ fn last_user_input(body: &Value) -> UserInput {
 }
 
 /// Splits `s` into at most `parts` non-empty pieces of roughly equal length (in chars).
+/// The first half of `input` as JSON text: arguments cut off mid-way.
+fn half(input: &Value) -> String {
+    let json = input.to_string();
+    json.chars().take(json.chars().count() / 2).collect()
+}
+
 fn split_even(s: &str, parts: usize) -> Vec<String> {
     let chars: Vec<char> = s.chars().collect();
     let parts = parts.min(chars.len()).max(1);
@@ -1115,6 +1156,51 @@ mod anthropic {
         event(sse, Duration::ZERO, json!({"type": "message_stop"}));
     }
 
+    /// Optional text, then one tool_use block whose input streams as `json_text`, then the
+    /// message ends with `stop_reason`.
+    fn tool_use(
+        sse: &mut Sse,
+        text: Option<String>,
+        id: &str,
+        name: &str,
+        json_text: &str,
+        stop_reason: &str,
+    ) {
+        let text_chunks = text
+            .as_deref()
+            .map(|t| split_even(t, 3))
+            .unwrap_or_default();
+        let index = usize::from(text.is_some());
+        if text.is_some() {
+            text_block(sse, 0, &text_chunks, Duration::ZERO, true);
+        }
+        event(
+            sse,
+            Duration::ZERO,
+            json!({"type": "content_block_start", "index": index,
+                   "content_block": {"type": "tool_use", "id": id, "name": name,
+                                     "input": {}}}),
+        );
+        // The real API opens every tool input with an empty partial_json.
+        let mut pieces = vec![String::new()];
+        pieces.extend(split_even(json_text, 3));
+        for piece in &pieces {
+            event(
+                sse,
+                Duration::ZERO,
+                json!({"type": "content_block_delta", "index": index,
+                       "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            );
+        }
+        event(
+            sse,
+            Duration::ZERO,
+            json!({"type": "content_block_stop", "index": index}),
+        );
+        let streamed = chars(&text_chunks) + json_text.chars().count();
+        message_end(sse, stop_reason, streamed);
+    }
+
     pub(super) fn stream(step: Step, turn: &Turn) -> Sse {
         let mut sse = Sse::new();
         message_start(&mut sse, turn);
@@ -1128,42 +1214,18 @@ mod anthropic {
                 id,
                 name,
                 input,
-            } => {
-                let text_chunks = text
-                    .as_deref()
-                    .map(|t| split_even(t, 3))
-                    .unwrap_or_default();
-                let index = usize::from(text.is_some());
-                if text.is_some() {
-                    text_block(&mut sse, 0, &text_chunks, Duration::ZERO, true);
-                }
-                event(
-                    &mut sse,
-                    Duration::ZERO,
-                    json!({"type": "content_block_start", "index": index,
-                           "content_block": {"type": "tool_use", "id": id, "name": name,
-                                             "input": {}}}),
-                );
-                let json_text = input.to_string();
-                // The real API opens every tool input with an empty partial_json.
-                let mut pieces = vec![String::new()];
-                pieces.extend(split_even(&json_text, 3));
-                for piece in &pieces {
-                    event(
-                        &mut sse,
-                        Duration::ZERO,
-                        json!({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "input_json_delta", "partial_json": piece}}),
-                    );
-                }
-                event(
-                    &mut sse,
-                    Duration::ZERO,
-                    json!({"type": "content_block_stop", "index": index}),
-                );
-                let streamed = chars(&text_chunks) + json_text.chars().count();
-                message_end(&mut sse, "tool_use", streamed);
-            }
+            } => tool_use(&mut sse, text, &id, &name, &input.to_string(), "tool_use"),
+            Step::ToolUseCut {
+                text,
+                id,
+                name,
+                input,
+            } => tool_use(&mut sse, text, &id, &name, &half(&input), "max_tokens"),
+            Step::ToolUseRaw {
+                id,
+                name,
+                arguments,
+            } => tool_use(&mut sse, None, &id, &name, &arguments, "tool_use"),
             Step::MidStreamError {
                 after_chunks,
                 error_type,
@@ -1240,6 +1302,40 @@ mod openai {
             }
         }
 
+        /// Optional text, then one tool call whose arguments stream as `arguments`, then
+        /// `finish_reason`.
+        fn tool_call(
+            &mut self,
+            text: Option<String>,
+            id: &str,
+            name: &str,
+            arguments: &str,
+            finish_reason: &str,
+        ) {
+            let text_chunks = text
+                .as_deref()
+                .map(|t| split_even(t, 3))
+                .unwrap_or_default();
+            self.text(&text_chunks, Duration::ZERO);
+            self.chunk(
+                Duration::ZERO,
+                json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
+                                       "function": {"name": name, "arguments": ""}}]}),
+                None,
+            );
+            for piece in split_even(arguments, 3) {
+                let call = if self.turn.repeat_tool_name {
+                    json!({"index": 0, "id": id, "type": "function",
+                           "function": {"name": name, "arguments": piece}})
+                } else {
+                    json!({"index": 0, "function": {"arguments": piece}})
+                };
+                self.chunk(Duration::ZERO, json!({"tool_calls": [call]}), None);
+            }
+            let streamed = chars(&text_chunks) + arguments.chars().count();
+            self.finish(finish_reason, streamed);
+        }
+
         fn finish(&mut self, finish_reason: &str, streamed_chars: usize) {
             self.chunk(Duration::ZERO, json!({}), Some(finish_reason));
             if self.turn.include_usage {
@@ -1296,31 +1392,18 @@ mod openai {
                 id,
                 name,
                 input,
-            } => {
-                let text_chunks = text
-                    .as_deref()
-                    .map(|t| split_even(t, 3))
-                    .unwrap_or_default();
-                out.text(&text_chunks, Duration::ZERO);
-                out.chunk(
-                    Duration::ZERO,
-                    json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
-                                           "function": {"name": name, "arguments": ""}}]}),
-                    None,
-                );
-                let arguments = input.to_string();
-                for piece in split_even(&arguments, 3) {
-                    let call = if turn.repeat_tool_name {
-                        json!({"index": 0, "id": id, "type": "function",
-                               "function": {"name": name, "arguments": piece}})
-                    } else {
-                        json!({"index": 0, "function": {"arguments": piece}})
-                    };
-                    out.chunk(Duration::ZERO, json!({"tool_calls": [call]}), None);
-                }
-                let streamed = chars(&text_chunks) + arguments.chars().count();
-                out.finish("tool_calls", streamed);
-            }
+            } => out.tool_call(text, &id, &name, &input.to_string(), "tool_calls"),
+            Step::ToolUseCut {
+                text,
+                id,
+                name,
+                input,
+            } => out.tool_call(text, &id, &name, &half(&input), "length"),
+            Step::ToolUseRaw {
+                id,
+                name,
+                arguments,
+            } => out.tool_call(None, &id, &name, &arguments, "tool_calls"),
             Step::MidStreamError {
                 after_chunks,
                 error_type,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::protocol::{ErrorKind, Event, TaskSpec, exit};
+use crate::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, exit};
 use crate::provider::{
     Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest, throttled,
 };
@@ -124,10 +124,17 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
         let over_budget = budget_exceeded(spec, total, cost);
 
         let TurnOutput {
-            content,
+            mut content,
             stop_reason,
             ..
         } = output;
+        // A call cut at the token limit has unfinished arguments: it is never run, and
+        // never retried (the same limit would cut it again).
+        let cut_calls = if stop_reason == STOP_MAX_TOKENS {
+            drop_tool_calls(&mut content)
+        } else {
+            Vec::new()
+        };
         let calls: Vec<(String, String, serde_json::Value)> = content
             .iter()
             .filter_map(|b| match b {
@@ -171,6 +178,15 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
                     out,
                 );
                 continue;
+            }
+            if text.trim().is_empty() {
+                let kind = if stop_reason == STOP_MAX_TOKENS {
+                    ErrorKind::BudgetExceeded
+                } else {
+                    ErrorKind::Provider
+                };
+                let message = no_answer(&stop_reason, &cut_calls, max_tokens, turn);
+                return fail(out, kind, message);
             }
             out.emit(&Event::Result {
                 text,
@@ -225,6 +241,39 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
             "max_turns ({}) reached while the model still wanted tools; spawn again with a larger limits.max_turns or a narrower task",
             limits.max_turns
         ),
+    )
+}
+
+/// Removes the tool calls from a turn's content; their names, in order.
+fn drop_tool_calls(content: &mut Vec<Block>) -> Vec<String> {
+    let mut names = Vec::new();
+    content.retain(|b| match b {
+        Block::ToolUse { name, .. } => {
+            names.push(name.clone());
+            false
+        }
+        _ => true,
+    });
+    names
+}
+
+/// The error for a final turn with no text: an empty answer is not a result. Says whether
+/// the token limit cut it (and inside which call) or the model said nothing.
+fn no_answer(stop_reason: &str, cut_calls: &[String], max_tokens: u32, turn: u32) -> String {
+    if stop_reason != STOP_MAX_TOKENS {
+        return format!(
+            "the model ended turn {turn} with no text and no tool call: an empty answer (stop_reason {stop_reason}). A local server may have constrained the output to nothing (its log says why); try again, rephrase the task, or use another model"
+        );
+    }
+    let inside = match cut_calls {
+        [] => String::new(),
+        names => format!(
+            ", inside its call to `{}` (not run: its arguments were unfinished)",
+            names.join("`, `")
+        ),
+    };
+    format!(
+        "the model's turn {turn} was cut at the token limit (max_tokens {max_tokens} for this turn) before it wrote any answer{inside}; spawn again with a larger limits.max_tokens (a nearly spent max_total_tokens or budget_usd also lowers it)"
     )
 }
 

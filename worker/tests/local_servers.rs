@@ -24,6 +24,17 @@ fn local_config(h: &Harness, base_url: &str, timeout_s: u64, extra: &str) -> Pat
     )
 }
 
+/// `local_config` with 2 retries a turn: for tests that show a failure is not retried.
+fn retrying_local_config(h: &Harness) -> PathBuf {
+    h.write(
+        "local-retrying.toml",
+        &format!(
+            "[providers.local]\nkind = \"openai\"\nbase_url = \"{}\"\nmax_retries = 2\nrequest_timeout_seconds = 30\n",
+            h.fake.openai_base_url()
+        ),
+    )
+}
+
 /// `bg-agent-worker --model local/tiny --config CONFIG [--json] TASK`.
 async fn run_local(h: &Harness, config: &Path, json: bool, task: &str) -> common::Run {
     let config = config.to_str().expect("utf-8 path");
@@ -103,7 +114,210 @@ async fn tool_name_repeated_in_every_chunk_is_taken_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn assistant_tool_call_message_has_empty_content_and_tools_are_offered_with_auto() {
+async fn tools_are_offered_without_tool_choice_so_llama_cpp_python_answers() {
+    let h = Harness::start().await;
+    h.fake.set_quirks(Quirks {
+        empty_on_streaming_auto_tool_choice: true,
+        repeat_tool_name: true,
+        no_usage: true,
+        ..Default::default()
+    });
+    glob_then_answer(&h, "no tool choice");
+    let config = retrying_local_config(&h);
+
+    let r = run_local(&h, &config, true, "no tool choice").await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    assert!(r.retries().is_empty(), "no empty 200: {}", r.dump());
+    assert_eq!(r.tool_results().len(), 1, "{}", r.dump());
+    assert_eq!(result(&r).0, "One Rust file.");
+    let requests = h.fake.requests_for("no tool choice");
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        assert_eq!(request.body["tools"][0]["type"], "function");
+        assert_eq!(
+            request.body.get("tool_choice"),
+            None,
+            "OpenAI's default is already auto: {}",
+            request.body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_200_is_not_retried_and_points_at_the_server_log() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "refused quietly",
+        vec![Step::Empty, Step::text("a retry would get this")],
+    );
+    let config = retrying_local_config(&h);
+
+    let r = run_local(&h, &config, true, "refused quietly").await;
+
+    assert_eq!(r.code, Some(exit::PROVIDER), "{}", r.dump());
+    assert!(r.retries().is_empty(), "{}", r.dump());
+    assert_eq!(h.fake.request_count("refused quietly"), 1);
+    let message = error(&r).1;
+    assert!(
+        message.contains("empty stream for model `tiny`"),
+        "{message}"
+    );
+    assert!(message.contains("not retried"), "{message}");
+    assert!(message.contains("Its log says why"), "{message}");
+    assert!(message.contains("context size"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_call_cut_at_the_token_limit_ends_truncated_and_is_never_retried() {
+    let h = Harness::start().await;
+    let cut = |text: Option<&str>| Step::ToolUseCut {
+        text: text.map(str::to_string),
+        id: "call_1".into(),
+        name: "read_file".into(),
+        input: json!({"path": "src/a_rather_long_file_name.rs", "offset": 1}),
+    };
+    h.fake
+        .script("cut with words", vec![cut(Some("Reading the file first."))]);
+    h.fake
+        .script("cut mute", vec![cut(None), Step::text("never")]);
+    h.fake.script(
+        "cut on anthropic",
+        vec![cut(Some("Reading the file first."))],
+    );
+    let config = retrying_local_config(&h);
+
+    // Text before the cut call: a truncated answer, the call not run.
+    let r = run_local(&h, &config, true, "cut with words").await;
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    assert_eq!(
+        result(&r),
+        ("Reading the file first.".into(), "max_tokens".into())
+    );
+    assert!(r.tool_results().is_empty(), "{}", r.dump());
+    assert!(r.retries().is_empty(), "{}", r.dump());
+    assert_eq!(h.fake.request_count("cut with words"), 1);
+
+    // Nothing but the cut call: an error that names the limit and the call.
+    let r = run_local(&h, &config, true, "cut mute").await;
+    assert_eq!(r.code, Some(exit::BUDGET), "{}", r.dump());
+    assert!(r.retries().is_empty(), "{}", r.dump());
+    assert_eq!(h.fake.request_count("cut mute"), 1);
+    let (kind, message) = error(&r);
+    assert_eq!(kind, ErrorKind::BudgetExceeded);
+    assert!(
+        message.contains("cut at the token limit (max_tokens"),
+        "{message}"
+    );
+    assert!(
+        message.contains("inside its call to `read_file`"),
+        "{message}"
+    );
+    assert!(message.contains("larger limits.max_tokens"), "{message}");
+
+    // The same on the Anthropic API (stop_reason max_tokens inside a tool_use block).
+    let r = run(h.worker(&["--json", "cut on anthropic"])).await;
+    assert_eq!(
+        result(&r),
+        ("Reading the file first.".into(), "max_tokens".into()),
+        "{}",
+        r.dump()
+    );
+    assert!(r.retries().is_empty(), "{}", r.dump());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tool_arguments_are_a_tool_error_the_model_corrects() {
+    let h = Harness::start().await;
+    h.write("workspace/notes.txt", "first line\nsecond line\n");
+    h.fake.script(
+        "sloppy json",
+        vec![
+            Step::ToolUseRaw {
+                id: "call_1".into(),
+                name: "read_file".into(),
+                arguments: "{\"path\": \"notes.txt\", \"offset\": }".into(),
+            },
+            // llama-cpp-python's grammar ignores `minimum`: small models send offset 0.
+            tool_use(
+                "call_2",
+                "read_file",
+                json!({"path": "notes.txt", "offset": 0}),
+            ),
+            Step::text("It has two lines."),
+        ],
+    );
+    let config = retrying_local_config(&h);
+
+    let r = run_local(&h, &config, true, "sloppy json").await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    assert!(
+        r.retries().is_empty(),
+        "not a retry of the turn: {}",
+        r.dump()
+    );
+    let results: Vec<bool> = r
+        .tool_results()
+        .into_iter()
+        .map(|e| match e {
+            Event::ToolResult { is_error, .. } => is_error,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(results, vec![true, false], "{}", r.dump());
+    let requests = h.fake.requests_for("sloppy json");
+    assert_eq!(requests.len(), 3);
+    let tool_message = |i: usize| {
+        requests[i].body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|m| m["role"] == "tool"))
+            .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+            .expect("a tool message")
+    };
+    let corrected = tool_message(1);
+    assert!(
+        corrected.starts_with("Error: the arguments of `read_file` are not valid JSON"),
+        "{corrected}"
+    );
+    assert!(corrected.contains("call `read_file` again"), "{corrected}");
+    // What the model wrote goes back as it wrote it.
+    let sent_back = requests[1].body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "assistant"))
+        .map(|m| m["tool_calls"][0]["function"]["arguments"].clone())
+        .expect("the call is sent back");
+    assert_eq!(sent_back, "{\"path\": \"notes.txt\", \"offset\": }");
+    let read = tool_message(2);
+    assert!(read.starts_with("1\tfirst line\n2\tsecond line"), "{read}");
+    assert_eq!(result(&r).0, "It has two lines.");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_final_answer_is_an_error_not_a_success() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "say nothing",
+        vec![Step::Text {
+            chunks: vec![],
+            delay_ms: 0,
+        }],
+    );
+    let config = local_config(&h, &h.fake.openai_base_url(), 30, "");
+
+    let r = run_local(&h, &config, true, "say nothing").await;
+
+    assert_eq!(r.code, Some(exit::PROVIDER), "{}", r.dump());
+    let (kind, message) = error(&r);
+    assert_eq!(kind, ErrorKind::Provider);
+    assert!(
+        message.starts_with("the model ended turn 1 with no text and no tool call"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assistant_tool_call_message_has_empty_content() {
     let h = Harness::start().await;
     h.fake.set_quirks(Quirks {
         reject_null_content: true,
@@ -118,7 +332,6 @@ async fn assistant_tool_call_message_has_empty_content_and_tools_are_offered_wit
     assert!(r.retries().is_empty(), "no HTTP 500: {}", r.dump());
     let requests = h.fake.requests_for("no null content");
     assert_eq!(requests.len(), 2);
-    assert_eq!(requests[0].body["tool_choice"], "auto");
     let assistant = requests[1].body["messages"]
         .as_array()
         .and_then(|m| m.iter().find(|m| m["role"] == "assistant"))

@@ -200,7 +200,7 @@ impl Accumulator {
             }
             "content_block_stop" => {
                 if let Some(p) = self.blocks.get_mut(index).and_then(Option::take) {
-                    self.done.push(finish_block(p)?);
+                    self.done.push(finish_block(p));
                 }
             }
             "message_delta" => {
@@ -251,7 +251,7 @@ impl Accumulator {
     fn finish(mut self, sent_bytes: usize) -> Result<TurnOutput, ProviderError> {
         // Blocks never closed (should not happen after message_stop) are still kept.
         for p in std::mem::take(&mut self.blocks).into_iter().flatten() {
-            self.done.push(finish_block(p)?);
+            self.done.push(finish_block(p));
         }
         let stop_reason = self.stop_reason.take().unwrap_or_else(|| "end_turn".into());
         Ok(self.output(stop_reason, sent_bytes))
@@ -291,22 +291,21 @@ impl Accumulator {
     }
 }
 
-fn finish_block(p: Partial) -> Result<Block, ProviderError> {
-    Ok(match p {
+fn finish_block(p: Partial) -> Block {
+    match p {
         Partial::Text(text) => Block::Text { text },
         Partial::ToolUse { id, name, json } => {
+            // Input that is not JSON (cut at max_tokens) stays the model's text: the agent
+            // loop drops a cut call, and answers any other with a tool error.
             let input = if json.trim().is_empty() {
                 Value::Object(Default::default())
             } else {
-                serde_json::from_str(&json).map_err(|e| ProviderError::Retryable {
-                    reason: format!("tool input for `{name}` is not valid JSON: {e}"),
-                    retry_after: None,
-                })?
+                serde_json::from_str(&json).unwrap_or(Value::String(json))
             };
             Block::ToolUse { id, name, input }
         }
         Partial::Opaque(v) => Block::Opaque(v),
-    })
+    }
 }
 
 fn tokens(v: &Value, key: &str) -> u64 {

@@ -154,23 +154,23 @@ impl Sse<'_> {
         }
     }
 
-    /// The error for a stream that ended before the message was complete.
+    /// The error for a stream that ended before the message was complete. One cut short is
+    /// worth another attempt; an empty 200 is not: local servers (llama-cpp-python, llama.cpp)
+    /// answer so to a request they refuse, every time, and say why only in their own log.
     fn ended_early(&self, what: &str) -> ProviderError {
-        let reason = if self.seen {
-            format!(
-                "the stream from {} (model `{}`) closed before {what}",
-                self.url, self.model
-            )
-        } else {
-            format!(
-                "{} answered HTTP 200 with an empty stream for model `{}`; check that the server serves this model and that [providers.{}] base_url points at its API",
-                self.url, self.model, self.client.name
-            )
-        };
-        ProviderError::Retryable {
-            reason,
-            retry_after: None,
+        if self.seen {
+            return ProviderError::Retryable {
+                reason: format!(
+                    "the stream from {} (model `{}`) closed before {what}",
+                    self.url, self.model
+                ),
+                retry_after: None,
+            };
         }
+        ProviderError::Fatal(format!(
+            "{} answered HTTP 200 with an empty stream for model `{}`: the server refused the request without saying why (not retried: it would answer the same). Its log says why; common causes are a prompt longer than its context size, an option it does not support, or a model it does not serve ([providers.{}] base_url and the model name)",
+            self.url, self.model, self.client.name
+        ))
     }
 }
 

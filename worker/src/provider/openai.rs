@@ -32,7 +32,7 @@ pub(super) async fn turn(
     let cut = stream_cut_tokens(req.max_tokens);
     while let Some(ev) = events.next().await? {
         if ev.data.trim() == "[DONE]" {
-            return acc.finish(body.len());
+            return Ok(acc.finish(body.len()));
         }
         let data: Value = serde_json::from_str(&ev.data).map_err(|e| ProviderError::Retryable {
             reason: format!("unparsable chunk: {e}"),
@@ -45,7 +45,7 @@ pub(super) async fn turn(
     }
     // Some servers end the stream without [DONE]; a finish_reason means it was complete.
     if acc.finish_reason.is_some() {
-        return acc.finish(body.len());
+        return Ok(acc.finish(body.len()));
     }
     Err(events.ended_early("the completion finished"))
 }
@@ -69,13 +69,13 @@ fn body(req: &TurnRequest<'_>, send_cache_key: bool) -> Value {
         body["prompt_cache_key"] = json!(key);
     }
     if !req.tools.is_empty() {
+        // No `tool_choice`: `auto` is already the default when tools are offered, and
+        // llama-cpp-python answers a streaming request that sends it with an empty body.
         body["tools"] = req
             .tools
             .iter()
             .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}))
             .collect();
-        // Some local servers only call tools when asked to choose.
-        body["tool_choice"] = json!("auto");
     }
     body
 }
@@ -90,7 +90,7 @@ fn message_json(m: &Message) -> Vec<Value> {
             Block::Text { text: t } => text.push_str(t),
             Block::ToolUse { id, name, input } => calls.push(json!({
                 "id": id, "type": "function",
-                "function": {"name": name, "arguments": input.to_string()},
+                "function": {"name": name, "arguments": arguments_text(input)},
             })),
             Block::ToolResult {
                 tool_use_id,
@@ -122,6 +122,15 @@ fn message_json(m: &Message) -> Vec<Value> {
         Role::User => {}
     }
     out
+}
+
+/// A call's arguments as sent back: what the model wrote, also when that was not JSON
+/// (kept as a string, see `Accumulator::finish`).
+fn arguments_text(input: &Value) -> String {
+    match input {
+        Value::String(raw) => raw.clone(),
+        other => other.to_string(),
+    }
 }
 
 #[derive(Default)]
@@ -245,20 +254,20 @@ impl Accumulator {
         (estimate, true)
     }
 
-    fn finish(self, sent_bytes: usize) -> Result<TurnOutput, ProviderError> {
+    fn finish(self, sent_bytes: usize) -> TurnOutput {
         let (usage, usage_estimated) = self.usage(sent_bytes);
         let mut content = Vec::new();
         if !self.text.is_empty() {
             content.push(Block::Text { text: self.text });
         }
         for (i, c) in self.calls {
+            // Arguments that are not JSON stay the model's own text (a JSON string): the
+            // tool answers with an error the model can correct, instead of a retry of the
+            // whole turn. A call cut at the token limit is dropped by the agent loop.
             let input = if c.arguments.trim().is_empty() {
                 json!({})
             } else {
-                serde_json::from_str(&c.arguments).map_err(|e| ProviderError::Retryable {
-                    reason: format!("tool arguments for `{}` are not valid JSON: {e}", c.name),
-                    retry_after: None,
-                })?
+                serde_json::from_str(&c.arguments).unwrap_or(Value::String(c.arguments))
             };
             let id = if c.id.is_empty() {
                 format!("call_{i}")
@@ -272,18 +281,19 @@ impl Accumulator {
             });
         }
         let has_calls = content.iter().any(|b| matches!(b, Block::ToolUse { .. }));
+        // `length` first: a call cut at the limit must not look like a finished one.
         let stop_reason = match self.finish_reason.as_deref() {
+            Some("length") => "max_tokens",
             Some("tool_calls") | Some("function_call") => "tool_use",
             _ if has_calls => "tool_use",
-            Some("length") => "max_tokens",
             _ => "end_turn",
         };
-        Ok(TurnOutput {
+        TurnOutput {
             content,
             stop_reason: stop_reason.into(),
             usage,
             usage_estimated,
-        })
+        }
     }
 }
 
@@ -313,7 +323,7 @@ mod tests {
         let mut sink = |_: &str| {};
         acc.apply(&json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"glob","arguments":"{\"pat"}}]}}]}), &mut sink).unwrap();
         acc.apply(&json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"tern\":\"*\"}"}}]},"finish_reason":"tool_calls"}]}), &mut sink).unwrap();
-        let out = acc.finish(0).unwrap();
+        let out = acc.finish(0);
         assert_eq!(out.stop_reason, "tool_use");
         assert_eq!(
             out.content,

@@ -71,7 +71,7 @@ fn definition(tool: ToolName) -> ToolDef {
                 "type": "object",
                 "properties": {
                     "path": {"type": "string", "description": "Path relative to the workspace root."},
-                    "offset": {"type": "integer", "minimum": 1, "description": "First line to return (1-based). Default 1."},
+                    "offset": {"type": "integer", "minimum": 0, "description": "First line to return (1-based; 0 also means the first). Default 1."},
                     "limit": {"type": "integer", "minimum": 1, "description": "Lines to return. Default 2000."}
                 },
                 "required": ["path"]
@@ -115,6 +115,9 @@ pub fn execute(allowed: &[ToolName], name: &str, input: &Value, root: &Path) -> 
             offered.join(", ")
         ));
     };
+    if !input.is_object() {
+        return ToolOutput::error(not_an_object(name, input));
+    }
     let dir = match sandbox::open_root(root) {
         Ok(dir) => dir,
         Err(e) => return ToolOutput::error(e),
@@ -128,6 +131,24 @@ pub fn execute(allowed: &[ToolName], name: &str, input: &Value, root: &Path) -> 
         Ok(s) => ToolOutput::ok(s),
         Err(e) => ToolOutput::error(e),
     }
+}
+
+/// The error for arguments that are not a JSON object: small models write unfinished or
+/// invalid JSON (the provider keeps such arguments as the model's text). Said to the model,
+/// so it can call again.
+fn not_an_object(name: &str, input: &Value) -> String {
+    let (raw, why) = match input {
+        Value::String(raw) => match serde_json::from_str::<Value>(raw) {
+            Err(e) => (raw.clone(), format!("not valid JSON ({e})")),
+            Ok(_) => (raw.clone(), "not a JSON object".to_string()),
+        },
+        other => (other.to_string(), "not a JSON object".to_string()),
+    };
+    let shown: String = raw.chars().take(200).collect();
+    let more = if shown.len() < raw.len() { "…" } else { "" };
+    format!(
+        "the arguments of `{name}` are {why}: {shown}{more}; call `{name}` again with its arguments as one JSON object, as its schema says"
+    )
 }
 
 /// A required string field of a tool input.

@@ -16,7 +16,12 @@ const MAX_LINE_CHARS: usize = 2000;
 
 pub(super) fn run(input: &Value, root: &OwnedFd) -> Result<String, String> {
     let rel = str_arg(input, "path")?;
-    let offset = uint_arg(input, "offset")?.unwrap_or(1);
+    // 0 is read as the first line: small models send it (llama-cpp-python's grammar
+    // ignores the schema's `minimum`), and it can only mean the start.
+    let offset = match input.get("offset") {
+        Some(v) if v.as_u64() == Some(0) => 1,
+        _ => uint_arg(input, "offset")?.unwrap_or(1),
+    };
     let limit = uint_arg(input, "limit")?.unwrap_or(DEFAULT_LIMIT);
     let (file, len) = sandbox::open_regular_file(root, rel)?;
     if len > MAX_FILE_BYTES {
