@@ -342,6 +342,17 @@ async fn a_message_to_a_running_agent_arrives_at_its_next_turn() {
     assert_eq!(done["result"], "Checked X too.");
     assert_eq!(done.get("messages_pending"), None, "delivered: {done}");
     assert_eq!(done.get("rounds"), None, "the same round: {done}");
+    // Marked in the output as a follow-up to a completed agent is, between the answers.
+    let out = s.ok("agent_output", json!({"agent_id": id})).await;
+    let text = out["text"].as_str().unwrap_or_default();
+    let marker = text
+        .find("\n[round 1: follow-up] also check X\n")
+        .unwrap_or_else(|| panic!("no follow-up marker: {text}"));
+    assert!(text.find("module 29").is_some_and(|m| m < marker), "{text}");
+    assert!(
+        text.find("Checked X too.").is_some_and(|a| a > marker),
+        "{text}"
+    );
     let requests = s.fake.requests_for("survey the modules");
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[1].last_user_text(), "also check X");

@@ -538,3 +538,285 @@ async fn paging_values_out_of_range_are_refused_with_the_range() {
     assert_eq!(v["agents"], json!([]));
     assert!(v["more"].as_str().unwrap_or("").contains("offset 0"), "{v}");
 }
+
+/// Facts of `r`'s structuredContent missing from its text: every string and number (and
+/// the statuses counted), and the name of every flag that is true.
+fn facts_missing_from_text(r: &CallToolResult) -> Vec<String> {
+    fn visit(key: &str, v: &Value, text: &str, lower: &str, missing: &mut Vec<String>) {
+        let found = match v {
+            Value::String(s) => text.contains(s.as_str()),
+            Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), _, _) => text.contains(&u.to_string()),
+                (_, Some(i), _) => text.contains(&i.to_string()),
+                (_, _, Some(f)) => text.contains(&f.to_string()),
+                _ => true,
+            },
+            Value::Bool(true) => lower.contains(key) || lower.contains(&key.replace('_', " ")),
+            Value::Bool(false) | Value::Null => true,
+            Value::Array(items) => {
+                for item in items {
+                    visit(key, item, text, lower, missing);
+                }
+                true
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    if key == "counts" && !text.contains(k.as_str()) {
+                        missing.push(format!("counts key {k}"));
+                    }
+                    visit(k, item, text, lower, missing);
+                }
+                true
+            }
+        };
+        if !found {
+            missing.push(format!("{key}: {v}"));
+        }
+    }
+    let text = support::mcp::text_of(r);
+    let mut missing = Vec::new();
+    let v = r.structured_content.clone().expect("structuredContent");
+    visit("", &v, &text, &text.to_lowercase(), &mut missing);
+    missing
+}
+
+/// Asserts that the text of `r` says everything its JSON says; returns the text.
+fn text_says_it_all(tool: &str, r: &CallToolResult) -> String {
+    assert_ne!(r.is_error, Some(true), "{tool}: {:?}", r.content);
+    let missing = facts_missing_from_text(r);
+    let text = support::mcp::text_of(r);
+    assert!(
+        missing.is_empty(),
+        "{tool}: the text lacks {missing:?}\ntext:\n{text}\njson: {}",
+        as_model_reads(r)
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fact_of_the_json_is_in_the_text_too() {
+    let s = Session::start_server("max_concurrent = 1\nsession_max_tokens = 10000000").await;
+    s.fake.script(
+        "slow survey",
+        vec![
+            Step::Text {
+                chunks: (0..20).map(|i| format!("line {i}\n")).collect(),
+                delay_ms: 100,
+            },
+            Step::text("Took the follow-up in."),
+        ],
+    );
+    s.fake.script(
+        "cut short",
+        vec![Step::Length {
+            chunks: vec!["Half an ans".into()],
+        }],
+    );
+    s.fake.script(
+        "unpriced one",
+        vec![Step::text("Done cheaply."), Step::text("Round two.")],
+    );
+
+    let first = s
+        .call(
+            "agent_spawn",
+            json!({"task": "slow survey", "label": "first", "limits": {"max_turns": 5}}),
+        )
+        .await;
+    let text = text_says_it_all("agent_spawn", &first);
+    assert!(text.contains("Limits (not the defaults)"), "{text}");
+    let first = first.structured_content.unwrap()["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let queued = s
+        .call("agent_spawn", json!({"task": "cut short", "label": "cut"}))
+        .await;
+    let text = text_says_it_all("agent_spawn", &queued);
+    assert!(text.contains("(queued)"), "{text}");
+    let cut = queued.structured_content.unwrap()["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let unpriced = s
+        .call(
+            "agent_spawn",
+            json!({"task": "unpriced one", "model": "claude-unpriced-test"}),
+        )
+        .await;
+    let text = text_says_it_all("agent_spawn", &unpriced);
+    assert!(
+        text.contains("\nWarning: model `claude-unpriced-test` has no price"),
+        "{text}"
+    );
+    let unpriced = unpriced.structured_content.unwrap()["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let running = s
+        .call("agent_status", json!({"agent_id": first, "verbose": true}))
+        .await;
+    text_says_it_all("agent_status", &running);
+    let sent = s
+        .call(
+            "agent_send",
+            json!({"agent_id": first, "message": "also count them"}),
+        )
+        .await;
+    let text = text_says_it_all("agent_send", &sent);
+    if sent.structured_content.as_ref().unwrap()["status"] == "running" {
+        assert!(text.contains("Messages pending: 1"), "{text}");
+    }
+    let queued_status = s.call("agent_status", json!({"agent_id": cut})).await;
+    text_says_it_all("agent_status", &queued_status);
+
+    let ids = [first.clone(), cut.clone(), unpriced.clone()];
+    let waited = s
+        .call(
+            "agent_wait",
+            json!({"agent_ids": ids, "mode": "all", "wait_seconds": 30}),
+        )
+        .await;
+    let text = text_says_it_all("agent_wait", &waited);
+    assert_eq!(
+        waited.structured_content.as_ref().unwrap()["done"],
+        true,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "## {cut} completed [cut]\nAnswer truncated: the model stopped at the token limit"
+        )),
+        "agent_wait flags the truncated answer: {text}"
+    );
+
+    let listed = s.call("agent_list", json!({})).await;
+    let text = text_says_it_all("agent_list", &listed);
+    let rows = listed.structured_content.as_ref().unwrap()["agents"].clone();
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["agent_id"] == cut.as_str()))
+        .cloned()
+        .expect("the cut agent's row");
+    assert_eq!(row["answer_truncated"], true, "{rows}");
+    assert!(
+        text.contains("answer truncated at the token limit"),
+        "{text}"
+    );
+    assert!(text.contains("Session: {"), "{text}");
+
+    let again = s
+        .call(
+            "agent_send",
+            json!({"agent_id": unpriced, "message": "and again", "wait_seconds": 30}),
+        )
+        .await;
+    let text = text_says_it_all("agent_send", &again);
+    assert!(text.contains("in 2 rounds"), "{text}");
+    for id in &ids {
+        let verbose = s
+            .call("agent_status", json!({"agent_id": id, "verbose": true}))
+            .await;
+        let text = text_says_it_all("agent_status", &verbose);
+        assert!(text.contains("\nDetails: {"), "{text}");
+        let out = s.call("agent_output", json!({"agent_id": id})).await;
+        text_says_it_all("agent_output", &out);
+        let killed = s.call("agent_kill", json!({"agent_id": id})).await;
+        text_says_it_all("agent_kill", &killed);
+    }
+}
+
+/// What opencode's model reads of a tool result: its text, cut to the first 51,200 bytes.
+fn as_opencode_reads(r: &CallToolResult) -> String {
+    let text = support::mcp::text_of(r);
+    let mut end = text.len().min(51_200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_cuts_text_at_51200_bytes_pages_through_all_output() {
+    let s = Session::start("").await;
+    // About 60 KB (the in-memory window is 64 KiB): one JSON page of max_bytes 100,000.
+    let lines: Vec<String> = (0..550)
+        .map(|i| format!("{i:05} {}\n", "é".repeat(50)))
+        .collect();
+    s.fake.script(
+        "a lot to say",
+        vec![Step::Text {
+            chunks: lines.clone(),
+            delay_ms: 0,
+        }],
+    );
+    let id = s.spawn("a lot to say").await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+
+    // Pages as the JSON gives them: the reference.
+    let mut everything = String::new();
+    let mut since = 0u64;
+    loop {
+        let p = s
+            .ok(
+                "agent_output",
+                json!({"agent_id": id, "since": since, "max_bytes": 100_000}),
+            )
+            .await;
+        everything.push_str(p["text"].as_str().unwrap());
+        since = p["next_cursor"].as_u64().unwrap();
+        if p["truncated"] != true {
+            break;
+        }
+    }
+    assert!(everything.len() > 55_000, "{}", everything.len());
+    assert!(everything.contains(&lines.concat()));
+
+    // Pages as opencode reads them: the paging line first, the text bounded so that the
+    // cut never falls inside it, and the cursor continuing where the text ends.
+    let mut read = String::new();
+    let mut since = 0u64;
+    for page in 0.. {
+        assert!(page < 20, "paging does not end");
+        let r = s
+            .call(
+                "agent_output",
+                json!({"agent_id": id, "since": since, "max_bytes": 100_000}),
+            )
+            .await;
+        let seen = as_opencode_reads(&r);
+        assert_eq!(seen, support::mcp::text_of(&r), "nothing cut off");
+        let (header, body) = seen.split_once('\n').unwrap_or((seen.as_str(), ""));
+        assert!(header.starts_with('[') && header.ends_with(']'), "{header}");
+        read.push_str(body);
+        since = header
+            .split("next_cursor ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|n| n.trim_end_matches(']').parse().ok())
+            .unwrap_or_else(|| panic!("no next_cursor in {header}"));
+        if !header.contains("truncated") {
+            break;
+        }
+        assert!(
+            header.contains(&format!("call again with since={since}")),
+            "{header}"
+        );
+    }
+    assert_eq!(read, everything, "the text pages hold the same output");
+
+    // Every other reply that can be long keeps its notes ahead of the cut too.
+    let status = s.call("agent_status", json!({"agent_id": id})).await;
+    let seen = as_opencode_reads(&status);
+    let notes = seen.find("\nResult:\n").expect("the result comes last");
+    assert!(
+        seen[..notes].contains("result_truncated"),
+        "{}",
+        &seen[..notes]
+    );
+    let waited = s.call("agent_wait", json!({"agent_ids": [id]})).await;
+    let seen = as_opencode_reads(&waited);
+    assert_eq!(seen, support::mcp::text_of(&waited), "under the cut");
+    assert!(seen.contains("result cut to fit"), "{seen:.600}");
+}

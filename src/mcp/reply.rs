@@ -436,6 +436,9 @@ pub struct WaitRow {
     /// Present when `result` was cut: agent_status has up to 20000 bytes, agent_output all.
     #[serde(skip_serializing_if = "is_false")]
     pub result_truncated: bool,
+    /// Set when the model stopped at its token limit: the answer is incomplete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_truncated: Option<String>,
     /// Why it did not complete (first line).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -451,6 +454,7 @@ impl WaitRow {
             status: v.status,
             result: None,
             result_truncated: false,
+            answer_truncated: v.answer_truncated.clone(),
             error: v.error.as_deref().map(|e| one_line(e, ROW_ERROR_CHARS)),
             label: v.label.clone(),
         };
@@ -570,6 +574,10 @@ pub struct ListRowReply {
     /// Why it did not complete (first line).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Present when the model stopped at its token limit: the answer is incomplete
+    /// (agent_status says how to continue).
+    #[serde(skip_serializing_if = "is_false")]
+    pub answer_truncated: bool,
 }
 
 impl ListRowReply {
@@ -587,6 +595,7 @@ impl ListRowReply {
                 .as_deref()
                 .filter(|_| r.status != Status::Completed)
                 .map(|e| one_line(e, ROW_ERROR_CHARS)),
+            answer_truncated: r.answer_truncated,
         }
     }
 }

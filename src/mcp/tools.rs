@@ -280,8 +280,24 @@ impl BgAgents {
             b.run(wait.duration, &what, "the agent keeps running", waiting)
                 .await?
         };
+        // Clients that read only the text may cut it (opencode at 51,200 bytes): a longer
+        // page is read again, shorter, for the text, so the cursor it gives continues
+        // exactly where its text ends.
+        let text_page = if page.text.len() > text::OUTPUT_TEXT_MAX_BYTES {
+            let shorter = OutputQuery {
+                max_bytes: text::OUTPUT_TEXT_MAX_BYTES,
+                ..q
+            };
+            let short = self
+                .manager
+                .output(&agent_id, &shorter)
+                .map_err(caller_error)?;
+            Some(OutputReply::of(&short, filtered))
+        } else {
+            None
+        };
         let page = OutputReply::of(&page, filtered);
-        let readable = text::output(&page);
+        let readable = text::output(text_page.as_ref().unwrap_or(&page), text_page.is_some());
         reply(&page, readable)
     }
 

@@ -142,6 +142,8 @@ pub struct ListRow {
     pub usage: UsageView,
     /// Why it ended, when it did not complete.
     pub error: Option<String>,
+    /// The model stopped at its token limit: the answer is incomplete.
+    pub answer_truncated: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -268,6 +270,8 @@ impl ListRow {
             elapsed_seconds: elapsed(started, ended),
             usage: UsageView::of(r),
             error: r.error.clone(),
+            answer_truncated: r.status() == Status::Completed
+                && r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS),
         }
     }
 }

@@ -239,6 +239,7 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
                         && let Some(i) = rec.pending_messages.iter().position(|p| p == text)
                     {
                         rec.pending_messages.remove(i);
+                        super::send::mark_follow_up(rec, text);
                     }
                 }
             }

@@ -173,6 +173,14 @@ fn begin_round(rec: &mut AgentRecord, limits: Limits, message: &str) {
     rec.error_kind = None;
     rec.waiting_for = None;
     rec.pending_messages.clear();
+    mark_follow_up(rec, message);
+    rec.output_seq.send_modify(|v| *v += 1);
+}
+
+/// Says a follow-up in the readable output, on a line of its own, so the answers before
+/// and after it do not run together: the same marker whether it began a new round (a
+/// completed agent) or joined the running one at a turn boundary.
+pub(super) fn mark_follow_up(rec: &mut AgentRecord, message: &str) {
     let nl = if rec.mid_line { "\n" } else { "" };
     let text = format!(
         "{nl}\n[round {}: follow-up] {}\n",
@@ -181,7 +189,6 @@ fn begin_round(rec: &mut AgentRecord, limits: Limits, message: &str) {
     );
     rec.output.push(&text);
     rec.mid_line = false;
-    rec.output_seq.send_modify(|v| *v += 1);
 }
 
 fn not_resumable(rec: &AgentRecord) -> ManagerError {
