@@ -20,5 +20,6 @@ mod mcp_protocol;
 mod mcp_replies;
 mod mcp_tasks;
 mod notices;
+mod opencode;
 mod providers;
 mod stress;

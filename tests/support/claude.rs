@@ -2,22 +2,19 @@
 //! provider double, with a private HOME and configuration and nothing reaching the
 //! internet.
 //!
-//! The CLI is installed by the tests themselves, once, under `target/tmp` (a file lock
-//! keeps parallel tests from racing); a machine without npm fails the tests loudly.
+//! The CLI is installed by the tests themselves, once, under `target/tmp` (`npm`).
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::mcp::server_exe;
-use crate::process::{API_KEY, isolated, target_tmp};
+use crate::process::{API_KEY, isolated};
 use crate::provider::FakeProvider;
 
 /// The Claude Code release the tests run.
@@ -32,54 +29,12 @@ pub fn claude_exe() -> PathBuf {
 }
 
 fn install() -> PathBuf {
-    let root = target_tmp().join(format!("claude-code-{CLAUDE_CODE_VERSION}"));
-    std::fs::create_dir_all(&root).expect("create the Claude Code install directory");
-    let exe = root.join("node_modules/.bin/claude");
-    let lock = File::create(root.join(".lock")).expect("create the install lock");
-    let _held = Flock::lock(lock, FlockArg::LockExclusive).expect("lock the install");
-    if reports_version(&exe) {
-        return exe;
-    }
-    let package = format!("@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}");
-    eprintln!("installing {package} under {} (once)", root.display());
-    let out = std::process::Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "--prefix",
-        ])
-        .arg(&root)
-        .arg(&package)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "the Claude Code tests need npm to install {package}, and running npm failed: \
-                 {e}. Install Node.js 20+ with npm (e.g. `apt-get install nodejs npm`)"
-            )
-        });
-    assert!(
-        out.status.success(),
-        "npm install {package} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        reports_version(&exe),
-        "{} does not report version {CLAUDE_CODE_VERSION} after npm install",
-        exe.display()
-    );
-    exe
-}
-
-fn reports_version(exe: &Path) -> bool {
-    std::process::Command::new(exe)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CLAUDE_CODE_VERSION))
+    crate::npm::install(
+        &format!("claude-code-{CLAUDE_CODE_VERSION}"),
+        "@anthropic-ai/claude-code",
+        CLAUDE_CODE_VERSION,
+        "claude",
+    )
 }
 
 /// The repository's root (a plugin marketplace).

@@ -1,6 +1,7 @@
 //! What the integration tests of both packages share: the provider double (the only test
 //! double), the MCP session harness around the real `bg-agents` binary, the Claude Code
-//! CLI runner, and process helpers (a cleared environment, liveness, the built binaries).
+//! and opencode CLI runners (installed with `npm`), and process helpers (a cleared
+//! environment, liveness, the built binaries).
 //!
 //! Both packages take this crate as the dev-dependency `support`, so a test reads
 //! `use support::provider::Step;`. It cannot depend on either package (that would
@@ -9,5 +10,7 @@
 
 pub mod claude;
 pub mod mcp;
+pub mod npm;
+pub mod opencode;
 pub mod process;
 pub mod provider;
