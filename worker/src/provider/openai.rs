@@ -299,6 +299,7 @@ impl Accumulator {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ToolDef;
     use super::*;
 
     #[test]
@@ -314,6 +315,63 @@ mod tests {
         assert_eq!(
             message_json(&m),
             vec![json!({"role":"tool","tool_call_id":"c1","content":"Error: nope"})]
+        );
+    }
+
+    fn call_chunk(arguments: &str, finish_reason: Option<&str>) -> Value {
+        json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"read_file","arguments":arguments}}]},"finish_reason":finish_reason}]})
+    }
+
+    #[test]
+    fn tools_are_offered_without_tool_choice() {
+        let tools = [ToolDef {
+            name: "glob",
+            description: "d",
+            input_schema: json!({"type": "object"}),
+        }];
+        let req = TurnRequest {
+            cache_key: None,
+            model: "m",
+            system: "",
+            messages: &[],
+            tools: &tools,
+            max_tokens: 10,
+        };
+        let b = body(&req, false);
+        assert_eq!(b["tools"][0]["function"]["name"], "glob");
+        assert_eq!(b.get("tool_choice"), None);
+    }
+
+    #[test]
+    fn a_call_cut_by_length_is_a_max_tokens_stop_not_an_error() {
+        let mut acc = Accumulator::default();
+        acc.apply(
+            &call_chunk("{\"path\": \"src/ma", Some("length")),
+            &mut |_| {},
+        )
+        .unwrap();
+        let out = acc.finish(0);
+        assert_eq!(out.stop_reason, "max_tokens");
+        assert!(matches!(
+            &out.content[..],
+            [Block::ToolUse { input: Value::String(raw), .. }] if raw == "{\"path\": \"src/ma"
+        ));
+    }
+
+    #[test]
+    fn arguments_that_are_not_json_are_kept_as_written_and_sent_back_so() {
+        let mut acc = Accumulator::default();
+        acc.apply(&call_chunk("{path: x}", Some("tool_calls")), &mut |_| {})
+            .unwrap();
+        let out = acc.finish(0);
+        assert_eq!(out.stop_reason, "tool_use");
+        let m = Message {
+            role: Role::Assistant,
+            content: out.content,
+        };
+        assert_eq!(
+            message_json(&m)[0]["tool_calls"][0]["function"]["arguments"],
+            "{path: x}"
         );
     }
 
