@@ -388,6 +388,49 @@ async fn openai_stream_has_tool_calls_usage_and_done() {
 }
 
 #[tokio::test]
+async fn llama_cpp_python_quirks_an_empty_200_for_auto_tool_choice_and_a_length_inside_a_call() {
+    let fake = FakeProvider::start().await;
+    fake.set_quirks(support::provider::Quirks {
+        empty_on_streaming_auto_tool_choice: true,
+        ..Default::default()
+    });
+    let input = json!({"pattern": "fn main", "path": "."});
+    fake.script(
+        "find main",
+        vec![Step::ToolUseCut {
+            text: None,
+            id: "call_1".into(),
+            name: "grep".into(),
+            input: input.clone(),
+        }],
+    );
+
+    let mut auto = openai_request("find main");
+    auto["tool_choice"] = json!("auto");
+    let refused = post_openai(&fake, auto).await;
+    assert_eq!(refused.status(), 200);
+    assert_eq!(refused.text().await.unwrap(), "", "an empty body");
+
+    // Without tool_choice the script's step is still there: the call, cut by `length`.
+    let response = post_openai(&fake, openai_request("find main")).await;
+    let events = parse_sse(&response.text().await.unwrap());
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(Event::json).collect();
+    let arguments: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    let whole = input.to_string();
+    assert!(
+        !arguments.is_empty() && whole.starts_with(&arguments),
+        "{arguments}"
+    );
+    assert!(arguments.len() < whole.len(), "cut: {arguments}");
+    assert!(serde_json::from_str::<Value>(&arguments).is_err());
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
 async fn openai_echo_reply_ends_with_stop() {
     let fake = FakeProvider::start().await;
     let events = parse_sse(
