@@ -144,7 +144,13 @@ pub fn status(v: &AgentReply, wait_capped: Option<Duration>) -> String {
         let _ = write!(s, "\n{}", facts.join(" · "));
     }
     if let Some(l) = &v.limits {
-        let _ = write!(s, "\nLimits (not the defaults): {}", json(l));
+        // `verbose` (which adds details) shows every limit, else those not the defaults.
+        let which = if v.details.is_some() {
+            "all"
+        } else {
+            "not the defaults"
+        };
+        let _ = write!(s, "\nLimits ({which}): {}", json(l));
     }
     if let Some(d) = &v.details {
         let _ = write!(s, "\nDetails: {}", json(d));
