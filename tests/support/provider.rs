@@ -719,6 +719,9 @@ fn check(
             if body["max_tokens"].as_u64().is_none() {
                 return invalid("max_tokens: Field required");
             }
+            if let Some(at) = tool_use_input_not_an_object(&body) {
+                return invalid(&format!("{at}.input: Input should be a valid dictionary"));
+            }
         }
         Api::OpenAi => {
             if !body["model"].is_string() {
@@ -733,6 +736,22 @@ fn check(
         return invalid("this fake only streams: set \"stream\": true");
     }
     Ok((api, body))
+}
+
+/// Where an Anthropic request has a `tool_use` block whose input is not an object
+/// (`messages.N.content.M`), as the API names it in its 400.
+fn tool_use_input_not_an_object(body: &Value) -> Option<String> {
+    let messages = body["messages"].as_array()?;
+    messages.iter().enumerate().find_map(|(n, m)| {
+        m["content"]
+            .as_array()?
+            .iter()
+            .enumerate()
+            .find_map(|(k, b)| {
+                (b["type"] == "tool_use" && !b["input"].is_object())
+                    .then(|| format!("messages.{n}.content.{k}.tool_use"))
+            })
+    })
 }
 
 fn next_step(state: &mut FakeState, request: &RecordedRequest) -> Step {

@@ -291,6 +291,32 @@ async fn invalid_tool_arguments_are_a_tool_error_the_model_corrects() {
     let read = tool_message(2);
     assert!(read.starts_with("1\tfirst line\n2\tsecond line"), "{read}");
     assert_eq!(result(&r).0, "It has two lines.");
+
+    // The same on the Anthropic API, which takes a tool_use input only as an object.
+    h.fake.script(
+        "sloppy on anthropic",
+        vec![
+            Step::ToolUseRaw {
+                id: "toolu_1".into(),
+                name: "read_file".into(),
+                arguments: "{\"path\": ".into(),
+            },
+            Step::text("Corrected."),
+        ],
+    );
+    let r = run(h.worker(&["--json", "sloppy on anthropic"])).await;
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    assert!(r.retries().is_empty(), "{}", r.dump());
+    let requests = h.fake.requests_for("sloppy on anthropic");
+    assert_eq!(requests.len(), 2, "{}", r.dump());
+    let sent_back = &requests[1].body["messages"][1]["content"][0];
+    assert_eq!(sent_back["type"], "tool_use");
+    assert_eq!(sent_back["input"], json!({}));
+    let results = common::anthropic_tool_results(&requests[1]);
+    assert!(
+        results[0].2 && results[0].1.contains("are not valid JSON"),
+        "{results:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,8 +102,19 @@ fn mark_last_block(message: &mut Value) {
 }
 
 fn message_json(m: &Message) -> Value {
-    let content: Vec<Value> = m.content.iter().map(Block::to_json).collect();
+    let content: Vec<Value> = m.content.iter().map(block_json).collect();
     json!({"role": m.role, "content": content})
+}
+
+/// The API takes a tool_use input only as an object: input the model wrote that was not
+/// JSON (kept as its text, and answered with a tool error) goes back as `{}`.
+fn block_json(b: &Block) -> Value {
+    match b {
+        Block::ToolUse { id, name, input } if !input.is_object() => {
+            json!({"type": "tool_use", "id": id, "name": name, "input": {}})
+        }
+        b => b.to_json(),
+    }
 }
 
 /// A content block being streamed.
@@ -330,6 +341,22 @@ fn append_field(v: &mut Value, key: &str, add: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_that_was_not_json_goes_back_as_an_empty_object() {
+        let m = Message {
+            role: crate::provider::Role::Assistant,
+            content: vec![Block::ToolUse {
+                id: "t1".into(),
+                name: "read_file".into(),
+                input: Value::String("{\"path\": ".into()),
+            }],
+        };
+        assert_eq!(
+            message_json(&m)["content"][0],
+            json!({"type": "tool_use", "id": "t1", "name": "read_file", "input": {}})
+        );
+    }
 
     #[test]
     fn thinking_blocks_are_passed_back_unchanged() {
