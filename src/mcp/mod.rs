@@ -65,6 +65,7 @@ impl BgAgents {
             schema::standardize_tool(&mut route.attr);
             schema::declare_notices(&mut route.attr);
             schema::describe_from_config(&mut route.attr, manager.config());
+            schema::compact_tool(&mut route.attr);
         }
         BgAgents {
             manager,
