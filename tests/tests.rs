@@ -9,6 +9,7 @@
 
 mod agent_send;
 mod claude_code;
+mod claude_tui;
 mod cli;
 mod fake_provider;
 mod faults;

@@ -11,3 +11,4 @@ pub mod claude;
 pub mod mcp;
 pub mod process;
 pub mod provider;
+pub mod tui;
