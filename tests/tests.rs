@@ -14,6 +14,7 @@ mod cli;
 mod fake_provider;
 mod faults;
 mod hardening;
+mod inspector;
 mod mcp;
 mod mcp_errors;
 mod mcp_processes;

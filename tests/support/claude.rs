@@ -32,16 +32,29 @@ pub fn claude_exe() -> PathBuf {
 }
 
 fn install() -> PathBuf {
-    let root = target_tmp().join(format!("claude-code-{CLAUDE_CODE_VERSION}"));
-    std::fs::create_dir_all(&root).expect("create the Claude Code install directory");
-    let exe = root.join("node_modules/.bin/claude");
+    let exe = npm_install("@anthropic-ai/claude-code", CLAUDE_CODE_VERSION, "claude");
+    assert!(
+        reports_version(&exe),
+        "{} does not report version {CLAUDE_CODE_VERSION} after npm install",
+        exe.display()
+    );
+    exe
+}
+
+/// Installs `package@version` with npm under `target/tmp` once (a file lock keeps
+/// parallel tests from racing) and returns its executable `bin`.
+pub fn npm_install(package: &str, version: &str, bin: &str) -> PathBuf {
+    let name = package.rsplit('/').next().unwrap_or(package);
+    let root = target_tmp().join(format!("{name}-{version}"));
+    std::fs::create_dir_all(&root).expect("create the npm install directory");
+    let exe = root.join("node_modules/.bin").join(bin);
     let lock = File::create(root.join(".lock")).expect("create the install lock");
     let _held = Flock::lock(lock, FlockArg::LockExclusive).expect("lock the install");
-    if reports_version(&exe) {
+    if installed_version(&root, package).as_deref() == Some(version) && exe.exists() {
         return exe;
     }
-    let package = format!("@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}");
-    eprintln!("installing {package} under {} (once)", root.display());
+    let spec = format!("{package}@{version}");
+    eprintln!("installing {spec} under {} (once)", root.display());
     let out = std::process::Command::new("npm")
         .args([
             "install",
@@ -51,25 +64,26 @@ fn install() -> PathBuf {
             "--prefix",
         ])
         .arg(&root)
-        .arg(&package)
+        .arg(&spec)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "the Claude Code tests need npm to install {package}, and running npm failed: \
-                 {e}. Install Node.js 20+ with npm (e.g. `apt-get install nodejs npm`)"
+                "these tests need npm to install {spec}, and running npm failed: {e}. \
+                 Install Node.js 20+ with npm (e.g. `apt-get install nodejs npm`)"
             )
         });
     assert!(
         out.status.success(),
-        "npm install {package} failed ({}):\n{}",
+        "npm install {spec} failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        reports_version(&exe),
-        "{} does not report version {CLAUDE_CODE_VERSION} after npm install",
-        exe.display()
+    assert_eq!(
+        installed_version(&root, package).as_deref(),
+        Some(version),
+        "npm installed another version of {package} under {}",
+        root.display()
     );
     exe
 }
@@ -80,6 +94,13 @@ fn reports_version(exe: &Path) -> bool {
         .stdin(Stdio::null())
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CLAUDE_CODE_VERSION))
+}
+
+/// The version of `package` installed under `root`, from its package.json.
+fn installed_version(root: &Path, package: &str) -> Option<String> {
+    let manifest = root.join("node_modules").join(package).join("package.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(manifest).ok()?).ok()?;
+    v["version"].as_str().map(str::to_string)
 }
 
 /// The repository's root (a plugin marketplace).
