@@ -350,3 +350,56 @@ async fn plugin_without_tasks_an_agent_ending_within_the_turn_is_told_once_by_th
     assert_clean(&screen, &main);
     close(tui);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_exit_and_continue_the_stopped_agents_task_ends_at_once_as_failed() {
+    let fake = FakeProvider::start().await;
+    fake.script(
+        "TUI-HANG",
+        vec![Step::Hang {
+            after_chunks: vec!["working".into()],
+        }],
+    );
+    fake.script_offering(
+        "ToolSearch",
+        vec![
+            load_tools(PLAIN_PREFIX, &["agent_spawn"]),
+            spawn(PLAIN_PREFIX, "TUI-HANG: take your time"),
+            Step::text("Started it."),
+            // After `claude --continue`: the re-adopted task's notification.
+            Step::text("Noted the stopped agent."),
+        ],
+    );
+    let home = ClaudeHome::new("");
+    skip_onboarding(&home, &["mcp__bg-agents"]);
+    plain_registration(&home, &fake).await;
+    let tui = Tui::start(&home, &fake, &[], &[]).await;
+    tui.type_line("Spawn an agent.").await;
+    tui.wait_for("Started it.", SCREEN_WITHIN).await;
+    tui.wait_for("1 MCP task", SCREEN_WITHIN).await;
+    tui.exit().await;
+
+    // The new session's server did not run the agent: the task ends at once, failed,
+    // instead of being polled as "running" for minutes.
+    let tui = Tui::start(&home, &fake, &["--continue"], &[]).await;
+    let screen = tui
+        .wait_for("Noted the stopped agent.", SCREEN_WITHIN)
+        .await;
+    let main = fake.requests_offering("ToolSearch");
+    let told = story(&main);
+    assert_eq!(main.len(), 4, "{told}");
+    let spawned = result_of(&main[2], "toolu_spawn");
+    let id = agent_id_seen(&spawned).unwrap_or_else(|| panic!("no agent id: {spawned}"));
+    let last = main[3].last_user_text();
+    assert!(last.contains("<status>failed</status>"), "{told}");
+    assert!(
+        last.contains(&format!(
+            "agent {id} was stopped when the bg-agents server that ran it exited"
+        )),
+        "{told}"
+    );
+    assert!(screen.contains(&format!("MCP task {id}")), "{screen}");
+    assert!(!screen.contains("still running"), "{screen}");
+    assert!(!screen.to_lowercase().contains("error"), "{screen}");
+    close(tui);
+}

@@ -365,6 +365,9 @@ fn final_result(
     let readable = text::status(&reply, None);
     let mut structured = serde_json::to_value(&reply).unwrap_or_else(|_| json!({}));
     if let Value::Object(map) = &mut structured {
+        // The model wrote the task, and "ended … ago" is stale by the time it reads this.
+        map.remove("task");
+        map.remove("ended_s_ago");
         map.insert("tier".into(), Value::String(v.tier.clone()));
         map.insert("routed_by".into(), Value::String(v.routed_by.clone()));
         if told {

@@ -193,6 +193,27 @@ impl Tui {
         );
     }
 
+    /// Leaves Claude Code with `/exit` and waits until its process is gone.
+    pub async fn exit(self) {
+        self.tmux(&["send-keys", "-t", "t", "-l", "/exit"]).await;
+        self.wait_for("/exit", Duration::from_secs(30)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.running() && Instant::now() < deadline {
+            // The pane (and the tmux server with it) ends when claude does.
+            let _ = tokio::process::Command::new("tmux")
+                .arg("-S")
+                .arg(&self.socket)
+                .args(["send-keys", "-t", "t", "Enter"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(!self.running(), "claude did not exit after /exit");
+    }
+
     /// Presses one key (tmux key name, e.g. `Escape`, `C-c`).
     pub async fn key(&self, key: &str) {
         self.tmux(&["send-keys", "-t", "t", key]).await;
