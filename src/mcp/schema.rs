@@ -160,7 +160,7 @@ fn append_nested(o: &mut JsonObject, name: &str, more: &str) {
 /// and every client validates against it): an optional input property is just its type
 /// (`"type": "integer"`, not `["integer", "null"]` nor `anyOf [.., {"type": "null"}]`;
 /// absent already means unset), and output schemas, which the model never reads, lose
-/// their descriptions and bounds. No `$schema` key: 2020-12 is MCP's default.
+/// their descriptions and bounds, and null where a reply leaves the key out instead. No `$schema` key: 2020-12 is MCP's default.
 pub fn compact_tool(tool: &mut Tool) {
     let mut input = tool.input_schema.as_ref().clone();
     input.remove("$schema");
@@ -179,6 +179,7 @@ pub fn compact_tool(tool: &mut Tool) {
         out.remove("$schema");
         drop_keyword(&mut out, "description");
         drop_keyword(&mut out, "minimum");
+        drop_optional_nulls(&mut out);
         // Limits in a reply are the input's keys with numbers: the input schema spells
         // them out once.
         if let Some(Value::Object(defs)) = out.get_mut("$defs")
@@ -194,6 +195,32 @@ pub fn compact_tool(tool: &mut Tool) {
 /// `["X", "null"]` types, `null` in enums and `anyOf [S, {"type": "null"}]` become X, the
 /// enum without null, and S, at any depth.
 fn drop_nullables(schema: &mut JsonObject) {
+    drop_null(schema);
+    for_each_subschema(schema, drop_nullables);
+}
+
+/// `drop_null` for every property a reply leaves out when it has no value: those not
+/// `required` (schemars makes an `Option` that is always written, as null or not, a
+/// required property, and one skipped when `None` an optional one).
+fn drop_optional_nulls(schema: &mut JsonObject) {
+    let required: Vec<Value> = match schema.get("required") {
+        Some(Value::Array(r)) => r.clone(),
+        _ => Vec::new(),
+    };
+    if let Some(Value::Object(props)) = schema.get_mut("properties") {
+        for (name, prop) in props.iter_mut() {
+            if let Value::Object(p) = prop
+                && !required.iter().any(|r| r == name.as_str())
+            {
+                drop_null(p);
+            }
+        }
+    }
+    for_each_subschema(schema, drop_optional_nulls);
+}
+
+/// The null alternative of this one schema (not below it) removed.
+fn drop_null(schema: &mut JsonObject) {
     if let Some(Value::Array(types)) = schema.get("type") {
         let kept: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
         if kept.len() == 1 {
@@ -221,12 +248,16 @@ fn drop_nullables(schema: &mut JsonObject) {
             schema.entry(k).or_insert(v);
         }
     }
+}
+
+/// Calls `f` on every object directly inside `schema` (and inside its arrays).
+fn for_each_subschema(schema: &mut JsonObject, f: fn(&mut JsonObject)) {
     for v in schema.values_mut() {
         match v {
-            Value::Object(o) => drop_nullables(o),
+            Value::Object(o) => f(o),
             Value::Array(items) => items.iter_mut().for_each(|i| {
                 if let Value::Object(o) = i {
-                    drop_nullables(o);
+                    f(o);
                 }
             }),
             _ => {}
@@ -305,8 +336,11 @@ mod tests {
             "description": "gone",
             "properties": {
                 "description": {"type": "string", "description": "gone"},
-                "n": {"type": "integer", "minimum": 0}
-            }
+                "n": {"type": "integer", "minimum": 0},
+                "skipped": {"type": ["string", "null"]},
+                "written": {"type": ["string", "null"]}
+            },
+            "required": ["written"]
         }) else {
             unreachable!()
         };
@@ -332,8 +366,10 @@ mod tests {
             output,
             serde_json::json!({"type": "object", "properties": {
                 "description": {"type": "string"},
-                "n": {"type": "integer"}
-            }})
+                "n": {"type": "integer"},
+                "skipped": {"type": "string"},
+                "written": {"type": ["string", "null"]}
+            }, "required": ["written"]})
         );
     }
 
