@@ -350,3 +350,22 @@ async fn task_ids_from_before_a_restart_get_a_terminal_status_at_once() {
         assert!(!message.contains("keeps running"), "{message}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_seen_only_in_agent_list_still_comes_with_its_answer() {
+    let s = Session::start_modern(TasksClient).await;
+    let id = spawn_task(&s, "listed only").await.task.task_id;
+    let mut listed = Value::Null;
+    for _ in 0..400 {
+        listed = s.ok("agent_list", json!({})).await;
+        if listed["agents"][0]["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed["agents"][0]["status"], "completed", "{listed}");
+    // A list row has no answer: the task's result still carries it.
+    let task = until_terminal(&s, &id).await;
+    let v = completed_result(&task).structured_content.unwrap();
+    assert_eq!(v["result"], "echo: listed only", "{v}");
+}

@@ -129,7 +129,7 @@ impl ServerHandler for BgAgents {
         let mut response = self.tool_router.call(tcc).await?;
         if let CallToolResponse::Complete(reply) = &mut response {
             if let Some(v) = &reply.structured_content {
-                self.agent_tasks.note_told(&notify::ended_in(v));
+                self.agent_tasks.note_told(v);
             }
             if let Some(board) = &self.notices {
                 notify::attach(board, reply);

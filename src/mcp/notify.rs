@@ -136,7 +136,7 @@ pub fn attach(board: &NoticeBoard, reply: &mut CallToolResult) {
 
 /// Ids of agents shown with a terminal status in a reply (`agent_id` + `status` at the
 /// top, or in `agents`).
-pub(super) fn ended_in(v: &Value) -> HashSet<&str> {
+fn ended_in(v: &Value) -> HashSet<&str> {
     fn terminal(o: &Value) -> Option<&str> {
         let status = o.get("status").and_then(Value::as_str)?;
         let ended = crate::supervisor::Status::parse(status).is_some_and(|s| s.is_terminal());

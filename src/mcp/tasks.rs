@@ -79,11 +79,16 @@ impl AgentTasks {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Marks the ends shown in a tool reply as told, for the agents tracked as tasks.
-    pub(super) fn note_told(&self, ended: &HashSet<&str>) {
+    /// Marks the answers a tool reply shows (agent_status, agent_wait, agent_kill) as
+    /// told, for the agents tracked as tasks.
+    pub(super) fn note_told(&self, reply: &Value) {
+        let answered = answered_in(reply);
+        if answered.is_empty() {
+            return;
+        }
         let mut entries = self.entries();
-        for id in ended {
-            if let Some(e) = entries.get_mut(*id) {
+        for id in answered {
+            if let Some(e) = entries.get_mut(id) {
                 e.end_told = true;
             }
         }
@@ -297,6 +302,21 @@ async fn follow(manager: Arc<Manager>, tasks: Arc<AgentTasks>, id: String) {
             Err(_) => return,
         }
     }
+}
+
+/// Ids of agents whose final answer a reply shows: `agent_id` with a terminal `status`
+/// and a `result`, at the top or in `agents` rows (agent_list's rows carry no answer).
+fn answered_in(v: &Value) -> HashSet<&str> {
+    fn answered(o: &Value) -> Option<&str> {
+        let status = o.get("status").and_then(Value::as_str)?;
+        let ended = Status::parse(status).is_some_and(Status::is_terminal);
+        (ended && o.get("result").is_some()).then(|| o.get("agent_id").and_then(Value::as_str))?
+    }
+    let mut ids: HashSet<&str> = answered(v).into_iter().collect();
+    if let Some(rows) = v.get("agents").and_then(Value::as_array) {
+        ids.extend(rows.iter().filter_map(answered));
+    }
+    ids
 }
 
 /// The person's one-line view of the agent in the client's task panel.
