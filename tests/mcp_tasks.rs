@@ -239,6 +239,17 @@ async fn cancelling_the_task_kills_the_agent() {
     );
     let st = s.status(&id).await;
     assert_eq!(st["status"], "killed", "{st}");
+    // An ended task cannot be cancelled again, and says so.
+    let again = s
+        .client
+        .peer()
+        .cancel_task(CancelTaskParams::new(id.clone()))
+        .await
+        .expect_err("cancelling an ended task is refused");
+    assert!(
+        again.to_string().contains("already ended (killed)"),
+        "{again}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,17 +211,27 @@ impl BgAgents {
         DetailedTask::new(task, payload)
     }
 
-    /// `tasks/cancel`: kills the agent (an ended one is left as it is).
+    /// `tasks/cancel`: kills the agent. A task that already ended is refused (-32602), as
+    /// the tasks extension asks.
     pub(super) fn cancel_agent_task(&self, task_id: &str) -> Result<(), ErrorData> {
         let mut entries = self.agent_tasks.entries();
         let Some(e) = entries.get_mut(task_id) else {
             return Err(ErrorData::invalid_params(
-                format!("task {task_id} was not issued by this server: nothing to cancel"),
+                format!(
+                    "task {task_id} was not issued by this server: its agent, if any, was \
+                     stopped when the server that ran it exited; nothing to cancel"
+                ),
                 None,
             ));
         };
-        if e.end.is_some() {
-            return Ok(());
+        if let Some(end) = &e.end {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "task {task_id} already ended ({}): nothing to cancel",
+                    end.status.as_str()
+                ),
+                None,
+            ));
         }
         e.cancel_requested = true;
         drop(entries);
