@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::claude::{ClaudeHome, PLUGIN_TOOL_PREFIX, plugin_dir, tool_results};
+use support::process::eventually;
 use support::provider::{FakeProvider, RecordedRequest, Step, StepFn};
 use support::tui::{Tui, skip_onboarding};
 
@@ -401,5 +402,57 @@ async fn after_exit_and_continue_the_stopped_agents_task_ends_at_once_as_failed(
     assert!(screen.contains(&format!("MCP task {id}")), "{screen}");
     assert!(!screen.contains("still running"), "{screen}");
     assert!(!screen.to_lowercase().contains("error"), "{screen}");
+    close(tui);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_panel_shows_the_agents_progress_and_x_kills_it() {
+    let fake = FakeProvider::start().await;
+    fake.script(
+        "TUI-PANEL",
+        vec![Step::Hang {
+            after_chunks: vec!["working".into()],
+        }],
+    );
+    fake.script_offering(
+        "ToolSearch",
+        vec![
+            load_tools(PLAIN_PREFIX, &["agent_spawn"]),
+            spawn(PLAIN_PREFIX, "TUI-PANEL: take your time"),
+            Step::text("Started it."),
+        ],
+    );
+    let home = ClaudeHome::new("");
+    skip_onboarding(&home, &["mcp__bg-agents"]);
+    plain_registration(&home, &fake).await;
+    let tui = Tui::start(&home, &fake, &[], &[]).await;
+    tui.type_line("Spawn an agent.").await;
+    tui.wait_for("Started it.", SCREEN_WITHIN).await;
+    let main = fake.requests_offering("ToolSearch");
+    let spawned = result_of(&main[2], "toolu_spawn");
+    let id = agent_id_seen(&spawned).unwrap_or_else(|| panic!("no agent id: {spawned}"));
+    assert!(
+        eventually(Duration::from_secs(30), || !tui.workers().is_empty()).await,
+        "no worker process under claude"
+    );
+
+    // The panel: the agent's own status line, and its id as the server's task.
+    tui.wait_for("1 MCP task", SCREEN_WITHIN).await;
+    tui.key("Down").await;
+    tui.wait_for("enter to view tasks", SCREEN_WITHIN).await;
+    tui.key("Enter").await;
+    let panel = tui.wait_for("running, turn 1", SCREEN_WITHIN).await;
+    assert!(panel.contains(&format!("Server task:  {id}")), "{panel}");
+
+    // x stops it: tasks/cancel, and the worker process is gone.
+    tui.key("x").await;
+    tui.wait_for("No tasks currently running", SCREEN_WITHIN)
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), || tui.workers().is_empty()).await,
+        "the worker still runs after x: {:?}",
+        tui.workers()
+    );
+    tui.key("Escape").await;
     close(tui);
 }

@@ -224,6 +224,44 @@ impl Tui {
         self.pid.is_some_and(alive)
     }
 
+    /// Pids of the `bg-agent-worker` processes below this TUI's `claude` (its MCP
+    /// server's agents), found by walking parent links in /proc.
+    pub fn workers(&self) -> Vec<u32> {
+        let Some(root) = self.pid else {
+            return Vec::new();
+        };
+        let parents: Vec<(u32, u32, String)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let (head, rest) = stat.rsplit_once(')')?;
+                let comm = head.split_once('(')?.1.to_string();
+                let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+                Some((pid, ppid, comm))
+            })
+            .collect();
+        let mut below = vec![root];
+        let mut i = 0;
+        while i < below.len() {
+            let p = below[i];
+            below.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp, _)| *pp == p)
+                    .map(|(c, _, _)| *c),
+            );
+            i += 1;
+        }
+        parents
+            .iter()
+            .filter(|(pid, _, comm)| below.contains(pid) && comm == "bg-agent-worker")
+            .map(|(pid, _, _)| *pid)
+            .collect()
+    }
+
     /// A handle that tells whether this TUI's `claude` still runs, after the TUI is gone.
     pub fn probe(&self) -> Probe {
         Probe { pid: self.pid }
