@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::claude::{ClaudeHome, PLUGIN_TOOL_PREFIX, plugin_dir, tool_results};
-use support::process::eventually;
+use support::process::{alive, eventually};
 use support::provider::{FakeProvider, RecordedRequest, Step, StepFn};
 use support::tui::{Tui, skip_onboarding};
 
@@ -378,7 +378,20 @@ async fn after_exit_and_continue_the_stopped_agents_task_ends_at_once_as_failed(
     tui.type_line("Spawn an agent.").await;
     tui.wait_for("Started it.", SCREEN_WITHIN).await;
     tui.wait_for("1 MCP task", SCREEN_WITHIN).await;
+    assert!(
+        eventually(Duration::from_secs(30), || !tui.workers().is_empty()).await,
+        "no worker process under claude"
+    );
+    let workers = tui.workers();
     tui.exit().await;
+    // Whatever the task panel says, the agent stopped with the session.
+    assert!(
+        eventually(Duration::from_secs(30), || !workers
+            .iter()
+            .any(|&p| alive(p)))
+        .await,
+        "a worker outlived its session: {workers:?}"
+    );
 
     // The new session's server did not run the agent: the task ends at once, failed,
     // instead of being polled as "running" for minutes.
