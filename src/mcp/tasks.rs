@@ -121,11 +121,6 @@ impl BgAgents {
         }
         let timeout_ms = view.limits.timeout_seconds.saturating_mul(1000);
         let created_at = current_timestamp();
-        let waiter = tokio::spawn(follow(
-            Arc::clone(&self.manager),
-            Arc::clone(&self.agent_tasks),
-            id.clone(),
-        ));
         self.agent_tasks.entries().insert(
             id.clone(),
             Entry {
@@ -135,22 +130,34 @@ impl BgAgents {
                 cancel_requested: false,
                 end: None,
                 end_told: false,
-                waiter: Some(waiter.abort_handle()),
+                waiter: None,
             },
         );
+        // Started after the entry exists, so an end within microseconds is kept too.
+        let waiter = tokio::spawn(follow(
+            Arc::clone(&self.manager),
+            Arc::clone(&self.agent_tasks),
+            id.clone(),
+        ));
+        if let Some(e) = self.agent_tasks.entries().get_mut(&id)
+            && e.end.is_none()
+        {
+            e.waiter = Some(waiter.abort_handle());
+        }
         let spawned = Spawned::of(&view, self.manager.config());
         let task = Task::new(&id, TaskStatus::Working, &created_at, &created_at)
             .with_status_message(view.status.as_str())
             .with_ttl_ms(timeout_ms.saturating_add(RETAIN_MS))
             .with_poll_interval_ms(POLL_INTERVAL_MS);
         let told = format!(
-            "Spawned {id} ({}): role {}, {} tier → {}.\nIts end comes to you as this task's notification: no need to agent_wait on \
-             it; agent_status, agent_output, agent_send and agent_kill take agent_id \"{id}\". \
-             It is stopped when this session ends.",
-            spawned.status.as_str(),
-            spawned.role,
-            spawned.tier,
-            spawned.model,
+            "Spawned {id} ({status}): role {role}, {tier} tier → {model}.\nIts end comes to \
+             you as this task's notification: no need to agent_wait on it; agent_status, \
+             agent_output, agent_send and agent_kill take agent_id \"{id}\". It is stopped \
+             when this session ends.",
+            status = spawned.status.as_str(),
+            role = spawned.role,
+            tier = spawned.tier,
+            model = spawned.model,
         );
         let mut meta = JsonObject::new();
         meta.insert(
