@@ -43,6 +43,8 @@ answer is in `result`. agent_output reads the streamed text (regex filter, pagin
 agent_send {agent_id, message} asks a completed agent a follow-up: it continues its own \
 conversation (it remembers what it read), cheaper than a new agent; a running agent gets \
 the message at its next turn. \
+Where the client runs MCP tasks (Claude Code's interactive mode), agent_spawn answers with a \
+task whose id is the agent id, and the agent's end arrives as the task's notification. \
 agent_kill stops an agent for real; agent_list shows all. Write tasks self-contained: \
 agents see nothing of your conversation.";
 
