@@ -380,3 +380,31 @@ async fn an_end_seen_only_in_agent_list_still_comes_with_its_answer() {
     let v = completed_result(&task).structured_content.unwrap();
     assert_eq!(v["result"], "echo: listed only", "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_polled_while_agent_wait_blocks_does_not_tell_the_end_first() {
+    let s = Session::start_modern(TasksClient).await;
+    s.fake.script(
+        "polled during a wait",
+        vec![Step::Text {
+            chunks: vec!["slow ".into(), "answer".into()],
+            delay_ms: 300,
+        }],
+    );
+    let id = spawn_task(&s, "polled during a wait").await.task.task_id;
+    // The client polls the task as often as it can while the model's agent_wait blocks.
+    let wait = s.ok("agent_wait", json!({"agent_ids": [id], "wait_seconds": 30}));
+    let poll = async {
+        loop {
+            let task = get_task(&s, &id).await;
+            if task.task.status.is_terminal() {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let (waited, task) = tokio::join!(wait, poll);
+    assert!(waited.to_string().contains("slow answer"), "{waited}");
+    let v = completed_result(&task).structured_content.unwrap();
+    assert!(v.get("result").is_none(), "told twice: {v}");
+}

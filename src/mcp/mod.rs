@@ -127,12 +127,16 @@ impl ServerHandler for BgAgents {
                 Err(tool_error) => tool_error.into(),
             });
         }
+        let reading = self
+            .agent_tasks
+            .reading(&request.name, request.arguments.as_ref());
         let tcc = ToolCallContext::new(self, request, context);
         let mut response = self.tool_router.call(tcc).await?;
         if let CallToolResponse::Complete(reply) = &mut response {
             if let Some(v) = &reply.structured_content {
                 self.agent_tasks.note_told(v);
             }
+            drop(reading);
             if let Some(board) = &self.notices {
                 notify::attach(board, reply);
             }

@@ -71,12 +71,69 @@ struct Entry {
     end: Option<Box<StatusView>>,
     /// The model already read that end in a tool reply.
     end_told: bool,
+    /// Calls in flight that may show the end (agent_wait, agent_status): until they
+    /// answer, the task does not show it either, so the answer is told once.
+    readers: usize,
     waiter: Option<AbortHandle>,
+}
+
+/// A call that may show task agents' ends is in flight; dropping it ends that.
+pub(super) struct Reading {
+    tasks: Arc<AgentTasks>,
+    ids: Vec<String>,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        let mut entries = self.tasks.entries();
+        for id in &self.ids {
+            if let Some(e) = entries.get_mut(id) {
+                e.readers = e.readers.saturating_sub(1);
+            }
+        }
+    }
 }
 
 impl AgentTasks {
     fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that a call about the agents in `args` (agent_wait's `agent_ids`,
+    /// agent_status's `agent_id`) is in flight, until the returned guard is dropped.
+    pub(super) fn reading(self: &Arc<Self>, tool: &str, args: Option<&JsonObject>) -> Reading {
+        let ids: Vec<String> = match (tool, args) {
+            ("agent_wait", Some(a)) => a
+                .get("agent_ids")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            ("agent_status", Some(a)) => a
+                .get("agent_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut entries = self.entries();
+        let ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| match entries.get_mut(id) {
+                Some(e) => {
+                    e.readers += 1;
+                    true
+                }
+                None => false,
+            })
+            .collect();
+        Reading {
+            tasks: Arc::clone(self),
+            ids,
+        }
     }
 
     /// Marks the answers a tool reply shows (agent_status, agent_wait, agent_kill) as
@@ -130,6 +187,7 @@ impl BgAgents {
                 cancel_requested: false,
                 end: None,
                 end_told: false,
+                readers: 0,
                 waiter: None,
             },
         );
@@ -204,7 +262,8 @@ impl BgAgents {
             .with_status_message(status_message(&view))
             .with_ttl_ms(ttl)
             .with_poll_interval_ms(POLL_INTERVAL_MS);
-        let payload = if !view.status.is_terminal() {
+        // An end a blocking call is about to show waits for that reply to say it first.
+        let payload = if !view.status.is_terminal() || e.readers > 0 {
             TaskPayload::Working
         } else if view.status == Status::Killed && e.cancel_requested {
             TaskPayload::Cancelled
