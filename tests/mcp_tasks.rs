@@ -382,7 +382,7 @@ async fn an_end_seen_only_in_agent_list_still_comes_with_its_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_polled_while_agent_wait_blocks_does_not_tell_the_end_first() {
+async fn a_task_polled_during_agent_wait_ends_without_a_second_copy_of_the_answer() {
     let s = Session::start_modern(TasksClient).await;
     s.fake.script(
         "polled during a wait",

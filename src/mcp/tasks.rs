@@ -262,17 +262,13 @@ impl BgAgents {
             .with_status_message(status_message(&view))
             .with_ttl_ms(ttl)
             .with_poll_interval_ms(POLL_INTERVAL_MS);
-        // An end a blocking call is about to show waits for that reply to say it first.
-        let payload = if !view.status.is_terminal() || e.readers > 0 {
-            TaskPayload::Working
-        } else if view.status == Status::Killed && e.cancel_requested {
-            TaskPayload::Cancelled
-        } else if view.status == Status::Completed {
-            TaskPayload::Completed {
+        let payload = match phase(view.status, e.cancel_requested, e.readers) {
+            TaskStatus::Cancelled => TaskPayload::Cancelled,
+            TaskStatus::Completed => TaskPayload::Completed {
                 result: final_result(&view, self.manager.config(), e.end_told),
-            }
-        } else {
-            failed(failure_sentence(&view))
+            },
+            TaskStatus::Failed => failed(failure_sentence(&view)),
+            _ => TaskPayload::Working,
         };
         DetailedTask::new(task, payload)
     }
@@ -359,6 +355,18 @@ impl BgAgents {
                 )),
             ),
         }
+    }
+}
+
+/// The task's status for an agent in `status`: an end that a blocking call in flight
+/// (`readers`) is about to show stays `working` until that reply says it first; a kill
+/// the client asked for (tasks/cancel) is `cancelled`.
+fn phase(status: Status, cancel_requested: bool, readers: usize) -> TaskStatus {
+    match status {
+        s if !s.is_terminal() || readers > 0 => TaskStatus::Working,
+        Status::Killed if cancel_requested => TaskStatus::Cancelled,
+        Status::Completed => TaskStatus::Completed,
+        _ => TaskStatus::Failed,
     }
 }
 
@@ -580,6 +588,18 @@ fn read_back(path: &Path) -> Option<ReadBack> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_follows_its_agent_and_waits_for_a_reply_that_shows_the_end() {
+        assert_eq!(phase(Status::Queued, false, 0), TaskStatus::Working);
+        assert_eq!(phase(Status::Running, true, 0), TaskStatus::Working);
+        assert_eq!(phase(Status::Completed, false, 0), TaskStatus::Completed);
+        assert_eq!(phase(Status::Completed, false, 1), TaskStatus::Working);
+        assert_eq!(phase(Status::TimedOut, false, 2), TaskStatus::Working);
+        assert_eq!(phase(Status::Killed, true, 0), TaskStatus::Cancelled);
+        assert_eq!(phase(Status::Killed, false, 0), TaskStatus::Failed);
+        assert_eq!(phase(Status::BudgetExceeded, false, 0), TaskStatus::Failed);
+    }
 
     #[test]
     fn only_agent_ids_name_transcripts() {
