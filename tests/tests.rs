@@ -9,10 +9,12 @@
 
 mod agent_send;
 mod claude_code;
+mod claude_tui;
 mod cli;
 mod fake_provider;
 mod faults;
 mod hardening;
+mod inspector;
 mod mcp;
 mod mcp_errors;
 mod mcp_processes;
@@ -23,3 +25,4 @@ mod notices;
 mod opencode;
 mod providers;
 mod stress;
+mod tools_list;

@@ -18,11 +18,11 @@ use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
-    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams, UpdateTaskParams,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
+    ServerConfig, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
+    UpdateTaskParams,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
-use rmcp::task_manager::TaskManager;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
 
 use crate::notices::NoticeBoard;
@@ -43,6 +43,8 @@ answer is in `result`. agent_output reads the streamed text (regex filter, pagin
 agent_send {agent_id, message} asks a completed agent a follow-up: it continues its own \
 conversation (it remembers what it read), cheaper than a new agent; a running agent gets \
 the message at its next turn. \
+Where the client runs MCP tasks (Claude Code's interactive mode), agent_spawn answers with a \
+task whose id is the agent id, and the agent's end arrives as the task's notification. \
 agent_kill stops an agent for real; agent_list shows all. Write tasks self-contained: \
 agents see nothing of your conversation.";
 
@@ -52,7 +54,8 @@ pub struct BgAgents {
     manager: Arc<Manager>,
     tool_router: ToolRouter<Self>,
     legacy_subscriptions: Arc<resources::LegacySubscriptions>,
-    tasks: TaskManager,
+    /// Agents answered as MCP tasks (the task id is the agent id).
+    agent_tasks: Arc<tasks::AgentTasks>,
     /// Where notices of ended agents wait; every tool reply carries the undelivered ones.
     notices: Option<Arc<NoticeBoard>>,
 }
@@ -64,12 +67,13 @@ impl BgAgents {
             schema::standardize_tool(&mut route.attr);
             schema::declare_notices(&mut route.attr);
             schema::describe_from_config(&mut route.attr, manager.config());
+            schema::compact_tool(&mut route.attr);
         }
         BgAgents {
             manager,
             tool_router,
             legacy_subscriptions: Arc::default(),
-            tasks: TaskManager::new(),
+            agent_tasks: Arc::default(),
             notices: None,
         }
     }
@@ -80,10 +84,10 @@ impl BgAgents {
         self
     }
 
-    /// Ends the session's work: every MCP task ends (aborted, so none outlives the
-    /// session), then the manager stops every agent and reaps it.
+    /// Ends the session's work: no MCP task is followed any more, and the manager stops
+    /// every agent and reaps it (a client that asks later is told they were stopped).
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.tasks.shutdown();
+        self.agent_tasks.shutdown();
         self.manager.shutdown().await
     }
 }
@@ -114,23 +118,28 @@ impl ServerHandler for BgAgents {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let wants_task = request.name == "agent_spawn"
-            && context
-                .client_capabilities()
-                .is_some_and(|c| c.supports_tasks());
-        if wants_task {
+        if request.name == "agent_spawn" && answers_with_tasks(&context) {
             let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
             let params = serde_json::from_value(args)
                 .map_err(|e| ErrorData::invalid_params(format!("agent_spawn: {e}"), None))?;
-            return Ok(match self.spawn_as_task(params).await? {
+            return Ok(match self.spawn_as_task(params).await {
                 Ok(task) => CallToolResponse::Task(task),
                 Err(tool_error) => tool_error.into(),
             });
         }
+        let reading = self
+            .agent_tasks
+            .reading(&request.name, request.arguments.as_ref());
         let tcc = ToolCallContext::new(self, request, context);
         let mut response = self.tool_router.call(tcc).await?;
-        if let (Some(board), CallToolResponse::Complete(reply)) = (&self.notices, &mut response) {
-            notify::attach(board, reply);
+        if let CallToolResponse::Complete(reply) = &mut response {
+            if let Some(v) = &reply.structured_content {
+                self.agent_tasks.note_told(v);
+            }
+            drop(reading);
+            if let Some(board) = &self.notices {
+                notify::attach(board, reply);
+            }
         }
         Ok(response)
     }
@@ -140,7 +149,7 @@ impl ServerHandler for BgAgents {
         request: GetTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
-        Ok(GetTaskResult::new(self.tasks.get_task(&request.task_id)?))
+        Ok(GetTaskResult::new(self.agent_task(&request.task_id)))
     }
 
     async fn update_task(
@@ -148,8 +157,14 @@ impl ServerHandler for BgAgents {
         request: UpdateTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.tasks
-            .update_task(&request.task_id, request.input_responses)
+        // An agent never asks its client for input: there is nothing to answer.
+        Err(ErrorData::invalid_params(
+            format!(
+                "task {} asked for no input: bg-agents tasks take none (agent_send gives an agent a follow-up)",
+                request.task_id
+            ),
+            None,
+        ))
     }
 
     async fn cancel_task(
@@ -157,7 +172,7 @@ impl ServerHandler for BgAgents {
         request: CancelTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.tasks.cancel_task(&request.task_id)
+        self.cancel_agent_task(&request.task_id)
     }
 
     async fn list_resource_templates(
@@ -216,12 +231,23 @@ impl ServerHandler for BgAgents {
     }
 }
 
+/// Whether a `tools/call` may be answered with a task: only under protocol 2026-07-28
+/// (or later) when the request's client capabilities declare the tasks extension. The
+/// legacy era's task-augmented requests (`params.task`) are not read by rmcp 3.11, so
+/// legacy clients always get the plain result.
+fn answers_with_tasks(context: &RequestContext<RoleServer>) -> bool {
+    let modern = context
+        .protocol_version()
+        .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28);
+    modern
+        && context
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks())
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use bg_agent_worker::config::Config;
-    use rmcp::task_manager::TaskOptions;
 
     use super::*;
 
@@ -269,32 +295,5 @@ mod tests {
         let kill = tool("agent_kill");
         assert!(kill.contains("default 345, at most 60000"), "{kill}");
         server.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn shutdown_ends_every_mcp_task() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::builtin().unwrap();
-        config.server.transcript_dir = dir.path().display().to_string();
-        let server = BgAgents::new(Arc::new(Manager::new(Arc::new(config)).unwrap()));
-        // A task that would run forever; `alive` closes when its future is dropped.
-        let (alive, ended) = tokio::sync::oneshot::channel::<()>();
-        let task = server.tasks.spawn(TaskOptions::new(), move |_ctx| {
-            Box::pin(async move {
-                let _alive = alive;
-                std::future::pending().await
-            })
-        });
-        tokio::task::yield_now().await;
-        assert!(server.tasks.get_task(&task.task_id).is_ok());
-
-        server.shutdown().await;
-
-        let dropped = tokio::time::timeout(Duration::from_secs(5), ended).await;
-        assert!(
-            matches!(dropped, Ok(Err(_))),
-            "the task still runs after shutdown"
-        );
-        assert!(server.tasks.get_task(&task.task_id).is_err());
     }
 }

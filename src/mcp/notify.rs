@@ -32,6 +32,10 @@ pub async fn run(manager: Arc<Manager>, board: Arc<NoticeBoard>, peer: Option<Pe
         tokio::select! {
             agent = ended.recv() => {
                 let Some(agent) = agent else { return };
+                if board.take_task_claim(&agent.agent_id) {
+                    // Its MCP task tells this end; a notice would tell it twice.
+                    continue;
+                }
                 let notice = notice_of(&agent);
                 if let Err(e) = board.post(&notice) {
                     tracing::warn!(agent = %agent.agent_id, "cannot leave a completion notice in {}: {e}", board.dir().display());
@@ -44,6 +48,7 @@ pub async fn run(manager: Arc<Manager>, board: Arc<NoticeBoard>, peer: Option<Pe
                 if r.is_err() { return }
                 publish(&manager, &board, &stop_hook);
             }
+            () = board.claims_changed() => publish(&manager, &board, &stop_hook),
         }
     }
 }
@@ -70,9 +75,12 @@ fn notice_of(agent: &EndedAgent) -> Notice {
 fn publish(manager: &Manager, board: &NoticeBoard, stop_hook: &str) {
     let state = ServerState {
         stop_hook: stop_hook.to_string(),
+        // Agents the client tracks as MCP tasks are its to follow: the Stop hook must
+        // not hold a turn for them.
         agents: manager
             .live_agents()
             .into_iter()
+            .filter(|a| !board.told_by_task(&a.agent_id))
             .map(|a| LiveAgent {
                 agent_id: a.agent_id,
                 label: a.label,

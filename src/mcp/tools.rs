@@ -117,8 +117,8 @@ impl BgAgents {
 impl BgAgents {
     /// Start a background agent on a task and return at once with its id. The agent is
     /// a separate process with kernel CPU/memory limits, token and USD budgets, and
-    /// read-only tools (read_file, glob, grep) inside `cwd`. Keep working; collect the
-    /// answer later with agent_wait or agent_status (its `result`). Pick `task_type`
+    /// read-only tools (read_file, glob, grep) inside `cwd`. Keep working: its end is told
+    /// to you; agent_wait or agent_status give its `result` sooner. Pick `task_type`
     /// (exploration/analysis → fast model, reasoning → balanced, critical → quality) or
     /// let the task's words decide.
     #[tool(
@@ -133,11 +133,9 @@ impl BgAgents {
         reply(&spawned, readable)
     }
 
-    /// Status of one agent: queued/running/completed/failed/killed/timed_out/cpu_limit/
-    /// memory_limit/output_limit/budget_exceeded, with its final answer (`result`) once
-    /// completed, usage (tokens, USD), exit details and errors. Set wait_seconds to block
-    /// until it ends (one call blocks at most the server's max wait; call again to keep
-    /// waiting).
+    /// Status of one agent, with its final answer (`result`) once completed, usage
+    /// (tokens, USD), exit details and errors. Set wait_seconds to block until it ends
+    /// (at most the server's max wait; call again to keep waiting).
     #[tool(
         name = "agent_status",
         output_schema = schema_for_output::<AgentReply>(),
@@ -176,14 +174,12 @@ impl BgAgents {
         reply(&agent, readable)
     }
 
-    /// Send a follow-up message to an agent. A completed agent continues the same
-    /// conversation (same model, role, tools and cwd; it remembers everything so far) in a
-    /// new round: status goes back to running, then completed with the new `result`;
-    /// `rounds` counts them. Turns, tokens and USD add up over rounds against its limits
-    /// (raise them with `limits`). A running agent takes the message at its next turn
-    /// (`messages_pending` until then); a queued one gets it appended to its task.
-    /// Agents that ended any other way cannot continue: spawn a new one. Set wait_seconds
-    /// to block until this round's answer.
+    /// Send a follow-up message to an agent. A completed agent continues its conversation
+    /// (it remembers everything so far) in a new round: running again, then completed
+    /// with the new `result`. Turns, tokens and USD add up over rounds (raise them with
+    /// `limits`). A running agent takes the message at its next turn; a queued one gets
+    /// it appended to its task. Agents that ended any other way cannot continue: spawn a
+    /// new one. Set wait_seconds to block until this round's answer.
     #[tool(
         name = "agent_send",
         output_schema = schema_for_output::<AgentReply>(),

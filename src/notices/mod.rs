@@ -5,6 +5,11 @@
 //! claim them. Claiming is an unlink: whoever removes the file delivers the notice, so
 //! each notice reaches the model once, whichever way it goes.
 //!
+//! An agent spawned as an MCP task (`mcp::tasks`) is the exception: the client tells its
+//! first end through the task (Claude Code's `<task-notification>`), so the board holds a
+//! *task claim* on it: no notice is posted for that end, and the `Stop` hook is not told
+//! it runs (the client already tracks it). Later rounds (agent_send) are told as notices.
+//!
 //! Layout under the base directory (`$XDG_RUNTIME_DIR/bg-agents`, else a private `run`
 //! directory under the state directory), keyed by Claude Code's session id (the
 //! server's `CLAUDE_CODE_SESSION_ID`, the hook's `session_id`):
@@ -29,6 +34,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -263,6 +269,10 @@ pub struct NoticeBoard {
     session_dir: PathBuf,
     dir: PathBuf,
     seq: AtomicU64,
+    /// Agents whose first end an MCP task tells: no notice for it, no Stop-hook hold.
+    task_claims: Mutex<HashSet<String>>,
+    /// Woken when a task claim is added, so the published state drops that agent.
+    claims_changed: tokio::sync::Notify,
 }
 
 impl NoticeBoard {
@@ -288,6 +298,8 @@ impl NoticeBoard {
             session_dir,
             dir,
             seq: AtomicU64::new(0),
+            task_claims: Mutex::default(),
+            claims_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -320,6 +332,34 @@ impl NoticeBoard {
                 let _ = std::fs::remove_file(&path);
             }
         }
+    }
+
+    /// Hands the end of `agent_id`'s first round to an MCP task: no notice will be posted
+    /// for it (one already posted is withdrawn), and the `Stop` hook no longer counts it.
+    pub fn leave_to_task(&self, agent_id: &str) {
+        self.claims().insert(agent_id.to_string());
+        self.discard(&HashSet::from([agent_id]));
+        self.claims_changed.notify_one();
+    }
+
+    /// Whether an MCP task tells the coming end of `agent_id`.
+    pub fn told_by_task(&self, agent_id: &str) -> bool {
+        self.claims().contains(agent_id)
+    }
+
+    /// Takes the task claim on `agent_id`'s end, if any: true when the task tells this
+    /// end (so no notice is posted), after which its later rounds are told as notices.
+    pub fn take_task_claim(&self, agent_id: &str) -> bool {
+        self.claims().remove(agent_id)
+    }
+
+    /// Resolves when a task claim was added since the last call.
+    pub async fn claims_changed(&self) {
+        self.claims_changed.notified().await;
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.task_claims.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Publishes what the `Stop` hook needs to know.

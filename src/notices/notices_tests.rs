@@ -129,6 +129,21 @@ fn discarded_notices_are_never_delivered() {
 }
 
 #[test]
+fn an_end_left_to_a_task_is_withdrawn_and_claimed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = board(tmp.path(), SESSION);
+    // The agent ended (its notice posted) just before its task was registered.
+    b.post(&done("a-1", "x")).unwrap();
+    b.leave_to_task("a-1");
+    assert!(b.told_by_task("a-1") && !b.told_by_task("a-2"));
+    assert_eq!(b.take_pending(), (vec![], 0), "the task tells this end");
+    // The first end is the task's; later rounds are notices again.
+    assert!(b.take_task_claim("a-1"));
+    assert!(!b.take_task_claim("a-1"));
+    assert!(!b.told_by_task("a-1"));
+}
+
+#[test]
 fn another_sessions_notices_never_appear() {
     let tmp = tempfile::tempdir().unwrap();
     let mine = board(tmp.path(), SESSION);

@@ -129,6 +129,15 @@ impl ClaudeHome {
         cmd
     }
 
+    /// The environment `command` gives `claude` (for a runner that is not a Command).
+    pub fn env(&self, fake: &FakeProvider) -> Vec<(String, String)> {
+        let cmd = self.isolate("true", fake);
+        cmd.as_std()
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+            .collect()
+    }
+
     fn isolate(&self, program: impl AsRef<OsStr>, fake: &FakeProvider) -> tokio::process::Command {
         let bin_dir = server_exe().parent().expect("bin dir").to_path_buf();
         let claude_dir = claude_exe().parent().expect("claude dir").to_path_buf();

@@ -14,3 +14,4 @@ pub mod npm;
 pub mod opencode;
 pub mod process;
 pub mod provider;
+pub mod tui;

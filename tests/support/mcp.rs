@@ -91,6 +91,14 @@ impl<H: ClientHandler> Session<H> {
         Self::launch_with(handler, "", "", modern, true).await
     }
 
+    /// `start_modern` with more `[server]` keys.
+    pub async fn start_modern_with(handler: H, server_keys: &str) -> Session<H> {
+        let modern = ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::LATEST],
+        };
+        Self::launch_with(handler, server_keys, "", modern, true).await
+    }
+
     async fn launch_with(
         handler: H,
         server_keys: &str,

@@ -11,16 +11,18 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::process::target_tmp;
 
 /// The executable `bin` of npm package `package@version`, installed on first use under
-/// `target/tmp/<dir>`; checked by running `bin --version`, which must print `version`.
+/// `target/tmp/<dir>`; checked by the version in the installed package's `package.json`
+/// (not every package's `bin --version` prints it).
 pub fn install(dir: &str, package: &str, version: &str, bin: &str) -> PathBuf {
     let root = target_tmp().join(dir);
     std::fs::create_dir_all(&root).expect("create the npm install directory");
     let exe = root.join("node_modules/.bin").join(bin);
     let lock = File::create(root.join(".lock")).expect("create the install lock");
     let _held = Flock::lock(lock, FlockArg::LockExclusive).expect("lock the install");
-    if reports_version(&exe, version) {
+    if installed_version(&root, package).as_deref() == Some(version) && exe.exists() {
         return exe;
     }
+    let name = package;
     let package = format!("{package}@{version}");
     eprintln!("installing {package} under {} (once)", root.display());
     let out = std::process::Command::new("npm")
@@ -47,18 +49,24 @@ pub fn install(dir: &str, package: &str, version: &str, bin: &str) -> PathBuf {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(
+        installed_version(&root, name).as_deref(),
+        Some(version),
+        "npm installed another version of {name} under {}",
+        root.display()
+    );
     assert!(
-        reports_version(&exe, version),
-        "{} does not report version {version} after npm install",
+        exe.exists(),
+        "{} is missing after npm install",
         exe.display()
     );
     exe
 }
 
-fn reports_version(exe: &Path, version: &str) -> bool {
-    std::process::Command::new(exe)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+/// The version of `package` installed under `root`, from its package.json.
+fn installed_version(root: &Path, package: &str) -> Option<String> {
+    let manifest = root.join("node_modules").join(package).join("package.json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(manifest).ok()?).ok()?;
+    v["version"].as_str().map(str::to_string)
 }
