@@ -12,6 +12,7 @@ mod claude_code;
 mod cli;
 mod fake_provider;
 mod faults;
+mod first_hour;
 mod hardening;
 mod mcp;
 mod mcp_errors;

@@ -76,6 +76,8 @@ pub enum ManagerError {
          Or pick a tier or model on a provider that needs no key."
     )]
     MissingKey { var: String, provider: String },
+    #[error("{0}; nothing was started (then restart the MCP server; Claude Code: /mcp)")]
+    BadBaseUrl(#[from] bg_agent_worker::config::BaseUrlError),
     #[error("the server is shutting down; no new agents start")]
     ShuttingDown,
     #[error(

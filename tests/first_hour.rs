@@ -1,0 +1,213 @@
+//! What a new user meets in the first hour: a configuration mistake that the server
+//! answers instead of dying, quiet logs, transcripts that do not pile up forever, and
+//! a provider endpoint whose origin `--check-config` shows.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use support::mcp::{Session, server_exe};
+use support::process::{API_KEY, eventually, isolated};
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_still_serves_and_every_tool_call_names_the_key_and_the_fix() {
+    let s = Session::start("[max]\nmemroy_mb = 10\n").await;
+
+    let info = s.client.peer_info().expect("server info");
+    let instructions = info.instructions.as_deref().unwrap_or_default();
+    assert!(instructions.contains("memroy_mb"), "{instructions}");
+    let tools = s.client.list_all_tools().await.expect("tools/list");
+    assert_eq!(
+        tools.len(),
+        7,
+        "the tools are listed, so the model can call them"
+    );
+    for (tool, args) in [
+        ("agent_spawn", json!({"task": "explore"})),
+        ("agent_list", json!({})),
+        ("agent_status", json!({"agent_id": "a-00000"})),
+        ("agent_wait", json!({"agent_ids": ["a-00000"]})),
+    ] {
+        let e = s.tool_error(tool, args).await;
+        assert!(e.contains("configuration is invalid"), "{tool}: {e}");
+        assert!(e.contains("[max] memroy_mb"), "{tool}: {e}");
+        assert!(e.contains("limits.toml"), "{tool}: names the file: {e}");
+        assert!(e.contains("bg-agents --check-config"), "{tool}: {e}");
+    }
+    assert!(s.fake.requests().is_empty(), "nothing ran");
+    assert_eq!(s.end().await.code(), Some(0));
+}
+
+/// Runs a server with RUST_LOG unset for one handshake and a tools/list, then closes its
+/// stdin; returns its stderr.
+async fn stderr_of_a_quiet_session(home: &Path, config: &Path) -> String {
+    let mut server = isolated(server_exe(), home)
+        .arg("--config")
+        .arg(config)
+        .env("ANTHROPIC_API_KEY", API_KEY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bg-agents");
+    let mut stdin = server.stdin.take().expect("stdin");
+    for line in [
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"first-hour-client","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    ] {
+        stdin.write_all(line.as_bytes()).await.expect("write");
+        stdin.write_all(b"\n").await.expect("write");
+    }
+    stdin.flush().await.expect("flush");
+    // Let it answer before the session ends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(20), server.wait_with_output())
+        .await
+        .expect("the server exits after stdin closes")
+        .expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(r#""id":1"#),
+        "tools/list answered: {stdout}"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_default_to_warnings_without_the_clients_parameters() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let config = home.path().join("limits.toml");
+    std::fs::write(&config, support::mcp::base_config(home.path(), "")).expect("config");
+
+    let stderr = stderr_of_a_quiet_session(home.path(), &config).await;
+
+    assert!(!stderr.contains("INFO"), "INFO by default: {stderr}");
+    assert!(
+        !stderr.contains("first-hour-client"),
+        "the client's parameters were logged: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_is_logged_once_as_an_error_and_the_server_answers() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let config = home.path().join("limits.toml");
+    std::fs::write(&config, "[server]\nmax_concurent = 3\n").expect("config");
+
+    let stderr = stderr_of_a_quiet_session(home.path(), &config).await;
+
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("[server] max_concurent"), "{stderr}");
+    assert!(!errors[0].ends_with('`'), "one line, whole: {stderr}");
+}
+
+fn set_age(path: &Path, days: u64) {
+    let then = SystemTime::now() - Duration::from_secs(days * 86_400);
+    std::fs::File::options()
+        .read(true)
+        .open(path)
+        .and_then(|f| f.set_modified(then))
+        .expect("set mtime");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcripts_past_the_retention_are_removed_when_a_server_starts() {
+    use std::os::unix::fs::DirBuilderExt;
+    // A server that ran 40 days ago left a session of transcripts; another left one today.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let transcripts = dir.path().join("transcripts");
+    let old = transcripts.join("session-1000-1");
+    let recent = transcripts.join("session-2000-2");
+    for d in [&old, &recent] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .expect("mkdir");
+    }
+    let old_file = old.join("a-old01.jsonl");
+    let recent_file = recent.join("a-new01.jsonl");
+    std::fs::write(&old_file, "{\"type\":\"started\"}\n").expect("write");
+    std::fs::write(&recent_file, "{\"type\":\"started\"}\n").expect("write");
+    set_age(&old_file, 40);
+    set_age(&old, 40);
+    let config = dir.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ntranscript_dir = {:?}\ntranscript_retention_days = 30\n",
+            transcripts.display().to_string()
+        ),
+    )
+    .expect("config");
+
+    let mut server = isolated(server_exe(), dir.path())
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn bg-agents");
+
+    let gone = eventually(Duration::from_secs(20), || !old_file.exists()).await;
+    assert!(gone, "a 40-day-old transcript outlived a 30-day retention");
+    assert!(
+        eventually(Duration::from_secs(5), || !old.exists()).await,
+        "its emptied session directory stayed"
+    );
+    assert!(recent_file.exists(), "a transcript of today was removed");
+    drop(server.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(20), server.wait()).await;
+}
+
+#[test]
+fn check_config_shows_the_endpoint_in_force_and_where_it_came_from() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let run = |url: Option<&str>| {
+        let mut cmd = std::process::Command::new(server_exe());
+        cmd.arg("--check-config")
+            .env_clear()
+            .env("HOME", home.path());
+        if let Some(u) = url {
+            cmd.env("ANTHROPIC_BASE_URL", u);
+        }
+        cmd.output().expect("run bg-agents")
+    };
+
+    let out = run(None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout
+            .contains("anthropic: https://api.anthropic.com (from [providers.anthropic] base_url)"),
+        "{stdout}"
+    );
+
+    let out = run(Some("http://127.0.0.1:8080"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(
+            "anthropic: http://127.0.0.1:8080 (from $ANTHROPIC_BASE_URL, which overrides [providers.anthropic] base_url)"
+        ),
+        "{stdout}"
+    );
+
+    let out = run(Some("127.0.0.1:8080"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad variable is an error: {stderr}"
+    );
+    assert!(
+        stderr.contains("ANTHROPIC_BASE_URL = \"127.0.0.1:8080\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("http:// or https://"), "{stderr}");
+}
