@@ -211,3 +211,94 @@ fn check_config_shows_the_endpoint_in_force_and_where_it_came_from() {
     );
     assert!(stderr.contains("http:// or https://"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_logged_once_per_episode_not_per_retry() {
+    use rmcp::ServiceExt;
+    use support::provider::{FakeProvider, Step};
+    const AGENTS: usize = 40;
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        support::mcp::base_config(dir.path(), "max_concurrent = 100")
+            + "[defaults]\nopen_files = 32\n",
+    )
+    .expect("config");
+    let mut server = isolated(server_exe(), dir.path())
+        .arg("--config")
+        .arg(&config)
+        .env("ANTHROPIC_API_KEY", API_KEY)
+        .env("ANTHROPIC_BASE_URL", fake.base_url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bg-agents");
+    let pid = server.id().expect("pid");
+    // About five descriptors per running agent: far fewer than 40 fit under 96.
+    rlimit::prlimit(pid as i32, rlimit::Resource::NOFILE, Some((96, 96)), None).expect("prlimit");
+    let stdout = server.stdout.take().expect("stdout");
+    let stdin = server.stdin.take().expect("stdin");
+    let stderr = server.stderr.take().expect("stderr");
+    let stderr_text = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut s = String::new();
+        let _ = tokio::io::BufReader::new(stderr)
+            .read_to_string(&mut s)
+            .await;
+        s
+    });
+    let client = ().serve((stdout, stdin)).await.expect("MCP handshake");
+    let call = |name: &'static str, args: serde_json::Value| {
+        let params = rmcp::model::CallToolRequestParams::new(name)
+            .with_arguments(args.as_object().cloned().unwrap_or_default());
+        client.call_tool(params)
+    };
+    let mut ids = Vec::new();
+    for i in 0..AGENTS {
+        let task = format!("descriptor agent #{i}#");
+        fake.script(
+            &task,
+            vec![Step::Text {
+                chunks: vec!["one ".into(), "two".into()],
+                delay_ms: 3_000,
+            }],
+        );
+        let r = call("agent_spawn", json!({ "task": task }))
+            .await
+            .expect("spawn");
+        let v = r
+            .structured_content
+            .unwrap_or_else(|| panic!("spawn #{i} failed: {:?}", r.content));
+        ids.push(v["agent_id"].as_str().expect("id").to_string());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = call("agent_list", json!({})).await.expect("list");
+        let v = r.structured_content.expect("structured");
+        let counts = v["counts"].clone();
+        if counts == json!({ "completed": AGENTS }) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{counts}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    client.cancel().await.expect("close");
+    let _ = tokio::time::timeout(Duration::from_secs(20), server.wait()).await;
+    let stderr = stderr_text.await.expect("stderr");
+
+    let told = stderr.matches("out of file descriptors").count();
+    assert_eq!(told, 1, "the shortage was told {told} times: {stderr}");
+    // Nothing else repeats either (e.g. the notices' state file, written at every change,
+    // fails too while descriptors are out).
+    let mut seen = std::collections::HashMap::new();
+    for line in stderr.lines().filter(|l| l.contains(" WARN ")) {
+        let message = line.split_once(" WARN ").map_or(line, |(_, m)| m);
+        let message = message.split(" agent=").next().unwrap_or(message);
+        *seen.entry(message.to_string()).or_insert(0) += 1;
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "repeated warnings: {repeated:?}");
+}

@@ -136,6 +136,9 @@ struct Inner {
     admission: Mutex<Admission>,
     /// A wake-up to start queued agents when a provider's hold ends is pending.
     release_scheduled: AtomicBool,
+    /// Starts that run out of file descriptors: logged once an episode, not at every
+    /// retry of every queued agent.
+    fd_shortage: crate::episode::Episode,
     /// What all agents of this session spent. Locked only after `registry`, or alone.
     session: Mutex<SessionSpend>,
 }
@@ -164,6 +167,7 @@ impl Manager {
                 shutting_down: AtomicBool::new(false),
                 ended: Mutex::new(None),
                 release_scheduled: AtomicBool::new(false),
+                fd_shortage: crate::episode::Episode::default(),
                 session: Mutex::new(SessionSpend::default()),
             }),
         })
