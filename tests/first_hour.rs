@@ -302,3 +302,43 @@ async fn running_out_of_descriptors_is_logged_once_per_episode_not_per_retry() {
     let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(repeated.is_empty(), "repeated warnings: {repeated:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_provider_is_refused_and_a_likely_wrong_model_is_warned_of() {
+    let s = Session::start("").await;
+
+    let e = s
+        .tool_error(
+            "agent_spawn",
+            json!({ "task": "Summarize the notes", "model": "olama/qwen3:8b" }),
+        )
+        .await;
+    assert!(e.contains("did you mean `ollama/qwen3:8b`?"), "{e}");
+    let listed = s.ok("agent_list", json!({})).await;
+    assert!(
+        listed["agents"].as_array().is_none_or(|a| a.is_empty()),
+        "nothing started: {listed}"
+    );
+
+    let spawned = s
+        .ok(
+            "agent_spawn",
+            json!({ "task": "Summarize the notes", "model": "gpt-9-turbo" }),
+        )
+        .await;
+    let warnings = spawned["warnings"].to_string();
+    assert!(warnings.contains("`openai/gpt-9-turbo`"), "{spawned}");
+
+    let spawned = s
+        .ok(
+            "agent_spawn",
+            json!({ "task": "Summarize the notes", "model": "claude-sonet-5-5" }),
+        )
+        .await;
+    let warnings = spawned["warnings"].to_string();
+    assert!(
+        warnings.contains("did you mean `claude-sonnet-5-5`?"),
+        "{spawned}"
+    );
+    assert_eq!(s.end().await.code(), Some(0));
+}
