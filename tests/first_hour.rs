@@ -342,3 +342,125 @@ async fn a_misspelt_provider_is_refused_and_a_likely_wrong_model_is_warned_of() 
     );
     assert_eq!(s.end().await.code(), Some(0));
 }
+
+/// The plugin's hook command for `event`, as hooks.json has it.
+fn plugin_hook_command(event: &str) -> String {
+    let hooks = support::claude::plugin_dir().join("hooks/hooks.json");
+    let text = std::fs::read_to_string(&hooks).expect("read hooks.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("hooks.json is JSON");
+    v["hooks"][event][0]["hooks"][0]["command"]
+        .as_str()
+        .expect("a command")
+        .to_string()
+}
+
+/// Runs the plugin's hook `event` as Claude Code does (`sh -c COMMAND`, the plugin's
+/// root in CLAUDE_PLUGIN_ROOT, the hook's JSON on stdin), with `path` as PATH and
+/// `runtime` as XDG_RUNTIME_DIR; its stdout.
+fn run_plugin_hook(event: &str, session: &str, path: &str, runtime: &Path) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(plugin_hook_command(event))
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", runtime)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .env("CLAUDE_PLUGIN_ROOT", support::claude::plugin_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the hook");
+    let input = json!({"session_id": session, "hook_event_name": event});
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "the hook never fails the tool call: {out:?}"
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn context_of(stdout: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("the hook printed no JSON ({e}): {stdout}"));
+    v["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn without_the_program_on_path_the_plugin_says_so_once_per_session() {
+    let runtime = tempfile::tempdir().expect("tempdir");
+    let path = "/usr/bin:/bin";
+    assert!(
+        !Path::new("/usr/bin/bg-agents").exists() && !Path::new("/bin/bg-agents").exists(),
+        "bg-agents is installed system-wide; this test needs a PATH without it"
+    );
+
+    let first = run_plugin_hook("UserPromptSubmit", "s-one", path, runtime.path());
+    let told = context_of(&first);
+    assert!(told.contains("not on the PATH"), "{told}");
+    assert!(told.contains("scripts/install.sh"), "{told}");
+    assert!(told.contains("PATH here: /usr/bin:/bin"), "{told}");
+    assert_eq!(
+        run_plugin_hook("PostToolUse", "s-one", path, runtime.path()),
+        "",
+        "said once per session"
+    );
+    assert_eq!(run_plugin_hook("Stop", "s-two", path, runtime.path()), "");
+    let other = run_plugin_hook("PostToolUse", "s-two", path, runtime.path());
+    assert!(context_of(&other).contains("not on the PATH"), "{other}");
+}
+
+#[test]
+fn with_no_server_of_the_session_running_the_hook_says_so_once_after_a_tool_call() {
+    let runtime = tempfile::tempdir().expect("tempdir");
+    let bin_dir = server_exe().parent().expect("target dir").to_path_buf();
+    let path = format!("{}:/usr/bin:/bin", bin_dir.display());
+
+    assert_eq!(
+        run_plugin_hook("UserPromptSubmit", "s-one", &path, runtime.path()),
+        "",
+        "before any tool call the MCP servers may still be starting"
+    );
+    let first = run_plugin_hook("PostToolUse", "s-one", &path, runtime.path());
+    let told = context_of(&first);
+    assert!(
+        told.contains("no bg-agents MCP server is running"),
+        "{told}"
+    );
+    assert!(told.contains("bg-agents --check-config"), "{told}");
+    assert_eq!(
+        run_plugin_hook("PostToolUse", "s-one", &path, runtime.path()),
+        "",
+        "said once per session"
+    );
+
+    // A session whose server runs (its directory is named after a live pid: this one's)
+    // hears nothing of the kind.
+    let server_dir = runtime
+        .path()
+        .join("bg-agents/s-live")
+        .join(std::process::id().to_string());
+    std::fs::create_dir_all(&server_dir).expect("mkdir");
+    for d in [
+        runtime.path().join("bg-agents"),
+        runtime.path().join("bg-agents/s-live"),
+        server_dir.clone(),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    assert_eq!(
+        run_plugin_hook("PostToolUse", "s-live", &path, runtime.path()),
+        ""
+    );
+}
