@@ -464,3 +464,99 @@ fn with_no_server_of_the_session_running_the_hook_says_so_once_after_a_tool_call
         ""
     );
 }
+
+/// The README's set-up line: the first line of its first `sh` block.
+fn readme_set_up_line() -> String {
+    let readme = std::fs::read_to_string(support::claude::repo_dir().join("README.md"))
+        .expect("read README.md");
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .expect("README.md has an sh block");
+    block.lines().next().unwrap_or_default().to_string()
+}
+
+/// Runs scripts/install.sh with `path` as PATH (nothing else but HOME) and `args`.
+fn install_script(path: &str, args: &[&str]) -> std::process::Output {
+    let home = tempfile::tempdir().expect("tempdir");
+    std::process::Command::new("sh")
+        .arg(support::claude::repo_dir().join("scripts/install.sh"))
+        .args(args)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", home.path())
+        .output()
+        .expect("run scripts/install.sh")
+}
+
+#[test]
+fn the_set_up_line_runs_the_install_script_and_hard_codes_no_target_dir() {
+    let line = readme_set_up_line();
+    assert!(
+        line.starts_with("scripts/install.sh && claude plugin marketplace add ./"),
+        "{line}"
+    );
+    assert!(!line.contains("target/"), "{line}");
+    assert!(!line.contains(".cargo/bin"), "{line}");
+    let script = std::fs::read_to_string(support::claude::repo_dir().join("scripts/install.sh"))
+        .expect("read scripts/install.sh");
+    assert!(
+        !script.contains("target/release"),
+        "the target dir is asked of cargo"
+    );
+    assert!(
+        script.contains("cargo metadata"),
+        "the target dir is asked of cargo"
+    );
+}
+
+#[test]
+fn the_install_script_says_what_to_do_when_rust_is_missing_and_builds_nothing() {
+    let out = install_script("/usr/bin:/bin", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    if std::path::Path::new("/usr/bin/cargo").exists() {
+        eprintln!("SKIPPED the missing-cargo check: /usr/bin/cargo exists on this machine");
+        return;
+    }
+    assert!(stderr.contains("cargo (Rust) is not on PATH"), "{stderr}");
+    assert!(stderr.contains("https://rustup.rs"), "{stderr}");
+    assert!(stderr.contains("1.88"), "{stderr}");
+}
+
+#[test]
+fn the_install_script_says_what_to_do_when_claude_code_is_missing() {
+    // cargo, rustc and cc on PATH (this build's), but no `claude`.
+    let cargo_dir = std::env::var_os("CARGO")
+        .map(std::path::PathBuf::from)
+        .and_then(|c| c.parent().map(Path::to_path_buf))
+        .expect("cargo sets CARGO for its tests");
+    let path = format!("{}:/usr/bin:/bin", cargo_dir.display());
+    let which_claude = std::process::Command::new("sh")
+        .args(["-c", "command -v claude"])
+        .env_clear()
+        .env("PATH", &path)
+        .output()
+        .expect("sh");
+    if which_claude.status.success() {
+        eprintln!("SKIPPED the missing-claude check: claude is installed in {path}");
+        return;
+    }
+    let out = install_script(&path, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Claude Code CLI (claude) is not on PATH"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("npm install -g @anthropic-ai/claude-code"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("BG_AGENTS_NO_CLAUDE=1"), "{stderr}");
+
+    let out = install_script(&path, &["--bogus"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unknown option --bogus"), "{stderr}");
+}
