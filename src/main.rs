@@ -110,19 +110,9 @@ fn check_config(loaded: Result<Loaded, ConfigError>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let env = |v: &str| std::env::var(v).ok();
-    let mut bad = Vec::new();
-    println!("# providers' endpoints in force (an environment variable overrides base_url)");
-    for (name, provider) in &loaded.config.providers {
-        match provider.effective_base_url(name, env) {
-            Ok(url) => println!("#   {name}: {} (from {})", url.url, url.source),
-            Err(e) => {
-                println!("#   {name}: invalid: {e}");
-                bad.push(e.to_string());
-            }
-        }
-    }
+    let (endpoints, bad) = loaded.config.endpoints_in_force(|v| std::env::var(v).ok());
     println!("# effective configuration (from {})", loaded.source);
+    print!("{endpoints}");
     print!("{}", loaded.config.to_toml());
     if bad.is_empty() {
         return ExitCode::SUCCESS;

@@ -560,3 +560,40 @@ fn the_install_script_says_what_to_do_when_claude_code_is_missing() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("unknown option --bogus"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_under_an_unusable_base_url_variable_is_refused_naming_it() {
+    use rmcp::ServiceExt;
+    let home = tempfile::tempdir().expect("tempdir");
+    let config = home.path().join("limits.toml");
+    std::fs::write(&config, support::mcp::base_config(home.path(), "")).expect("config");
+    let mut server = isolated(server_exe(), home.path())
+        .arg("--config")
+        .arg(&config)
+        .env("ANTHROPIC_API_KEY", API_KEY)
+        .env("ANTHROPIC_BASE_URL", "127.0.0.1:9")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn bg-agents");
+    let stdout = server.stdout.take().expect("stdout");
+    let stdin = server.stdin.take().expect("stdin");
+    let client = ().serve((stdout, stdin)).await.expect("MCP handshake");
+
+    let params = rmcp::model::CallToolRequestParams::new("agent_spawn").with_arguments(
+        json!({"task": "Summarize the notes"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let r = client.call_tool(params).await.expect("tools/call");
+    let text = support::mcp::text_of(&r);
+    assert_eq!(r.is_error, Some(true), "{text}");
+    assert!(
+        text.starts_with("ANTHROPIC_BASE_URL = \"127.0.0.1:9\""),
+        "{text}"
+    );
+    assert!(text.contains("nothing was started"), "{text}");
+    client.cancel().await.expect("close");
+    let _ = tokio::time::timeout(Duration::from_secs(20), server.wait()).await;
+}

@@ -434,6 +434,31 @@ impl Config {
         Ok(config)
     }
 
+    /// `--check-config`'s account of the providers' endpoints, as TOML comments: each
+    /// provider's URL in force under `env` and where it came from; and the overrides
+    /// from the environment that no request could use.
+    pub fn endpoints_in_force(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> (String, Vec<BaseUrlError>) {
+        let mut text = String::from(
+            "# providers' endpoints in force (an environment variable overrides base_url)\n",
+        );
+        let mut bad = Vec::new();
+        for (name, provider) in &self.providers {
+            match provider.effective_base_url(name, &env) {
+                Ok(url) => {
+                    text.push_str(&format!("#   {name}: {} (from {})\n", url.url, url.source))
+                }
+                Err(e) => {
+                    text.push_str(&format!("#   {name}: invalid: {e}\n"));
+                    bad.push(e);
+                }
+            }
+        }
+        (text, bad)
+    }
+
     /// Renders the effective configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
