@@ -89,7 +89,7 @@ const TOLD_KEEP: std::time::Duration = std::time::Duration::from_secs(7 * 86_400
 /// fail) and what to check, instead of nothing at all. Only after a tool call, when
 /// Claude Code has started its MCP servers; a server that runs says nothing here.
 /// (The plugin's hook command says so itself when `bg-agents` is not on PATH.)
-pub fn no_server_notice(event: Event, input: &str, base: &Path) -> Option<Value> {
+fn no_server_notice(event: Event, input: &str, base: &Path) -> Option<Value> {
     if event != Event::PostToolUse {
         return None;
     }

@@ -76,7 +76,7 @@ pub fn model_warning(config: &Config, route: &Route) -> Option<String> {
         .min_by_key(|k| strsim::damerau_levenshtein(&model.to_lowercase(), k));
     if let Some(near) = near {
         return Some(format!(
-            "model `{model}` is no tier's model and has no price, and looks like a typo of `{near}` (provider `{provider}`); did you mean `{near}`? As given it will likely fail at the provider after the agent starts"
+            "model `{model}` is no tier's model and has no price: did you mean `{near}`? As given, it runs on provider `{provider}` under that name, and fails there after the agent starts if the provider has no such model"
         ));
     }
     let kind = config.providers.get(provider).map(|p| p.kind)?;
