@@ -597,3 +597,49 @@ async fn a_spawn_under_an_unusable_base_url_variable_is_refused_naming_it() {
     client.cancel().await.expect("close");
     let _ = tokio::time::timeout(Duration::from_secs(20), server.wait()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_without_bg_agents_on_path_tells_the_model_why() {
+    use support::claude::{ClaudeHome, claude_exe, finish, plugin_dir};
+    use support::provider::FakeProvider;
+    let fake = FakeProvider::start().await;
+    let home = ClaudeHome::new("");
+    let plugin = plugin_dir();
+    let mut cmd = home.command(
+        &fake,
+        &[
+            "-p",
+            "Say hello.",
+            "--plugin-dir",
+            plugin.to_str().expect("utf-8"),
+        ],
+    );
+    // Claude Code and node, but not the bg-agents binaries.
+    let claude_dir = claude_exe().parent().expect("claude dir").to_path_buf();
+    cmd.env(
+        "PATH",
+        format!("{}:/usr/local/bin:/usr/bin:/bin", claude_dir.display()),
+    );
+    finish(
+        cmd,
+        "claude -p without bg-agents on PATH",
+        Duration::from_secs(120),
+    )
+    .await;
+
+    let told: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            support::claude::occurrences(&r.body, "bg-agents program is not on the PATH") > 0
+        })
+        .collect();
+    assert!(
+        !told.is_empty(),
+        "no request to the model said that bg-agents is not on PATH: {:?}",
+        fake.requests()
+            .iter()
+            .map(|r| r.last_user_text())
+            .collect::<Vec<_>>()
+    );
+}
