@@ -11,6 +11,7 @@ use bg_agents::mcp::BgAgents;
 use bg_agents::mcp::transport::LineTransport;
 use bg_agents::notices::{self, NoticeBoard};
 use bg_agents::supervisor::Manager;
+use bg_agents::supervisor::manager::transcript_base;
 use bg_agents::supervisor::output::prune_transcripts;
 use clap::Parser;
 use rmcp::ServiceExt;
@@ -113,6 +114,15 @@ fn check_config(loaded: Result<Loaded, ConfigError>) -> ExitCode {
     let (endpoints, bad) = loaded.config.endpoints_in_force(|v| std::env::var(v).ok());
     println!("# effective configuration (from {})", loaded.source);
     print!("{endpoints}");
+    let server = &loaded.config.server;
+    let kept = match server.transcript_retention_days {
+        0 => "kept until you remove them".to_string(),
+        days => format!("removed {days} days after they were last written"),
+    };
+    println!(
+        "# transcripts: {}/session-*/AGENT_ID.jsonl ({kept})",
+        transcript_base(&server.transcript_dir).display()
+    );
     print!("{}", loaded.config.to_toml());
     if bad.is_empty() {
         return ExitCode::SUCCESS;

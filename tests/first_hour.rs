@@ -182,6 +182,14 @@ fn check_config_shows_the_endpoint_in_force_and_where_it_came_from() {
     let out = run(None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let transcripts = home.path().join(".local/state/bg-agents/transcripts");
+    assert!(
+        stdout.contains(&format!(
+            "# transcripts: {}/session-*/AGENT_ID.jsonl (removed 30 days after they were last written)",
+            transcripts.display()
+        )),
+        "says where transcripts are: {stdout}"
+    );
     assert!(
         stdout
             .contains("anthropic: https://api.anthropic.com (from [providers.anthropic] base_url)"),

@@ -267,7 +267,7 @@ impl Inner {
 
 /// `configured`, else $XDG_STATE_HOME/bg-agents/transcripts, else
 /// ~/.local/state/bg-agents/transcripts, else the temp dir.
-fn transcript_base(configured: &str) -> PathBuf {
+pub fn transcript_base(configured: &str) -> PathBuf {
     if !configured.is_empty() {
         return PathBuf::from(configured);
     }
