@@ -170,6 +170,12 @@ async fn serve(config: Config, config_error: Option<String>) -> anyhow::Result<(
             "{var} is not set: agent_spawn on the default tier (provider `{provider}`) will fail until the server gets it (e.g. `claude mcp add bg-agents --scope user --env {var}=YOUR_KEY -- bg-agents`)"
         );
     }
+    if config_error.is_none() {
+        // Spawns on such a provider are refused naming the variable; say it at start too.
+        for e in config.endpoints_in_force(|v| std::env::var(v).ok()).1 {
+            tracing::warn!("{e}");
+        }
+    }
     let manager = Arc::new(Manager::new(Arc::new(config)).context("cannot start the supervisor")?);
     tracing::info!(transcripts = %manager.transcript_dir().display(), "bg-agents serving MCP on stdio");
     if config_error.is_none() {

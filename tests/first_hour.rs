@@ -582,6 +582,7 @@ async fn a_spawn_under_an_unusable_base_url_variable_is_refused_naming_it() {
         .env("ANTHROPIC_BASE_URL", "127.0.0.1:9")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn bg-agents");
     let stdout = server.stdout.take().expect("stdout");
@@ -603,7 +604,16 @@ async fn a_spawn_under_an_unusable_base_url_variable_is_refused_naming_it() {
     );
     assert!(text.contains("nothing was started"), "{text}");
     client.cancel().await.expect("close");
-    let _ = tokio::time::timeout(Duration::from_secs(20), server.wait()).await;
+    let out = tokio::time::timeout(Duration::from_secs(20), server.wait_with_output())
+        .await
+        .expect("the server exits after stdin closes")
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("ANTHROPIC_BASE_URL = \"127.0.0.1:9\""))
+        .collect();
+    assert_eq!(warned.len(), 1, "said once at start: {stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
