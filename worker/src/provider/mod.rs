@@ -168,10 +168,8 @@ impl Sse<'_> {
             )
         } else {
             format!(
-                "{} answered HTTP 200 with an empty stream for model `{}`; check that the server serves this model and that {} points at its API",
-                self.url,
-                self.model,
-                self.client.url_source.what_to_check()
+                "{} answered HTTP 200 with an empty stream for model `{}`; check that the server serves this model and that [providers.{}] base_url points at its API",
+                self.url, self.model, self.client.name
             )
         };
         ProviderError::Retryable {
