@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use support::mcp::{Session, server_exe};
 use support::process::{API_KEY, eventually, isolated};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_config_still_serves_and_every_tool_call_names_the_key_and_the_fix() {
@@ -62,18 +62,23 @@ async fn stderr_of_a_quiet_session(home: &Path, config: &Path) -> String {
         stdin.write_all(b"\n").await.expect("write");
     }
     stdin.flush().await.expect("flush");
-    // Let it answer before the session ends.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The session ends once tools/list is answered.
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().expect("stdout")).lines();
+    let answered = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(r#""id":1"#) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(answered, Ok(true), "tools/list was not answered");
     drop(stdin);
     let out = tokio::time::timeout(Duration::from_secs(20), server.wait_with_output())
         .await
         .expect("the server exits after stdin closes")
         .expect("wait");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(r#""id":1"#),
-        "tools/list answered: {stdout}"
-    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
