@@ -154,6 +154,7 @@ async fn transcripts_past_the_retention_are_removed_when_a_server_starts() {
     let mut server = isolated(server_exe(), dir.path())
         .arg("--config")
         .arg(&config)
+        .env("ANTHROPIC_API_KEY", API_KEY)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
