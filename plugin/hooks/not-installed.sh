@@ -26,6 +26,8 @@ case "${XDG_RUNTIME_DIR:-}" in
     ;;
 esac
 umask 077
+# Nothing is made through a symlink (a planted one could redirect the note).
+[ ! -L "$base" ] && [ ! -L "$base/.told" ] || exit 0
 mkdir -p "$base/.told" 2>/dev/null || exit 0
 # noclobber: only the hook that creates the note speaks, so a session is told once.
 ( set -C; : > "$base/.told/$session" ) 2>/dev/null || exit 0

@@ -98,6 +98,10 @@ fn no_server_notice(event: Event, input: &str, base: &Path) -> Option<Value> {
     if !valid_session_id(session) || !live_server_dirs(&base.join(session)).is_empty() {
         return None;
     }
+    // The base must be ours and private (as for notices) before anything is made in it.
+    if std::fs::symlink_metadata(base).is_ok() {
+        check_private_dir(base).ok()?;
+    }
     let told = base.join(TOLD_DIR);
     crate::private_fs::ensure_private_dir(&told).ok()?;
     forget_old_notes(&told);
