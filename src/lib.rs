@@ -11,6 +11,7 @@ compile_error!(
      inside WSL 2)."
 );
 
+pub mod episode;
 pub mod mcp;
 pub mod notices;
 pub mod private_fs;

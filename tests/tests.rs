@@ -13,6 +13,7 @@ mod claude_tui;
 mod cli;
 mod fake_provider;
 mod faults;
+mod first_hour;
 mod hardening;
 mod inspector;
 mod mcp;

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
-    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
-    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
-    ServerConfig, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
-    UpdateTaskParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    GetTaskParams, GetTaskResult, Implementation, ListResourceTemplatesResult, ListResourcesResult,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter,
+    UnsubscribeRequestParams, UpdateTaskParams,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
@@ -58,6 +58,10 @@ pub struct BgAgents {
     agent_tasks: Arc<tasks::AgentTasks>,
     /// Where notices of ended agents wait; every tool reply carries the undelivered ones.
     notices: Option<Arc<NoticeBoard>>,
+    /// Why this server runs no agents (its configuration is invalid): every tool call
+    /// answers this, so the model and the person see it instead of a server that never
+    /// started.
+    config_error: Option<Arc<str>>,
 }
 
 impl BgAgents {
@@ -75,7 +79,15 @@ impl BgAgents {
             legacy_subscriptions: Arc::default(),
             agent_tasks: Arc::default(),
             notices: None,
+            config_error: None,
         }
+    }
+
+    /// Makes every tool call answer `message` as its error (and the instructions say it):
+    /// the server's configuration could not be loaded, so it runs no agents.
+    pub fn with_config_error(mut self, message: String) -> Self {
+        self.config_error = Some(message.into());
+        self
     }
 
     /// Makes every tool reply carry the notices of `board` not yet delivered.
@@ -107,10 +119,13 @@ impl ServerHandler for BgAgents {
                 .build(),
         )
         .with_server_info(Implementation::new("bg-agents", env!("CARGO_PKG_VERSION")))
-        .with_instructions(format!(
-            "{INSTRUCTIONS}\nOne call blocks at most {} s on this server.",
-            self.manager.config().server.max_wait_seconds
-        ))
+        .with_instructions(match &self.config_error {
+            Some(e) => format!("{INSTRUCTIONS}\nThis server cannot run agents now: {e}"),
+            None => format!(
+                "{INSTRUCTIONS}\nOne call blocks at most {} s on this server.",
+                self.manager.config().server.max_wait_seconds
+            ),
+        })
     }
 
     async fn call_tool(
@@ -118,6 +133,9 @@ impl ServerHandler for BgAgents {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if let Some(e) = &self.config_error {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into());
+        }
         if request.name == "agent_spawn" && answers_with_tasks(&context) {
             let args = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
             let params = serde_json::from_value(args)

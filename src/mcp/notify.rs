@@ -9,6 +9,7 @@ use rmcp::model::{CallToolResult, ContentBlock, CustomNotification, ServerNotifi
 use rmcp::{Peer, RoleServer};
 use serde_json::{Value, json};
 
+use crate::episode::Episode;
 use crate::notices::{LiveAgent, Notice, NoticeBoard, ServerState, read_more, render};
 use crate::supervisor::Manager;
 use crate::supervisor::manager::EndedAgent;
@@ -17,6 +18,9 @@ use crate::supervisor::manager::EndedAgent;
 pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
 /// The experimental capability that declares them.
 pub const CHANNEL_CAPABILITY: &str = "claude/channel";
+
+/// Notices that cannot be written, said once an episode.
+static POST_FAILING: Episode = Episode::new(crate::episode::QUIET);
 
 /// Posts a notice (and sends a channel notification) for every agent that ends, and keeps
 /// the board's state current, until the manager goes away.
@@ -37,7 +41,9 @@ pub async fn run(manager: Arc<Manager>, board: Arc<NoticeBoard>, peer: Option<Pe
                     continue;
                 }
                 let notice = notice_of(&agent);
-                if let Err(e) = board.post(&notice) {
+                if let Err(e) = board.post(&notice)
+                    && POST_FAILING.begins(std::time::Instant::now())
+                {
                     tracing::warn!(agent = %agent.agent_id, "cannot leave a completion notice in {}: {e}", board.dir().display());
                 }
                 if let Some(peer) = &peer {
@@ -88,7 +94,11 @@ fn publish(manager: &Manager, board: &NoticeBoard, stop_hook: &str) {
             })
             .collect(),
     };
-    if let Err(e) = board.publish_state(&state) {
+    // Published at every status change: a failure that persists is said once an episode.
+    static FAILING: Episode = Episode::new(crate::episode::QUIET);
+    if let Err(e) = board.publish_state(&state)
+        && FAILING.begins(std::time::Instant::now())
+    {
         tracing::warn!(
             "cannot publish the agents' state in {}: {e}",
             board.dir().display()

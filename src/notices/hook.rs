@@ -65,12 +65,69 @@ pub fn main(arg: Option<&str>) -> ExitCode {
         eprintln!("bg-agents hook: cannot read the hook input on stdin: {e}");
         return ExitCode::SUCCESS;
     }
-    match answer(event, &input, &base_dir()) {
+    let base = base_dir();
+    match answer(event, &input, &base) {
         Ok(Some(out)) => println!("{out}"),
-        Ok(None) => {}
+        Ok(None) => {
+            if let Some(out) = no_server_notice(event, &input, &base) {
+                println!("{out}");
+            }
+        }
         Err(why) => eprintln!("bg-agents hook: {why}"),
     }
     ExitCode::SUCCESS
+}
+
+/// Where the hooks note the sessions already told that no server runs (one empty file
+/// per session id, `<base>/.told/<session>`); a dot keeps it from being a session.
+const TOLD_DIR: &str = ".told";
+/// How long those notes are kept.
+const TOLD_KEEP: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// Once per session, after a tool call: when no bg-agents server of this session is
+/// running, the model is told so (its agent_* tools are missing, or every call will
+/// fail) and what to check, instead of nothing at all. Only after a tool call, when
+/// Claude Code has started its MCP servers; a server that runs says nothing here.
+/// (The plugin's hook command says so itself when `bg-agents` is not on PATH.)
+fn no_server_notice(event: Event, input: &str, base: &Path) -> Option<Value> {
+    if event != Event::PostToolUse {
+        return None;
+    }
+    let input: Value = serde_json::from_str(input).ok()?;
+    let session = input.get("session_id").and_then(Value::as_str)?;
+    if !valid_session_id(session) || !live_server_dirs(&base.join(session)).is_empty() {
+        return None;
+    }
+    // The base must be ours and private (as for notices) before anything is made in it.
+    if std::fs::symlink_metadata(base).is_ok() {
+        check_private_dir(base).ok()?;
+    }
+    let told = base.join(TOLD_DIR);
+    crate::private_fs::ensure_private_dir(&told).ok()?;
+    forget_old_notes(&told);
+    // Told once: only the hook whose file is new speaks.
+    crate::private_fs::create_private_file(&told.join(session)).ok()?;
+    Some(json!({"hookSpecificOutput": {
+        "hookEventName": event.hook_event_name(),
+        "additionalContext": "bg-agents: no bg-agents MCP server is running in this session, so its agent_* tools are missing or cannot answer (said once per session). Tell the user, who can check `/mcp` or `claude mcp list` (is bg-agents connected?), run `bg-agents --check-config` in a terminal, and start `claude --debug` to see why a server did not start; see Troubleshooting in the bg-agents README.",
+    }}))
+}
+
+/// Removes the notes of sessions told more than `TOLD_KEEP` ago.
+fn forget_old_notes(told: &Path) {
+    let Ok(entries) = std::fs::read_dir(told) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in entries.filter_map(Result::ok) {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > TOLD_KEEP));
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The JSON the hook prints for `input` (None: print nothing), with notices under `base`.

@@ -76,6 +76,8 @@ pub enum ManagerError {
          Or pick a tier or model on a provider that needs no key."
     )]
     MissingKey { var: String, provider: String },
+    #[error("{0}; nothing was started (then restart the MCP server; Claude Code: /mcp)")]
+    BadBaseUrl(#[from] bg_agent_worker::config::BaseUrlError),
     #[error("the server is shutting down; no new agents start")]
     ShuttingDown,
     #[error(
@@ -134,6 +136,9 @@ struct Inner {
     admission: Mutex<Admission>,
     /// A wake-up to start queued agents when a provider's hold ends is pending.
     release_scheduled: AtomicBool,
+    /// Starts that run out of file descriptors: logged once an episode, not at every
+    /// retry of every queued agent.
+    fd_shortage: crate::episode::Episode,
     /// What all agents of this session spent. Locked only after `registry`, or alone.
     session: Mutex<SessionSpend>,
 }
@@ -162,6 +167,7 @@ impl Manager {
                 shutting_down: AtomicBool::new(false),
                 ended: Mutex::new(None),
                 release_scheduled: AtomicBool::new(false),
+                fd_shortage: crate::episode::Episode::default(),
                 session: Mutex::new(SessionSpend::default()),
             }),
         })
@@ -261,7 +267,7 @@ impl Inner {
 
 /// `configured`, else $XDG_STATE_HOME/bg-agents/transcripts, else
 /// ~/.local/state/bg-agents/transcripts, else the temp dir.
-fn transcript_base(configured: &str) -> PathBuf {
+pub fn transcript_base(configured: &str) -> PathBuf {
     if !configured.is_empty() {
         return PathBuf::from(configured);
     }

@@ -28,8 +28,8 @@ pub use filter::{FILTER_SIZE_LIMIT, compile_filter};
 pub use ring::{DEFAULT_BUFFER_CAPACITY, MAX_LINE, OutputBuffer, ReadRequest, ReadResult};
 pub use stderr_tail::{DEFAULT_STDERR_TAIL, StderrTail};
 pub use transcript::{
-    DEFAULT_TRANSCRIPT_CAP, MAX_QUEUED_BYTES, MAX_QUEUED_TOTAL, Transcript, ensure_private_dir,
-    hold_transcript_writes,
+    DEFAULT_TRANSCRIPT_CAP, MAX_QUEUED_BYTES, MAX_QUEUED_TOTAL, Pruned, Transcript,
+    ensure_private_dir, hold_transcript_writes, prune_transcripts,
 };
 
 /// A caller's mistake with output, or a transcript that cannot be opened.

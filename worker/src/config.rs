@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub transcript_dir: String,
     pub transcript_max_mb: u64,
     pub keep_transcripts: bool,
+    /// Days a transcript is kept after it was last written; older ones are removed when
+    /// a server starts. 0 keeps them forever.
+    pub transcript_retention_days: u64,
     /// What the Claude Code `Stop` hook does while this session's agents are running or
     /// ended unread.
     pub stop_hook: StopHook,
@@ -222,6 +225,117 @@ pub enum ConfigError {
     },
 }
 
+/// A provider's endpoint in force: `base_url`, or the variable `base_url_env` names when
+/// it is set and non-empty (as the official SDKs honour ANTHROPIC_BASE_URL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EffectiveUrl {
+    pub url: String,
+    pub source: UrlSource,
+}
+
+/// Where an endpoint came from, for messages that must name what to change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UrlSource {
+    /// `[providers.NAME] base_url`.
+    File { provider: String },
+    /// An environment variable, overriding `[providers.NAME] base_url`.
+    Env { var: String, provider: String },
+}
+
+impl fmt::Display for UrlSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlSource::File { provider } => write!(f, "[providers.{provider}] base_url"),
+            UrlSource::Env { var, provider } => {
+                write!(f, "${var}, which overrides [providers.{provider}] base_url")
+            }
+        }
+    }
+}
+
+impl UrlSource {
+    /// What to check or change when the endpoint misbehaves: the variable, else the key.
+    pub fn what_to_check(&self) -> String {
+        match self {
+            UrlSource::File { provider } => format!("[providers.{provider}] base_url"),
+            UrlSource::Env { var, provider } => {
+                format!("{var} (it overrides [providers.{provider}] base_url)")
+            }
+        }
+    }
+}
+
+/// An endpoint override from the environment that no request could use.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "{var} = {value:?} (it overrides [providers.{provider}] base_url): {why}; fix the variable in the environment that starts bg-agents, or unset it to use base_url"
+)]
+pub struct BaseUrlError {
+    pub var: String,
+    pub provider: String,
+    pub value: String,
+    pub why: String,
+}
+
+/// Why `url` cannot be a provider's base URL, if it cannot: it must be an absolute
+/// http:// or https:// URL with a host. The same rule for the file and the environment.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("must start with http:// or https:// (e.g. https://api.anthropic.com)".into());
+    }
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        Ok(_) => Err("names no host (e.g. https://api.anthropic.com)".into()),
+        Err(e) => Err(format!("is not a URL ({e})")),
+    }
+}
+
+/// The endpoint of provider `name` in force under `env`: `base_url_env`'s value when set
+/// and non-empty (checked like `base_url` in the file), else `base_url`.
+pub fn effective_base_url(
+    name: &str,
+    base_url: &str,
+    base_url_env: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<EffectiveUrl, BaseUrlError> {
+    let over = base_url_env
+        .filter(|v| !v.is_empty())
+        .and_then(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)));
+    let Some((var, value)) = over else {
+        return Ok(EffectiveUrl {
+            url: base_url.to_string(),
+            source: UrlSource::File {
+                provider: name.to_string(),
+            },
+        });
+    };
+    let value = value.trim().to_string();
+    check_base_url(&value).map_err(|why| BaseUrlError {
+        var: var.to_string(),
+        provider: name.to_string(),
+        value: value.clone(),
+        why,
+    })?;
+    Ok(EffectiveUrl {
+        url: value,
+        source: UrlSource::Env {
+            var: var.to_string(),
+            provider: name.to_string(),
+        },
+    })
+}
+
+impl ProviderConfig {
+    /// This provider's endpoint in force under `env` (see [`effective_base_url`]).
+    pub fn effective_base_url(
+        &self,
+        name: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<EffectiveUrl, BaseUrlError> {
+        effective_base_url(name, &self.base_url, self.base_url_env.as_deref(), env)
+    }
+}
+
 /// A loaded, validated configuration and where it came from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -304,7 +418,7 @@ impl Config {
             .map_err(|e| ConfigError::Schema {
                 source_name: source.clone(),
                 key: toml_key(&e.path().to_string()),
-                message: e.inner().to_string(),
+                message: one_line_message(&e.inner().to_string()),
             })?;
         config.validate(&source)?;
         // Keyword matching is case-insensitive: lowercase the keywords once, here.
@@ -318,6 +432,31 @@ impl Config {
             *k = k.to_lowercase();
         }
         Ok(config)
+    }
+
+    /// `--check-config`'s account of the providers' endpoints, as TOML comments: each
+    /// provider's URL in force under `env` and where it came from; and the overrides
+    /// from the environment that no request could use.
+    pub fn endpoints_in_force(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> (String, Vec<BaseUrlError>) {
+        let mut text = String::from(
+            "# providers' endpoints in force (an environment variable overrides base_url)\n",
+        );
+        let mut bad = Vec::new();
+        for (name, provider) in &self.providers {
+            match provider.effective_base_url(name, &env) {
+                Ok(url) => {
+                    text.push_str(&format!("#   {name}: {} (from {})\n", url.url, url.source))
+                }
+                Err(e) => {
+                    text.push_str(&format!("#   {name}: invalid: {e}\n"));
+                    bad.push(e);
+                }
+            }
+        }
+        (text, bad)
     }
 
     /// Renders the effective configuration as TOML.
@@ -350,6 +489,12 @@ impl Config {
         range("kill_grace_ms", s.kill_grace_ms, 0, KILL_GRACE_MAX_MS)?;
         range("max_wait_seconds", s.max_wait_seconds, 1, 3600)?;
         range("transcript_max_mb", s.transcript_max_mb, 1, 10_240)?;
+        range(
+            "transcript_retention_days",
+            s.transcript_retention_days,
+            0,
+            36_500,
+        )?;
         if let Some(n) = s.session_max_tokens {
             range("session_max_tokens", n, 1, 10_000_000_000)?;
         }
@@ -377,12 +522,8 @@ impl Config {
 
         for (name, p) in &self.providers {
             let key = |k: &str| format!("[providers.{name}] {k}");
-            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
-                return Err(invalid(
-                    key("base_url"),
-                    format!("{:?}", p.base_url),
-                    "must start with http:// or https://".into(),
-                ));
+            if let Err(why) = check_base_url(&p.base_url) {
+                return Err(invalid(key("base_url"), format!("{:?}", p.base_url), why));
             }
             if p.max_retries > 20 {
                 return Err(invalid(
@@ -530,6 +671,17 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// toml's message without its trailing "in `table`" line (the key already names it),
+/// on one line: it is read in logs and tool errors.
+fn one_line_message(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("in `"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Turns serde_path_to_error's `max.memory_mb` into `[max] memory_mb`.
 fn toml_key(path: &str) -> String {
     match path.rsplit_once('.') {
@@ -571,6 +723,7 @@ mod tests {
         assert_eq!(c.tiers.quality.model, "claude-opus-5-5");
         assert_eq!(c.server.max_wait_seconds, 50);
         assert_eq!(c.server.kill_grace_ms, 2000);
+        assert_eq!(c.server.transcript_retention_days, 30);
         assert_eq!(c.defaults.max_output_bytes, 1 << 20);
         assert!(c.roles.contains_key("general"));
         for role in ["explorer", "analyst", "reviewer", "architect"] {
@@ -696,6 +849,54 @@ mod tests {
     fn provider_base_url_must_be_http() {
         let e = err("[providers.anthropic]\nbase_url = \"ftp://x\"\n");
         assert!(e.contains("[providers.anthropic] base_url"), "{e}");
+    }
+
+    #[test]
+    fn provider_base_url_must_name_a_host() {
+        let e = err("[providers.anthropic]\nbase_url = \"https://\"\n");
+        assert!(e.contains("[providers.anthropic] base_url"), "{e}");
+        let e = err("[providers.anthropic]\nbase_url = \"api.anthropic.com\"\n");
+        assert!(e.contains("must start with http:// or https://"), "{e}");
+    }
+
+    #[test]
+    fn the_effective_base_url_says_whether_the_variable_or_the_file_set_it() {
+        let c = Config::builtin().unwrap();
+        let p = &c.providers["anthropic"];
+        let from_file = p.effective_base_url("anthropic", |_| None).unwrap();
+        assert_eq!(from_file.url, "https://api.anthropic.com");
+        assert_eq!(
+            from_file.source.to_string(),
+            "[providers.anthropic] base_url"
+        );
+        let env = |v: &str| (v == "ANTHROPIC_BASE_URL").then(|| "http://127.0.0.1:8080".into());
+        let from_env = p.effective_base_url("anthropic", env).unwrap();
+        assert_eq!(from_env.url, "http://127.0.0.1:8080");
+        assert_eq!(
+            from_env.source.to_string(),
+            "$ANTHROPIC_BASE_URL, which overrides [providers.anthropic] base_url"
+        );
+        let empty = p
+            .effective_base_url("anthropic", |_| Some(" ".into()))
+            .unwrap();
+        assert_eq!(empty.url, "https://api.anthropic.com", "empty is unset");
+    }
+
+    #[test]
+    fn a_base_url_variable_is_checked_like_the_file() {
+        let c = Config::builtin().unwrap();
+        let p = &c.providers["anthropic"];
+        for bad in ["127.0.0.1:8080", "localhost", "ftp://x", "http://"] {
+            let e = p
+                .effective_base_url("anthropic", |_| Some(bad.into()))
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                e.starts_with(&format!("ANTHROPIC_BASE_URL = {bad:?}")),
+                "{e}"
+            );
+            assert!(e.contains("unset it"), "{e}");
+        }
     }
 
     #[test]

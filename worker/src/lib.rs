@@ -21,7 +21,7 @@
 //!   schema, loading and validation. Each uses `values` only.
 //! - `routing` (task type → tier → model) and `roles` (the agent selector) read a `Config`;
 //!   `resolve` ties them into a `TaskSpec` (`resolve::resolve`), for the server and for a
-//!   manual run alike.
+//!   manual run alike; `suggest` says "did you mean" for a misspelt provider or model.
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
@@ -38,5 +38,6 @@ pub mod resolve;
 pub mod roles;
 pub mod routing;
 pub mod sandbox;
+pub mod suggest;
 pub mod tools;
 pub mod values;

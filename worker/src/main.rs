@@ -118,9 +118,18 @@ async fn run(cli: Cli) -> i32 {
     if cli.check_config {
         return match Config::load(cli.config.as_deref()) {
             Ok(loaded) => {
+                let (endpoints, bad) = loaded.config.endpoints_in_force(|v| std::env::var(v).ok());
                 println!("# effective configuration (from {})", loaded.source);
+                print!("{endpoints}");
                 print!("{}", loaded.config.to_toml());
-                exit::DONE
+                for e in &bad {
+                    eprintln!("bg-agent-worker: {e}");
+                }
+                if bad.is_empty() {
+                    exit::DONE
+                } else {
+                    exit::BAD_SPEC
+                }
             }
             Err(e) => {
                 eprintln!("bg-agent-worker: {e}");

@@ -136,7 +136,10 @@ pub fn resolve(config: &Config, req: &SpawnRequest) -> Result<Resolution, Resolv
         history: Vec::new(),
         sandbox: config.server.sandbox,
     };
-    let warnings = check_budgets(&spec)?;
+    let mut warnings: Vec<String> = crate::suggest::model_warning(config, &route)
+        .into_iter()
+        .collect();
+    warnings.extend(check_budgets(&spec)?);
     Ok(Resolution {
         spec,
         route,

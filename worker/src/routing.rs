@@ -66,6 +66,15 @@ pub enum RouteError {
         allowed: String,
         paste: String,
     },
+    #[error(
+        "model `{model}`: no provider `{segment}` is configured; did you mean `{suggestion}`? (providers: {providers}; a first segment that names no provider is taken as part of the model name)"
+    )]
+    ProviderTypo {
+        model: String,
+        segment: String,
+        suggestion: String,
+        providers: String,
+    },
     #[error("tier `{tier}` is denied by policy ([routing] denied_tiers); use one of: {allowed}")]
     TierDenied { tier: Tier, allowed: String },
 }
@@ -133,6 +142,21 @@ fn route_model(config: &Config, model: &str, req: &RouteRequest<'_>) -> Result<R
             model: name.to_string(),
             routed_by: RoutedBy::Model,
             reason: format!("model `{model}`: provider `{provider}` named in the model"),
+        });
+    }
+    if let Some((segment, name)) = model.split_once('/')
+        && let Some(meant) = crate::suggest::provider_like(config, segment)
+    {
+        return Err(RouteError::ProviderTypo {
+            model: model.to_string(),
+            segment: segment.to_string(),
+            suggestion: format!("{meant}/{name}"),
+            providers: config
+                .providers
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     let provider = config.tiers.get(tier).provider.clone();
@@ -480,6 +504,33 @@ mod tests {
             (r.provider.as_str(), r.model.as_str()),
             ("anthropic", "meta-llama/llama-3")
         );
+    }
+
+    #[test]
+    fn a_first_segment_close_to_a_provider_is_refused_with_did_you_mean() {
+        let e = route(
+            &cfg(),
+            &RouteRequest {
+                model: Some("olama/qwen3:8b"),
+                task: "x",
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no provider `olama`"), "{e}");
+        assert!(e.contains("did you mean `ollama/qwen3:8b`?"), "{e}");
+        // A slash in a model name that is not a provider's typo still runs as before.
+        let r = route(
+            &cfg(),
+            &RouteRequest {
+                model: Some("meta-llama/llama-3"),
+                task: "x",
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.model, "meta-llama/llama-3");
     }
 
     #[test]

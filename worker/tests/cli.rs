@@ -176,3 +176,27 @@ async fn a_budget_that_is_not_a_number_is_refused() {
         assert!(h.fake.requests().is_empty(), "{bad}: the run started");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_url_variable_without_a_scheme_fails_at_once_naming_the_variable() {
+    let h = Harness::start().await;
+
+    let mut cmd = h.worker(&["--json", "find the parser"]);
+    cmd.env("ANTHROPIC_BASE_URL", "127.0.0.1:9");
+    let r = run(cmd).await;
+
+    assert_eq!(r.code, Some(exit::BAD_SPEC), "{}", r.dump());
+    assert!(r.retries().is_empty(), "retried: {}", r.dump());
+    match r.last() {
+        Event::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::Config);
+            assert!(
+                message.starts_with("ANTHROPIC_BASE_URL = \"127.0.0.1:9\""),
+                "{message}"
+            );
+            assert!(message.contains("http:// or https://"), "{message}");
+        }
+        other => panic!("not an error: {other:?}"),
+    }
+    assert!(h.fake.requests().is_empty());
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
+use bg_agent_worker::config::effective_base_url;
 use bg_agent_worker::resolve::{SpawnRequest, missing_key, resolve};
 use tokio::sync::watch;
 
@@ -45,6 +46,11 @@ impl Manager {
                 provider: resolution.spec.provider.name.clone(),
             });
         }
+        // The worker would refuse an endpoint override it cannot use: refuse it now.
+        let p = &resolution.spec.provider;
+        effective_base_url(&p.name, &p.base_url, p.base_url_env.as_deref(), |v| {
+            std::env::var(v).ok()
+        })?;
         if let Some((key, value, max, resource)) =
             process::first_above_hard_limits(&resolution.spec.limits)
         {

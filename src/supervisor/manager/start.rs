@@ -188,7 +188,13 @@ impl Inner {
         if let Some(t) = transcript {
             let _ = std::fs::remove_file(t.path());
         }
-        tracing::warn!(agent = %id, "out of file descriptors; the agent waits queued");
+        if self.fd_shortage.begins(Instant::now()) {
+            tracing::warn!(
+                agent = %id,
+                "out of file descriptors ({e}): agents wait queued and start as others end and free some (said once until it has not happened for {} s; agent_status says why an agent waits)",
+                crate::episode::QUIET.as_secs()
+            );
+        }
         self.bump();
         let inner = Arc::clone(self);
         tokio::spawn(async move {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
@@ -439,10 +440,142 @@ fn write_transcripts(messages: &Receiver<Msg>) {
     }
 }
 
+/// What a retention sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub transcripts: usize,
+    pub sessions: usize,
+}
+
+/// Applies `[server] transcript_retention_days`: removes the transcripts under `base`
+/// (the directory that holds every session's) last written more than `keep` before
+/// `now`, and session directories left empty and as old. Only `session-*` directories
+/// and their `*.jsonl` files are touched, never through a symlink, and only when `base`
+/// is a private directory of this user. A running server's transcripts are written to,
+/// so they are recent; one that was removed is made anew at its next start.
+pub fn prune_transcripts(base: &Path, keep: Duration, now: SystemTime) -> io::Result<Pruned> {
+    let mut pruned = Pruned::default();
+    if std::fs::symlink_metadata(base).is_err() {
+        return Ok(pruned);
+    }
+    crate::private_fs::check_private_dir(base)?;
+    let Some(cutoff) = now.checked_sub(keep) else {
+        return Ok(pruned);
+    };
+    let older = |meta: &std::fs::Metadata| meta.modified().is_ok_and(|t| t < cutoff);
+    for session in std::fs::read_dir(base)?.filter_map(Result::ok) {
+        let name = session.file_name();
+        let Ok(meta) = std::fs::symlink_metadata(session.path()) else {
+            continue;
+        };
+        if !name.to_string_lossy().starts_with("session-") || !meta.is_dir() {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(session.path()) else {
+            continue;
+        };
+        let mut emptied = older(&meta);
+        for file in files.filter_map(Result::ok) {
+            let path = file.path();
+            let old_transcript = path.extension().is_some_and(|e| e == "jsonl")
+                && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && older(&m));
+            if old_transcript && std::fs::remove_file(&path).is_ok() {
+                pruned.transcripts += 1;
+                emptied = true;
+            }
+        }
+        // Only an empty directory goes (remove_dir refuses any other); one whose last
+        // transcripts just went, or that was old and empty already.
+        if emptied && std::fs::remove_dir(session.path()).is_ok() {
+            pruned.sessions += 1;
+        }
+    }
+    Ok(pruned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+
+    fn age(path: &Path, days: u64) {
+        let then = SystemTime::now() - Duration::from_secs(days * 86_400);
+        let f = fs::File::options().read(true).open(path).unwrap();
+        f.set_modified(then).unwrap();
+    }
+
+    #[test]
+    fn retention_removes_old_transcripts_and_their_empty_sessions_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let base = base.path();
+        fs::set_permissions(base, fs::Permissions::from_mode(0o700)).unwrap();
+        let old_session = base.join("session-1-1");
+        let mixed = base.join("session-2-2");
+        for d in [&old_session, &mixed] {
+            ensure_private_dir(d).unwrap();
+        }
+        let old_a = old_session.join("a-1.jsonl");
+        let old_b = mixed.join("a-2.jsonl");
+        let fresh = mixed.join("a-3.jsonl");
+        let not_ours = mixed.join("notes.txt");
+        let other_dir = base.join("keep-me");
+        fs::create_dir(&other_dir).unwrap();
+        let other = other_dir.join("a-4.jsonl");
+        for f in [&old_a, &old_b, &fresh, &not_ours, &other] {
+            fs::write(f, "{}\n").unwrap();
+        }
+        for f in [&old_a, &old_b, &not_ours, &other] {
+            age(f, 40);
+        }
+        // A symlink to an old transcript elsewhere: the link may go, never its target.
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("t.jsonl");
+        fs::write(&target, "x").unwrap();
+        age(&target, 40);
+        std::os::unix::fs::symlink(&target, mixed.join("link.jsonl")).unwrap();
+
+        let empty_old = base.join("session-3-3");
+        let empty_new = base.join("session-4-4");
+        for d in [&empty_old, &empty_new] {
+            ensure_private_dir(d).unwrap();
+        }
+        age(&empty_old, 40);
+
+        let now = SystemTime::now() + Duration::from_secs(1);
+        let pruned = prune_transcripts(base, Duration::from_secs(30 * 86_400), now).unwrap();
+
+        assert_eq!(pruned.transcripts, 2, "{pruned:?}");
+        assert_eq!(pruned.sessions, 2, "{pruned:?}");
+        assert!(!empty_old.exists(), "an old empty session directory goes");
+        assert!(
+            empty_new.exists(),
+            "a new empty one stays (its server may be starting)"
+        );
+        assert!(!old_a.exists() && !old_b.exists());
+        assert!(
+            !old_session.exists(),
+            "a session directory emptied of transcripts goes"
+        );
+        assert!(fresh.exists(), "a transcript written 0 days ago stays");
+        assert!(not_ours.exists(), "only *.jsonl files are transcripts");
+        assert!(other.exists(), "only session-* directories are looked into");
+        assert!(target.exists(), "a symlink is never followed");
+        assert!(
+            mixed.exists(),
+            "a session directory that still holds files stays"
+        );
+    }
+
+    #[test]
+    fn retention_refuses_a_base_that_is_a_symlink() {
+        let real = tempfile::tempdir().unwrap();
+        let links = tempfile::tempdir().unwrap();
+        let link = links.path().join("transcripts");
+        std::os::unix::fs::symlink(real.path(), &link).unwrap();
+        let e = prune_transcripts(&link, Duration::ZERO, SystemTime::now()).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+    }
 
     #[test]
     fn transcript_stops_at_its_cap_with_one_marker_and_counts_dropped_bytes() {

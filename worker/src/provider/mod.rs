@@ -13,6 +13,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 
+use crate::config::{BaseUrlError, UrlSource, effective_base_url};
 use crate::protocol::ProviderSpec;
 use crate::values::ProviderKind;
 
@@ -99,6 +100,8 @@ pub enum ClientError {
     MissingKey { var: String, provider: String },
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error(transparent)]
+    BadBaseUrl(#[from] BaseUrlError),
 }
 
 /// A provider endpoint with its key, ready to run turns.
@@ -108,6 +111,8 @@ pub struct Client {
     /// The provider's name in the configuration, for error messages that name its keys.
     name: String,
     base_url: String,
+    /// Where `base_url` came from: error hints name that (the variable or the key).
+    url_source: UrlSource,
     api_key: Option<String>,
     /// The longest wait for the response headers, and for each next chunk of a stream.
     idle_timeout: Duration,
@@ -168,8 +173,10 @@ impl Sse<'_> {
             };
         }
         ProviderError::Fatal(format!(
-            "{} answered HTTP 200 with an empty stream for model `{}`: the server refused the request without saying why (not retried: it would answer the same). Its log says why; common causes are a prompt longer than its context size, an option it does not support, or a model it does not serve ([providers.{}] base_url and the model name)",
-            self.url, self.model, self.client.name
+            "{} answered HTTP 200 with an empty stream for model `{}`: the server refused the request without saying why (not retried: it would answer the same). Its log says why; common causes are a prompt longer than its context size, an option it does not support, or a model it does not serve ({} and the model name)",
+            self.url,
+            self.model,
+            self.client.url_source.what_to_check()
         ))
     }
 }
@@ -192,12 +199,14 @@ impl Client {
             },
             None => None,
         };
-        let base_url = spec
-            .base_url_env
-            .as_deref()
-            .and_then(&env)
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| spec.base_url.clone());
+        // An override no request could use is refused here, as the same value in the file
+        // is at load: retrying cannot make it a URL.
+        let endpoint = effective_base_url(
+            &spec.name,
+            &spec.base_url,
+            spec.base_url_env.as_deref(),
+            &env,
+        )?;
         // No overall timeout: a healthy stream may run for minutes (a slow local model, a
         // long answer); silence is what is timed, per chunk (`Sse::next`). Redirects are
         // not followed: the key must never travel to another address.
@@ -211,7 +220,8 @@ impl Client {
             http,
             kind: spec.kind,
             name: spec.name.clone(),
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url: endpoint.url.trim_end_matches('/').to_string(),
+            url_source: endpoint.source,
             api_key,
             idle_timeout: Duration::from_secs(spec.request_timeout_seconds),
             prompt_caching: spec.prompt_caching,
@@ -249,16 +259,16 @@ impl Client {
                 .unwrap_or("(no location)")
                 .to_string();
             return Err(ProviderError::Fatal(format!(
-                "HTTP {status} from {url}: the server redirects to {location}; redirects are not followed, so the API key never goes to another address; set [providers.{}] base_url to the address the API really lives at",
-                self.name
+                "HTTP {status} from {url}: the server redirects to {location}; redirects are not followed, so the API key never goes to another address; set {} to the address the API really lives at",
+                self.url_source.what_to_check()
             )));
         }
         let after = retry_after(resp.headers());
         let (message, spend_limit) = error_body(resp).await;
         if status == 404 {
             return Err(ProviderError::Fatal(format!(
-                "HTTP 404 from {url} (model `{model}`): {message}; check [providers.{}] base_url (the API path is appended to it) and that the server has this model",
-                self.name
+                "HTTP 404 from {url} (model `{model}`): {message}; check {} (the API path is appended to it) and that the server has this model",
+                self.url_source.what_to_check()
             )));
         }
         Err(status_error(status, message, after, spend_limit))
@@ -286,12 +296,14 @@ impl Client {
         }
     }
 
-    /// A transport failure: connection refused, reset. All are retryable.
+    /// A transport failure. Connection refused, reset or timed out may pass and is
+    /// retried; a URL that cannot be requested or a host name that does not exist cannot,
+    /// and is fatal at once.
     fn transport_error(&self, e: reqwest::Error, url: &str, model: &str) -> ProviderError {
+        let check = self.url_source.what_to_check();
         let what = if e.is_connect() {
             format!(
-                "cannot connect to {url} (model `{model}`); is the server running? check [providers.{}] base_url",
-                self.name
+                "cannot connect to {url} (model `{model}`); is the server running? check {check}"
             )
         } else if e.is_timeout() {
             format!("timed out connecting to {url} (model `{model}`)")
@@ -299,15 +311,20 @@ impl Client {
             format!("connection to {url} (model `{model}`) failed")
         };
         // reqwest's Display includes the URL, never headers, so the key cannot leak here.
-        let mut msg = format!("{what}: {e}");
+        let mut chain = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
+            chain.push_str(&format!(": {s}"));
             src = s.source();
         }
-        ProviderError::Retryable {
-            reason: msg,
-            retry_after: None,
+        match cannot_succeed(e.is_builder(), &chain) {
+            Some(why) => ProviderError::Fatal(format!(
+                "{why}: {url} (model `{model}`): {chain}; not retried: fix {check}"
+            )),
+            None => ProviderError::Retryable {
+                reason: format!("{what}: {chain}"),
+                retry_after: None,
+            },
         }
     }
 
@@ -342,6 +359,23 @@ impl Client {
             ProviderError::Fatal(m) => ProviderError::Fatal(hide(m)),
         }
     }
+}
+
+/// Why a transport failure cannot pass on a retry, if it cannot: a request that could
+/// not even be built (a bad URL), or a host name the resolver says does not exist (as
+/// opposed to a resolver that cannot be reached now, which is retried). `chain` is the
+/// error and its sources, joined.
+fn cannot_succeed(builder_error: bool, chain: &str) -> Option<&'static str> {
+    if builder_error || chain.contains("relative URL without a base") {
+        return Some("the URL cannot be requested");
+    }
+    const NO_SUCH_HOST: [&str; 3] = [
+        "Name or service not known",
+        "No address associated with hostname",
+        "nodename nor servname provided",
+    ];
+    (chain.contains("dns error") && NO_SUCH_HOST.iter().any(|m| chain.contains(m)))
+        .then_some("unknown host (the name does not resolve)")
 }
 
 /// Classifies a non-2xx response. `message` is the provider's own error text.
@@ -453,6 +487,58 @@ mod tests {
         assert_eq!(c.base_url, "http://127.0.0.1:9");
         let c = Client::new(&spec(None), |_| Some(String::new())).unwrap();
         assert_eq!(c.base_url, "https://api.anthropic.com");
+    }
+
+    #[test]
+    fn a_base_url_variable_without_a_scheme_is_refused_naming_the_variable() {
+        let e = Client::new(&spec(None), |v| {
+            (v == "ANTHROPIC_BASE_URL").then(|| "127.0.0.1:9".to_string())
+        })
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(e.starts_with("ANTHROPIC_BASE_URL = \"127.0.0.1:9\""), "{e}");
+        assert!(
+            e.contains("overrides [providers.anthropic] base_url"),
+            "{e}"
+        );
+        assert!(e.contains("http:// or https://"), "{e}");
+    }
+
+    #[test]
+    fn hints_name_the_variable_when_it_set_the_endpoint() {
+        let c = Client::new(&spec(None), |v| {
+            (v == "ANTHROPIC_BASE_URL").then(|| "http://127.0.0.1:9".to_string())
+        })
+        .unwrap();
+        assert_eq!(
+            c.url_source.what_to_check(),
+            "ANTHROPIC_BASE_URL (it overrides [providers.anthropic] base_url)"
+        );
+        let c = Client::new(&spec(None), |_| None).unwrap();
+        assert_eq!(
+            c.url_source.what_to_check(),
+            "[providers.anthropic] base_url"
+        );
+    }
+
+    #[test]
+    fn bad_urls_and_unknown_hosts_are_not_retried_but_refused_connections_are() {
+        assert!(cannot_succeed(true, "builder error").is_some());
+        assert!(cannot_succeed(false, "builder error: relative URL without a base").is_some());
+        let unknown = "error sending request for url (https://api.antropic.com/v1/messages): \
+                       client error (Connect): dns error: failed to lookup address \
+                       information: Name or service not known";
+        assert_eq!(
+            cannot_succeed(false, unknown),
+            Some("unknown host (the name does not resolve)")
+        );
+        let resolver_down = "client error (Connect): dns error: failed to lookup address \
+                             information: Temporary failure in name resolution";
+        assert_eq!(cannot_succeed(false, resolver_down), None);
+        let refused =
+            "client error (Connect): tcp connect error: Connection refused (os error 111)";
+        assert_eq!(cannot_succeed(false, refused), None);
     }
 
     #[test]
