@@ -21,4 +21,5 @@ mod mcp_replies;
 mod mcp_tasks;
 mod notices;
 mod providers;
+mod session_budget;
 mod stress;

@@ -113,6 +113,7 @@ pub enum ExitReason {
     Killed,
     /// Killed before it started.
     Cancelled,
+    /// Cancelled before it started: the session's budget could not pay for it.
     SessionBudget,
     TimedOut,
     CpuLimit,
@@ -186,8 +187,6 @@ impl ExitInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerCause {
     Killed,
-    /// The session's budget (`[server] session_budget_usd` / `session_max_tokens`) ran out.
-    SessionBudget,
     TimedOut,
     OutputLimit,
     /// The transcript file could not be created, so the output could not be kept.
@@ -220,9 +219,6 @@ pub fn classify(f: &EndFacts) -> (Outcome, ExitInfo) {
     };
     match f.cause {
         Some(ServerCause::Killed) => return (Outcome::Killed, info(ExitReason::Killed)),
-        Some(ServerCause::SessionBudget) => {
-            return (Outcome::BudgetExceeded, info(ExitReason::SessionBudget));
-        }
         Some(ServerCause::TimedOut) => return (Outcome::TimedOut, info(ExitReason::TimedOut)),
         Some(ServerCause::OutputLimit) => {
             return (Outcome::OutputLimit, info(ExitReason::OutputLimit));

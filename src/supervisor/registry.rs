@@ -150,6 +150,16 @@ impl Usage {
     }
 }
 
+/// A request the worker sent whose usage has not come yet: what it may cost if the
+/// agent is cut off before the usage comes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenTurn {
+    /// Bytes of what the request sends (system prompt and conversation).
+    pub input_bytes: usize,
+    /// Bytes of text streamed back so far.
+    pub output_bytes: usize,
+}
+
 /// Everything known about one agent.
 #[derive(Debug)]
 pub struct AgentRecord {
@@ -213,16 +223,14 @@ pub struct AgentRecord {
     /// Follow-ups sent while it ran that its worker has not yet taken into the
     /// conversation (it does at its next turn boundary).
     pub pending_messages: Vec<String>,
+    /// The request in flight, from the user message it sends until its usage arrives.
+    pub open_turn: Option<OpenTurn>,
 }
 
 /// A request to the task supervising a running agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    Kill {
-        grace_ms: u64,
-    },
-    /// Stop: the session's budget is spent.
-    SessionBudget,
+    Kill { grace_ms: u64 },
     OutputLimit,
 }
 
@@ -603,6 +611,7 @@ mod tests {
             prior_turns: 0,
             inbox: None,
             pending_messages: Vec::new(),
+            open_turn: None,
         }
     }
 

@@ -9,9 +9,10 @@ use serde::Serialize;
 
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{ReadRequest, compile_filter};
-use crate::supervisor::registry::{AgentRecord, Registry};
+use crate::supervisor::registry::{AgentRecord, AgentState, Registry};
 use crate::supervisor::view::{ListRow, StatusView};
 
+use super::session::Grant;
 use super::{Inner, Manager, ManagerError, SessionView};
 
 /// What a read of an agent's output asks for.
@@ -225,6 +226,11 @@ impl Inner {
     /// Why queued agent `rec` still waits.
     pub(super) fn queued_reason(&self, reg: &Registry, rec: &AgentRecord) -> String {
         if let Some(why) = self.admission().blocked(&rec.provider, Instant::now()) {
+            return why;
+        }
+        if let AgentState::Queued { spec } = &rec.state
+            && let Grant::Wait(why) | Grant::Spent(why) = self.grant(&self.session(), spec)
+        {
             return why;
         }
         format!(

@@ -8,11 +8,14 @@
 //! the round's worker (`start`).
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bg_agent_worker::protocol::{Input, TaskSpec};
-use bg_agent_worker::resolve::raised_limits;
+use bg_agent_worker::provider::estimate_tokens;
+use bg_agent_worker::resolve::{MAX_TASK_BYTES, raised_limits};
 use bg_agent_worker::values::{Limits, LimitsOverride};
 
+use super::session::Grant;
 use super::{Inner, Manager, ManagerError};
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::OutputError;
@@ -43,6 +46,11 @@ impl Manager {
         if message.trim().is_empty() {
             return Err(ManagerError::EmptyMessage);
         }
+        if message.len() > MAX_TASK_BYTES {
+            return Err(ManagerError::MessageTooLong {
+                bytes: message.len(),
+            });
+        }
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ManagerError::ShuttingDown);
         }
@@ -59,6 +67,10 @@ impl Manager {
             match rec.status() {
                 Status::Queued => {
                     if let AgentState::Queued { spec } = &mut rec.state {
+                        let bytes = spec.task.len() + 2 + message.len();
+                        if bytes > MAX_TASK_BYTES {
+                            return Err(ManagerError::MessageTooLong { bytes });
+                        }
                         spec.task.push_str("\n\n");
                         spec.task.push_str(message);
                         spec.limits = limits;
@@ -71,6 +83,28 @@ impl Manager {
                         return Err(ManagerError::SessionBudget(why));
                     }
                     let spec = next_round(rec, message, limits)?;
+                    if let Grant::Spent(why) = inner.grant(&inner.session(), &spec) {
+                        return Err(ManagerError::SessionBudget(why));
+                    }
+                    let server = &inner.config.server;
+                    let waits = reg.running() >= server.max_concurrent
+                        || reg.queues_provider(&spec.provider.name)
+                        || inner
+                            .admission()
+                            .blocked(&spec.provider.name, Instant::now())
+                            .is_some();
+                    if waits && reg.queued() >= server.max_queued {
+                        return Err(ManagerError::QueueFull {
+                            queued: reg.queued(),
+                            max: server.max_queued,
+                        });
+                    }
+                    let Some(rec) = reg.get_mut(id) else {
+                        return Err(ManagerError::UnknownAgent {
+                            id: id.to_string(),
+                            hint: "agent_list shows the agents".into(),
+                        });
+                    };
                     if let Some(t) = rec.transcript.as_mut() {
                         t.reopen().map_err(|source| {
                             ManagerError::Transcript(OutputError::TranscriptFile {
@@ -87,6 +121,10 @@ impl Manager {
                     Sent::Round(reg.get(id).map_or(0, |r| r.rounds))
                 }
                 Status::Running => {
+                    if *raise != LimitsOverride::default() {
+                        return Err(ManagerError::LimitsWhileRunning { id: id.to_string() });
+                    }
+                    affordable(rec, message, &rec.limits)?;
                     let line = serde_json::to_string(&Input::FollowUp {
                         message: message.to_string(),
                     })
@@ -148,6 +186,7 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
             format!("${}", limits.budget_usd),
         ));
     }
+    affordable(rec, message, &limits)?;
     let mut spec = (*rec.round_spec).clone();
     spec.task = message.to_string();
     spec.history = rec.conversation.clone();
@@ -158,6 +197,42 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
         ..limits
     };
     Ok(spec)
+}
+
+/// Refuses a follow-up whose first request cannot be paid from what is left of `rec`'s
+/// `limits`: the whole conversation goes to the provider again with `message`, and the
+/// worker can only hold back output, never input.
+fn affordable(rec: &AgentRecord, message: &str, limits: &Limits) -> Result<(), ManagerError> {
+    let conversation = serde_json::to_vec(&rec.conversation).map_or(0, |v| v.len());
+    let input = estimate_tokens(rec.round_spec.system_prompt.len() + conversation + message.len());
+    let used_tokens = rec.usage.total_tokens();
+    let tokens_left = limits.max_total_tokens.saturating_sub(used_tokens);
+    let too_big = |key: &'static str, need: String, left: String| ManagerError::FollowUpTooCostly {
+        id: rec.id.clone(),
+        key,
+        input,
+        need,
+        left,
+    };
+    if input >= tokens_left {
+        return Err(too_big(
+            "max_total_tokens",
+            format!("{} tokens", input + 1),
+            format!("{tokens_left} tokens"),
+        ));
+    }
+    if let (Some(price), Some(used_usd)) = (rec.round_spec.price, rec.usage.cost_usd) {
+        let need = price.cost(input, 1);
+        let left = limits.budget_usd - used_usd;
+        if need > left {
+            return Err(too_big(
+                "budget_usd",
+                format!("${need:.4}"),
+                format!("${:.4}", left.max(0.0)),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The record at the start of a new round: earlier usage set aside to add up, the last

@@ -19,6 +19,7 @@ use crate::supervisor::process::{self};
 use crate::supervisor::registry::{Control, Registry};
 use crate::supervisor::view::StatusView;
 
+use super::ingest::count_cut_turn;
 use super::{Inner, Manager, ManagerError, WaitMode};
 
 /// How long to wait for a worker's pipes to close after it was reaped.
@@ -135,9 +136,6 @@ impl Inner {
                     let (why, grace) = match c {
                         Control::Kill { grace_ms } => (ServerCause::Killed, grace_ms),
                         Control::OutputLimit => (ServerCause::OutputLimit, 0),
-                        Control::SessionBudget => {
-                            (ServerCause::SessionBudget, self.config.server.kill_grace_ms)
-                        }
                     };
                     if cause.is_none() {
                         cause = Some(why);
@@ -195,13 +193,19 @@ impl Inner {
         cause: Option<ServerCause>,
         cpu_used: Option<Duration>,
     ) {
+        let mut spent = false;
         let evicted = {
             let mut reg = self.lock();
             reg.release_slot(id);
             self.admission().give_back(id);
+            self.unreserve(id);
             let retain = self.config.server.retained_agents;
-            match reg.get_mut(id) {
+            let evicted = match reg.get_mut(id) {
                 Some(rec) if !rec.status().is_terminal() => {
+                    // Cut off mid-request: the provider billed what it was sent.
+                    if let Some(before) = count_cut_turn(rec) {
+                        spent |= self.add_to_session(id, &before, &rec.usage);
+                    }
                     let facts = EndFacts {
                         code,
                         signal,
@@ -214,9 +218,6 @@ impl Inner {
                     };
                     let (outcome, exit) = classify(&facts);
                     rec.error = describe_end(outcome, &exit, &rec.limits, rec.error.as_deref());
-                    if cause == Some(ServerCause::SessionBudget) {
-                        rec.error = self.session().exhausted.clone();
-                    }
                     if cause == Some(ServerCause::OutputLimit) && rec.overflow.is_some() {
                         rec.error.clone_from(&rec.overflow);
                     }
@@ -231,7 +232,11 @@ impl Inner {
                     reg.note_ended(id, retain)
                 }
                 _ => Vec::new(),
+            };
+            if spent {
+                self.cancel_queued_for_session(&mut reg);
             }
+            evicted
         };
         drop(evicted);
         self.bump();
