@@ -476,3 +476,46 @@ async fn a_queued_agent_whose_cwd_vanished_says_so() {
     let error = st["error"].as_str().unwrap_or("");
     assert!(error.contains(&format!("{cwd} no longer exists")), "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_a_provider_url_are_never_shown() {
+    let fake = FakeProvider::start().await;
+    fake.script("Look up the owner", vec![Step::status(404)]);
+    let url = fake.base_url().replace("http://", "http://alice:s3cretpw@");
+    let s = Session::start(&format!(
+        "[providers.vault]\nkind = \"anthropic\"\nbase_url = \"{url}\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nmax_retries = 0\nrequest_timeout_seconds = 30\n"
+    ))
+    .await;
+    let id = s
+        .spawn_with(json!({"task": "Look up the owner", "model": "vault/claude-haiku-5-5"}))
+        .await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+    assert_eq!(
+        fake.request_count("Look up the owner"),
+        1,
+        "it reached the API"
+    );
+
+    let st = s
+        .ok("agent_status", json!({"agent_id": id, "verbose": true}))
+        .await;
+    assert_eq!(st["status"], "failed", "{st}");
+    let error = st["error"].as_str().unwrap_or_default();
+    assert!(error.contains("HTTP 404 from http://127.0.0.1:"), "{st}");
+    let out = s.ok("agent_output", json!({"agent_id": id})).await;
+    let list = s.ok("agent_list", json!({})).await;
+    let path = st["details"]["output"]["transcript_path"]
+        .as_str()
+        .expect("a transcript path");
+    let transcript = std::fs::read_to_string(path).expect("read transcript");
+    for (what, text) in [
+        ("status", st.to_string()),
+        ("output", out.to_string()),
+        ("list", list.to_string()),
+        ("transcript", transcript),
+    ] {
+        for secret in ["s3cretpw", "alice"] {
+            assert!(!text.contains(secret), "{secret} in the {what}: {text}");
+        }
+    }
+}
