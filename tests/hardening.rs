@@ -519,3 +519,52 @@ async fn credentials_in_a_provider_url_are_never_shown() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_directories_and_cwds_outside_the_workspace_roots_are_refused() {
+    let probe = tempfile::tempdir().expect("tempdir");
+    let root = probe.path().join("projects");
+    std::fs::create_dir_all(root.join("app")).expect("mkdir");
+    std::fs::create_dir_all(probe.path().join("elsewhere")).expect("mkdir");
+    let s = Session::launch(
+        (),
+        &format!("workspace_roots = [{:?}]", root.display().to_string()),
+        "",
+    )
+    .await;
+    for (cwd, says) in [
+        ("/", "the root of the file system"),
+        ("/proc", "a kernel file system"),
+        ("/proc/self/root", "the root of the file system"),
+        ("/sys", "a kernel file system"),
+        ("/dev", "a kernel file system"),
+    ] {
+        let e = s
+            .tool_error(
+                "agent_spawn",
+                json!({"task": "Read /etc/shadow", "cwd": cwd}),
+            )
+            .await;
+        assert!(e.contains(says), "{cwd}: {e}");
+        assert!(e.contains("nothing was started"), "{e}");
+    }
+    let e = s
+        .tool_error(
+            "agent_spawn",
+            json!({"task": "Look around", "cwd": probe.path().join("elsewhere")}),
+        )
+        .await;
+    assert!(
+        e.contains("not under any of [server] workspace_roots"),
+        "{e}"
+    );
+    let list = s.ok("agent_list", json!({})).await;
+    assert_eq!(list["agents"], json!([]), "nothing started: {list}");
+    assert_eq!(s.fake.requests().len(), 0);
+
+    let id = s
+        .spawn_with(json!({"task": "Look around", "cwd": root.join("app")}))
+        .await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+    assert_eq!(s.status(&id).await["status"], "completed");
+}

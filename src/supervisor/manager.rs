@@ -55,6 +55,8 @@ use start::out_of_descriptors;
 pub enum ManagerError {
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Workspace(#[from] super::request::WorkspaceError),
     #[error("unknown agent `{id}`; {hint}")]
     UnknownAgent { id: String, hint: String },
     #[error(

@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// Tokens (input, cache and output) all agents of one session may use together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_max_tokens: Option<u64>,
+    /// Directories an agent's cwd must lie under (absolute paths); empty: any ordinary
+    /// directory (never `/`, `/proc`, `/sys` or `/dev`).
+    pub workspace_roots: Vec<String>,
 }
 
 /// The `Stop` hook's behaviour (`[server] stop_hook`).
@@ -360,6 +363,18 @@ impl Config {
                 "[server] session_budget_usd".into(),
                 usd.to_string(),
                 "must be between 0 and 100000 (leave it out for no session cap)".into(),
+            ));
+        }
+
+        if let Some(root) = s
+            .workspace_roots
+            .iter()
+            .find(|r| !std::path::Path::new(r).is_absolute())
+        {
+            return Err(invalid(
+                "[server] workspace_roots".into(),
+                format!("{root:?}"),
+                "each must be an absolute path, such as \"/home/me/src\"".into(),
             ));
         }
 
@@ -670,6 +685,16 @@ mod tests {
         );
         let e = err("[server]\nmax_wait_seconds = 0\n");
         assert!(e.contains("[server] max_wait_seconds"), "{e}");
+    }
+
+    #[test]
+    fn workspace_roots_are_empty_by_default_and_must_be_absolute() {
+        assert!(Config::builtin().unwrap().server.workspace_roots.is_empty());
+        let c = user("[server]\nworkspace_roots = [\"/home/me/src\"]\n").unwrap();
+        assert_eq!(c.server.workspace_roots, ["/home/me/src"]);
+        let e = err("[server]\nworkspace_roots = [\"src\"]\n");
+        assert!(e.contains("[server] workspace_roots"), "{e}");
+        assert!(e.contains("absolute path"), "{e}");
     }
 
     #[test]

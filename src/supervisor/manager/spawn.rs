@@ -14,6 +14,7 @@ use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{OutputBuffer, OutputError, StderrTail};
 use crate::supervisor::process::{self, SpawnError};
 use crate::supervisor::registry::{AgentRecord, AgentState, Usage};
+use crate::supervisor::request::check_workspace;
 use crate::supervisor::view::SpawnView;
 
 use super::session::Grant;
@@ -37,6 +38,7 @@ impl Manager {
             return Err(ManagerError::SessionBudget(why));
         }
         let mut resolution = resolve(&inner.config, &req)?;
+        check_workspace(&resolution.spec.cwd, &inner.config.server.workspace_roots)?;
         // The worker gets the key from the server's environment (`process::worker_env`):
         // without it the agent could only fail later, so the spawn fails now.
         if let Some(var) = missing_key(&resolution.spec.provider, |v| std::env::var_os(v)) {
