@@ -568,3 +568,29 @@ async fn system_directories_and_cwds_outside_the_workspace_roots_are_refused() {
     s.wait_all(std::slice::from_ref(&id)).await;
     assert_eq!(s.status(&id).await["status"], "completed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_of_a_wait_stay_readable_after_more_agents_end_than_are_retained() {
+    let s = Session::start_server("retained_agents = 2").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(s.spawn(&format!("Quick answer {i}")).await);
+    }
+    let first = s
+        .ok(
+            "agent_wait",
+            json!({"agent_ids": ids, "mode": "all", "wait_seconds": 30}),
+        )
+        .await;
+    assert_eq!(first["done"], true, "{first}");
+    // Another agent ends between the pages: past retained_agents, the oldest would go.
+    let later = s.spawn("One more").await;
+    s.wait_all(std::slice::from_ref(&later)).await;
+    let page = s
+        .ok(
+            "agent_wait",
+            json!({"agent_ids": ids, "mode": "all", "offset": 1}),
+        )
+        .await;
+    assert_eq!(page["done"], true, "{page}");
+}

@@ -19,7 +19,7 @@ use super::session::Grant;
 use super::{Inner, Manager, ManagerError};
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::OutputError;
-use crate::supervisor::registry::{AgentRecord, AgentState};
+use crate::supervisor::registry::{AgentRecord, AgentState, Reopened};
 use crate::supervisor::view::StatusView;
 
 /// What a follow-up did.
@@ -113,9 +113,18 @@ impl Manager {
                             })
                         })?;
                     }
-                    rec.state
+                    let end = rec
+                        .state
                         .reopen(Box::new(spec))
                         .map_err(|_| not_resumable(rec))?;
+                    rec.reopened = Some(Box::new(Reopened {
+                        end,
+                        limits: rec.limits,
+                        result: rec.result.clone(),
+                        stop_reason: rec.stop_reason.clone(),
+                        prior_usage: rec.prior_usage,
+                        prior_turns: rec.prior_turns,
+                    }));
                     begin_round(rec, limits, message);
                     reg.queue_round(id);
                     Sent::Round(reg.get(id).map_or(0, |r| r.rounds))

@@ -15,7 +15,7 @@ use bg_agent_worker::protocol::TaskSpec;
 use bg_agent_worker::values::{Limits, fmt_limit};
 use serde::Serialize;
 
-use crate::supervisor::outcome::{ExitReason, Outcome};
+use crate::supervisor::outcome::ExitReason;
 use crate::supervisor::registry::{Registry, Usage};
 
 use super::Inner;
@@ -252,14 +252,9 @@ impl Inner {
         let Some(why) = self.session().exhausted.clone() else {
             return;
         };
+        let why = format!("cancelled before it started: {why}");
         for id in reg.queued_ids() {
-            self.end_unstarted(
-                reg,
-                &id,
-                Outcome::Killed,
-                ExitReason::SessionBudget,
-                format!("cancelled before it started: {why}"),
-            );
+            self.cancel_queued(reg, &id, ExitReason::SessionBudget, &why);
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
+use crate::supervisor::outcome::ExitReason;
 use crate::supervisor::process::{self};
 use crate::supervisor::registry::{AgentState, Control};
 
@@ -36,7 +37,12 @@ impl Manager {
             let mut reg = inner.lock();
             let queued: Vec<String> = reg.queued_ids();
             for id in &queued {
-                inner.cancel_queued(&mut reg, id);
+                inner.cancel_queued(
+                    &mut reg,
+                    id,
+                    ExitReason::Cancelled,
+                    "cancelled before it started",
+                );
             }
             report.cancelled = queued.len();
             let mut pids = Vec::new();

@@ -159,6 +159,7 @@ impl Manager {
                 inbox: None,
                 pending_messages: Vec::new(),
                 open_turn: None,
+                reopened: None,
                 state: AgentState::Queued {
                     spec: Box::new(spec),
                 },

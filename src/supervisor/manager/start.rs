@@ -102,6 +102,7 @@ impl Inner {
                     if ok {
                         rec.control = Some(ctl_tx.clone());
                         rec.waiting_for = None;
+                        rec.reopened = None;
                     }
                     ok
                 }
@@ -175,13 +176,8 @@ impl Inner {
             }
             drop(spend);
             for (id, why) in unpayable {
-                self.end_unstarted(
-                    &mut reg,
-                    &id,
-                    Outcome::Killed,
-                    ExitReason::SessionBudget,
-                    format!("cancelled before it started: {why}"),
-                );
+                let why = format!("cancelled before it started: {why}");
+                self.cancel_queued(&mut reg, &id, ExitReason::SessionBudget, &why);
             }
             let waiting = reg.queued() > 0;
             (ids, admission.next_release(now).filter(|_| waiting))

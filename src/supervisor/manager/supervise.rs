@@ -16,7 +16,7 @@ use crate::supervisor::outcome::{
 };
 use crate::supervisor::output::Transcript;
 use crate::supervisor::process::{self};
-use crate::supervisor::registry::{Control, Registry};
+use crate::supervisor::registry::{Control, Registry, Reopened};
 use crate::supervisor::view::StatusView;
 
 use super::ingest::count_cut_turn;
@@ -40,7 +40,12 @@ impl Manager {
             let rec = inner.get(&reg, id)?;
             match rec.status() {
                 Status::Queued => {
-                    inner.cancel_queued(&mut reg, id);
+                    inner.cancel_queued(
+                        &mut reg,
+                        id,
+                        ExitReason::Cancelled,
+                        "cancelled before it started",
+                    );
                     drop(reg);
                     inner.bump();
                     return self.status(id);
@@ -61,9 +66,53 @@ impl Manager {
 }
 
 impl Inner {
-    pub(super) fn cancel_queued(&self, reg: &mut Registry, id: &str) {
-        let error = "cancelled before it started".to_string();
-        self.end_unstarted(reg, id, Outcome::Killed, ExitReason::Cancelled, error);
+    /// Cancels queued `id` for `reason` (`why` says it): a first run ends killed; a
+    /// follow-up round that never started is dropped, and the agent is again the
+    /// completed agent it was, with its answer.
+    pub(super) fn cancel_queued(
+        &self,
+        reg: &mut Registry,
+        id: &str,
+        reason: ExitReason,
+        why: &str,
+    ) {
+        let retain = self.config.server.retained_agents;
+        if let Some(rec) = reg.get_mut(id)
+            && let Some(before) = rec.reopened.take()
+        {
+            let Reopened {
+                end,
+                limits,
+                result,
+                stop_reason,
+                prior_usage,
+                prior_turns,
+            } = *before;
+            if rec.state.restore(end).is_ok() {
+                rec.limits = limits;
+                rec.result = result;
+                rec.stop_reason = stop_reason;
+                rec.prior_usage = prior_usage;
+                rec.prior_turns = prior_turns;
+                rec.waiting_for = None;
+                let nl = if rec.mid_line { "\n" } else { "" };
+                rec.output.push(&format!(
+                    "{nl}[round {}: not started ({why}); the agent keeps its last answer]\n",
+                    rec.rounds
+                ));
+                rec.mid_line = false;
+                rec.rounds -= 1;
+                if let Some(t) = rec.transcript.as_mut() {
+                    drop(t.close());
+                }
+                rec.output_seq.send_modify(|v| *v += 1);
+                self.tell_ended(rec);
+                reg.unqueue(id);
+                reg.note_ended(id, retain);
+                return;
+            }
+        }
+        self.end_unstarted(reg, id, Outcome::Killed, reason, why.to_string());
     }
 
     /// Owns one running worker until it is reaped: feeds its stdin, reads its output,
