@@ -558,8 +558,12 @@ async fn system_directories_and_cwds_outside_the_workspace_roots_are_refused() {
         e.contains("not under any of [server] workspace_roots"),
         "{e}"
     );
+    let listed = s.call("agent_list", json!({})).await;
+    let text = support::mcp::text_of(&listed);
+    assert!(!text.contains("-0"), "an empty sum is not -0: {text}");
     let list = s.ok("agent_list", json!({})).await;
     assert_eq!(list["agents"], json!([]), "nothing started: {list}");
+    assert!(!list.to_string().contains("-0"), "{list}");
     assert_eq!(s.fake.requests().len(), 0);
 
     let id = s
@@ -593,4 +597,80 @@ async fn the_pages_of_a_wait_stay_readable_after_more_agents_end_than_are_retain
         )
         .await;
     assert_eq!(page["done"], true, "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_arguments_that_are_not_an_object_are_invalid_params() {
+    let mut raw = Raw::start("", &[], true).await;
+    for (id, arguments) in [(1, json!(5)), (2, json!("agent_id")), (3, json!([1]))] {
+        let answer = raw.call(id, "agent_status", arguments).await;
+        assert_eq!(answer["error"]["code"], -32602, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("params.arguments must be an object"),
+            "{answer}"
+        );
+    }
+    let listed = raw.call(4, "agent_list", json!({})).await;
+    assert!(listed["result"].is_object(), "still serving: {listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_resource_is_json_and_an_unknown_agent_cannot_be_subscribed() {
+    use rmcp::model::{ReadResourceRequestParams, ResourceContents, SubscribeRequestParams};
+    let s = Session::start("").await;
+    let id = s.spawn("Be read").await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+    let read = s
+        .client
+        .read_resource(ReadResourceRequestParams::new(format!(
+            "agent://{id}/status"
+        )))
+        .await
+        .expect("read status");
+    let ResourceContents::TextResourceContents { mime_type, .. } = &read.contents[0] else {
+        panic!("text contents: {read:?}");
+    };
+    assert_eq!(mime_type.as_deref(), Some("application/json"));
+    #[allow(deprecated)]
+    let e = s
+        .client
+        .subscribe(SubscribeRequestParams::new("agent://a-nope/status"))
+        .await
+        .expect_err("an unknown agent");
+    assert!(e.to_string().contains("unknown agent `a-nope`"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_streamed_in_a_turn_reaches_the_transcript_on_disk_while_the_turn_goes_on() {
+    let s = Session::start("").await;
+    let task = "stream a little then stall";
+    s.fake.script(
+        task,
+        vec![Step::Hang {
+            after_chunks: vec!["half-way-marker ".into(), "and more".into()],
+        }],
+    );
+    let id = s.spawn(task).await;
+    let verbose = s
+        .ok("agent_status", json!({"agent_id": id, "verbose": true}))
+        .await;
+    let path = verbose["details"]["output"]["transcript_path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    // The turn never ends (no usage, no result): only a timed flush puts its text on disk.
+    let on_disk = support::process::eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains("half-way-marker"))
+    })
+    .await;
+    let st = s.status(&id).await;
+    assert_eq!(st["status"], "running", "{st}");
+    assert!(
+        on_disk,
+        "the streamed text is not on disk: {:?}",
+        std::fs::read_to_string(&path)
+    );
+    s.ok("agent_kill", json!({"agent_id": id, "grace_ms": 0}))
+        .await;
 }

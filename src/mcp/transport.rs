@@ -26,6 +26,7 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
+const INVALID_PARAMS: i64 = -32602;
 
 type Writer = Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
 
@@ -221,6 +222,17 @@ fn decode(line: &[u8]) -> Decoded {
     };
     let is_notification =
         value.get("id").is_none() && value.get("method").is_some_and(Value::is_string);
+    // rmcp reads a tools/call it cannot parse as some other method (-32601): the method
+    // is known, its params are what is wrong.
+    if let Some(message) = bad_tool_call(&value)
+        && !is_notification
+    {
+        return Decoded::Error {
+            id: id.unwrap_or(Value::Null),
+            code: INVALID_PARAMS,
+            message,
+        };
+    }
     match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
         Ok(m) => Decoded::Message(Box::new(m)),
         // JSON-RPC never answers a notification; rmcp drops the ones it does not know.
@@ -233,6 +245,31 @@ fn decode(line: &[u8]) -> Decoded {
             ),
         },
     }
+}
+
+/// What is wrong with the params of a `tools/call` request, if anything rmcp would not
+/// read as one.
+fn bad_tool_call(value: &Value) -> Option<String> {
+    if value.get("method").and_then(Value::as_str) != Some("tools/call") {
+        return None;
+    }
+    let params = value.get("params");
+    let problem = match params {
+        Some(Value::Object(p)) if !p.get("name").is_some_and(Value::is_string) => {
+            "params.name must be the tool's name (a string)"
+        }
+        Some(Value::Object(p))
+            if p.get("arguments")
+                .is_some_and(|a| !a.is_object() && !a.is_null()) =>
+        {
+            "params.arguments must be an object of the tool's parameters by name"
+        }
+        Some(Value::Object(_)) => return None,
+        _ => "params must be an object with the tool's name and its arguments",
+    };
+    Some(format!(
+        "invalid tools/call: {problem}, e.g. {{\"name\": \"agent_status\", \"arguments\": {{\"agent_id\": \"a-7f3k2\"}}}}"
+    ))
 }
 
 fn parse_error(message: String) -> Decoded {

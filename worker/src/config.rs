@@ -385,8 +385,8 @@ impl Config {
         if let Some((key, v, m)) = self.defaults.first_above(&self.max) {
             return Err(invalid(
                 format!("[defaults] {key}"),
-                fmt_limit(v),
-                format!("must not exceed [max] {key} = {}", fmt_limit(m)),
+                v,
+                format!("must not exceed [max] {key} = {m}"),
             ));
         }
 
@@ -485,8 +485,8 @@ impl Config {
             if let Some((k, v, m)) = effective.first_above(&self.max) {
                 return Err(invalid(
                     format!("{key} {k}"),
-                    fmt_limit(v),
-                    format!("must not exceed [max] {k} = {}", fmt_limit(m)),
+                    v,
+                    format!("must not exceed [max] {k} = {m}"),
                 ));
             }
         }

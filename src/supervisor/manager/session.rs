@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::supervisor::outcome::ExitReason;
 use crate::supervisor::registry::{Registry, Usage};
+use crate::supervisor::view::round_usd;
 
 use super::Inner;
 
@@ -256,28 +257,5 @@ impl Inner {
         for id in reg.queued_ids() {
             self.cancel_queued(reg, &id, ExitReason::SessionBudget, &why);
         }
-    }
-}
-
-/// USD rounded to 6 significant digits, so sums of floats read as amounts.
-pub(crate) fn round_usd(usd: f64) -> f64 {
-    if usd == 0.0 || !usd.is_finite() {
-        return 0.0;
-    }
-    let digits = 6 - 1 - usd.abs().log10().floor() as i32;
-    let scale = 10f64.powi(digits);
-    (usd * scale).round() / scale
-}
-
-#[cfg(test)]
-mod tests {
-    use super::round_usd;
-
-    #[test]
-    fn usd_rounds_to_six_significant_digits_and_never_reads_negative_zero() {
-        assert_eq!(round_usd(0.000_131_100_000_000_000_02), 0.000_131_1);
-        assert_eq!(round_usd(1.234_567_89), 1.234_57);
-        assert_eq!(round_usd(-0.0), 0.0);
-        assert!(round_usd(-0.0).is_sign_positive());
     }
 }

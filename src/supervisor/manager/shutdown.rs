@@ -35,17 +35,10 @@ impl Manager {
         let mut rx = inner.changed.subscribe();
         let pids: Vec<u32> = {
             let mut reg = inner.lock();
-            let queued: Vec<String> = reg.queued_ids();
-            for id in &queued {
-                inner.cancel_queued(
-                    &mut reg,
-                    id,
-                    ExitReason::Cancelled,
-                    "cancelled before it started",
-                );
-            }
-            report.cancelled = queued.len();
             let mut pids = Vec::new();
+            // Counted before the queue is cancelled, so a cancelled agent is not also
+            // counted as one that had already ended.
+
             for rec in reg.records() {
                 match &rec.state {
                     AgentState::Running { pid, .. } => {
@@ -59,6 +52,16 @@ impl Manager {
                     AgentState::Queued { .. } => {}
                 }
             }
+            let queued: Vec<String> = reg.queued_ids();
+            for id in &queued {
+                inner.cancel_queued(
+                    &mut reg,
+                    id,
+                    ExitReason::Cancelled,
+                    "cancelled before it started",
+                );
+            }
+            report.cancelled = queued.len();
             pids
         };
         inner.bump();
