@@ -674,3 +674,58 @@ async fn text_streamed_in_a_turn_reaches_the_transcript_on_disk_while_the_turn_g
     s.ok("agent_kill", json!({"agent_id": id, "grace_ms": 0}))
         .await;
 }
+
+/// Resident memory of `pid` in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_of_millions_of_tiny_values_is_refused_before_it_costs_memory() {
+    let mut raw = Raw::start("", &[], true).await;
+    raw._fake.script(
+        "Hold on",
+        vec![Step::Hang {
+            after_chunks: vec!["working".into()],
+        }],
+    );
+    let spawned = raw
+        .call(
+            1,
+            "agent_spawn",
+            json!({"task": "Hold on", "cwd": raw._dir.path()}),
+        )
+        .await;
+    let id = spawned["result"]["structuredContent"]["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_string();
+    let pid = raw.server.id().expect("server pid");
+    let before = rss_bytes(pid);
+    // About 15 MiB: one real id, repeated (each alone is a valid agent_ids entry).
+    let n = 15 * 1024 * 1024 / (id.len() + 3);
+    let req = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                     "params": {"name": "agent_wait",
+                                "arguments": {"agent_ids": vec![id.as_str(); n], "wait_seconds": 30}}});
+    let line = req.to_string();
+    raw.send(line.as_bytes()).await;
+    let answer = raw.reply().await;
+    assert_eq!(answer["id"], 2, "{answer}");
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("JSON values"), "{message}");
+    let grown = rss_bytes(pid).saturating_sub(before);
+    assert!(
+        grown <= 4 * line.len() as u64,
+        "the server grew by {grown} bytes for a line of {}",
+        line.len()
+    );
+    let listed = raw.call(3, "agent_list", json!({})).await;
+    assert!(listed["result"].is_object(), "still serving: {listed}");
+}
