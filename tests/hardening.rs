@@ -729,3 +729,69 @@ async fn a_line_of_millions_of_tiny_values_is_refused_before_it_costs_memory() {
     let listed = raw.call(3, "agent_list", json!({})).await;
     assert!(listed["result"].is_object(), "still serving: {listed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_agent_costs_little_beyond_its_output_buffer() {
+    let s = Session::start("").await;
+    let line = "let value = compute(the, arguments); store(value); // a line of code\n";
+    std::fs::write(
+        s.dir.path().join("big.rs"),
+        line.repeat(200 * 1024 / line.len()),
+    )
+    .expect("write big.rs");
+    // Each agent reads big.rs (200 KiB into its conversation), then answers.
+    s.fake.script(
+        "Read big.rs and answer",
+        (0..200)
+            .map(|_| {
+                Step::FromRequest(support::provider::StepFn(std::sync::Arc::new(
+                    |r: &support::provider::RecordedRequest| {
+                        if r.last_user_text() == "tool results received" {
+                            Step::text("It computes and stores values.")
+                        } else {
+                            Step::ToolUse {
+                                text: None,
+                                id: "toolu_1".into(),
+                                name: "read_file".into(),
+                                input: json!({"path": "big.rs"}),
+                            }
+                        }
+                    },
+                )))
+            })
+            .collect(),
+    );
+    let run = |n: usize| {
+        let s = &s;
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                ids.push(
+                    s.spawn_with(json!({
+                        "task": format!("Read big.rs and answer ({i})"),
+                        "cwd": s.dir.path(),
+                        "limits": {"max_output_bytes": 4096},
+                    }))
+                    .await,
+                );
+            }
+            s.wait_all(&ids).await;
+            for id in &ids {
+                assert_eq!(s.status(id).await["status"], "completed");
+            }
+        }
+    };
+    run(8).await; // the allocator's and the runtime's own growth first
+    let before = rss_bytes(s.server_pid);
+    const N: u64 = 24;
+    run(N as usize).await;
+    let each = rss_bytes(s.server_pid).saturating_sub(before) / N;
+    eprintln!(
+        "a retained agent costs the server about {} KiB",
+        each / 1024
+    );
+    assert!(
+        each <= 64 * 1024 + 4096,
+        "a retained agent costs {each} bytes, more than 64 KiB beyond its 4 KiB output buffer"
+    );
+}

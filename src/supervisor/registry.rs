@@ -238,8 +238,12 @@ pub struct AgentRecord {
     /// How the server tells the agent's supervising task to stop it (while running).
     pub control: Option<tokio::sync::mpsc::UnboundedSender<Control>>,
     /// The conversation so far, from the worker's `message` events: what a follow-up
-    /// (`agent_send`) continues.
+    /// (`agent_send`) continues. Empty once the agent ended: a completed agent's is read
+    /// back from its transcript for its next round (`conversation_saved`).
     pub conversation: Vec<Message>,
+    /// The conversation left memory when the agent completed: its transcript holds all
+    /// of it.
+    pub conversation_saved: bool,
     /// What every round's worker shares (model, role, tools, cwd, provider): the spec the
     /// agent was spawned with.
     pub round_spec: Box<TaskSpec>,
@@ -678,6 +682,7 @@ mod tests {
             output_seq: tokio::sync::watch::channel(0).0,
             control: None,
             conversation: Vec::new(),
+            conversation_saved: false,
             round_spec: Box::new(s_spec()),
             rounds: 1,
             prior_usage: Usage::default(),

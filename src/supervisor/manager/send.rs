@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bg_agent_worker::protocol::{Input, TaskSpec};
+use bg_agent_worker::protocol::{Event, Input, Message, TaskSpec};
 use bg_agent_worker::provider::estimate_tokens;
 use bg_agent_worker::resolve::{MAX_TASK_BYTES, raised_limits};
 use bg_agent_worker::values::{Limits, LimitsOverride};
@@ -54,8 +54,36 @@ impl Manager {
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ManagerError::ShuttingDown);
         }
+        // A completed agent's conversation waits in its transcript: read it back first,
+        // without holding the registry.
+        let saved = {
+            let reg = inner.lock();
+            reg.get(id)
+                .filter(|r| r.conversation_saved && r.status() == Status::Completed)
+                .and_then(|r| {
+                    r.transcript
+                        .as_ref()
+                        .map(|t| (t.path().to_path_buf(), r.rounds))
+                })
+        };
+        let loaded = saved
+            .map(|(path, rounds)| read_conversation(&path).map(|c| (c, rounds)))
+            .transpose()
+            .map_err(|source| {
+                ManagerError::Transcript(OutputError::TranscriptFile {
+                    path: inner.transcript_dir.clone(),
+                    source,
+                })
+            })?;
         let sent = {
             let mut reg = inner.lock();
+            if let (Some(rec), Some((conversation, rounds))) = (reg.get_mut(id), loaded)
+                && rec.conversation_saved
+                && rec.rounds == rounds
+            {
+                rec.conversation = conversation;
+                rec.conversation_saved = false;
+            }
             let Some(rec) = reg.get_mut(id) else {
                 drop(reg);
                 return Err(self.status(id).err().unwrap_or(ManagerError::UnknownAgent {
@@ -157,6 +185,19 @@ impl Manager {
         inner.bump();
         Ok((sent, self.status(id)?))
     }
+}
+
+/// The conversation in a transcript: its `message` events, in order.
+fn read_conversation(path: &std::path::Path) -> std::io::Result<Vec<Message>> {
+    use std::io::BufRead;
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut conversation = Vec::new();
+    for line in file.lines() {
+        if let Ok(Event::Message { message }) = serde_json::from_str::<Event>(&line?) {
+            conversation.push(message);
+        }
+    }
+    Ok(conversation)
 }
 
 /// The spec of a completed agent's next round: its spawn spec with the conversation so

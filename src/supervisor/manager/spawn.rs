@@ -181,6 +181,7 @@ impl Manager {
                 output_seq: watch::channel(0).0,
                 control: None,
                 conversation: Vec::new(),
+                conversation_saved: false,
             };
             if start_now {
                 admission.take(&id, &view.provider);

@@ -16,7 +16,7 @@ use crate::supervisor::outcome::{
 };
 use crate::supervisor::output::Transcript;
 use crate::supervisor::process::{self};
-use crate::supervisor::registry::{Control, Registry, Reopened};
+use crate::supervisor::registry::{AgentRecord, Control, Registry, Reopened};
 use crate::supervisor::view::StatusView;
 
 use super::ingest::count_cut_turn;
@@ -276,6 +276,7 @@ impl Inner {
                     if let Some(t) = rec.transcript.as_mut() {
                         drop(t.close());
                     }
+                    release_conversation(rec, outcome);
                     rec.output_seq.send_modify(|v| *v += 1);
                     self.tell_ended(rec);
                     reg.note_ended(id, retain)
@@ -304,6 +305,22 @@ impl Inner {
                 rec.stderr.push(&buf[..n]);
             }
         }
+    }
+}
+
+/// What an ended agent no longer needs in memory: its round's task and history (a next
+/// round gets new ones), and its conversation, which only a completed agent continues,
+/// from its transcript when that holds all of it (kept in memory when it does not).
+fn release_conversation(rec: &mut AgentRecord, outcome: Outcome) {
+    rec.round_spec.task = String::new();
+    rec.round_spec.history = Vec::new();
+    let saved = rec
+        .transcript
+        .as_ref()
+        .is_some_and(|t| !t.over_cap() && t.dropped_bytes() == 0 && t.error().is_none());
+    if outcome != Outcome::Completed || saved {
+        rec.conversation_saved = outcome == Outcome::Completed && !rec.conversation.is_empty();
+        rec.conversation = Vec::new();
     }
 }
 
