@@ -377,20 +377,25 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(3600.0)))
 }
 
+const PASSWORD: &str = "[redacted password]";
+
 /// The secrets of one client and how to hide them in text.
 #[derive(Debug, Default)]
 struct Secrets {
     /// `user:password@` (or `user@`) as written in the base URL and as a parsed URL
     /// prints it: removed, so the URL reads without them.
     userinfo: Vec<String>,
-    /// The API key and the URL's password (as written and decoded): replaced.
-    values: Vec<String>,
+    /// The API key and the URL's password (as written and decoded), each with what
+    /// replaces it.
+    values: Vec<(String, &'static str)>,
 }
 
 impl Secrets {
     fn of(base_url: &str, api_key: Option<&str>) -> Secrets {
         let mut secrets = Secrets::default();
-        secrets.values.extend(api_key.map(str::to_string));
+        secrets
+            .values
+            .extend(api_key.map(|k| (k.to_string(), "[redacted API key]")));
         let authority = base_url
             .split_once("://")
             .map_or(base_url, |(_, rest)| rest)
@@ -400,7 +405,7 @@ impl Secrets {
         if let Some((userinfo, _)) = authority.rsplit_once('@') {
             secrets.userinfo.push(format!("{userinfo}@"));
             if let Some((_, password)) = userinfo.split_once(':') {
-                secrets.values.push(password.to_string());
+                secrets.values.push((password.to_string(), PASSWORD));
             }
         }
         if let Ok(url) = reqwest::Url::parse(base_url)
@@ -411,15 +416,17 @@ impl Secrets {
                 "" => format!("{}@", url.username()),
                 p => format!("{}:{p}@", url.username()),
             });
-            secrets.values.push(password.to_string());
+            secrets.values.push((password.to_string(), PASSWORD));
             if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
-                secrets.values.push(decoded.into_owned());
+                secrets.values.push((decoded.into_owned(), PASSWORD));
             }
         }
         secrets.userinfo.retain(|s| s.len() > 1);
-        secrets.values.retain(|s| !s.is_empty());
+        secrets.values.retain(|(s, _)| !s.is_empty());
         // Longest first, so a secret that contains another is hidden whole.
-        secrets.values.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets
+            .values
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         secrets
     }
 
@@ -428,8 +435,8 @@ impl Secrets {
         for userinfo in &self.userinfo {
             text = text.replace(userinfo.as_str(), "");
         }
-        for value in &self.values {
-            text = text.replace(value.as_str(), "[redacted]");
+        for (value, shown) in &self.values {
+            text = text.replace(value.as_str(), shown);
         }
         text
     }
@@ -518,7 +525,7 @@ mod tests {
         let body = format!("{}{key} was refused", "e".repeat(480));
         let (message, _) = error_message(body.as_bytes(), &secrets);
         assert!(!message.contains(&key[..8]), "{message}");
-        assert!(message.contains("[redacted]"), "{message}");
+        assert!(message.contains("[redacted API key]"), "{message}");
     }
 
     #[tokio::test]
@@ -546,7 +553,10 @@ mod tests {
             assert!(!e.contains(secret), "{secret} in {e}");
         }
         let secrets = Secrets::of(url, None);
-        assert_eq!(secrets.hide("password s3cr@t"), "password [redacted]");
+        assert_eq!(
+            secrets.hide("password s3cr@t"),
+            "password [redacted password]"
+        );
     }
 
     #[test]
