@@ -158,7 +158,7 @@ impl Manager {
                     Sent::Round(reg.get(id).map_or(0, |r| r.rounds))
                 }
                 Status::Running => {
-                    if *raise != LimitsOverride::default() {
+                    if !raise.is_empty() {
                         return Err(ManagerError::LimitsWhileRunning { id: id.to_string() });
                     }
                     affordable(rec, message, &rec.limits)?;

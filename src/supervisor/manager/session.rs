@@ -114,6 +114,12 @@ impl Inner {
         if let Some(why) = &spend.exhausted {
             return Grant::Spent(why.clone());
         }
+        if server.session_budget_usd.is_none() && server.session_max_tokens.is_none() {
+            return Grant::Start {
+                limits: spec.limits,
+                lowered: None,
+            };
+        }
         let mut limits = spec.limits;
         let mut lowered = Vec::new();
         let input = first_request_tokens(spec);
