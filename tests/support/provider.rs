@@ -1068,7 +1068,7 @@ fn json_response(api: Api, code: u16, body: &Value, retry_after: Option<u64>, id
 }
 
 /// Characters of output a step streams (what its usage counts), `None` for a step that
-/// streams no answer.
+/// streams no answer (and for the tool-call quirks of local servers, never billed).
 fn streamed_chars(step: &Step) -> Option<usize> {
     match step {
         Step::Text { chunks, .. } | Step::Length { chunks } => Some(chars(chunks)),
@@ -1078,12 +1078,9 @@ fn streamed_chars(step: &Step) -> Option<usize> {
         Step::MidStreamError { after_chunks, .. }
         | Step::Hang { after_chunks }
         | Step::CloseMidMessage { after_chunks } => Some(chars(after_chunks)),
-        Step::Status { .. }
-        | Step::StatusBody { .. }
-        | Step::EndlessErrorBody { .. }
-        | Step::FromRequest(_)
-        | Step::Empty
-        | Step::Redirect { .. } => None,
+        // Errors, redirects and empty bodies bill nothing (and a step made from the
+        // request was made before this).
+        _ => None,
     }
 }
 
