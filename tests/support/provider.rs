@@ -1068,7 +1068,7 @@ fn json_response(api: Api, code: u16, body: &Value, retry_after: Option<u64>, id
 }
 
 /// Characters of output a step streams (what its usage counts), `None` for a step that
-/// streams no answer (and for the tool-call quirks of local servers, never billed).
+/// streams no answer and for any step not named here.
 fn streamed_chars(step: &Step) -> Option<usize> {
     match step {
         Step::Text { chunks, .. } | Step::Length { chunks } => Some(chars(chunks)),
