@@ -94,6 +94,10 @@ async fn twenty_agents_at_once_spend_at_most_the_session_budget_plus_one_input_e
         .sum();
     assert!(asked <= CAP + 1e-12, "asked for ${asked:.6} of output");
     assert!(spent > CAP * 0.8, "the agents used the budget: ${spent:.6}");
+    eprintln!(
+        "20 agents on a ${CAP} cap: {} requests billed ${spent:.6} (inputs ${inputs:.6}), asked for ${asked:.6} of output",
+        requests.len()
+    );
 
     let list = s.ok("agent_list", json!({})).await;
     let session = session_of(&list);
