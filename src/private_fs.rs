@@ -51,6 +51,26 @@ pub fn check_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether no other user (root aside) can rename or replace anything on the way to `dir`,
+/// now or later: every directory on its path as written and as resolved belongs to root
+/// or to this user, and one that others may write is sticky (as /tmp is), so nobody but
+/// its owner renames what is in it. False when `dir` does not exist.
+pub fn path_is_ours(dir: &Path) -> bool {
+    let me = nix::unistd::geteuid().as_raw();
+    let trusted = |p: &Path| {
+        fs::symlink_metadata(p).is_ok_and(|m| {
+            let owner_ok = m.uid() == 0 || m.uid() == me;
+            let shared_write = m.mode() & 0o022 != 0;
+            let sticky = m.mode() & 0o1000 != 0;
+            owner_ok && (!m.file_type().is_dir() || !shared_write || sticky)
+        })
+    };
+    let Ok(real) = fs::canonicalize(dir) else {
+        return false;
+    };
+    dir.is_absolute() && dir.ancestors().all(trusted) && real.ancestors().all(trusted)
+}
+
 /// A new file only this user can read: 0600 whatever the umask, never through a symlink,
 /// never an existing file.
 pub fn create_private_file(path: &Path) -> io::Result<File> {
@@ -102,5 +122,42 @@ mod tests {
             create_private_file(&file_link).is_err(),
             "never through a symlink"
         );
+    }
+
+    #[test]
+    fn a_path_through_a_directory_others_can_change_is_not_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ours = tmp.path().join("ours/run");
+        fs::create_dir_all(&ours).unwrap();
+        assert!(path_is_ours(&ours), "{}", ours.display());
+        assert!(!path_is_ours(&tmp.path().join("missing")));
+
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::create_dir(open.join("run")).unwrap();
+        assert!(!path_is_ours(&open.join("run")), "others may rename in it");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(path_is_ours(&open.join("run")), "sticky, as /tmp");
+
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("ours"), open.join("link")).unwrap();
+        assert!(
+            !path_is_ours(&open.join("link/run")),
+            "a link others could swap, though it leads to a path of ours"
+        );
+
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "SKIPPED part of a_path_through_a_directory_others_can_change_is_not_ours: \
+                 not root, so no directory of another user can be made"
+            );
+            return;
+        }
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir_all(theirs.join("run")).unwrap();
+        fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        assert!(!path_is_ours(&theirs.join("run")), "its owner can swap run");
     }
 }

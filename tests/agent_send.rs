@@ -365,3 +365,88 @@ async fn a_message_to_a_running_agent_arrives_at_its_next_turn() {
         ]
     );
 }
+
+/// An agent that keeps the only run slot until it is killed.
+async fn hold_the_slot(s: &Session) -> String {
+    s.fake.script(
+        "Hold the slot",
+        vec![Step::Hang {
+            after_chunks: vec!["working".into()],
+        }],
+    );
+    let id = s.spawn("Hold the slot").await;
+    assert_eq!(s.status(&id).await["status"], "running");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_round_cancelled_before_it_starts_leaves_the_agent_completed() {
+    let s = Session::start_server("max_concurrent = 1").await;
+    s.fake.script(
+        "Name the owner",
+        vec![Step::text("It is Ada."), Step::text("Still Ada.")],
+    );
+    let id = s.spawn("Name the owner").await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+    let holder = hold_the_slot(&s).await;
+
+    let sent = s
+        .ok("agent_send", json!({"agent_id": id, "message": "Sure?"}))
+        .await;
+    assert_eq!(sent["status"], "queued", "{sent}");
+    let cancelled = s
+        .ok("agent_kill", json!({"agent_id": id, "grace_ms": 0}))
+        .await;
+    assert_eq!(cancelled["status"], "completed", "{cancelled}");
+    assert_eq!(cancelled["result"], "It is Ada.", "{cancelled}");
+    assert_eq!(cancelled.get("rounds"), None, "{cancelled}");
+
+    s.ok("agent_kill", json!({"agent_id": holder, "grace_ms": 0}))
+        .await;
+    let again = s
+        .ok(
+            "agent_send",
+            json!({"agent_id": id, "message": "Sure?", "wait_seconds": 30}),
+        )
+        .await;
+    assert_eq!(again["status"], "completed", "{again}");
+    assert_eq!(again["result"], "Still Ada.", "{again}");
+    assert_eq!(s.fake.request_count("Name the owner"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_round_obeys_max_queued_and_a_running_agent_refuses_new_limits() {
+    let s = Session::start_server("max_concurrent = 1\nmax_queued = 1").await;
+    s.fake.script("Count the files", vec![Step::text("Three.")]);
+    let id = s.spawn("Count the files").await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+    let holder = hold_the_slot(&s).await;
+    let queued = s.spawn("Wait in line").await;
+    assert_eq!(s.status(&queued).await["status"], "queued");
+
+    let e = s
+        .tool_error(
+            "agent_send",
+            json!({"agent_id": id, "message": "And dirs?"}),
+        )
+        .await;
+    assert!(
+        e.contains("the queue is full") && e.contains("max_queued = 1"),
+        "{e}"
+    );
+    let st = s.status(&id).await;
+    assert_eq!(st["status"], "completed", "nothing changed: {st}");
+    assert_eq!(st["result"], "Three.");
+
+    let e = s
+        .tool_error(
+            "agent_send",
+            json!({"agent_id": holder, "message": "Hurry", "limits": {"max_turns": 3}}),
+        )
+        .await;
+    assert!(e.contains("limits cannot change now"), "{e}");
+    let st = s.status(&holder).await;
+    assert_eq!(st.get("messages_pending"), None, "nothing was sent: {st}");
+    s.ok("agent_kill", json!({"agent_id": holder, "grace_ms": 0}))
+        .await;
+}

@@ -476,3 +476,322 @@ async fn a_queued_agent_whose_cwd_vanished_says_so() {
     let error = st["error"].as_str().unwrap_or("");
     assert!(error.contains(&format!("{cwd} no longer exists")), "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_a_provider_url_are_never_shown() {
+    let fake = FakeProvider::start().await;
+    fake.script("Look up the owner", vec![Step::status(404)]);
+    let url = fake.base_url().replace("http://", "http://alice:s3cretpw@");
+    let s = Session::start(&format!(
+        "[providers.vault]\nkind = \"anthropic\"\nbase_url = \"{url}\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nmax_retries = 0\nrequest_timeout_seconds = 30\n"
+    ))
+    .await;
+    let id = s
+        .spawn_with(json!({"task": "Look up the owner", "model": "vault/claude-haiku-5-5"}))
+        .await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+    assert_eq!(
+        fake.request_count("Look up the owner"),
+        1,
+        "it reached the API"
+    );
+
+    let st = s
+        .ok("agent_status", json!({"agent_id": id, "verbose": true}))
+        .await;
+    assert_eq!(st["status"], "failed", "{st}");
+    let error = st["error"].as_str().unwrap_or_default();
+    assert!(error.contains("HTTP 404 from http://127.0.0.1:"), "{st}");
+    let out = s.ok("agent_output", json!({"agent_id": id})).await;
+    let list = s.ok("agent_list", json!({})).await;
+    let path = st["details"]["output"]["transcript_path"]
+        .as_str()
+        .expect("a transcript path");
+    let transcript = std::fs::read_to_string(path).expect("read transcript");
+    for (what, text) in [
+        ("status", st.to_string()),
+        ("output", out.to_string()),
+        ("list", list.to_string()),
+        ("transcript", transcript),
+    ] {
+        for secret in ["s3cretpw", "alice"] {
+            assert!(!text.contains(secret), "{secret} in the {what}: {text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_directories_and_cwds_outside_the_workspace_roots_are_refused() {
+    let probe = tempfile::tempdir().expect("tempdir");
+    let root = probe.path().join("projects");
+    std::fs::create_dir_all(root.join("app")).expect("mkdir");
+    std::fs::create_dir_all(probe.path().join("elsewhere")).expect("mkdir");
+    let s = Session::launch(
+        (),
+        &format!("workspace_roots = [{:?}]", root.display().to_string()),
+        "",
+    )
+    .await;
+    for (cwd, says) in [
+        ("/", "the root of the file system"),
+        ("/proc", "a kernel file system"),
+        ("/proc/self/root", "the root of the file system"),
+        ("/sys", "a kernel file system"),
+        ("/dev", "a kernel file system"),
+    ] {
+        let e = s
+            .tool_error(
+                "agent_spawn",
+                json!({"task": "Read /etc/shadow", "cwd": cwd}),
+            )
+            .await;
+        assert!(e.contains(says), "{cwd}: {e}");
+        assert!(e.contains("nothing was started"), "{e}");
+    }
+    let e = s
+        .tool_error(
+            "agent_spawn",
+            json!({"task": "Look around", "cwd": probe.path().join("elsewhere")}),
+        )
+        .await;
+    assert!(
+        e.contains("not under any of [server] workspace_roots"),
+        "{e}"
+    );
+    let listed = s.call("agent_list", json!({})).await;
+    let text = support::mcp::text_of(&listed);
+    assert!(!text.contains("-0"), "an empty sum is not -0: {text}");
+    let list = s.ok("agent_list", json!({})).await;
+    assert_eq!(list["agents"], json!([]), "nothing started: {list}");
+    assert!(!list.to_string().contains("-0"), "{list}");
+    assert_eq!(s.fake.requests().len(), 0);
+
+    let id = s
+        .spawn_with(json!({"task": "Look around", "cwd": root.join("app")}))
+        .await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+    assert_eq!(s.status(&id).await["status"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_of_a_wait_stay_readable_after_more_agents_end_than_are_retained() {
+    let s = Session::start_server("retained_agents = 2").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(s.spawn(&format!("Quick answer {i}")).await);
+    }
+    let first = s
+        .ok(
+            "agent_wait",
+            json!({"agent_ids": ids, "mode": "all", "wait_seconds": 30}),
+        )
+        .await;
+    assert_eq!(first["done"], true, "{first}");
+    // Another agent ends between the pages: past retained_agents, the oldest would go.
+    let later = s.spawn("One more").await;
+    s.wait_all(std::slice::from_ref(&later)).await;
+    let page = s
+        .ok(
+            "agent_wait",
+            json!({"agent_ids": ids, "mode": "all", "offset": 1}),
+        )
+        .await;
+    assert_eq!(page["done"], true, "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_arguments_that_are_not_an_object_are_invalid_params() {
+    let mut raw = Raw::start("", &[], true).await;
+    for (id, arguments) in [(1, json!(5)), (2, json!("agent_id")), (3, json!([1]))] {
+        let answer = raw.call(id, "agent_status", arguments).await;
+        assert_eq!(answer["error"]["code"], -32602, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("params.arguments must be an object"),
+            "{answer}"
+        );
+    }
+    let listed = raw.call(4, "agent_list", json!({})).await;
+    assert!(listed["result"].is_object(), "still serving: {listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_resource_is_json_and_an_unknown_agent_cannot_be_subscribed() {
+    use rmcp::model::{ReadResourceRequestParams, ResourceContents, SubscribeRequestParams};
+    let s = Session::start("").await;
+    let id = s.spawn("Be read").await;
+    s.wait_all(std::slice::from_ref(&id)).await;
+    let read = s
+        .client
+        .read_resource(ReadResourceRequestParams::new(format!(
+            "agent://{id}/status"
+        )))
+        .await
+        .expect("read status");
+    let ResourceContents::TextResourceContents { mime_type, .. } = &read.contents[0] else {
+        panic!("text contents: {read:?}");
+    };
+    assert_eq!(mime_type.as_deref(), Some("application/json"));
+    #[allow(deprecated)]
+    let e = s
+        .client
+        .subscribe(SubscribeRequestParams::new("agent://a-nope/status"))
+        .await
+        .expect_err("an unknown agent");
+    assert!(e.to_string().contains("unknown agent `a-nope`"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_streamed_in_a_turn_reaches_the_transcript_on_disk_while_the_turn_goes_on() {
+    let s = Session::start("").await;
+    let task = "stream a little then stall";
+    s.fake.script(
+        task,
+        vec![Step::Hang {
+            after_chunks: vec!["half-way-marker ".into(), "and more".into()],
+        }],
+    );
+    let id = s.spawn(task).await;
+    let verbose = s
+        .ok("agent_status", json!({"agent_id": id, "verbose": true}))
+        .await;
+    let path = verbose["details"]["output"]["transcript_path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    // The turn never ends (no usage, no result): only a timed flush puts its text on disk.
+    let on_disk = support::process::eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains("half-way-marker"))
+    })
+    .await;
+    let st = s.status(&id).await;
+    assert_eq!(st["status"], "running", "{st}");
+    assert!(
+        on_disk,
+        "the streamed text is not on disk: {:?}",
+        std::fs::read_to_string(&path)
+    );
+    s.ok("agent_kill", json!({"agent_id": id, "grace_ms": 0}))
+        .await;
+}
+
+/// Resident memory of `pid` in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_of_millions_of_tiny_values_is_refused_before_it_costs_memory() {
+    let mut raw = Raw::start("", &[], true).await;
+    raw._fake.script(
+        "Hold on",
+        vec![Step::Hang {
+            after_chunks: vec!["working".into()],
+        }],
+    );
+    let spawned = raw
+        .call(
+            1,
+            "agent_spawn",
+            json!({"task": "Hold on", "cwd": raw._dir.path()}),
+        )
+        .await;
+    let id = spawned["result"]["structuredContent"]["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_string();
+    let pid = raw.server.id().expect("server pid");
+    let before = rss_bytes(pid);
+    // About 15 MiB: one real id, repeated (each alone is a valid agent_ids entry).
+    let n = 15 * 1024 * 1024 / (id.len() + 3);
+    let req = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                     "params": {"name": "agent_wait",
+                                "arguments": {"agent_ids": vec![id.as_str(); n], "wait_seconds": 30}}});
+    let line = req.to_string();
+    raw.send(line.as_bytes()).await;
+    let answer = raw.reply().await;
+    assert_eq!(answer["id"], 2, "{answer}");
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("JSON values"), "{message}");
+    let grown = rss_bytes(pid).saturating_sub(before);
+    assert!(
+        grown <= 4 * line.len() as u64,
+        "the server grew by {grown} bytes for a line of {}",
+        line.len()
+    );
+    let listed = raw.call(3, "agent_list", json!({})).await;
+    assert!(listed["result"].is_object(), "still serving: {listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_agent_costs_little_beyond_its_output_buffer() {
+    let s = Session::start("").await;
+    let line = "let value = compute(the, arguments); store(value); // a line of code\n";
+    std::fs::write(
+        s.dir.path().join("big.rs"),
+        line.repeat(200 * 1024 / line.len()),
+    )
+    .expect("write big.rs");
+    // Each agent reads big.rs (200 KiB into its conversation), then answers.
+    s.fake.script(
+        "Read big.rs and answer",
+        (0..200)
+            .map(|_| {
+                Step::FromRequest(support::provider::StepFn(std::sync::Arc::new(
+                    |r: &support::provider::RecordedRequest| {
+                        if r.last_user_text() == "tool results received" {
+                            Step::text("It computes and stores values.")
+                        } else {
+                            Step::ToolUse {
+                                text: None,
+                                id: "toolu_1".into(),
+                                name: "read_file".into(),
+                                input: json!({"path": "big.rs"}),
+                            }
+                        }
+                    },
+                )))
+            })
+            .collect(),
+    );
+    let run = |n: usize| {
+        let s = &s;
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                ids.push(
+                    s.spawn_with(json!({
+                        "task": format!("Read big.rs and answer ({i})"),
+                        "cwd": s.dir.path(),
+                        "limits": {"max_output_bytes": 4096},
+                    }))
+                    .await,
+                );
+            }
+            s.wait_all(&ids).await;
+            for id in &ids {
+                assert_eq!(s.status(id).await["status"], "completed");
+            }
+        }
+    };
+    run(8).await; // the allocator's and the runtime's own growth first
+    let before = rss_bytes(s.server_pid);
+    const N: u64 = 24;
+    run(N as usize).await;
+    let each = rss_bytes(s.server_pid).saturating_sub(before) / N;
+    eprintln!(
+        "a retained agent costs the server about {} KiB",
+        each / 1024
+    );
+    assert!(
+        each <= 64 * 1024 + 4096,
+        "a retained agent costs {each} bytes, more than 64 KiB beyond its 4 KiB output buffer"
+    );
+}

@@ -285,6 +285,23 @@ async fn spin_past_rlimit_cpu_ends_cpu_limit_by_sigxcpu() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigxcpu_from_outside_to_an_idle_worker_is_not_the_cpu_limit() {
+    let _procs = shared().await;
+    let h = Harness::new("");
+    let id = h.spawn("sleep").await;
+    h.wait_ready(&id).await;
+    let pid = h.status(&id).pid.expect("running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGXCPU,
+    )
+    .expect("signal our own worker");
+    let st = h.wait_end(&id).await;
+    assert_eq!(st.status, Status::Failed, "{st:?}");
+    assert_eq!(exit_of(&st), (None, Some("SIGXCPU"), "killed_outside"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocation_past_rlimit_as_ends_memory_limit() {
     let _procs = shared().await;
     let h = Harness::new("");
@@ -707,8 +724,14 @@ async fn spawn_past_max_queued_is_refused_and_changes_nothing() {
     h.wait_ready(&a).await;
     let report = h.manager.shutdown().await;
     assert_eq!(
-        (report.killed, report.cancelled, report.survivors),
-        (1, 2, 0)
+        (
+            report.killed,
+            report.cancelled,
+            report.already_ended,
+            report.survivors
+        ),
+        (1, 2, 0, 0),
+        "each agent counted once: {report:?}"
     );
 }
 

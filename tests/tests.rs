@@ -25,5 +25,6 @@ mod mcp_tasks;
 mod notices;
 mod opencode;
 mod providers;
+mod session_budget;
 mod stress;
 mod tools_list;

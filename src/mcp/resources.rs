@@ -95,6 +95,10 @@ pub fn read(manager: &Manager, uri_str: &str) -> Result<ReadResourceResult, Erro
     };
     let not_found =
         |e: crate::supervisor::ManagerError| ErrorData::resource_not_found(e.to_string(), None);
+    let mime = match kind {
+        Kind::Status => "application/json",
+        Kind::Output => "text/plain",
+    };
     let text = match kind {
         Kind::Status => {
             let view = manager.status(id).map_err(not_found)?;
@@ -111,9 +115,9 @@ pub fn read(manager: &Manager, uri_str: &str) -> Result<ReadResourceResult, Erro
             manager.output(id, &q).map_err(not_found)?.text
         }
     };
-    Ok(ReadResourceResult::new(vec![ResourceContents::text(
-        text, uri_str,
-    )]))
+    Ok(ReadResourceResult::new(vec![
+        ResourceContents::text(text, uri_str).with_mime_type(mime),
+    ]))
 }
 
 /// How often new output is looked for: an agent's output resource is notified at most
@@ -217,11 +221,17 @@ impl LegacySubscriptions {
         wanted_uri: String,
         peer: Peer<RoleServer>,
     ) -> Result<(), ErrorData> {
-        if parse(&wanted_uri).is_none() {
+        let Some((id, _)) = parse(&wanted_uri) else {
             return Err(ErrorData::invalid_params(
                 format!(
                     "cannot subscribe to `{wanted_uri}`; subscribe to agent://{{id}}/status or agent://{{id}}/output"
                 ),
+                None,
+            ));
+        };
+        if let Err(e) = manager.status(id) {
+            return Err(ErrorData::invalid_params(
+                format!("cannot subscribe to `{wanted_uri}`: {e}"),
                 None,
             ));
         }

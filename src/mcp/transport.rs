@@ -14,6 +14,7 @@ use std::io;
 use std::sync::Arc;
 
 use rmcp::RoleServer;
+use rmcp::model::{ClientRequest, JsonRpcMessage};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use serde_json::{Value, json};
@@ -26,6 +27,7 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
+const INVALID_PARAMS: i64 = -32602;
 
 type Writer = Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
 
@@ -208,6 +210,35 @@ fn decode(line: &[u8]) -> Decoded {
     if text.trim().is_empty() {
         return Decoded::Skip;
     }
+    let values = json_values(line);
+    let most = most_values(line.len());
+    if values > most {
+        // Each JSON value costs the server about a hundred bytes in every form a request
+        // takes on its way to a tool, whatever its size on the line.
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            id: Option<Value>,
+        }
+        let id = serde_json::from_str::<IdOnly>(text)
+            .ok()
+            .and_then(|m| m.id)
+            .filter(|id| id.is_string() || id.is_number());
+        return Decoded::Error {
+            id: id.unwrap_or(Value::Null),
+            code: INVALID_REQUEST,
+            message: format!(
+                "the message holds about {values} JSON values, more than the {most} a message of {} bytes may; send fewer items (e.g. agent_wait on fewer agent_ids at a time)",
+                line.len()
+            ),
+        };
+    }
+    // The usual case, straight from the text: each string is copied once, not once for
+    // a JSON value tree and again for the protocol's types.
+    if let Ok(message) = serde_json::from_str::<RxJsonRpcMessage<RoleServer>>(text)
+        && !is_unparsed_tool_call(&message)
+    {
+        return Decoded::Message(Box::new(message));
+    }
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(first) => match serde_json::from_str(&replace_lone_surrogates(text)) {
@@ -221,6 +252,17 @@ fn decode(line: &[u8]) -> Decoded {
     };
     let is_notification =
         value.get("id").is_none() && value.get("method").is_some_and(Value::is_string);
+    // rmcp reads a tools/call it cannot parse as some other method (-32601): the method
+    // is known, its params are what is wrong.
+    if let Some(message) = bad_tool_call(&value)
+        && !is_notification
+    {
+        return Decoded::Error {
+            id: id.unwrap_or(Value::Null),
+            code: INVALID_PARAMS,
+            message,
+        };
+    }
     match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
         Ok(m) => Decoded::Message(Box::new(m)),
         // JSON-RPC never answers a notification; rmcp drops the ones it does not know.
@@ -233,6 +275,72 @@ fn decode(line: &[u8]) -> Decoded {
             ),
         },
     }
+}
+
+/// A `tools/call` rmcp could only read as a method of its own (its params are wrong).
+fn is_unparsed_tool_call(message: &RxJsonRpcMessage<RoleServer>) -> bool {
+    matches!(
+        message,
+        JsonRpcMessage::Request(r)
+            if matches!(&r.request, ClientRequest::CustomRequest(c) if c.method == "tools/call")
+    )
+}
+
+/// What is wrong with the params of a `tools/call` request, if anything rmcp would not
+/// read as one.
+fn bad_tool_call(value: &Value) -> Option<String> {
+    if value.get("method").and_then(Value::as_str) != Some("tools/call") {
+        return None;
+    }
+    let params = value.get("params");
+    let problem = match params {
+        Some(Value::Object(p)) if !p.get("name").is_some_and(Value::is_string) => {
+            "params.name must be the tool's name (a string)"
+        }
+        Some(Value::Object(p))
+            if p.get("arguments")
+                .is_some_and(|a| !a.is_object() && !a.is_null()) =>
+        {
+            "params.arguments must be an object of the tool's parameters by name"
+        }
+        Some(Value::Object(_)) => return None,
+        _ => "params must be an object with the tool's name and its arguments",
+    };
+    Some(format!(
+        "invalid tools/call: {problem}, e.g. {{\"name\": \"agent_status\", \"arguments\": {{\"agent_id\": \"a-7f3k2\"}}}}"
+    ))
+}
+
+/// The most JSON values one message of `bytes` may hold: plenty for any real request,
+/// and few enough that the forms a request takes in memory (JSON value tree, the
+/// protocol's types, the tool's parameters) stay within a few times the line.
+fn most_values(bytes: usize) -> usize {
+    (bytes / 128).max(10_000)
+}
+
+/// An upper bound on the JSON values in `line`: one, plus one per `,` `[` `{` outside
+/// strings (cheap: no allocation, one pass).
+fn json_values(line: &[u8]) -> usize {
+    let mut count = 1;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in line {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b'[' | b'{' => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
 }
 
 fn parse_error(message: String) -> Decoded {
@@ -288,6 +396,14 @@ fn escaped_unit(b: &[u8], at: usize) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_counted_outside_strings_only() {
+        assert_eq!(json_values(br#"{"a":[1,2,3]}"#), 5);
+        assert_eq!(json_values(br#"{"a":"x,[{\",y"}"#), 2);
+        assert_eq!(most_values(1000), 10_000);
+        assert_eq!(most_values(16 << 20), 131_072);
+    }
 
     #[test]
     fn lone_surrogates_become_replacement_characters() {

@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 pub use crate::private_fs::check_private_dir;
-use crate::private_fs::ensure_private_dir;
+use crate::private_fs::{ensure_private_dir, path_is_ours};
 
 /// Environment variable through which Claude Code gives an MCP server its session id.
 pub const SESSION_ENV: &str = "CLAUDE_CODE_SESSION_ID";
@@ -157,23 +157,37 @@ pub struct LiveAgent {
     pub status: String,
 }
 
-/// The directory under which every session's notices live.
+/// The directory under which every session's notices live: under `$XDG_RUNTIME_DIR`, else
+/// the state directory, else the temp dir; each only when no other user can swap a
+/// directory on its path (a swapped board would let them put notices before the model).
 pub fn base_dir() -> PathBuf {
-    if let Some(run) = env_dir("XDG_RUNTIME_DIR") {
+    base_dir_from(|name| std::env::var_os(name), path_is_ours)
+}
+
+/// `base_dir` with the environment and the ownership check given.
+fn base_dir_from(
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ours: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    let env_dir = |name: &str| env(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(run) = env_dir("XDG_RUNTIME_DIR").filter(|r| ours(r)) {
         return run.join("bg-agents");
     }
-    let state =
-        env_dir("XDG_STATE_HOME").or_else(|| env_dir("HOME").map(|h| h.join(".local/state")));
+    let state = match env_dir("XDG_STATE_HOME") {
+        Some(s) => Some(s).filter(|s| nearest_existing(s).is_some_and(&ours)),
+        None => env_dir("HOME")
+            .filter(|h| ours(h))
+            .map(|h| h.join(".local/state")),
+    };
     match state {
         Some(s) => s.join("bg-agents").join("run"),
         None => std::env::temp_dir().join(format!("bg-agents-{}", nix::unistd::geteuid())),
     }
 }
 
-fn env_dir(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
+/// `path` or its nearest ancestor that exists.
+fn nearest_existing(path: &Path) -> Option<&Path> {
+    path.ancestors().find(|p| p.exists())
 }
 
 /// Whether `id` can name a session directory: Claude Code's ids are UUIDs.
@@ -244,11 +258,13 @@ fn live_server_dirs(session_dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(session_dir) else {
         return Vec::new();
     };
+    // A server's directory is a real directory of ours, never a symlink (as the server
+    // checks its own): one that is not is skipped, never followed.
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            process_alive(pid).then(|| e.path())
+            (process_alive(pid) && check_private_dir(&e.path()).is_ok()).then(|| e.path())
         })
         .collect();
     dirs.sort();

@@ -55,6 +55,8 @@ use start::out_of_descriptors;
 pub enum ManagerError {
     #[error(transparent)]
     Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Workspace(#[from] super::request::WorkspaceError),
     #[error("unknown agent `{id}`; {hint}")]
     UnknownAgent { id: String, hint: String },
     #[error(
@@ -86,9 +88,28 @@ pub enum ManagerError {
     )]
     CwdGone { path: PathBuf },
     #[error(
-        "{0}; no new agents start in this session (raise the cap in the config and restart the server)"
+        "{0}; nothing was started (raise the cap in [server] of the config and restart the server, or ask for less: a smaller task, limits.budget_usd or limits.max_total_tokens, a cheaper model)"
     )]
     SessionBudget(String),
+    #[error(
+        "the message is {bytes} bytes, above the {max}-byte limit of a task (a queued agent's task and its follow-ups count together); put long material in a file under the agent's cwd and point the agent at it",
+        max = bg_agent_worker::resolve::MAX_TASK_BYTES
+    )]
+    MessageTooLong { bytes: usize },
+    #[error(
+        "agent `{id}` is running: its worker already has its limits, so limits cannot change now and nothing was sent; send without limits, or wait until it completes (agent_wait) and send with limits then"
+    )]
+    LimitsWhileRunning { id: String },
+    #[error(
+        "agent `{id}` cannot pay for this follow-up: its next request would send about {input} input tokens (the conversation so far and the message), needing {need} of its {key}, and {left} is left; nothing was sent. Send a shorter message, send with a larger limits.{key} (at most [max]) once it completed, or spawn a new agent with the context it needs"
+    )]
+    FollowUpTooCostly {
+        id: String,
+        key: &'static str,
+        input: u64,
+        need: String,
+        left: String,
+    },
     #[error(
         "agent_ids is empty; pass one or more ids returned by agent_spawn (agent_list shows them)"
     )]

@@ -113,6 +113,7 @@ pub enum ExitReason {
     Killed,
     /// Killed before it started.
     Cancelled,
+    /// Cancelled before it started: the session's budget could not pay for it.
     SessionBudget,
     TimedOut,
     CpuLimit,
@@ -124,7 +125,7 @@ pub enum ExitReason {
     ConfigError,
     Interrupted,
     Crashed,
-    /// SIGKILL from outside the server, not the CPU limit.
+    /// SIGKILL or SIGXCPU from outside the server, not the CPU limit.
     KilledOutside,
     /// Exit code 0 without a result event.
     NoResult,
@@ -186,8 +187,6 @@ impl ExitInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerCause {
     Killed,
-    /// The session's budget (`[server] session_budget_usd` / `session_max_tokens`) ran out.
-    SessionBudget,
     TimedOut,
     OutputLimit,
     /// The transcript file could not be created, so the output could not be kept.
@@ -220,9 +219,6 @@ pub fn classify(f: &EndFacts) -> (Outcome, ExitInfo) {
     };
     match f.cause {
         Some(ServerCause::Killed) => return (Outcome::Killed, info(ExitReason::Killed)),
-        Some(ServerCause::SessionBudget) => {
-            return (Outcome::BudgetExceeded, info(ExitReason::SessionBudget));
-        }
         Some(ServerCause::TimedOut) => return (Outcome::TimedOut, info(ExitReason::TimedOut)),
         Some(ServerCause::OutputLimit) => {
             return (Outcome::OutputLimit, info(ExitReason::OutputLimit));
@@ -235,14 +231,16 @@ pub fn classify(f: &EndFacts) -> (Outcome, ExitInfo) {
     if let Some(sig) = f.signal {
         let sig = Signal::try_from(sig).ok();
         return match sig {
-            Some(Signal::SIGXCPU) => (Outcome::CpuLimit, info(ExitReason::CpuLimit)),
-            // The hard CPU limit ends with SIGKILL from the kernel when SIGXCPU was
-            // ignored; the process must have used at least that much CPU.
-            Some(Signal::SIGKILL) if used_cpu_limit(f) => {
+            // The kernel sends SIGXCPU at the soft CPU limit, and SIGKILL at the hard one
+            // when SIGXCPU was ignored; either way the process used that much CPU. The
+            // same signals after less CPU came from someone else.
+            Some(Signal::SIGXCPU | Signal::SIGKILL) if used_cpu_limit(f) => {
                 (Outcome::CpuLimit, info(ExitReason::CpuLimit))
             }
             // Not ours (no server cause) and not the CPU limit: someone else killed it.
-            Some(Signal::SIGKILL) => (Outcome::Failed, info(ExitReason::KilledOutside)),
+            Some(Signal::SIGXCPU | Signal::SIGKILL) => {
+                (Outcome::Failed, info(ExitReason::KilledOutside))
+            }
             Some(Signal::SIGXFSZ) => (Outcome::Failed, info(ExitReason::FileLimit)),
             Some(Signal::SIGABRT) | Some(Signal::SIGSEGV) | Some(Signal::SIGBUS)
                 if allocation_failed(&f.stderr_tail) =>
@@ -395,10 +393,12 @@ mod tests {
             classify(&facts(Some(2), None)).1.reason.as_str(),
             "config_error"
         );
-        assert_eq!(
-            classify(&facts(None, Some(Signal::SIGXCPU))).0,
-            Outcome::CpuLimit
-        );
+        // SIGXCPU from outside to an idle worker is not the CPU limit.
+        let (s, e) = classify(&facts(None, Some(Signal::SIGXCPU)));
+        assert_eq!((s, e.reason), (Outcome::Failed, ExitReason::KilledOutside));
+        let mut f = facts(None, Some(Signal::SIGXCPU));
+        f.cpu_used = Some(Duration::from_secs(f.limits.cpu_seconds));
+        assert_eq!(classify(&f).0, Outcome::CpuLimit);
         let (s, e) = classify(&facts(None, Some(Signal::SIGXFSZ)));
         assert_eq!(
             (s, e.reason.as_str(), e.signal.as_deref()),

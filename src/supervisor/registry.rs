@@ -6,7 +6,7 @@
 //! output storage (`output`), scheduling (`manager`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bg_agent_worker::protocol::{ErrorKind, Message, TaskSpec};
 use bg_agent_worker::roles::RoleChoice;
@@ -83,21 +83,39 @@ impl AgentState {
     }
 
     /// completed → queued, with the spec of its next round: `agent_send`'s follow-up, the
-    /// one door out of an end. Every other end stays final.
-    pub fn reopen(&mut self, spec: Box<TaskSpec>) -> Result<(), IllegalTransition> {
+    /// one door out of an end. Every other end stays final. Returns the end it left, for
+    /// `restore`.
+    pub fn reopen(&mut self, spec: Box<TaskSpec>) -> Result<AgentState, IllegalTransition> {
         match self {
             AgentState::Ended {
                 outcome: Outcome::Completed,
                 ..
-            } => {
-                *self = AgentState::Queued { spec };
-                Ok(())
-            }
+            } => Ok(std::mem::replace(self, AgentState::Queued { spec })),
             other => Err(IllegalTransition {
                 from: other.status(),
                 to: Status::Queued,
             }),
         }
+    }
+
+    /// queued → the completed `end` it was reopened from: its next round was cancelled
+    /// before it started, so the agent is what it was.
+    pub fn restore(&mut self, end: AgentState) -> Result<(), IllegalTransition> {
+        let completed = matches!(
+            end,
+            AgentState::Ended {
+                outcome: Outcome::Completed,
+                ..
+            }
+        );
+        if !completed || self.status() != Status::Queued {
+            return Err(IllegalTransition {
+                from: self.status(),
+                to: end.status(),
+            });
+        }
+        *self = end;
+        Ok(())
     }
 
     /// queued → killed or failed; running → any outcome.
@@ -150,6 +168,29 @@ impl Usage {
     }
 }
 
+/// What a completed agent was before `agent_send` queued its next round: put back when
+/// that round is cancelled before it starts.
+#[derive(Debug)]
+pub struct Reopened {
+    /// Its completed end.
+    pub end: AgentState,
+    pub limits: Limits,
+    pub result: Option<String>,
+    pub stop_reason: Option<String>,
+    pub prior_usage: Usage,
+    pub prior_turns: u32,
+}
+
+/// A request the worker sent whose usage has not come yet: what it may cost if the
+/// agent is cut off before the usage comes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenTurn {
+    /// Bytes of what the request sends (system prompt and conversation).
+    pub input_bytes: usize,
+    /// Bytes of text streamed back so far.
+    pub output_bytes: usize,
+}
+
 /// Everything known about one agent.
 #[derive(Debug)]
 pub struct AgentRecord {
@@ -197,8 +238,12 @@ pub struct AgentRecord {
     /// How the server tells the agent's supervising task to stop it (while running).
     pub control: Option<tokio::sync::mpsc::UnboundedSender<Control>>,
     /// The conversation so far, from the worker's `message` events: what a follow-up
-    /// (`agent_send`) continues.
+    /// (`agent_send`) continues. Empty once the agent ended: a completed agent's is read
+    /// back from its transcript for its next round (`conversation_saved`).
     pub conversation: Vec<Message>,
+    /// The conversation left memory when the agent completed: its transcript holds all
+    /// of it.
+    pub conversation_saved: bool,
     /// What every round's worker shares (model, role, tools, cwd, provider): the spec the
     /// agent was spawned with.
     pub round_spec: Box<TaskSpec>,
@@ -213,16 +258,16 @@ pub struct AgentRecord {
     /// Follow-ups sent while it ran that its worker has not yet taken into the
     /// conversation (it does at its next turn boundary).
     pub pending_messages: Vec<String>,
+    /// The request in flight, from the user message it sends until its usage arrives.
+    pub open_turn: Option<OpenTurn>,
+    /// While a follow-up round waits queued: what the agent was before it.
+    pub reopened: Option<Box<Reopened>>,
 }
 
 /// A request to the task supervising a running agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    Kill {
-        grace_ms: u64,
-    },
-    /// Stop: the session's budget is spent.
-    SessionBudget,
+    Kill { grace_ms: u64 },
     OutputLimit,
 }
 
@@ -247,7 +292,13 @@ pub struct Registry {
     /// Ids that pending waits are watching, with how many waits: never evicted while
     /// watched, so a wait always sees the end (and result) of what it waits for.
     watched: HashMap<String, usize>,
+    /// Ids a wait returned, until when they stay: the caller reads its reply's later
+    /// pages with the same ids, however many agents ended in between.
+    pinned: HashMap<String, Instant>,
 }
+
+/// How long the agents a wait returned stay readable for its later pages.
+const PAGE_HOLD: Duration = Duration::from_secs(600);
 
 impl Registry {
     pub fn get(&self, id: &str) -> Option<&AgentRecord> {
@@ -280,6 +331,13 @@ impl Registry {
         self.queue.retain(|q| q != id);
         self.slots.remove(id);
         self.agents.remove(id)
+    }
+
+    /// Takes queued `id` out of the queue without ending it; true when it was queued.
+    pub fn unqueue(&mut self, id: &str) -> bool {
+        let before = self.queue.len();
+        self.queue.retain(|q| q != id);
+        self.queue.len() < before
     }
 
     /// Queues `id` for another round (its state already reopened): out of the order of
@@ -375,13 +433,15 @@ impl Registry {
     /// Returns the evicted records (their transcripts are closed when dropped).
     pub fn note_ended(&mut self, id: &str, retain: usize) -> Vec<AgentRecord> {
         self.ended.push_back(id.to_string());
+        let now = Instant::now();
+        self.pinned.retain(|_, until| *until > now);
         let mut evicted = Vec::new();
         let mut kept = Vec::new();
         while self.ended.len() > retain {
             let Some(old) = self.ended.pop_front() else {
                 break;
             };
-            if self.watched.contains_key(&old) {
+            if self.watched.contains_key(&old) || self.pinned.contains_key(&old) {
                 kept.push(old);
             } else if let Some(rec) = self.agents.remove(&old) {
                 evicted.push(rec);
@@ -400,9 +460,11 @@ impl Registry {
         }
     }
 
-    /// The wait that watched `ids` returned.
+    /// The wait that watched `ids` returned: they stay readable for `PAGE_HOLD` more.
     pub fn unwatch(&mut self, ids: &[String]) {
+        let until = Instant::now() + PAGE_HOLD;
         for id in ids {
+            self.pinned.insert(id.clone(), until);
             if let Some(n) = self.watched.get_mut(id) {
                 *n -= 1;
                 if *n == 0 {
@@ -457,8 +519,16 @@ mod tests {
         );
         reg.unwatch(&ids);
         reg.note_ended("c", 1);
-        assert_eq!(reg.ended, ["c"]);
+        assert_eq!(reg.ended, ["a", "c"], "kept for the wait's later pages");
         assert!(reg.watched.is_empty());
+        if let (Some(until), Some(past)) = (
+            reg.pinned.get_mut("a"),
+            Instant::now().checked_sub(Duration::from_secs(1)),
+        ) {
+            *until = past;
+        }
+        reg.note_ended("d", 1);
+        assert_eq!(reg.ended, ["d"], "evicted once the pages' hold ran out");
     }
 
     fn limits() -> Limits {
@@ -526,9 +596,24 @@ mod tests {
         assert_eq!(s.status(), Status::Completed);
         // The one door out of an end: a completed agent's follow-up queues a new round.
         let next = Box::new(s_spec());
-        s.reopen(next.clone()).unwrap();
+        let end = s.reopen(next.clone()).unwrap();
         assert_eq!(s.status(), Status::Queued);
         assert!(s.reopen(next.clone()).is_err(), "only an end reopens");
+        // Its round cancelled before it started: back to the end it left, once.
+        s.restore(end).unwrap();
+        assert_eq!(s.status(), Status::Completed);
+        let end = s.reopen(next.clone()).unwrap();
+        s.start(43).unwrap();
+        assert!(
+            s.restore(end).is_err(),
+            "a round that started cannot be undone"
+        );
+        s.end(
+            Outcome::Completed,
+            ExitInfo::without_process(ExitReason::Completed),
+        )
+        .unwrap();
+        s.reopen(next.clone()).unwrap();
         s.start(44).unwrap();
         s.end(
             Outcome::BudgetExceeded,
@@ -536,8 +621,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            s.reopen(next),
-            Err(IllegalTransition {
+            s.reopen(next).err(),
+            Some(IllegalTransition {
                 from: Status::BudgetExceeded,
                 to: Status::Queued
             })
@@ -597,12 +682,15 @@ mod tests {
             output_seq: tokio::sync::watch::channel(0).0,
             control: None,
             conversation: Vec::new(),
+            conversation_saved: false,
             round_spec: Box::new(s_spec()),
             rounds: 1,
             prior_usage: Usage::default(),
             prior_turns: 0,
             inbox: None,
             pending_messages: Vec::new(),
+            open_turn: None,
+            reopened: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! Not here: resolving a spawn into a model and limits (`bg_agent_worker::resolve`).
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bg_agent_worker::config::KILL_GRACE_MAX_MS;
@@ -45,6 +46,56 @@ pub enum RequestError {
     GraceAboveCeiling(u64),
     #[error("unknown role `{shown}`; use one of: {valid}")]
     UnknownRole { shown: String, valid: String },
+}
+
+/// Directories no agent may work in, whatever `[server] workspace_roots` says: the whole
+/// file system, and the kernel's views of processes, devices and itself.
+const SYSTEM_DIRS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// Why a directory cannot be an agent's workspace.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error(
+        "cwd {} is {what}: an agent there could read every file the server can; nothing was started. Give the project directory the agent should read as cwd",
+        path.display()
+    )]
+    System { path: PathBuf, what: &'static str },
+    #[error(
+        "cwd {} is not under any of [server] workspace_roots ({roots}); nothing was started. Give a directory under one of them, or add its root to workspace_roots in the config and restart the server",
+        path.display()
+    )]
+    OutsideRoots { path: PathBuf, roots: String },
+}
+
+/// Refuses `cwd` (already resolved: absolute, no symlinks) as a workspace when it is `/`,
+/// under /proc, /sys or /dev, or outside every one of `roots` (when any is given).
+pub fn check_workspace(cwd: &Path, roots: &[String]) -> Result<(), WorkspaceError> {
+    let system = |what| WorkspaceError::System {
+        path: cwd.to_path_buf(),
+        what,
+    };
+    if cwd.parent().is_none() {
+        return Err(system("the root of the file system"));
+    }
+    if SYSTEM_DIRS.iter().any(|d| cwd.starts_with(d)) {
+        return Err(system("a kernel file system (/proc, /sys or /dev)"));
+    }
+    if roots.is_empty() {
+        return Ok(());
+    }
+    // A root is compared as resolved, so a root given through a symlink still matches.
+    let inside = roots.iter().any(|r| {
+        let root = std::fs::canonicalize(r).unwrap_or_else(|_| PathBuf::from(r));
+        cwd.starts_with(root)
+    });
+    if inside {
+        Ok(())
+    } else {
+        Err(WorkspaceError::OutsideRoots {
+            path: cwd.to_path_buf(),
+            roots: roots.join(", "),
+        })
+    }
 }
 
 /// A caller's string as echoed in an error: at most 40 chars.
@@ -203,6 +254,38 @@ mod tests {
             distinct_ids(long),
             Err(RequestError::IdTooLong { chars: 42, .. })
         ));
+    }
+
+    #[test]
+    fn system_directories_are_never_workspaces_and_roots_bound_the_rest() {
+        for bad in [
+            "/",
+            "/proc",
+            "/proc/1/root",
+            "/sys/kernel",
+            "/dev",
+            "/dev/shm",
+        ] {
+            let e = check_workspace(Path::new(bad), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("cwd {bad} is ")), "{e}");
+            assert!(e.contains("Give the project directory"), "{e}");
+        }
+        assert!(check_workspace(Path::new("/home/me/src/app"), &[]).is_ok());
+        assert!(
+            check_workspace(Path::new("/devices"), &[]).is_ok(),
+            "by component"
+        );
+        let roots = ["/home/me/src".to_string()];
+        assert!(check_workspace(Path::new("/home/me/src/app"), &roots).is_ok());
+        let e = check_workspace(Path::new("/home/me/srcs"), &roots)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not under any of [server] workspace_roots (/home/me/src)"),
+            "{e}"
+        );
     }
 
     #[test]

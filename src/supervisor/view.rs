@@ -174,6 +174,17 @@ fn times(state: &AgentState) -> (Option<u32>, Option<SystemTime>, Option<SystemT
     }
 }
 
+/// USD rounded to 6 significant digits (sums of floats read as amounts, not
+/// `0.00013110000000000002`), and never `-0` (an empty float sum is -0.0).
+pub fn round_usd(usd: f64) -> f64 {
+    if usd == 0.0 || !usd.is_finite() {
+        return 0.0;
+    }
+    let digits = 5 - usd.abs().log10().floor() as i32;
+    let scale = 10f64.powi(digits);
+    (usd * scale).round() / scale
+}
+
 impl UsageView {
     fn of(r: &AgentRecord) -> Self {
         UsageView {
@@ -181,7 +192,7 @@ impl UsageView {
             output_tokens: r.usage.output_tokens,
             cache_write_tokens: r.usage.cache_write_tokens,
             cache_read_tokens: r.usage.cache_read_tokens,
-            cost_usd: r.usage.cost_usd,
+            cost_usd: r.usage.cost_usd.map(round_usd),
             estimated: r.usage.estimated,
         }
     }
@@ -273,5 +284,20 @@ impl ListRow {
             answer_truncated: r.status() == Status::Completed
                 && r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_usd;
+
+    #[test]
+    fn usd_rounds_to_six_significant_digits_and_never_reads_negative_zero() {
+        assert_eq!(round_usd(0.000_131_100_000_000_000_02), 0.000_131_1);
+        assert_eq!(round_usd(1.234_567_89), 1.234_57);
+        assert_eq!(round_usd(12_345.678_9), 12_345.7);
+        let empty: f64 = std::iter::empty::<f64>().sum();
+        assert!(round_usd(empty).is_sign_positive());
+        assert_eq!(format!("{:.4}", round_usd(empty)), "0.0000");
     }
 }

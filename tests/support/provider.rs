@@ -86,6 +86,23 @@ impl RecordedRequest {
     }
 }
 
+/// What one streamed answer billed, as its usage says: input (uncached), cache writes
+/// and reads, and the output tokens it streamed (for a cut stream, what it sent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Billed {
+    pub input_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Billed {
+    /// Every token billed, as `max_total_tokens` counts them.
+    pub fn total(&self) -> u64 {
+        self.input_tokens + self.cache_write_tokens + self.cache_read_tokens + self.output_tokens
+    }
+}
+
 /// What the fake answers to one request.
 #[derive(Clone, Debug)]
 pub enum Step {
@@ -310,6 +327,11 @@ impl FakeProvider {
         lock(&self.state).peak_in_flight
     }
 
+    /// What every streamed answer so far billed, in arrival order of the requests.
+    pub fn billed(&self) -> Vec<Billed> {
+        lock(&self.state).billed.clone()
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.state).requests.clone()
@@ -345,6 +367,7 @@ impl Drop for FakeProvider {
 struct FakeState {
     rules: Vec<Rule>,
     requests: Vec<RecordedRequest>,
+    billed: Vec<Billed>,
     /// Source of `msg_fake_N` / `chatcmpl-fake-N` / `req_fake_N` numbers.
     next_id: u64,
     quirks: Quirks,
@@ -428,10 +451,19 @@ async fn handle(
     match outcome {
         Ok(((api, body), cache, permit, step)) => {
             let all_input = cache.prompt.unwrap_or(raw_body.len() as u64 / 4).max(1);
+            let input_tokens = all_input.saturating_sub(cache.read + cache.write).max(1);
+            if let Some(streamed) = streamed_chars(&step) {
+                lock(&state).billed.push(Billed {
+                    input_tokens,
+                    cache_write_tokens: cache.write,
+                    cache_read_tokens: cache.read,
+                    output_tokens: output_tokens(streamed),
+                });
+            }
             let turn = Turn {
                 id,
                 model: recorded.model,
-                input_tokens: all_input.saturating_sub(cache.read + cache.write).max(1),
+                input_tokens,
                 cache_write_tokens: cache.write,
                 cache_read_tokens: cache.read,
                 include_usage: !quirks.no_usage
@@ -1093,6 +1125,23 @@ fn json_response(api: Api, code: u16, body: &Value, retry_after: Option<u64>, id
     };
     insert_request_id(headers, request_id_header, id);
     response
+}
+
+/// Characters of output a step streams (what its usage counts), `None` for a step that
+/// streams no answer and for any step not named here.
+fn streamed_chars(step: &Step) -> Option<usize> {
+    match step {
+        Step::Text { chunks, .. } | Step::Length { chunks } => Some(chars(chunks)),
+        Step::ToolUse { text, input, .. } => Some(
+            text.as_deref().map_or(0, |t| t.chars().count()) + input.to_string().chars().count(),
+        ),
+        Step::MidStreamError { after_chunks, .. }
+        | Step::Hang { after_chunks }
+        | Step::CloseMidMessage { after_chunks } => Some(chars(after_chunks)),
+        // Errors, redirects and empty bodies bill nothing (and a step made from the
+        // request was made before this).
+        _ => None,
+    }
 }
 
 fn output_tokens(streamed_chars: usize) -> u64 {

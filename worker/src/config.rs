@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// Tokens (input, cache and output) all agents of one session may use together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_max_tokens: Option<u64>,
+    /// Directories an agent's cwd must lie under (absolute paths); empty: any ordinary
+    /// directory (never `/`, `/proc`, `/sys` or `/dev`).
+    pub workspace_roots: Vec<String>,
 }
 
 /// The `Stop` hook's behaviour (`[server] stop_hook`).
@@ -290,6 +293,28 @@ pub fn check_base_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// `url` as it may be shown: a password in its user part is replaced, so credentials
+/// written into a base URL never reach a screen or a log.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked = if userinfo.contains(':') {
+                ":[redacted password]"
+            } else {
+                ""
+            };
+            format!("{scheme}://{user}{masked}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// The endpoint of provider `name` in force under `env`: `base_url_env`'s value when set
 /// and non-empty (checked like `base_url` in the file), else `base_url`.
 pub fn effective_base_url(
@@ -447,9 +472,11 @@ impl Config {
         let mut bad = Vec::new();
         for (name, provider) in &self.providers {
             match provider.effective_base_url(name, &env) {
-                Ok(url) => {
-                    text.push_str(&format!("#   {name}: {} (from {})\n", url.url, url.source))
-                }
+                Ok(url) => text.push_str(&format!(
+                    "#   {name}: {} (from {})\n",
+                    without_password(&url.url),
+                    url.source
+                )),
                 Err(e) => {
                     text.push_str(&format!("#   {name}: invalid: {e}\n"));
                     bad.push(e);
@@ -508,6 +535,18 @@ impl Config {
             ));
         }
 
+        if let Some(root) = s
+            .workspace_roots
+            .iter()
+            .find(|r| !std::path::Path::new(r).is_absolute())
+        {
+            return Err(invalid(
+                "[server] workspace_roots".into(),
+                format!("{root:?}"),
+                "each must be an absolute path, such as \"/home/me/src\"".into(),
+            ));
+        }
+
         for (section, limits) in [("defaults", &self.defaults), ("max", &self.max)] {
             check_limits(&format!("[{section}]"), &|k| Some((k.get)(limits)))
                 .map_err(|(k, v, fix)| invalid(k, v, fix))?;
@@ -515,8 +554,8 @@ impl Config {
         if let Some((key, v, m)) = self.defaults.first_above(&self.max) {
             return Err(invalid(
                 format!("[defaults] {key}"),
-                fmt_limit(v),
-                format!("must not exceed [max] {key} = {}", fmt_limit(m)),
+                v,
+                format!("must not exceed [max] {key} = {m}"),
             ));
         }
 
@@ -611,8 +650,8 @@ impl Config {
             if let Some((k, v, m)) = effective.first_above(&self.max) {
                 return Err(invalid(
                     format!("{key} {k}"),
-                    fmt_limit(v),
-                    format!("must not exceed [max] {k} = {}", fmt_limit(m)),
+                    v,
+                    format!("must not exceed [max] {k} = {m}"),
                 ));
             }
         }
@@ -826,6 +865,16 @@ mod tests {
     }
 
     #[test]
+    fn workspace_roots_are_empty_by_default_and_must_be_absolute() {
+        assert!(Config::builtin().unwrap().server.workspace_roots.is_empty());
+        let c = user("[server]\nworkspace_roots = [\"/home/me/src\"]\n").unwrap();
+        assert_eq!(c.server.workspace_roots, ["/home/me/src"]);
+        let e = err("[server]\nworkspace_roots = [\"src\"]\n");
+        assert!(e.contains("[server] workspace_roots"), "{e}");
+        assert!(e.contains("absolute path"), "{e}");
+    }
+
+    #[test]
     fn session_caps_are_off_by_default_and_range_checked() {
         let c = Config::builtin().unwrap();
         assert_eq!(c.server.session_budget_usd, None);
@@ -967,5 +1016,18 @@ mod tests {
         let text = c.to_toml();
         let again = Config::from_layers(Some(&text), ConfigSource::Builtin).unwrap();
         assert_eq!(c, again);
+    }
+
+    #[test]
+    fn a_password_in_a_base_url_is_never_shown() {
+        assert_eq!(
+            without_password("http://me:s3cret@127.0.0.1:8080/v1?x=1"),
+            "http://me:[redacted password]@127.0.0.1:8080/v1?x=1"
+        );
+        assert_eq!(without_password("http://me@host/v1"), "http://me@host/v1");
+        assert_eq!(
+            without_password("https://api.anthropic.com"),
+            "https://api.anthropic.com"
+        );
     }
 }

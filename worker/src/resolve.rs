@@ -173,18 +173,10 @@ pub fn raised_limits(
 
 fn within_bounds(config: &Config, requested: Limits) -> Result<Limits, ResolveError> {
     if let Some((key, value, max)) = requested.first_above(&config.max) {
-        return Err(ResolveError::AboveCeiling {
-            key,
-            value: fmt_limit(value),
-            max: fmt_limit(max),
-        });
+        return Err(ResolveError::AboveCeiling { key, value, max });
     }
-    if let Some((key, value, min)) = Limits::MIN.first_above(&requested) {
-        return Err(ResolveError::BelowMinimum {
-            key,
-            value: fmt_limit(min),
-            min: fmt_limit(value),
-        });
+    if let Some((key, min, value)) = Limits::MIN.first_above(&requested) {
+        return Err(ResolveError::BelowMinimum { key, value, min });
     }
     Ok(requested)
 }
@@ -331,6 +323,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("budget_usd = 25.5")
+        );
+        let mut r = req("x");
+        r.limits.cpu_seconds = Some(u64::MAX);
+        let e = resolve(&c, &r).unwrap_err().to_string();
+        assert!(
+            e.starts_with("limits.cpu_seconds = 18446744073709551615 is above"),
+            "echoed exactly, not through a float: {e}"
         );
     }
 

@@ -18,6 +18,8 @@ pub struct LimitKey {
     pub max: f64,
     pub get: fn(&Limits) -> f64,
     pub get_override: fn(&LimitsOverride) -> Option<f64>,
+    /// The value as written (exact, where an f64 would round a large integer).
+    pub show: fn(&Limits) -> String,
 }
 
 /// Writes the limit fields once: `Limits`, `LimitsOverride`, `LIMIT_KEYS` and the helpers
@@ -54,6 +56,7 @@ macro_rules! limits {
             max: $max as f64,
             get: |l| l.$field as f64,
             get_override: |o| o.$field.map(|v| v as f64),
+            show: |l| l.$field.to_string(),
         }),*];
 
         impl Limits {
@@ -109,12 +112,13 @@ limits! {
 }
 
 impl Limits {
-    /// The first key of `self` above the matching key of `ceiling`, as (key, value, max).
-    pub fn first_above(&self, ceiling: &Limits) -> Option<(&'static str, f64, f64)> {
+    /// The first key of `self` above the matching key of `ceiling`, as (key, value, max),
+    /// the values written exactly.
+    pub fn first_above(&self, ceiling: &Limits) -> Option<(&'static str, String, String)> {
         LIMIT_KEYS.iter().find_map(|k| {
             let (v, m) = ((k.get)(self), (k.get)(ceiling));
             // NaN is above every ceiling: a budget of NaN must not switch the budget off.
-            (v > m || v.is_nan()).then_some((k.name, v, m))
+            (v > m || v.is_nan()).then(|| (k.name, (k.show)(self), (k.show)(ceiling)))
         })
     }
 }

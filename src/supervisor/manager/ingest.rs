@@ -6,13 +6,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bg_agent_worker::protocol::{Block, Event, Role};
+use bg_agent_worker::protocol::{Block, ErrorKind, Event, Role};
+use bg_agent_worker::provider::estimate_tokens;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::mpsc;
 
 use crate::supervisor::output::Transcript;
-use crate::supervisor::registry::{AgentRecord, Control, Usage};
+use crate::supervisor::registry::{AgentRecord, Control, OpenTurn, Usage};
 
 use super::Inner;
 
@@ -150,7 +151,7 @@ impl Inner {
                     if let Event::Usage { .. } = &event {
                         let before = rec.usage;
                         apply_event(rec, event);
-                        session_spent |= self.add_to_session(&before, &rec.usage);
+                        session_spent |= self.add_to_session(id, &before, &rec.usage);
                         continue;
                     }
                     if let Event::Retry {
@@ -191,13 +192,14 @@ impl Inner {
         }
         let over_cap = rec.overflow.is_some();
         if session_spent {
-            self.stop_session(&mut reg);
+            self.cancel_queued_for_session(&mut reg);
         }
         over_cap
     }
 }
 
 fn apply_event(rec: &mut AgentRecord, event: Event) {
+    track_open_turn(rec, &event);
     match &event {
         Event::Started { sandbox, .. } => rec.sandbox = sandbox.clone(),
         Event::Usage {
@@ -250,6 +252,51 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
     if let Some(text) = event.render_human(!rec.mid_line) {
         push_text(rec, &text);
     }
+}
+
+/// Follows the request in flight: opened by the user message the worker sends (the
+/// task, tool results, a follow-up), grown by the text streamed back, closed by its usage
+/// or the worker's final event.
+fn track_open_turn(rec: &mut AgentRecord, event: &Event) {
+    match event {
+        Event::Message { message } if message.role == Role::User => {
+            let conversation = serde_json::to_vec(&rec.conversation).map_or(0, |v| v.len());
+            let message = serde_json::to_vec(message).map_or(0, |v| v.len());
+            rec.open_turn = Some(OpenTurn {
+                input_bytes: rec.round_spec.system_prompt.len() + conversation + message,
+                output_bytes: 0,
+            });
+        }
+        Event::Text { text } => {
+            if let Some(turn) = rec.open_turn.as_mut() {
+                turn.output_bytes += text.len();
+            }
+        }
+        // An interrupted worker's request was cut, not answered: it stays open.
+        Event::Error {
+            kind: ErrorKind::Interrupted,
+            ..
+        } => {}
+        Event::Usage { .. } | Event::Result { .. } | Event::Error { .. } => rec.open_turn = None,
+        _ => {}
+    }
+}
+
+/// What a request cut off before its usage came cost, estimated (4 bytes a token) and
+/// added to `rec`'s usage, marked estimated; `None` when no request was in flight.
+pub(super) fn count_cut_turn(rec: &mut AgentRecord) -> Option<Usage> {
+    let turn = rec.open_turn.take()?;
+    let before = rec.usage;
+    let input = estimate_tokens(turn.input_bytes);
+    let output = estimate_tokens(turn.output_bytes);
+    rec.usage.input_tokens += input;
+    rec.usage.output_tokens += output;
+    rec.usage.cost_usd = match (rec.round_spec.price, before.cost_usd) {
+        (Some(price), spent) => Some(spent.unwrap_or(0.0) + price.cost(input, output)),
+        (None, spent) => spent,
+    };
+    rec.usage.estimated = true;
+    Some(before)
 }
 
 fn push_text(rec: &mut AgentRecord, text: &str) {

@@ -9,9 +9,10 @@ use serde::Serialize;
 
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{ReadRequest, compile_filter};
-use crate::supervisor::registry::{AgentRecord, Registry};
-use crate::supervisor::view::{ListRow, StatusView};
+use crate::supervisor::registry::{AgentRecord, AgentState, Registry};
+use crate::supervisor::view::{ListRow, StatusView, round_usd};
 
+use super::session::Grant;
 use super::{Inner, Manager, ManagerError, SessionView};
 
 /// What a read of an agent's output asks for.
@@ -173,7 +174,7 @@ impl Manager {
             total_output_tokens: recs.iter().map(|r| r.usage.output_tokens).sum(),
             total_cache_write_tokens: recs.iter().map(|r| r.usage.cache_write_tokens).sum(),
             total_cache_read_tokens: recs.iter().map(|r| r.usage.cache_read_tokens).sum(),
-            total_cost_usd: recs.iter().filter_map(|r| r.usage.cost_usd).sum(),
+            total_cost_usd: round_usd(recs.iter().filter_map(|r| r.usage.cost_usd).sum()),
             session: self.inner.session_view(),
             agents_with_unknown_cost: recs
                 .iter()
@@ -225,6 +226,11 @@ impl Inner {
     /// Why queued agent `rec` still waits.
     pub(super) fn queued_reason(&self, reg: &Registry, rec: &AgentRecord) -> String {
         if let Some(why) = self.admission().blocked(&rec.provider, Instant::now()) {
+            return why;
+        }
+        if let AgentState::Queued { spec } = &rec.state
+            && let Grant::Wait(why) | Grant::Spent(why) = self.grant(&self.session(), spec)
+        {
             return why;
         }
         format!(

@@ -8,15 +8,18 @@
 //! the round's worker (`start`).
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-use bg_agent_worker::protocol::{Input, TaskSpec};
-use bg_agent_worker::resolve::raised_limits;
+use bg_agent_worker::protocol::{Event, Input, Message, TaskSpec};
+use bg_agent_worker::provider::estimate_tokens;
+use bg_agent_worker::resolve::{MAX_TASK_BYTES, raised_limits};
 use bg_agent_worker::values::{Limits, LimitsOverride};
 
+use super::session::Grant;
 use super::{Inner, Manager, ManagerError};
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::OutputError;
-use crate::supervisor::registry::{AgentRecord, AgentState};
+use crate::supervisor::registry::{AgentRecord, AgentState, Reopened};
 use crate::supervisor::view::StatusView;
 
 /// What a follow-up did.
@@ -43,11 +46,44 @@ impl Manager {
         if message.trim().is_empty() {
             return Err(ManagerError::EmptyMessage);
         }
+        if message.len() > MAX_TASK_BYTES {
+            return Err(ManagerError::MessageTooLong {
+                bytes: message.len(),
+            });
+        }
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ManagerError::ShuttingDown);
         }
+        // A completed agent's conversation waits in its transcript: read it back first,
+        // without holding the registry.
+        let saved = {
+            let reg = inner.lock();
+            reg.get(id)
+                .filter(|r| r.conversation_saved && r.status() == Status::Completed)
+                .and_then(|r| {
+                    r.transcript
+                        .as_ref()
+                        .map(|t| (t.path().to_path_buf(), r.rounds))
+                })
+        };
+        let loaded = saved
+            .map(|(path, rounds)| read_conversation(&path).map(|c| (c, rounds)))
+            .transpose()
+            .map_err(|source| {
+                ManagerError::Transcript(OutputError::TranscriptFile {
+                    path: inner.transcript_dir.clone(),
+                    source,
+                })
+            })?;
         let sent = {
             let mut reg = inner.lock();
+            if let (Some(rec), Some((conversation, rounds))) = (reg.get_mut(id), loaded)
+                && rec.conversation_saved
+                && rec.rounds == rounds
+            {
+                rec.conversation = conversation;
+                rec.conversation_saved = false;
+            }
             let Some(rec) = reg.get_mut(id) else {
                 drop(reg);
                 return Err(self.status(id).err().unwrap_or(ManagerError::UnknownAgent {
@@ -59,6 +95,10 @@ impl Manager {
             match rec.status() {
                 Status::Queued => {
                     if let AgentState::Queued { spec } = &mut rec.state {
+                        let bytes = spec.task.len() + 2 + message.len();
+                        if bytes > MAX_TASK_BYTES {
+                            return Err(ManagerError::MessageTooLong { bytes });
+                        }
                         spec.task.push_str("\n\n");
                         spec.task.push_str(message);
                         spec.limits = limits;
@@ -71,6 +111,28 @@ impl Manager {
                         return Err(ManagerError::SessionBudget(why));
                     }
                     let spec = next_round(rec, message, limits)?;
+                    if let Grant::Spent(why) = inner.grant(&inner.session(), &spec) {
+                        return Err(ManagerError::SessionBudget(why));
+                    }
+                    let server = &inner.config.server;
+                    let waits = reg.running() >= server.max_concurrent
+                        || reg.queues_provider(&spec.provider.name)
+                        || inner
+                            .admission()
+                            .blocked(&spec.provider.name, Instant::now())
+                            .is_some();
+                    if waits && reg.queued() >= server.max_queued {
+                        return Err(ManagerError::QueueFull {
+                            queued: reg.queued(),
+                            max: server.max_queued,
+                        });
+                    }
+                    let Some(rec) = reg.get_mut(id) else {
+                        return Err(ManagerError::UnknownAgent {
+                            id: id.to_string(),
+                            hint: "agent_list shows the agents".into(),
+                        });
+                    };
                     if let Some(t) = rec.transcript.as_mut() {
                         t.reopen().map_err(|source| {
                             ManagerError::Transcript(OutputError::TranscriptFile {
@@ -79,14 +141,27 @@ impl Manager {
                             })
                         })?;
                     }
-                    rec.state
+                    let end = rec
+                        .state
                         .reopen(Box::new(spec))
                         .map_err(|_| not_resumable(rec))?;
+                    rec.reopened = Some(Box::new(Reopened {
+                        end,
+                        limits: rec.limits,
+                        result: rec.result.clone(),
+                        stop_reason: rec.stop_reason.clone(),
+                        prior_usage: rec.prior_usage,
+                        prior_turns: rec.prior_turns,
+                    }));
                     begin_round(rec, limits, message);
                     reg.queue_round(id);
                     Sent::Round(reg.get(id).map_or(0, |r| r.rounds))
                 }
                 Status::Running => {
+                    if !raise.is_empty() {
+                        return Err(ManagerError::LimitsWhileRunning { id: id.to_string() });
+                    }
+                    affordable(rec, message, &rec.limits)?;
                     let line = serde_json::to_string(&Input::FollowUp {
                         message: message.to_string(),
                     })
@@ -110,6 +185,19 @@ impl Manager {
         inner.bump();
         Ok((sent, self.status(id)?))
     }
+}
+
+/// The conversation in a transcript: its `message` events, in order.
+fn read_conversation(path: &std::path::Path) -> std::io::Result<Vec<Message>> {
+    use std::io::BufRead;
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut conversation = Vec::new();
+    for line in file.lines() {
+        if let Ok(Event::Message { message }) = serde_json::from_str::<Event>(&line?) {
+            conversation.push(message);
+        }
+    }
+    Ok(conversation)
 }
 
 /// The spec of a completed agent's next round: its spawn spec with the conversation so
@@ -148,6 +236,7 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
             format!("${}", limits.budget_usd),
         ));
     }
+    affordable(rec, message, &limits)?;
     let mut spec = (*rec.round_spec).clone();
     spec.task = message.to_string();
     spec.history = rec.conversation.clone();
@@ -158,6 +247,42 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
         ..limits
     };
     Ok(spec)
+}
+
+/// Refuses a follow-up whose first request cannot be paid from what is left of `rec`'s
+/// `limits`: the whole conversation goes to the provider again with `message`, and the
+/// worker can only hold back output, never input.
+fn affordable(rec: &AgentRecord, message: &str, limits: &Limits) -> Result<(), ManagerError> {
+    let conversation = serde_json::to_vec(&rec.conversation).map_or(0, |v| v.len());
+    let input = estimate_tokens(rec.round_spec.system_prompt.len() + conversation + message.len());
+    let used_tokens = rec.usage.total_tokens();
+    let tokens_left = limits.max_total_tokens.saturating_sub(used_tokens);
+    let too_big = |key: &'static str, need: String, left: String| ManagerError::FollowUpTooCostly {
+        id: rec.id.clone(),
+        key,
+        input,
+        need,
+        left,
+    };
+    if input >= tokens_left {
+        return Err(too_big(
+            "max_total_tokens",
+            format!("{} tokens", input + 1),
+            format!("{tokens_left} tokens"),
+        ));
+    }
+    if let (Some(price), Some(used_usd)) = (rec.round_spec.price, rec.usage.cost_usd) {
+        let need = price.cost(input, 1);
+        let left = limits.budget_usd - used_usd;
+        if need > left {
+            return Err(too_big(
+                "budget_usd",
+                format!("${need:.4}"),
+                format!("${:.4}", left.max(0.0)),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The record at the start of a new round: earlier usage set aside to add up, the last

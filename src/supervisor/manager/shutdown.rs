@@ -9,6 +9,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
+use crate::supervisor::outcome::ExitReason;
 use crate::supervisor::process::{self};
 use crate::supervisor::registry::{AgentState, Control};
 
@@ -34,12 +35,10 @@ impl Manager {
         let mut rx = inner.changed.subscribe();
         let pids: Vec<u32> = {
             let mut reg = inner.lock();
-            let queued: Vec<String> = reg.queued_ids();
-            for id in &queued {
-                inner.cancel_queued(&mut reg, id);
-            }
-            report.cancelled = queued.len();
             let mut pids = Vec::new();
+            // Counted before the queue is cancelled, so a cancelled agent is not also
+            // counted as one that had already ended.
+
             for rec in reg.records() {
                 match &rec.state {
                     AgentState::Running { pid, .. } => {
@@ -53,6 +52,16 @@ impl Manager {
                     AgentState::Queued { .. } => {}
                 }
             }
+            let queued: Vec<String> = reg.queued_ids();
+            for id in &queued {
+                inner.cancel_queued(
+                    &mut reg,
+                    id,
+                    ExitReason::Cancelled,
+                    "cancelled before it started",
+                );
+            }
+            report.cancelled = queued.len();
             pids
         };
         inner.bump();

@@ -15,8 +15,10 @@ use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{OutputBuffer, OutputError, StderrTail};
 use crate::supervisor::process::{self, SpawnError};
 use crate::supervisor::registry::{AgentRecord, AgentState, Usage};
+use crate::supervisor::request::check_workspace;
 use crate::supervisor::view::SpawnView;
 
+use super::session::Grant;
 use super::{Inner, Manager, ManagerError, out_of_descriptors};
 
 /// Characters of the task kept in records and lists.
@@ -37,7 +39,7 @@ impl Manager {
             return Err(ManagerError::SessionBudget(why));
         }
         let mut resolution = resolve(&inner.config, &req)?;
-        inner.fit_to_session(&mut resolution);
+        check_workspace(&resolution.spec.cwd, &inner.config.server.workspace_roots)?;
         // The worker gets the key from the server's environment (`process::worker_env`):
         // without it the agent could only fail later, so the spawn fails now.
         if let Some(var) = missing_key(&resolution.spec.provider, |v| std::env::var_os(v)) {
@@ -78,9 +80,27 @@ impl Manager {
             // FIFO per provider: nobody overtakes a queued agent of the same provider.
             let provider = &resolution.route.provider;
             let mut admission = inner.admission();
-            let start_now = reg.running() < server.max_concurrent
+            let mut start_now = reg.running() < server.max_concurrent
                 && admission.blocked(provider, Instant::now()).is_none()
                 && !reg.queues_provider(provider);
+            // Locked after the registry and admission (the order everywhere).
+            let mut spend = inner.session();
+            let mut queued_reason = None;
+            match inner.grant(&spend, &resolution.spec) {
+                Grant::Spent(why) => return Err(ManagerError::SessionBudget(why)),
+                Grant::Wait(why) => {
+                    if start_now {
+                        queued_reason = Some(why);
+                    }
+                    start_now = false;
+                }
+                Grant::Start { limits, lowered } => {
+                    if start_now {
+                        resolution.spec.limits = limits;
+                        resolution.warnings.extend(lowered);
+                    }
+                }
+            }
             if !start_now && reg.queued() >= server.max_queued {
                 return Err(ManagerError::QueueFull {
                     queued: reg.queued(),
@@ -121,7 +141,7 @@ impl Manager {
                 limits: spec.limits,
                 label: label.clone(),
                 warnings: resolution.warnings,
-                queued_reason: None,
+                queued_reason,
             };
             let record = AgentRecord {
                 id: id.clone(),
@@ -144,6 +164,8 @@ impl Manager {
                 prior_turns: 0,
                 inbox: None,
                 pending_messages: Vec::new(),
+                open_turn: None,
+                reopened: None,
                 state: AgentState::Queued {
                     spec: Box::new(spec),
                 },
@@ -165,10 +187,18 @@ impl Manager {
                 output_seq: watch::channel(0).0,
                 control: None,
                 conversation: Vec::new(),
+                conversation_saved: false,
             };
-            reg.insert(record, start_now);
             if start_now {
                 admission.take(&id, &view.provider);
+                inner.reserve(&mut spend, &id, &record.round_spec);
+            }
+            drop(spend);
+            drop(admission);
+            reg.insert(record, start_now);
+            let mut view = view;
+            if !start_now && view.queued_reason.is_none() {
+                view.queued_reason = reg.get(&id).map(|r| inner.queued_reason(&reg, r));
             }
             (id, view, start_now)
         };
@@ -189,6 +219,7 @@ impl Manager {
             let removed = {
                 let mut reg = inner.lock();
                 inner.admission().give_back(&id);
+                inner.unreserve(&id);
                 reg.remove(&id)
             };
             if let Some(path) = removed.and_then(|r| r.transcript.map(|t| t.path().to_path_buf())) {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bg_agent_worker::values::Limits;
 use tokio::sync::mpsc;
 
 use crate::supervisor::outcome::{ExitReason, Outcome};
@@ -15,6 +16,7 @@ use crate::supervisor::output::{OutputError, Transcript};
 use crate::supervisor::process::{self, SpawnError};
 use crate::supervisor::registry::{AgentRecord, AgentState, Control};
 
+use super::session::Grant;
 use super::{Inner, ManagerError};
 
 /// How soon a start that ran out of file descriptors is tried again.
@@ -63,6 +65,7 @@ impl Inner {
                     drop(reg);
                     self.lock().release_slot(id);
                     self.admission().give_back(id);
+                    self.unreserve(id);
                     self.start_next();
                     return Ok(());
                 }
@@ -99,6 +102,7 @@ impl Inner {
                     if ok {
                         rec.control = Some(ctl_tx.clone());
                         rec.waiting_for = None;
+                        rec.reopened = None;
                     }
                     ok
                 }
@@ -129,18 +133,51 @@ impl Inner {
         let (ids, release) = {
             let mut reg = self.lock();
             let mut admission = self.admission();
+            let mut spend = self.session();
             let mut ids = Vec::new();
+            // Queued agents the session can never pay for, with why.
+            let mut unpayable = Vec::new();
             while reg.running() < self.config.server.max_concurrent
                 && !self.shutting_down.load(Ordering::SeqCst)
             {
-                let admits = |r: &AgentRecord| admission.blocked(&r.provider, now).is_none();
+                let mut granted = None;
+                let admits = |r: &AgentRecord| {
+                    let AgentState::Queued { spec } = &r.state else {
+                        return false;
+                    };
+                    if admission.blocked(&r.provider, now).is_some() {
+                        return false;
+                    }
+                    match self.grant(&spend, spec) {
+                        Grant::Start { limits, .. } => {
+                            granted = Some(limits);
+                            true
+                        }
+                        Grant::Spent(why) => {
+                            if !unpayable.iter().any(|(id, _)| *id == r.id) {
+                                unpayable.push((r.id.clone(), why));
+                            }
+                            false
+                        }
+                        Grant::Wait(_) => false,
+                    }
+                };
                 let Some(id) = reg.admit_next(admits) else {
                     break;
                 };
-                if let Some(rec) = reg.get(&id) {
+                if let (Some(rec), Some(limits)) = (reg.get_mut(&id), granted) {
                     admission.take(&id, &rec.provider);
+                    if let AgentState::Queued { spec } = &mut rec.state {
+                        apply_grant(&mut rec.limits, &mut spec.limits, limits);
+                        self.reserve(&mut spend, &id, spec);
+                    }
                 }
                 ids.push(id);
+            }
+            drop(spend);
+            for (id, why) in unpayable {
+                let why = format!("cancelled before it started: {why}");
+                self.cancel_queued(&mut reg, &id, ExitReason::SessionBudget, &why);
             }
             let waiting = reg.queued() > 0;
             (ids, admission.next_release(now).filter(|_| waiting))
@@ -171,6 +208,7 @@ impl Inner {
         let transcript = {
             let mut reg = self.lock();
             reg.release_slot(id);
+            self.unreserve(id);
             let Some(rec) = reg.get_mut(id) else {
                 return;
             };
@@ -221,6 +259,7 @@ impl Inner {
             let mut reg = self.lock();
             reg.release_slot(id);
             self.admission().give_back(id);
+            self.unreserve(id);
             let error = format!("could not start: {message}");
             self.end_unstarted(
                 &mut reg,
@@ -233,6 +272,17 @@ impl Inner {
         self.bump();
         self.start_next();
     }
+}
+
+/// Lowers a starting round's `spec` limits to what the session `granted`, and the
+/// agent's own `limits` (over all its rounds) by as much.
+fn apply_grant(limits: &mut Limits, spec: &mut Limits, granted: Limits) {
+    limits.budget_usd -= spec.budget_usd - granted.budget_usd;
+    limits.max_total_tokens = limits.max_total_tokens.saturating_sub(
+        spec.max_total_tokens
+            .saturating_sub(granted.max_total_tokens),
+    );
+    *spec = granted;
 }
 
 /// Whether `e` is the process (or the system) running out of file descriptors.

@@ -16,9 +16,10 @@ use crate::supervisor::outcome::{
 };
 use crate::supervisor::output::Transcript;
 use crate::supervisor::process::{self};
-use crate::supervisor::registry::{Control, Registry};
+use crate::supervisor::registry::{AgentRecord, Control, Registry, Reopened};
 use crate::supervisor::view::StatusView;
 
+use super::ingest::count_cut_turn;
 use super::{Inner, Manager, ManagerError, WaitMode};
 
 /// How long to wait for a worker's pipes to close after it was reaped.
@@ -39,7 +40,12 @@ impl Manager {
             let rec = inner.get(&reg, id)?;
             match rec.status() {
                 Status::Queued => {
-                    inner.cancel_queued(&mut reg, id);
+                    inner.cancel_queued(
+                        &mut reg,
+                        id,
+                        ExitReason::Cancelled,
+                        "cancelled before it started",
+                    );
                     drop(reg);
                     inner.bump();
                     return self.status(id);
@@ -60,9 +66,53 @@ impl Manager {
 }
 
 impl Inner {
-    pub(super) fn cancel_queued(&self, reg: &mut Registry, id: &str) {
-        let error = "cancelled before it started".to_string();
-        self.end_unstarted(reg, id, Outcome::Killed, ExitReason::Cancelled, error);
+    /// Cancels queued `id` for `reason` (`why` says it): a first run ends killed; a
+    /// follow-up round that never started is dropped, and the agent is again the
+    /// completed agent it was, with its answer.
+    pub(super) fn cancel_queued(
+        &self,
+        reg: &mut Registry,
+        id: &str,
+        reason: ExitReason,
+        why: &str,
+    ) {
+        let retain = self.config.server.retained_agents;
+        if let Some(rec) = reg.get_mut(id)
+            && let Some(before) = rec.reopened.take()
+        {
+            let Reopened {
+                end,
+                limits,
+                result,
+                stop_reason,
+                prior_usage,
+                prior_turns,
+            } = *before;
+            if rec.state.restore(end).is_ok() {
+                rec.limits = limits;
+                rec.result = result;
+                rec.stop_reason = stop_reason;
+                rec.prior_usage = prior_usage;
+                rec.prior_turns = prior_turns;
+                rec.waiting_for = None;
+                let nl = if rec.mid_line { "\n" } else { "" };
+                rec.output.push(&format!(
+                    "{nl}[round {}: not started ({why}); the agent keeps its last answer]\n",
+                    rec.rounds
+                ));
+                rec.mid_line = false;
+                rec.rounds -= 1;
+                if let Some(t) = rec.transcript.as_mut() {
+                    drop(t.close());
+                }
+                rec.output_seq.send_modify(|v| *v += 1);
+                self.tell_ended(rec);
+                reg.unqueue(id);
+                reg.note_ended(id, retain);
+                return;
+            }
+        }
+        self.end_unstarted(reg, id, Outcome::Killed, reason, why.to_string());
     }
 
     /// Owns one running worker until it is reaped: feeds its stdin, reads its output,
@@ -135,9 +185,6 @@ impl Inner {
                     let (why, grace) = match c {
                         Control::Kill { grace_ms } => (ServerCause::Killed, grace_ms),
                         Control::OutputLimit => (ServerCause::OutputLimit, 0),
-                        Control::SessionBudget => {
-                            (ServerCause::SessionBudget, self.config.server.kill_grace_ms)
-                        }
                     };
                     if cause.is_none() {
                         cause = Some(why);
@@ -195,13 +242,19 @@ impl Inner {
         cause: Option<ServerCause>,
         cpu_used: Option<Duration>,
     ) {
+        let mut spent = false;
         let evicted = {
             let mut reg = self.lock();
             reg.release_slot(id);
             self.admission().give_back(id);
+            self.unreserve(id);
             let retain = self.config.server.retained_agents;
-            match reg.get_mut(id) {
+            let evicted = match reg.get_mut(id) {
                 Some(rec) if !rec.status().is_terminal() => {
+                    // Cut off mid-request: the provider billed what it was sent.
+                    if let Some(before) = count_cut_turn(rec) {
+                        spent |= self.add_to_session(id, &before, &rec.usage);
+                    }
                     let facts = EndFacts {
                         code,
                         signal,
@@ -214,9 +267,6 @@ impl Inner {
                     };
                     let (outcome, exit) = classify(&facts);
                     rec.error = describe_end(outcome, &exit, &rec.limits, rec.error.as_deref());
-                    if cause == Some(ServerCause::SessionBudget) {
-                        rec.error = self.session().exhausted.clone();
-                    }
                     if cause == Some(ServerCause::OutputLimit) && rec.overflow.is_some() {
                         rec.error.clone_from(&rec.overflow);
                     }
@@ -226,12 +276,17 @@ impl Inner {
                     if let Some(t) = rec.transcript.as_mut() {
                         drop(t.close());
                     }
+                    release_conversation(rec, outcome);
                     rec.output_seq.send_modify(|v| *v += 1);
                     self.tell_ended(rec);
                     reg.note_ended(id, retain)
                 }
                 _ => Vec::new(),
+            };
+            if spent {
+                self.cancel_queued_for_session(&mut reg);
             }
+            evicted
         };
         drop(evicted);
         self.bump();
@@ -250,6 +305,22 @@ impl Inner {
                 rec.stderr.push(&buf[..n]);
             }
         }
+    }
+}
+
+/// What an ended agent no longer needs in memory: its round's task and history (a next
+/// round gets new ones), and its conversation, which only a completed agent continues,
+/// from its transcript when that holds all of it (kept in memory when it does not).
+fn release_conversation(rec: &mut AgentRecord, outcome: Outcome) {
+    rec.round_spec.task = String::new();
+    rec.round_spec.history = Vec::new();
+    let saved = rec
+        .transcript
+        .as_ref()
+        .is_some_and(|t| !t.over_cap() && t.dropped_bytes() == 0 && t.error().is_none());
+    if outcome != Outcome::Completed || saved {
+        rec.conversation_saved = outcome == Outcome::Completed && !rec.conversation.is_empty();
+        rec.conversation = Vec::new();
     }
 }
 

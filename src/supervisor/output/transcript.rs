@@ -12,14 +12,14 @@
 //! Not here: the readable text (`ring`), deciding what a dropped byte means for the
 //! agent (the manager).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
@@ -390,11 +390,37 @@ impl Open {
     }
 }
 
+/// How long a written line may wait in a buffer before it is on disk: what status
+/// reports of a streaming turn is on disk too within about this.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
 /// The shared writer thread: writes each transcript's lines in order, flushes when
-/// asked, closes a file when its transcript is closed. Runs as long as the server.
+/// asked and at least every `FLUSH_EVERY` while lines come, closes a file when its
+/// transcript is closed. Runs as long as the server.
 fn write_transcripts(messages: &Receiver<Msg>) {
     let mut open: HashMap<u64, Open> = HashMap::new();
-    for msg in messages {
+    // Transcripts with lines written since their last flush.
+    let mut dirty: HashSet<u64> = HashSet::new();
+    let mut flushed_at = Instant::now();
+    loop {
+        let wait = FLUSH_EVERY.saturating_sub(flushed_at.elapsed());
+        let msg = match messages.recv_timeout(wait) {
+            Ok(msg) => Some(msg),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if flushed_at.elapsed() >= FLUSH_EVERY {
+            drop(hold_transcript_writes());
+            for id in dirty.drain() {
+                if let Some(t) = open.get_mut(&id) {
+                    t.flush();
+                }
+            }
+            flushed_at = Instant::now();
+        }
+        let Some(msg) = msg else {
+            continue;
+        };
         drop(hold_transcript_writes());
         match msg {
             Msg::Open {
@@ -417,6 +443,7 @@ fn write_transcripts(messages: &Receiver<Msg>) {
             Msg::Line(id, bytes) => {
                 if let Some(t) = open.get_mut(&id) {
                     t.write(&bytes);
+                    dirty.insert(id);
                 }
             }
             Msg::Flush(id) => {

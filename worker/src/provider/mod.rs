@@ -114,6 +114,8 @@ pub struct Client {
     /// Where `base_url` came from: error hints name that (the variable or the key).
     url_source: UrlSource,
     api_key: Option<String>,
+    /// What no message may show: the key, and credentials written into the base URL.
+    secrets: Secrets,
     /// The longest wait for the response headers, and for each next chunk of a stream.
     idle_timeout: Duration,
     /// Anthropic: set cache_control breakpoints.
@@ -216,6 +218,7 @@ impl Client {
             .user_agent(concat!("bg-agent-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
+        let secrets = Secrets::of(&endpoint.url, api_key.as_deref());
         Ok(Client {
             http,
             kind: spec.kind,
@@ -223,6 +226,7 @@ impl Client {
             base_url: endpoint.url.trim_end_matches('/').to_string(),
             url_source: endpoint.source,
             api_key,
+            secrets,
             idle_timeout: Duration::from_secs(spec.request_timeout_seconds),
             prompt_caching: spec.prompt_caching,
             prompt_cache_key: spec.prompt_cache_key,
@@ -264,7 +268,7 @@ impl Client {
             )));
         }
         let after = retry_after(resp.headers());
-        let (message, spend_limit) = error_body(resp).await;
+        let (message, spend_limit) = error_message(&read_error_body(resp).await, &self.secrets);
         if status == 404 {
             return Err(ProviderError::Fatal(format!(
                 "HTTP 404 from {url} (model `{model}`): {message}; check {} (the API path is appended to it) and that the server has this model",
@@ -341,13 +345,11 @@ impl Client {
         result.map_err(|e| self.redact(e))
     }
 
-    /// Error messages quote the provider, and a provider may quote the key it was sent
-    /// (some OpenAI-compatible servers do); the key must never reach any output.
+    /// Error messages quote the provider and the URL, and a provider may quote the key it
+    /// was sent (some OpenAI-compatible servers do); neither the key nor credentials in
+    /// the URL may reach any output.
     fn redact(&self, e: ProviderError) -> ProviderError {
-        let Some(key) = self.api_key.as_deref() else {
-            return e;
-        };
-        let hide = |s: String| s.replace(key, "[redacted API key]");
+        let hide = |s: String| self.secrets.hide(&s);
         match e {
             ProviderError::Retryable {
                 reason,
@@ -409,9 +411,73 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(3600.0)))
 }
 
-/// Reads an error body `{"error": {"type", "message", "details"?}}` (both APIs use this
-/// shape); falls back to the raw text.
-async fn error_body(resp: reqwest::Response) -> (String, bool) {
+const PASSWORD: &str = "[redacted password]";
+
+/// The secrets of one client and how to hide them in text.
+#[derive(Debug, Default)]
+struct Secrets {
+    /// `user:password@` (or `user@`) as written in the base URL and as a parsed URL
+    /// prints it: removed, so the URL reads without them.
+    userinfo: Vec<String>,
+    /// The API key and the URL's password (as written and decoded), each with what
+    /// replaces it.
+    values: Vec<(String, &'static str)>,
+}
+
+impl Secrets {
+    fn of(base_url: &str, api_key: Option<&str>) -> Secrets {
+        let mut secrets = Secrets::default();
+        secrets
+            .values
+            .extend(api_key.map(|k| (k.to_string(), "[redacted API key]")));
+        let authority = base_url
+            .split_once("://")
+            .map_or(base_url, |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            secrets.userinfo.push(format!("{userinfo}@"));
+            if let Some((_, password)) = userinfo.split_once(':') {
+                secrets.values.push((password.to_string(), PASSWORD));
+            }
+        }
+        if let Ok(url) = reqwest::Url::parse(base_url)
+            && !url.username().is_empty()
+        {
+            let password = url.password().unwrap_or_default();
+            secrets.userinfo.push(match password {
+                "" => format!("{}@", url.username()),
+                p => format!("{}:{p}@", url.username()),
+            });
+            secrets.values.push((password.to_string(), PASSWORD));
+            if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
+                secrets.values.push((decoded.into_owned(), PASSWORD));
+            }
+        }
+        secrets.userinfo.retain(|s| s.len() > 1);
+        secrets.values.retain(|(s, _)| !s.is_empty());
+        // Longest first, so a secret that contains another is hidden whole.
+        secrets
+            .values
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        secrets
+    }
+
+    fn hide(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for userinfo in &self.userinfo {
+            text = text.replace(userinfo.as_str(), "");
+        }
+        for (value, shown) in &self.values {
+            text = text.replace(value.as_str(), shown);
+        }
+        text
+    }
+}
+
+/// An error body, at most `MAX_ERROR_BODY` bytes of it.
+async fn read_error_body(resp: reqwest::Response) -> Vec<u8> {
     let mut raw = Vec::new();
     let mut body = resp.bytes_stream();
     while let Some(Ok(chunk)) = body.next().await {
@@ -421,7 +487,14 @@ async fn error_body(resp: reqwest::Response) -> (String, bool) {
             break;
         }
     }
-    let text = String::from_utf8_lossy(&raw);
+    raw
+}
+
+/// Reads an error body `{"error": {"type", "message", "details"?}}` (both APIs use this
+/// shape); falls back to the raw text, cut to 500 characters. Secrets are hidden before
+/// anything is cut, so no part of one survives a cut through it.
+fn error_message(raw: &[u8], secrets: &Secrets) -> (String, bool) {
+    let text = secrets.hide(&String::from_utf8_lossy(raw));
     let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
     let err = parsed.as_ref().and_then(|v| v.get("error"));
     let message = err
@@ -475,6 +548,48 @@ mod tests {
         assert_eq!(
             e,
             "ANTHROPIC_API_KEY is not set; export ANTHROPIC_API_KEY=<your API key> (provider `anthropic`)"
+        );
+    }
+
+    #[test]
+    fn a_key_cut_by_the_500_character_limit_is_hidden_whole() {
+        let key = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789";
+        let secrets = Secrets::of("https://api.anthropic.com", Some(key));
+        // Not JSON, so the raw text is quoted, cut to 500 characters through the key.
+        let body = format!("{}{key} was refused", "e".repeat(480));
+        let (message, _) = error_message(body.as_bytes(), &secrets);
+        assert!(!message.contains(&key[..8]), "{message}");
+        assert!(message.contains("[redacted API key]"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_base_url_never_show_in_errors() {
+        let url = "http://alice:s3cr%40t@127.0.0.1:9/";
+        let c = Client::new(&spec(None), |v| {
+            (v == "ANTHROPIC_BASE_URL").then(|| url.to_string())
+        })
+        .unwrap();
+        assert_eq!(
+            c.base_url, "http://alice:s3cr%40t@127.0.0.1:9",
+            "kept for requests"
+        );
+        let req = TurnRequest {
+            cache_key: None,
+            model: "m",
+            system: "",
+            messages: &[],
+            tools: &[],
+            max_tokens: 1,
+        };
+        let e = c.turn(&req, &mut |_| {}).await.err().unwrap().to_string();
+        assert!(e.contains("http://127.0.0.1:9/v1/messages"), "{e}");
+        for secret in ["alice", "s3cr", "s3cr@t"] {
+            assert!(!e.contains(secret), "{secret} in {e}");
+        }
+        let secrets = Secrets::of(url, None);
+        assert_eq!(
+            secrets.hide("password s3cr@t"),
+            "password [redacted password]"
         );
     }
 
