@@ -12,8 +12,8 @@ use bg_agent_worker::config::Config;
 use bg_agent_worker::protocol::{ErrorKind, Event, Input, STOP_MAX_TOKENS, TaskSpec, exit};
 use bg_agent_worker::provider::Client;
 use bg_agent_worker::resolve::{SpawnRequest, resolve};
-use bg_agent_worker::sandbox;
-use bg_agent_worker::values::{LimitsOverride, TaskType, Tier};
+use bg_agent_worker::values::{LimitsOverride, TaskType, Tier, ToolName};
+use bg_agent_worker::{command_sandbox, sandbox};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -109,9 +109,37 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::PROVIDER as u8);
         }
     };
+    // The provider key may be in this process's environment (a manual run, or the
+    // server's hand-over): not dumpable, so no other process of the user reads it from
+    // /proc/PID/environ or mem (commands cannot read /proc at all).
+    // SAFETY: prctl(PR_SET_DUMPABLE) changes only this process's flag.
+    unsafe { nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let code = runtime.block_on(run(cli));
-    // Spawned tool threads may still be running; do not wait for them.
+    end_process(code)
+}
+
+/// Ends the process: the running command's group is killed and the scratch directory
+/// removed first. Spawned tool threads may still be running; do not wait for them.
+fn end_process(code: i32) -> ! {
+    command_sandbox::end();
     std::process::exit(code)
+}
+
+/// Prepares the sandbox of commands when the spec offers `bash`, or takes `bash` out of
+/// the spec and says why. The phrase goes into the `started` event's sandbox.
+fn prepare_commands(spec: &mut TaskSpec) -> sandbox::CommandsState {
+    if !spec.tools.contains(&ToolName::Bash) {
+        return sandbox::CommandsState::NotOffered;
+    }
+    let workspace = std::fs::canonicalize(&spec.cwd).unwrap_or_else(|_| spec.cwd.clone());
+    match command_sandbox::prepare(&workspace, spec.sandbox) {
+        Ok(commands) => sandbox::CommandsState::Ready(commands),
+        Err(why) => {
+            spec.tools.retain(|t| *t != ToolName::Bash);
+            eprintln!("warning: the bash tool is not offered: {why}");
+            sandbox::CommandsState::Unavailable(why)
+        }
+    }
 }
 
 async fn run(cli: Cli) -> i32 {
@@ -143,7 +171,7 @@ async fn run(cli: Cli) -> i32 {
     } else {
         Box::new(HumanOut::default())
     };
-    let spec = match load_spec(&cli) {
+    let mut spec = match load_spec(&cli) {
         Ok(s) => s,
         Err(e) => {
             out.emit(&Event::Error {
@@ -163,9 +191,13 @@ async fn run(cli: Cli) -> i32 {
             return exit::BAD_SPEC;
         }
     };
+    // Commands get a sandbox of their own, prepared before the worker confines itself
+    // (its ruleset must leave commands the rights theirs grant). Where the kernel cannot
+    // confine them, `bash` is not offered, and `started` says why.
+    let commands = prepare_commands(&mut spec);
     // Before the agent loop and while this is the only thread: Landlock confines the
     // calling thread and the threads it starts later (the tools' blocking pool).
-    if let Err(e) = sandbox::confine(&spec, client.base_url()) {
+    if let Err(e) = sandbox::confine(&spec, client.base_url(), &commands) {
         out.emit(&Event::Error {
             kind: ErrorKind::Config,
             message: e.to_string(),
@@ -371,7 +403,7 @@ impl Emit for JsonOut {
         let ok = writeln!(stdout, "{}", event.to_json_line()).and_then(|_| stdout.flush());
         if ok.is_err() {
             // Nobody is reading any more: the server is gone.
-            std::process::exit(exit::INTERRUPTED_TERM);
+            end_process(exit::INTERRUPTED_TERM);
         }
     }
 }
