@@ -107,7 +107,7 @@ struct Janitor {
 
 /// The janitor's script: `$1` is the scratch directory; each stdin line is the group of
 /// the command running now (0: none).
-const JANITOR_SCRIPT: &str = r#"g=0; while read -r g; do :; done; [ "$g" -gt 0 ] 2>/dev/null && kill -KILL -- "-$g" 2>/dev/null; exec rm -rf -- "$1""#;
+const JANITOR_SCRIPT: &str = r#"g=0; while read -r l; do g=$l; done; [ "$g" -gt 0 ] 2>/dev/null && kill -9 "-$g" 2>/dev/null; exec rm -rf -- "$1""#;
 
 #[derive(Debug)]
 enum Confinement {

@@ -318,6 +318,29 @@ fn children_of(parent: u32) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// The process group of the command the worker `worker` runs now (its child that leads
+/// a group of its own and is not the janitor), once it has at least `members` processes.
+async fn command_group(worker: u32, members: usize) -> u32 {
+    for _ in 0..250 {
+        let found = children_of(worker).into_iter().find(|&(pid, group)| {
+            pid == group && !is_janitor(pid) && group_members(group).len() >= members
+        });
+        if let Some((_, group)) = found {
+            return group;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "no command group of {members}; the worker's children: {:?}",
+        children_of(worker)
+    );
+}
+
+fn is_janitor(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"bg-agent-janitor"))
+}
+
 /// Processes in process group `group`.
 fn group_members(group: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -357,24 +380,7 @@ async fn killing_the_agent_during_a_command_kills_the_command() {
     let mut live = h.start_spec(&spec).await;
     live.wait_for(|e| matches!(e, Event::ToolCall { .. })).await;
     let worker = live.pid().as_raw() as u32;
-    // The command's shell is the worker's child, leader of its own group of three.
-    let mut group = None;
-    for _ in 0..250 {
-        group = children_of(worker)
-            .into_iter()
-            .map(|(_, g)| g)
-            .find(|&g| g != worker && group_members(g).len() >= 3);
-        if group.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let group = group.unwrap_or_else(|| {
-        panic!(
-            "no command group of three; the worker's children: {:?}",
-            children_of(worker)
-        )
-    });
+    let group = command_group(worker, 3).await;
 
     // What agent_kill does first: SIGTERM to the worker.
     nix::sys::signal::kill(live.pid(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
@@ -434,4 +440,62 @@ async fn started_says_how_commands_are_confined() {
     );
     let requests = h.fake.requests_for("say the sandbox");
     assert!(requests[0].tools.iter().any(|t| t == "bash"));
+}
+
+/// The scratch directory named on the command line of the worker's janitor (its last
+/// argument), found among the worker's children.
+fn scratch_of(worker: u32) -> Option<std::path::PathBuf> {
+    children_of(worker).into_iter().find_map(|(pid, _)| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        if !args.iter().any(|a| *a == b"bg-agent-janitor") {
+            return None;
+        }
+        let last = String::from_utf8_lossy(args.last()?).into_owned();
+        Some(last.into())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_with_sigkill_leaves_no_command_and_no_scratch() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "die mid-command",
+        vec![
+            tool_use(
+                "toolu_0",
+                "bash",
+                json!({"command": "touch $TMPDIR/f; sleep 1000 & sleep 1000 & sleep 1000"}),
+            ),
+            Step::text("done"),
+        ],
+    );
+    let mut spec = h.spec("die mid-command");
+    spec.role = "general".into();
+    let mut live = h.start_spec(&spec).await;
+    live.wait_for(|e| matches!(e, Event::ToolCall { .. })).await;
+    let worker = live.pid().as_raw() as u32;
+    let scratch = scratch_of(worker).expect("the worker's janitor names its scratch directory");
+    let group = command_group(worker, 3).await;
+    assert!(scratch.exists());
+
+    // What a server does when the worker ignores SIGTERM past the grace, or dies itself.
+    nix::sys::signal::kill(live.pid(), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+    let r = live.finish().await;
+
+    assert_eq!(r.code, None, "{}", r.dump());
+    let cleaned = support::process::eventually(Duration::from_secs(5), || {
+        group_members(group).is_empty() && !scratch.exists()
+    })
+    .await;
+    assert!(
+        cleaned,
+        "group {group}: {:?}; scratch {} exists: {}",
+        group_members(group),
+        scratch.display(),
+        scratch.exists()
+    );
 }
