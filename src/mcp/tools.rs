@@ -117,7 +117,8 @@ impl BgAgents {
 impl BgAgents {
     /// Start a background agent on a task and return at once with its id. The agent is
     /// a separate process with kernel CPU/memory limits, token and USD budgets, and
-    /// read-only tools (read_file, glob, grep) inside `cwd`. Keep working; collect the
+    /// read-only tools (read_file, glob, grep; bash for sandboxed commands such as git
+    /// log/diff/blame, with no writes and no network) inside `cwd`. Keep working; collect the
     /// answer later with agent_wait or agent_status (its `result`). Pick `task_type`
     /// (exploration/analysis → fast model, reasoning → balanced, critical → quality) or
     /// let the task's words decide.

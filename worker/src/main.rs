@@ -17,7 +17,8 @@ use bg_agent_worker::{command_sandbox, sandbox};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Run one background agent: a model with read-only tools (read_file, glob, grep) working
+/// Run one background agent: a model with read-only tools (read_file, glob, grep, and
+/// bash for commands in a sandbox: the workspace read-only, no network) working
 /// on TASK inside a directory, streaming its answer as it arrives.
 ///
 /// Examples:
