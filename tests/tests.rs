@@ -14,6 +14,7 @@ mod fake_provider;
 mod faults;
 mod hardening;
 mod mcp;
+mod mcp_bash;
 mod mcp_errors;
 mod mcp_processes;
 mod mcp_protocol;

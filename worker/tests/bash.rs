@@ -11,7 +11,7 @@ use std::time::Duration;
 use bg_agent_worker::protocol::{Event, exit};
 use common::{Harness, Run, Step, anthropic_tool_results, run, tool_use};
 use serde_json::{Value, json};
-use support::process::{API_KEY, alive, all_gone};
+use support::process::{API_KEY, all_gone, children_of, command_group, group_members};
 
 /// Runs one agent whose model makes the `inputs` bash calls in turn, then answers; returns
 /// the run and each call's (content, is_error) as the provider received it.
@@ -298,67 +298,6 @@ async fn a_timeout_kills_the_whole_group() {
     assert_eq!(pids.len(), 4, "{out}");
     assert!(all_gone(&pids).await, "still running: {pids:?}");
     assert!(!out.contains("never"), "{out}");
-}
-
-/// Processes (pid, process group) whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<(u32, u32)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (_, rest) = stat.rsplit_once(')')?;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ppid: u32 = fields.get(1)?.parse().ok()?;
-            let pgrp: u32 = fields.get(2)?.parse().ok()?;
-            (ppid == parent).then_some((pid, pgrp))
-        })
-        .collect()
-}
-
-/// The process group of the command the worker `worker` runs now (its child that leads
-/// a group of its own and is not the janitor), once it has at least `members` processes.
-async fn command_group(worker: u32, members: usize) -> u32 {
-    for _ in 0..250 {
-        let found = children_of(worker).into_iter().find(|&(pid, group)| {
-            pid == group && !is_janitor(pid) && group_members(group).len() >= members
-        });
-        if let Some((_, group)) = found {
-            return group;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "no command group of {members}; the worker's children: {:?}",
-        children_of(worker)
-    );
-}
-
-fn is_janitor(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"bg-agent-janitor"))
-}
-
-/// Processes in process group `group`.
-fn group_members(group: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let (_, rest) = s.rsplit_once(')')?;
-                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
-                })
-                == Some(group)
-                && alive(pid)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
