@@ -126,6 +126,31 @@ async fn a_write_to_the_workspace_fails_and_leaves_no_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programs_run_only_from_system_directories() {
+    let h = Harness::start().await;
+    let script = h.write("workspace/run.sh", "#!/bin/sh\necho ran-from-workspace\n");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+
+    let (out, _) = command(
+        &h,
+        "run programs from anywhere",
+        "./run.sh; cp /bin/true \"$TMPDIR/t\" && \"$TMPDIR/t\" && echo ran-from-scratch; bash run.sh",
+    )
+    .await;
+
+    let denied = |what: &str| {
+        out.lines()
+            .any(|l| l.contains(what) && l.contains("Permission denied"))
+    };
+    assert!(denied("./run.sh"), "{out}");
+    assert!(denied("/t:"), "{out}");
+    assert!(!out.contains("ran-from-scratch"), "{out}");
+    // Reading a script is not executing it: the shell from /usr/bin runs it.
+    assert!(out.ends_with("ran-from-workspace\n"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scratch_directory_is_writable_and_gone_after_the_agent() {
     let h = Harness::start().await;
 
