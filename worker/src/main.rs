@@ -52,6 +52,10 @@ struct Cli {
     /// architect, or one from your config. Default: picked from the task's words.
     #[arg(long)]
     role: Option<String>,
+    /// The tools the agent may use instead of its role's, comma-separated: read_file,
+    /// glob, grep, bash (e.g. `--tools read_file,bash`).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_tool)]
+    tools: Option<Vec<ToolName>>,
     /// Workspace directory the tools may read (default: the current directory).
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
@@ -67,7 +71,7 @@ struct Cli {
     budget_usd: Option<f64>,
     /// Read a complete TaskSpec (JSON) from FILE, or from stdin with `-` (the server's
     /// way in: stdin then stays open, and its end means the server is gone).
-    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["task", "model", "tier", "task_type", "role", "cwd", "config", "max_turns", "budget_usd", "resume"])]
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["task", "model", "tier", "task_type", "role", "tools", "cwd", "config", "max_turns", "budget_usd", "resume"])]
     spec: Option<String>,
     /// Continue a finished run with TASK as the follow-up: TRANSCRIPT is its event stream
     /// (a server transcript, or what `--json` printed), which gives the conversation, the
@@ -81,6 +85,11 @@ struct Cli {
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
     Tier::parse(s).ok_or_else(|| format!("unknown tier `{s}`; use fast, balanced or quality"))
+}
+
+fn parse_tool(s: &str) -> Result<ToolName, String> {
+    ToolName::parse(s.trim())
+        .ok_or_else(|| format!("unknown tool `{s}`; use read_file, glob, grep or bash"))
 }
 
 fn parse_budget(s: &str) -> Result<f64, String> {
@@ -289,6 +298,9 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
             }
             if let Some(earlier) = earlier {
                 resolution.spec.history = earlier.messages;
+            }
+            if let Some(tools) = &cli.tools {
+                resolution.spec.tools = tools.clone();
             }
             Ok(resolution.spec)
         }

@@ -463,3 +463,66 @@ async fn a_worker_killed_with_sigkill_leaves_no_command_and_no_scratch() {
         scratch.exists()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_command_sandbox_bash_is_not_offered_and_started_says_why() {
+    let h = Harness::start().await;
+    h.fake
+        .script("no scratch possible", vec![Step::text("done")]);
+    let mut cmd = h.worker(&["--json", "--role", "general", "no scratch possible"]);
+    // The scratch directory cannot be made, so commands cannot be confined to it.
+    cmd.env("TMPDIR", h.root().join("missing"));
+
+    let r = run(cmd).await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let said = started_sandbox(&r);
+    assert!(
+        said.contains("bash not offered: cannot create a scratch directory in"),
+        "{said}"
+    );
+    assert!(
+        r.stderr.contains("the bash tool is not offered"),
+        "{}",
+        r.stderr
+    );
+    let requests = h.fake.requests_for("no scratch possible");
+    assert_eq!(requests[0].tools, ["read_file", "glob", "grep"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_run_takes_bash_with_the_tools_option() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "weigh it with a command",
+        vec![
+            tool_use("toolu_0", "bash", json!({"command": "echo from-bash-2a7c"})),
+            Step::text("done"),
+        ],
+    );
+
+    let r = run(h.worker(&[
+        "--json",
+        "--role",
+        "architect",
+        "--tools",
+        "read_file,bash",
+        "weigh it with a command",
+    ]))
+    .await;
+    let unknown = run(h.worker(&["--tools", "read_file,shell", "anything"])).await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let requests = h.fake.requests_for("weigh it with a command");
+    assert_eq!(requests[0].tools, ["read_file", "bash"]);
+    let sent = anthropic_tool_results(requests.last().expect("requests"));
+    assert_eq!(sent[0].1, "exit status 0\nfrom-bash-2a7c\n", "{sent:?}");
+    assert_eq!(unknown.code, Some(2), "{}", unknown.dump());
+    assert!(
+        unknown
+            .stderr
+            .contains("unknown tool `shell`; use read_file, glob, grep or bash"),
+        "{}",
+        unknown.stderr
+    );
+}
