@@ -267,7 +267,14 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
             let Some(task) = cli.task.clone() else {
                 anyhow::bail!("no task given; run `bg-agent-worker \"TASK\"` (see --help)");
             };
-            let loaded = Config::load(cli.config.as_deref())?;
+            let mut loaded = Config::load(cli.config.as_deref())?;
+            // Whichever role the task gets, it gets these tools (and the budget check
+            // below prices their definitions).
+            if let Some(tools) = &cli.tools {
+                for role in loaded.config.roles.values_mut() {
+                    role.tools = tools.clone();
+                }
+            }
             let earlier = cli.resume.as_deref().map(Earlier::read).transpose()?;
             let req = SpawnRequest {
                 task,
@@ -298,9 +305,6 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
             }
             if let Some(earlier) = earlier {
                 resolution.spec.history = earlier.messages;
-            }
-            if let Some(tools) = &cli.tools {
-                resolution.spec.tools = tools.clone();
             }
             Ok(resolution.spec)
         }
