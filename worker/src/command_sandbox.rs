@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::Write as _;
+use std::io::{BufRead as _, Write as _};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -105,9 +105,9 @@ struct Janitor {
     stdin: std::process::ChildStdin,
 }
 
-/// The janitor's script: `$1` is the scratch directory; each stdin line is the group of
-/// the command running now (0: none).
-const JANITOR_SCRIPT: &str = r#"g=0; while read -r l; do g=$l; done; [ "$g" -gt 0 ] 2>/dev/null && kill -9 "-$g" 2>/dev/null; exec rm -rf -- "$1""#;
+/// The janitor's script: it makes the scratch directory (0700) in `$1` and prints its
+/// path; each stdin line is then the group of the command running now (0: none).
+const JANITOR_SCRIPT: &str = r#"d=$(mktemp -d "$1/bg-agent-scratch-XXXXXX") || exit 1; echo "$d"; exec >/dev/null; g=0; while read -r l; do g=$l; done; [ "$g" -gt 0 ] 2>/dev/null && kill -9 "-$g" 2>/dev/null; exec rm -rf -- "$d""#;
 
 #[derive(Debug)]
 enum Confinement {
@@ -134,7 +134,9 @@ pub fn get() -> Option<&'static Commands> {
 /// worker in `workspace` under `mode`. Err says why commands cannot be confined here
 /// (then `bash` is not offered). Runs before the worker confines itself.
 pub fn prepare(workspace: &Path, mode: SandboxMode) -> Result<&'static Commands, String> {
-    let scratch = make_scratch()?;
+    // The janitor makes the directory, so no moment exists where it is there and nobody
+    // would remove it (a worker killed right after making it itself).
+    let (janitor, scratch) = start_janitor()?;
     let confinement = match mode {
         SandboxMode::Off => Ok(Confinement::Off),
         SandboxMode::Auto | SandboxMode::Require => kernel_confinement(workspace, &scratch),
@@ -142,15 +144,8 @@ pub fn prepare(workspace: &Path, mode: SandboxMode) -> Result<&'static Commands,
     let confinement = match confinement {
         Ok(c) => c,
         Err(why) => {
-            let _ = std::fs::remove_dir_all(&scratch);
+            janitor.finish();
             return Err(why);
-        }
-    };
-    let janitor = match start_janitor(&scratch) {
-        Ok(j) => j,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&scratch);
-            return Err(format!("cannot start the scratch directory's janitor: {e}"));
         }
     };
     let commands = Commands {
@@ -176,29 +171,61 @@ pub fn end() {
         Ok(mut j) => j.take(),
         Err(poisoned) => poisoned.into_inner().take(),
     };
-    if let Some(Janitor { mut child, stdin }) = janitor {
-        drop(stdin);
-        let _ = child.wait();
+    if let Some(janitor) = janitor {
+        janitor.finish();
     }
 }
 
-/// Starts the janitor of `scratch` (see `Janitor`).
-fn start_janitor(scratch: &Path) -> std::io::Result<Janitor> {
+/// Starts the janitor (see `Janitor`), which makes the scratch directory and says its
+/// path.
+fn start_janitor() -> Result<(Janitor, PathBuf), String> {
+    let base = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let cannot = |why: String| {
+        format!(
+            "cannot create a scratch directory in {}: {why}",
+            base.display()
+        )
+    };
     let mut child = std::process::Command::new("/bin/sh")
         .args(["-c", JANITOR_SCRIPT, "bg-agent-janitor"])
-        .arg(scratch)
+        .arg(&base)
         .env_clear()
         .env("PATH", PATH)
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .process_group(0)
-        .spawn()?;
-    let stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| std::io::Error::other("no stdin pipe"))?;
-    Ok(Janitor { child, stdin })
+        .spawn()
+        .map_err(|e| cannot(format!("/bin/sh: {e}")))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(cannot("no pipes to /bin/sh".into()));
+    };
+    let janitor = Janitor { child, stdin };
+    let mut line = String::new();
+    let read = std::io::BufReader::new(stdout).read_line(&mut line);
+    let path = PathBuf::from(line.trim_end_matches('\n'));
+    match read {
+        Ok(_) if path.is_absolute() && path.is_dir() => Ok((janitor, path)),
+        _ => {
+            janitor.finish();
+            Err(cannot(
+                "mktemp -d failed (does the directory exist, is it writable?)".into(),
+            ))
+        }
+    }
+}
+
+impl Janitor {
+    /// Closes the janitor's stdin (it kills the last group and removes the scratch
+    /// directory) and waits for it.
+    fn finish(self) {
+        let Janitor { mut child, stdin } = self;
+        drop(stdin);
+        let _ = child.wait();
+    }
 }
 
 /// Tells the janitor which group runs now (0: none).
@@ -392,21 +419,6 @@ fn check(rc: libc::c_int) -> std::io::Result<()> {
     } else {
         Ok(())
     }
-}
-
-/// A new private directory (0700) for the agent's commands, under $TMPDIR or /tmp.
-fn make_scratch() -> Result<PathBuf, String> {
-    let base = std::env::var_os("TMPDIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    // mkdtemp creates it 0700.
-    nix::unistd::mkdtemp(&base.join("bg-agent-scratch-XXXXXX")).map_err(|e| {
-        format!(
-            "cannot create a scratch directory in {}: {e}",
-            base.display()
-        )
-    })
 }
 
 /// The command's whole environment: a fixed PATH, HOME and TMPDIR in the scratch
