@@ -11,7 +11,7 @@ use std::time::Duration;
 use bg_agent_worker::protocol::{Event, exit};
 use common::{Harness, Run, Step, anthropic_tool_results, run, tool_use};
 use serde_json::{Value, json};
-use support::process::{API_KEY, all_gone, children_of, command_group, group_members};
+use support::process::{API_KEY, all_gone, command_group, group_members};
 
 /// Runs one agent whose model makes the `inputs` bash calls in turn, then answers; returns
 /// the run and each call's (content, is_error) as the provider received it.
