@@ -164,9 +164,17 @@ pub fn confine(
             }
         }
     };
-    let said = match commands.describe() {
-        Some(c) => format!("{}; {c}", state.describe()),
-        None => state.describe(),
+    let said = match (&state, commands) {
+        // The worker keeps what its commands' stricter sandbox grants them.
+        (InForce::Landlock { .. }, CommandsState::Ready(c)) => format!(
+            "{}; for its commands it may also run system programs and write their scratch directory; {}",
+            state.describe(),
+            c.describe()
+        ),
+        _ => match commands.describe() {
+            Some(c) => format!("{}; {c}", state.describe()),
+            None => state.describe(),
+        },
     };
     let _ = IN_FORCE.set(said);
     Ok(state)
