@@ -513,3 +513,34 @@ async fn a_manual_run_takes_bash_with_the_tools_option() {
         unknown.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_never_runs_past_the_agents_wall_clock() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "a short agent",
+        vec![
+            tool_use(
+                "toolu_0",
+                "bash",
+                json!({"command": "sleep 1000", "timeout_s": 600}),
+            ),
+            Step::text("done"),
+        ],
+    );
+    let mut spec = h.spec("a short agent");
+    spec.role = "general".into();
+    spec.limits.timeout_seconds = 2;
+
+    let r = h.start_spec(&spec).await.finish().await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let requests = h.fake.requests_for("a short agent");
+    let sent = anthropic_tool_results(requests.last().expect("requests"));
+    let (_, out, is_error) = &sent[0];
+    assert!(is_error, "{out}");
+    assert!(
+        out.starts_with("timed out after 2 s (what was left of the agent's wall clock)"),
+        "{out}"
+    );
+}

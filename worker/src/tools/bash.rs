@@ -294,6 +294,32 @@ mod tests {
     }
 
     #[test]
+    fn no_command_starts_once_the_agents_wall_clock_ran_out() {
+        let e = run(
+            &serde_json::json!({"command": "true"}),
+            Path::new("/"),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("wall clock (timeout_seconds) has run out"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let e = run(
+            &serde_json::json!({"command": "true", "timeout_s": 0}),
+            Path::new("/"),
+            later,
+        )
+        .unwrap_err();
+        assert_eq!(e, "`timeout_s` must be a positive integer");
+    }
+
+    #[test]
     fn short_output_is_kept_whole() {
         let mut c = Captured::default();
         c.push(b"one\n");
