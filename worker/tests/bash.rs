@@ -544,3 +544,32 @@ async fn a_command_never_runs_past_the_agents_wall_clock() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sandbox_off_commands_run_unconfined_as_configured() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "unconfined by choice",
+        vec![
+            tool_use(
+                "toolu_0",
+                "bash",
+                json!({"command": "echo made > made.txt"}),
+            ),
+            Step::text("done"),
+        ],
+    );
+    let mut spec = h.spec("unconfined by choice");
+    spec.sandbox = bg_agent_worker::values::SandboxMode::Off;
+
+    let r = h.start_spec(&spec).await.finish().await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    assert!(
+        started_sandbox(&r).ends_with("commands (bash): unconfined (sandbox = \"off\")"),
+        "{}",
+        r.dump()
+    );
+    let made = std::fs::read_to_string(h.workspace().join("made.txt")).expect("made.txt");
+    assert_eq!(made, "made\n");
+}
