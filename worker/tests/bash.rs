@@ -573,3 +573,32 @@ async fn with_sandbox_off_commands_run_unconfined_as_configured() {
     let made = std::fs::read_to_string(h.workspace().join("made.txt")).expect("made.txt");
     assert_eq!(made, "made\n");
 }
+
+/// A fork bomb with a bound (a binary tree of 127 processes, so a failure cannot take the
+/// machine down): the timeout kills every process of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_tree_ends_at_its_timeout_and_leaves_nothing() {
+    let h = Harness::start().await;
+
+    let (_, results) = commands(
+        &h,
+        "grow a tree",
+        vec![json!({
+            "command": "echo group=$$; f() { if [ $1 -lt 6 ]; then f $(($1+1)) & f $(($1+1)) & fi; sleep 1000; }; f 0",
+            "timeout_s": 2
+        })],
+    )
+    .await;
+
+    let (out, is_error) = &results[0];
+    assert!(*is_error && out.starts_with("timed out after 2 s"), "{out}");
+    let group: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("group="))
+        .and_then(|g| g.parse().ok())
+        .expect("the command printed its group");
+    let gone =
+        support::process::eventually(Duration::from_secs(5), || group_members(group).is_empty())
+            .await;
+    assert!(gone, "left in group {group}: {:?}", group_members(group));
+}
