@@ -674,5 +674,8 @@ async fn status_says_which_sandbox_confines_the_worker() {
     assert!(said.starts_with("landlock (ABI "), "{st}");
     let st = unconfined.status(&b).await;
     assert_eq!(st["status"], "completed", "{st}");
-    assert_eq!(st["sandbox"], "none: sandbox = \"off\"", "{st}");
+    assert_eq!(
+        st["sandbox"], "none: sandbox = \"off\"; commands (bash): unconfined (sandbox = \"off\")",
+        "{st}"
+    );
 }

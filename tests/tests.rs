@@ -17,6 +17,7 @@ mod first_hour;
 mod hardening;
 mod inspector;
 mod mcp;
+mod mcp_bash;
 mod mcp_errors;
 mod mcp_processes;
 mod mcp_protocol;

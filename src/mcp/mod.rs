@@ -31,8 +31,8 @@ use crate::supervisor::{Manager, ShutdownReport};
 /// What the client model reads first: when background agents help and how to use them.
 pub const INSTRUCTIONS: &str = "\
 bg-agents runs background agents: each is a separate OS process working on one task with \
-its own model, read-only tools (read_file, glob, grep) inside a directory, kernel CPU and \
-memory limits, and token and USD budgets. Use it to hand off side work and keep going: \
+its own model, read-only tools (read_file, glob, grep, and bash: sandboxed commands such \
+as git diff, no writes, no network) inside a directory, kernel CPU and memory limits, and token and USD budgets. Use it to hand off side work and keep going: \
 exploring how something works, reviewing a diff, tracing behaviour, weighing designs. \
 Several agents can run in parallel.\n\
 How: agent_spawn {task, task_type?} returns an agent_id at once. task_type picks the model: \

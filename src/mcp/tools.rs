@@ -117,8 +117,9 @@ impl BgAgents {
 impl BgAgents {
     /// Start a background agent on a task and return at once with its id. The agent is
     /// a separate process with kernel CPU/memory limits, token and USD budgets, and
-    /// read-only tools (read_file, glob, grep) inside `cwd`. Keep working: its end is told
-    /// to you; agent_wait or agent_status give its `result` sooner. Pick `task_type`
+    /// read-only tools (read_file, glob, grep; bash for sandboxed commands such as git
+    /// log/diff/blame, with no writes and no network) inside `cwd`. Keep working: its end
+    /// is told to you; agent_wait or agent_status give its `result` sooner. Pick `task_type`
     /// (exploration/analysis → fast model, reasoning → balanced, critical → quality) or
     /// let the task's words decide.
     #[tool(

@@ -84,3 +84,64 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
 pub async fn all_gone(pids: &[u32]) -> bool {
     eventually(Duration::from_secs(5), || pids.iter().all(|&p| !alive(p))).await
 }
+
+/// Processes (pid, process group) whose parent is `parent`.
+pub fn children_of(parent: u32) -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ppid: u32 = fields.get(1)?.parse().ok()?;
+            let pgrp: u32 = fields.get(2)?.parse().ok()?;
+            (ppid == parent).then_some((pid, pgrp))
+        })
+        .collect()
+}
+
+/// Processes in process group `group`.
+pub fn group_members(group: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(group)
+                && alive(pid)
+        })
+        .collect()
+}
+
+/// The process group of the command the worker `worker` runs now (its child that leads
+/// a group of its own and is not the janitor), once it has at least `members` processes.
+pub async fn command_group(worker: u32, members: usize) -> u32 {
+    for _ in 0..250 {
+        let found = children_of(worker).into_iter().find(|&(pid, group)| {
+            pid == group && !is_janitor(pid) && group_members(group).len() >= members
+        });
+        if let Some((_, group)) = found {
+            return group;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "no command group of {members}; the worker's children: {:?}",
+        children_of(worker)
+    );
+}
+
+pub fn is_janitor(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"bg-agent-janitor"))
+}

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, exit};
 use crate::provider::{
@@ -68,6 +68,8 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
         sandbox: crate::sandbox::in_force(),
         cwd: Some(root.as_ref().clone()),
     });
+    // The server stops the agent at timeout_seconds; a command never runs past that.
+    let deadline = Instant::now() + Duration::from_secs(spec.limits.timeout_seconds);
     let tool_defs = tools::definitions(&spec.tools);
     let mut messages = spec.history.clone();
     push_message(
@@ -210,7 +212,7 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
                 name: name.clone(),
                 input: input.clone(),
             });
-            let result = run_tool(spec, Arc::clone(&root), name.clone(), input).await;
+            let result = run_tool(spec, Arc::clone(&root), name.clone(), input, deadline).await;
             out.emit(&Event::ToolResult {
                 id: id.clone(),
                 name,
@@ -357,9 +359,10 @@ async fn run_tool(
     root: Arc<PathBuf>,
     name: String,
     input: serde_json::Value,
+    deadline: Instant,
 ) -> tools::ToolOutput {
     let allowed = spec.tools.clone();
-    tokio::task::spawn_blocking(move || tools::execute(&allowed, &name, &input, &root))
+    tokio::task::spawn_blocking(move || tools::execute(&allowed, &name, &input, &root, deadline))
         .await
         .unwrap_or_else(|e| tools::ToolOutput {
             content: format!("the tool failed: {e}"),

@@ -965,7 +965,7 @@ mod tests {
 
     #[test]
     fn role_with_unknown_tool_is_rejected() {
-        let e = err("[roles.x]\nsystem_prompt = \"p\"\ntools = [\"bash\"]\n");
+        let e = err("[roles.x]\nsystem_prompt = \"p\"\ntools = [\"shell\"]\n");
         assert!(e.contains("[roles.x] tools"), "{e}");
     }
 

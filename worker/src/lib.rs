@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! agent ───► sandbox, tools, provider, protocol
+//! tools ───► command_sandbox ─► values
 //! resolve ─► roles, routing, config, tools, provider, protocol, values
 //! roles ───► routing ─► config ─────────────────────┐
 //! tools ───► provider ─► protocol ──────────────────┼─► values (the leaf)
@@ -31,6 +32,7 @@ compile_error!(
 );
 
 pub mod agent;
+pub mod command_sandbox;
 pub mod config;
 pub mod protocol;
 pub mod provider;

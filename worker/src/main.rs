@@ -12,12 +12,13 @@ use bg_agent_worker::config::Config;
 use bg_agent_worker::protocol::{ErrorKind, Event, Input, STOP_MAX_TOKENS, TaskSpec, exit};
 use bg_agent_worker::provider::Client;
 use bg_agent_worker::resolve::{SpawnRequest, resolve};
-use bg_agent_worker::sandbox;
-use bg_agent_worker::values::{LimitsOverride, TaskType, Tier};
+use bg_agent_worker::values::{LimitsOverride, TaskType, Tier, ToolName};
+use bg_agent_worker::{command_sandbox, sandbox};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Run one background agent: a model with read-only tools (read_file, glob, grep) working
+/// Run one background agent: a model with read-only tools (read_file, glob, grep, and
+/// bash for commands in a sandbox: the workspace read-only, no network) working
 /// on TASK inside a directory, streaming its answer as it arrives.
 ///
 /// Examples:
@@ -51,6 +52,10 @@ struct Cli {
     /// architect, or one from your config. Default: picked from the task's words.
     #[arg(long)]
     role: Option<String>,
+    /// The tools the agent may use instead of its role's, comma-separated: read_file,
+    /// glob, grep, bash (e.g. `--tools read_file,bash`).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_tool)]
+    tools: Option<Vec<ToolName>>,
     /// Workspace directory the tools may read (default: the current directory).
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
@@ -66,7 +71,7 @@ struct Cli {
     budget_usd: Option<f64>,
     /// Read a complete TaskSpec (JSON) from FILE, or from stdin with `-` (the server's
     /// way in: stdin then stays open, and its end means the server is gone).
-    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["task", "model", "tier", "task_type", "role", "cwd", "config", "max_turns", "budget_usd", "resume"])]
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["task", "model", "tier", "task_type", "role", "tools", "cwd", "config", "max_turns", "budget_usd", "resume"])]
     spec: Option<String>,
     /// Continue a finished run with TASK as the follow-up: TRANSCRIPT is its event stream
     /// (a server transcript, or what `--json` printed), which gives the conversation, the
@@ -80,6 +85,11 @@ struct Cli {
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
     Tier::parse(s).ok_or_else(|| format!("unknown tier `{s}`; use fast, balanced or quality"))
+}
+
+fn parse_tool(s: &str) -> Result<ToolName, String> {
+    ToolName::parse(s.trim())
+        .ok_or_else(|| format!("unknown tool `{s}`; use read_file, glob, grep or bash"))
 }
 
 fn parse_budget(s: &str) -> Result<f64, String> {
@@ -109,9 +119,37 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::PROVIDER as u8);
         }
     };
+    // The provider key may be in this process's environment (a manual run, or the
+    // server's hand-over): not dumpable, so no other process of the user reads it from
+    // /proc/PID/environ or mem (commands cannot read /proc at all).
+    // SAFETY: prctl(PR_SET_DUMPABLE) changes only this process's flag.
+    unsafe { nix::libc::prctl(nix::libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let code = runtime.block_on(run(cli));
-    // Spawned tool threads may still be running; do not wait for them.
+    end_process(code)
+}
+
+/// Ends the process: the running command's group is killed and the scratch directory
+/// removed first. Spawned tool threads may still be running; do not wait for them.
+fn end_process(code: i32) -> ! {
+    command_sandbox::end();
     std::process::exit(code)
+}
+
+/// Prepares the sandbox of commands when the spec offers `bash`, or takes `bash` out of
+/// the spec and says why. The phrase goes into the `started` event's sandbox.
+fn prepare_commands(spec: &mut TaskSpec) -> sandbox::CommandsState {
+    if !spec.tools.contains(&ToolName::Bash) {
+        return sandbox::CommandsState::NotOffered;
+    }
+    let workspace = std::fs::canonicalize(&spec.cwd).unwrap_or_else(|_| spec.cwd.clone());
+    match command_sandbox::prepare(&workspace, spec.sandbox) {
+        Ok(commands) => sandbox::CommandsState::Ready(commands),
+        Err(why) => {
+            spec.tools.retain(|t| *t != ToolName::Bash);
+            eprintln!("warning: the bash tool is not offered: {why}");
+            sandbox::CommandsState::Unavailable(why)
+        }
+    }
 }
 
 async fn run(cli: Cli) -> i32 {
@@ -152,7 +190,7 @@ async fn run(cli: Cli) -> i32 {
     } else {
         Box::new(HumanOut::default())
     };
-    let spec = match load_spec(&cli) {
+    let mut spec = match load_spec(&cli) {
         Ok(s) => s,
         Err(e) => {
             out.emit(&Event::Error {
@@ -172,9 +210,13 @@ async fn run(cli: Cli) -> i32 {
             return exit::BAD_SPEC;
         }
     };
+    // Commands get a sandbox of their own, prepared before the worker confines itself
+    // (its ruleset must leave commands the rights theirs grant). Where the kernel cannot
+    // confine them, `bash` is not offered, and `started` says why.
+    let commands = prepare_commands(&mut spec);
     // Before the agent loop and while this is the only thread: Landlock confines the
     // calling thread and the threads it starts later (the tools' blocking pool).
-    if let Err(e) = sandbox::confine(&spec, client.base_url()) {
+    if let Err(e) = sandbox::confine(&spec, client.base_url(), &commands) {
         out.emit(&Event::Error {
             kind: ErrorKind::Config,
             message: e.to_string(),
@@ -234,7 +276,14 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
             let Some(task) = cli.task.clone() else {
                 anyhow::bail!("no task given; run `bg-agent-worker \"TASK\"` (see --help)");
             };
-            let loaded = Config::load(cli.config.as_deref())?;
+            let mut loaded = Config::load(cli.config.as_deref())?;
+            // Whichever role the task gets, it gets these tools (and the budget check
+            // below prices their definitions).
+            if let Some(tools) = &cli.tools {
+                for role in loaded.config.roles.values_mut() {
+                    role.tools = tools.clone();
+                }
+            }
             let earlier = cli.resume.as_deref().map(Earlier::read).transpose()?;
             let req = SpawnRequest {
                 task,
@@ -380,7 +429,7 @@ impl Emit for JsonOut {
         let ok = writeln!(stdout, "{}", event.to_json_line()).and_then(|_| stdout.flush());
         if ok.is_err() {
             // Nobody is reading any more: the server is gone.
-            std::process::exit(exit::INTERRUPTED_TERM);
+            end_process(exit::INTERRUPTED_TERM);
         }
     }
 }

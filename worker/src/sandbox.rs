@@ -11,7 +11,12 @@
 //! Landlock confines the calling thread and the threads it starts afterwards, so this
 //! runs while the worker has a single thread (before any blocking-pool thread exists).
 //!
-//! Not here: the per-open confinement of tool paths (`tools::sandbox`).
+//! When the agent may run commands (`bash`), the worker also keeps what their stricter
+//! sandbox grants them (`command_sandbox::add_system_rules`: execute system programs,
+//! write the scratch directory), since a command's ruleset can only narrow the worker's.
+//!
+//! Not here: the per-open confinement of tool paths (`tools::sandbox`), the sandbox of
+//! commands (`command_sandbox`).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -22,6 +27,7 @@ use landlock::{
     Scope, path_beneath_rules,
 };
 
+use crate::command_sandbox::{self, Commands};
 use crate::protocol::TaskSpec;
 use crate::values::SandboxMode;
 
@@ -102,6 +108,34 @@ pub enum SandboxError {
     Setup(#[from] RulesetError),
 }
 
+/// Whether the agent runs commands, and in which sandbox.
+#[derive(Debug)]
+pub enum CommandsState {
+    /// The spec does not offer `bash`.
+    NotOffered,
+    /// `bash` is offered, its commands confined by this.
+    Ready(&'static Commands),
+    /// The spec asked for `bash`, but commands cannot be confined here (why).
+    Unavailable(String),
+}
+
+impl CommandsState {
+    fn describe(&self) -> Option<String> {
+        match self {
+            CommandsState::NotOffered => None,
+            CommandsState::Ready(c) => Some(c.describe().to_string()),
+            CommandsState::Unavailable(why) => Some(format!("bash not offered: {why}")),
+        }
+    }
+
+    fn scratch(&self) -> Option<&Path> {
+        match self {
+            CommandsState::Ready(c) => Some(c.scratch()),
+            _ => None,
+        }
+    }
+}
+
 static IN_FORCE: OnceLock<String> = OnceLock::new();
 
 /// The description of the sandbox this process put itself in, once `confine` ran.
@@ -110,12 +144,18 @@ pub fn in_force() -> Option<String> {
 }
 
 /// Confines this process as `spec.sandbox` asks, with `base_url` the provider's
-/// effective endpoint. Must run before any other thread is started.
-pub fn confine(spec: &TaskSpec, base_url: &str) -> Result<InForce, SandboxError> {
+/// effective endpoint, leaving its `commands` what their own sandbox grants them. Must
+/// run before any other thread is started.
+pub fn confine(
+    spec: &TaskSpec,
+    base_url: &str,
+    commands: &CommandsState,
+) -> Result<InForce, SandboxError> {
     let state = match spec.sandbox {
         SandboxMode::Off => InForce::Off,
         mode => {
-            let status = restrict_current_thread(&spec.cwd, &connect_ports(base_url))?;
+            let status =
+                restrict_current_thread(&spec.cwd, &connect_ports(base_url), commands.scratch())?;
             match (status_in_force(&status), mode) {
                 (InForce::Unavailable { why }, SandboxMode::Require) => {
                     return Err(SandboxError::Required(why));
@@ -124,7 +164,19 @@ pub fn confine(spec: &TaskSpec, base_url: &str) -> Result<InForce, SandboxError>
             }
         }
     };
-    let _ = IN_FORCE.set(state.describe());
+    let said = match (&state, commands) {
+        // The worker keeps what its commands' stricter sandbox grants them.
+        (InForce::Landlock { .. }, CommandsState::Ready(c)) => format!(
+            "{}; for its commands it may also run system programs and write their scratch directory; {}",
+            state.describe(),
+            c.describe()
+        ),
+        _ => match commands.describe() {
+            Some(c) => format!("{}; {c}", state.describe()),
+            None => state.describe(),
+        },
+    };
+    let _ = IN_FORCE.set(said);
     Ok(state)
 }
 
@@ -132,6 +184,7 @@ pub fn confine(spec: &TaskSpec, base_url: &str) -> Result<InForce, SandboxError>
 fn restrict_current_thread(
     workspace: &Path,
     ports: &[u16],
+    scratch: Option<&Path>,
 ) -> Result<RestrictionStatus, RulesetError> {
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
     let ruleset = Ruleset::default()
@@ -147,6 +200,10 @@ fn restrict_current_thread(
                 .iter()
                 .map(|&p| Ok::<_, RulesetError>(NetPort::new(p, AccessNet::ConnectTcp))),
         )?;
+    let ruleset = match scratch {
+        Some(scratch) => command_sandbox::add_system_rules(ruleset, scratch)?,
+        None => ruleset,
+    };
     ruleset.restrict_self()
 }
 

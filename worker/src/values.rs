@@ -302,23 +302,31 @@ pub enum SandboxMode {
     Off,
 }
 
-/// The read-only tools a worker can offer its model.
+/// The tools a worker can offer its model: the read-only file tools, and `bash` (a
+/// command in a sandbox of its own, `command_sandbox`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolName {
     ReadFile,
     Glob,
     Grep,
+    Bash,
 }
 
 impl ToolName {
-    pub const ALL: [ToolName; 3] = [ToolName::ReadFile, ToolName::Glob, ToolName::Grep];
+    pub const ALL: [ToolName; 4] = [
+        ToolName::ReadFile,
+        ToolName::Glob,
+        ToolName::Grep,
+        ToolName::Bash,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ToolName::ReadFile => "read_file",
             ToolName::Glob => "glob",
             ToolName::Grep => "grep",
+            ToolName::Bash => "bash",
         }
     }
 

@@ -40,7 +40,17 @@ async fn usd_budget_spent_stops_the_run_with_exit_3() {
         .collect();
     h.fake.script("spend money", steps);
 
-    let r = run(h.worker(&["--json", "--budget-usd", "0.001", "spend money"])).await;
+    // The read-only tools only: the first request's estimate (tool definitions included)
+    // must stay within $0.001.
+    let r = run(h.worker(&[
+        "--json",
+        "--budget-usd",
+        "0.001",
+        "--tools",
+        "read_file,glob,grep",
+        "spend money",
+    ]))
+    .await;
 
     assert_eq!(r.code, Some(exit::BUDGET), "{}", r.dump());
     let requests = h.fake.requests_for("spend money");

@@ -34,7 +34,7 @@ async fn started_says_which_sandbox_is_in_force() {
     assert_eq!(unconfined.code, Some(exit::DONE), "{}", unconfined.dump());
     assert_eq!(
         started_sandbox(&unconfined.events()),
-        "none: sandbox = \"off\""
+        "none: sandbox = \"off\"; commands (bash): unconfined (sandbox = \"off\")"
     );
 }
 

@@ -98,7 +98,7 @@ async fn request_carries_the_api_key_version_header_model_prompt_and_tools() {
     assert!(req.stream);
     assert_eq!(req.model, spec.model);
     assert_eq!(req.system.as_deref(), Some(spec.system_prompt.as_str()));
-    assert_eq!(req.tools, ["read_file", "glob", "grep"]);
+    assert_eq!(req.tools, ["read_file", "glob", "grep", "bash"]);
     assert_eq!(req.max_tokens, Some(u64::from(spec.limits.max_tokens)));
     assert_eq!(req.first_user_text(), "headers please");
 }
@@ -214,7 +214,7 @@ async fn openai_compatible_stream_runs_a_glob_tool_call_round_trip() {
     assert!(requests.iter().all(|q| q.path == "/v1/chat/completions"));
     assert_eq!(requests[0].api_key.as_deref(), Some(OPENAI_KEY), "bearer");
     assert_eq!(requests[0].model, "local-model");
-    assert_eq!(requests[0].tools, ["read_file", "glob", "grep"]);
+    assert_eq!(requests[0].tools, ["read_file", "glob", "grep", "bash"]);
 
     let messages = requests[1].body["messages"].as_array().expect("messages");
     let assistant = messages

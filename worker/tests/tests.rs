@@ -4,6 +4,7 @@
 
 mod common;
 
+mod bash;
 mod caching;
 mod cli;
 mod follow_up;

@@ -1,15 +1,19 @@
-//! The read-only workspace tools offered to the model: `read_file`, `glob`, `grep`.
-//! Every file is opened beneath a descriptor of the agent's cwd (`sandbox`); a refusal or any other
-//! failure is an `is_error` result for the model, never the end of the run.
+//! The tools offered to the model: the read-only workspace tools `read_file`, `glob`,
+//! `grep`, and `bash` (a command in a sandbox of its own). Every file is opened beneath a
+//! descriptor of the agent's cwd (`sandbox`); a refusal or any other failure is an
+//! `is_error` result for the model, never the end of the run.
 //!
-//! Not here: anything that writes, runs commands or spawns agents; workers never get those.
+//! Not here: what a command may do (`crate::command_sandbox`); anything that spawns
+//! agents (workers never get that).
 
+mod bash;
 mod glob;
 mod grep;
 mod read_file;
 pub mod sandbox;
 
 use std::path::Path;
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
@@ -102,12 +106,31 @@ fn definition(tool: ToolName) -> ToolDef {
                 "required": ["pattern"]
             }),
         },
+        ToolName::Bash => ToolDef {
+            name: "bash",
+            description: "Run a shell command (`bash -c`) in the workspace, e.g. `git log --oneline -20`, `git diff`, `git show HEAD`, `git blame -L 10,40 src/x.rs`, `rg -n pattern`, `ls -la`, `wc -l`. Sandboxed: the workspace is read-only, there is no network, and only $TMPDIR (= $HOME, a scratch directory of this agent) is writable. Returns the exit status, then stdout and stderr combined, cut to the first and last 15,000 bytes. Every process the command started is killed when it ends.",
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "command": {"type": "string", "description": "The command line, run with bash -c in the workspace root."},
+                    "timeout_s": {"type": "integer", "minimum": 1, "description": "Seconds before the command is killed. Default 60; never more than what is left of the agent's time."}
+                },
+                "required": ["command"]
+            }),
+        },
     }
 }
 
-/// Runs tool `name` with `input` inside `root` (the agent's canonical cwd). Tools not
-/// in `allowed` are refused.
-pub fn execute(allowed: &[ToolName], name: &str, input: &Value, root: &Path) -> ToolOutput {
+/// Runs tool `name` with `input` inside `root` (the agent's canonical cwd); a command
+/// stops at `deadline` (the agent's wall clock) at the latest. Tools not in `allowed`
+/// are refused.
+pub fn execute(
+    allowed: &[ToolName],
+    name: &str,
+    input: &Value,
+    root: &Path,
+    deadline: Instant,
+) -> ToolOutput {
     let Some(tool) = ToolName::parse(name).filter(|t| allowed.contains(t)) else {
         let offered: Vec<&str> = allowed.iter().map(|t| t.as_str()).collect();
         return ToolOutput::error(format!(
@@ -126,6 +149,7 @@ pub fn execute(allowed: &[ToolName], name: &str, input: &Value, root: &Path) -> 
         ToolName::ReadFile => read_file::run(input, &dir),
         ToolName::Glob => glob::run(input, root, &dir),
         ToolName::Grep => grep::run(input, root, &dir),
+        ToolName::Bash => bash::run(input, root, deadline),
     };
     match result {
         Ok(s) => ToolOutput::ok(s),
@@ -175,6 +199,10 @@ fn uint_arg(input: &Value, key: &str) -> Result<Option<usize>, String> {
 mod tests {
     use super::*;
 
+    fn later() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(60)
+    }
+
     #[test]
     fn tools_outside_the_role_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -183,6 +211,7 @@ mod tests {
             "read_file",
             &json!({"path": "x"}),
             dir.path(),
+            later(),
         );
         assert!(out.is_error);
         assert!(
@@ -198,7 +227,7 @@ mod tests {
         std::fs::write(dir.path().join("a.txt"), "one\ntwo\nthree\n").unwrap();
         let root = std::fs::canonicalize(dir.path()).unwrap();
         let input = json!({"path": "a.txt", "offset": 2, "limit": u64::MAX});
-        let out = execute(&[ToolName::ReadFile], "read_file", &input, &root);
+        let out = execute(&[ToolName::ReadFile], "read_file", &input, &root, later());
         assert!(!out.is_error, "{}", out.content);
         assert_eq!(out.content, "2\ttwo\n3\tthree\n");
     }
@@ -217,6 +246,7 @@ mod tests {
             "glob",
             &json!({"pattern": "*.txt"}),
             &root,
+            later(),
         );
         assert!(!out.is_error, "{}", out.content);
         names.truncate(500);
@@ -240,6 +270,7 @@ mod tests {
             "read_file",
             &json!({"path": "pipe"}),
             &root,
+            later(),
         );
         assert!(out.is_error);
         assert!(out.content.contains("is a FIFO"), "{}", out.content);

@@ -23,8 +23,8 @@ pub const OPENAI_KEY: &str = "sk-openai-test-5b8e1a-never-print-me-77c0";
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One test's world: the fake provider, and under one temporary root a workspace (the
-/// agent's cwd), a home directory (so no developer config is found) and files outside
-/// the workspace.
+/// agent's cwd), a home directory (so no developer config is found), the workers' TMPDIR
+/// (where their commands' scratch directories go) and files outside the workspace.
 pub struct Harness {
     pub fake: FakeProvider,
     root: tempfile::TempDir,
@@ -34,7 +34,7 @@ impl Harness {
     /// Must run on a multi-thread runtime: the fake serves on the test's runtime.
     pub async fn start() -> Harness {
         let root = tempfile::tempdir().expect("temp dir");
-        for dir in ["workspace", "home/.config"] {
+        for dir in ["workspace", "home/.config", "tmp"] {
             std::fs::create_dir_all(root.path().join(dir)).expect("create test dirs");
         }
         Harness {
@@ -46,6 +46,11 @@ impl Harness {
     /// The temporary root holding workspace/ and home/ (canonical).
     pub fn root(&self) -> PathBuf {
         std::fs::canonicalize(self.root.path()).expect("canonical temp root")
+    }
+
+    /// The workers' TMPDIR (canonical): where their commands' scratch directories are.
+    pub fn tmp(&self) -> PathBuf {
+        self.root().join("tmp")
     }
 
     /// The agent's cwd (canonical).
@@ -73,6 +78,8 @@ impl Harness {
         );
         cmd.env("ANTHROPIC_BASE_URL", self.fake.base_url())
             .env("ANTHROPIC_API_KEY", API_KEY)
+            // Scratch directories of commands go here, where a test can see them.
+            .env("TMPDIR", self.tmp())
             .current_dir(self.workspace())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
