@@ -44,7 +44,9 @@ pub fn status(v: &AgentReply, wait_capped: Option<Duration>) -> String {
     if let Some(err) = &v.error {
         let _ = write!(s, "\nError: {err}");
     }
-    if let Some(r) = &v.result {
+    if let Some(j) = &v.result_json {
+        let _ = write!(s, "\nResult (JSON, valid against output_schema):\n{j}");
+    } else if let Some(r) = &v.result {
         let _ = write!(s, "\nResult:\n{r}");
         if let Some(more) = &v.read_on {
             let _ = write!(s, "\n[{more}]");
@@ -168,6 +170,11 @@ pub fn waited(v: &Waited, wait_capped: Option<Duration>) -> String {
         let _ = write!(s, "\n\n## {} {}", a.agent_id, a.status.as_str());
         if let Some(e) = &a.error {
             let _ = write!(s, "\nError: {e}");
+        }
+        if let Some(j) = &a.result_json {
+            let _ = write!(s, "\n{j}");
+        } else if a.result_truncated && a.result.is_none() {
+            s.push_str("\n[result_json left out for its size; agent_status shows it]");
         }
         if let Some(r) = &a.result {
             let _ = write!(s, "\n{r}");

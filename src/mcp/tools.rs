@@ -201,6 +201,7 @@ impl BgAgents {
             message,
             wait_seconds,
             limits,
+            output_schema,
         } = p;
         check_id(&agent_id).map_err(caller_error)?;
         let wait = self
@@ -209,7 +210,12 @@ impl BgAgents {
             .map_err(caller_error)?;
         let (_, mut view) = self
             .manager
-            .send(&agent_id, &message, &limits.unwrap_or_default())
+            .send(
+                &agent_id,
+                &message,
+                &limits.unwrap_or_default(),
+                output_schema.as_ref(),
+            )
             .map_err(caller_error)?;
         if !wait.duration.is_zero() {
             let b = Blocking { meta, peer, ct };

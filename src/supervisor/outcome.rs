@@ -122,6 +122,8 @@ pub enum ExitReason {
     BudgetExceeded,
     ProviderError,
     ConfigError,
+    /// The answer never matched the spawn's `output_schema`.
+    SchemaMismatch,
     Interrupted,
     Crashed,
     /// SIGKILL from outside the server, not the CPU limit.
@@ -147,6 +149,7 @@ impl ExitReason {
             ExitReason::BudgetExceeded => "budget_exceeded",
             ExitReason::ProviderError => "provider_error",
             ExitReason::ConfigError => "config_error",
+            ExitReason::SchemaMismatch => "schema_mismatch",
             ExitReason::Interrupted => "interrupted",
             ExitReason::Crashed => "crashed",
             ExitReason::KilledOutside => "killed_outside",
@@ -261,6 +264,7 @@ pub fn classify(f: &EndFacts) -> (Outcome, ExitInfo) {
         }
         Some(exit::PROVIDER) => (Outcome::Failed, info(ExitReason::ProviderError)),
         Some(exit::BAD_SPEC) => (Outcome::Failed, info(ExitReason::ConfigError)),
+        Some(exit::SCHEMA_MISMATCH) => (Outcome::Failed, info(ExitReason::SchemaMismatch)),
         Some(exit::INTERRUPTED_INT | exit::INTERRUPTED_TERM) => {
             (Outcome::Failed, info(ExitReason::Interrupted))
         }

@@ -12,6 +12,7 @@ use crate::protocol::{ErrorKind, Event, TaskSpec, exit};
 use crate::provider::{
     Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest, throttled,
 };
+use crate::structured::{CORRECTIONS, Checked, OutputSchema};
 use crate::tools;
 
 /// Where events go: stdout as JSONL, a terminal, a test.
@@ -69,6 +70,16 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
         cwd: Some(root.as_ref().clone()),
     });
     let tool_defs = tools::definitions(&spec.tools);
+    let schema = match spec
+        .output_schema
+        .as_ref()
+        .map(OutputSchema::new)
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => return fail(out, ErrorKind::Config, e.to_string()),
+    };
+    let mut corrections = 0;
     let mut messages = spec.history.clone();
     push_message(
         &mut messages,
@@ -105,6 +116,7 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
             messages: &messages,
             tools: &tool_defs,
             max_tokens,
+            output_schema: spec.output_schema.as_ref(),
         };
         let output = match turn_with_retries(client, &req, spec.provider.max_retries, out).await {
             Ok(o) => o,
@@ -172,10 +184,30 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
                 );
                 continue;
             }
+            let can_correct = turn < limits.max_turns && over_budget.is_none();
+            let result_json = match judge(schema.as_ref(), &text, &mut corrections, can_correct) {
+                Judged::Answer(value) => value,
+                Judged::AskAgain { note, message } => {
+                    out.emit(&Event::Text { text: note });
+                    push_message(
+                        &mut messages,
+                        Message {
+                            role: Role::User,
+                            content: vec![Block::Text { text: message }],
+                        },
+                        out,
+                    );
+                    continue;
+                }
+                Judged::Mismatch(message) => {
+                    return fail(out, ErrorKind::SchemaMismatch, message);
+                }
+            };
             out.emit(&Event::Result {
                 text,
                 stop_reason,
                 turns: turn,
+                result_json,
             });
             return exit::DONE;
         }
@@ -226,6 +258,55 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
             limits.max_turns
         ),
     )
+}
+
+/// What becomes of a final answer under an `output_schema`.
+enum Judged {
+    /// Deliver it: the parsed value when there is a schema.
+    Answer(Option<serde_json::Value>),
+    /// Send it back with its errors (`message`), saying so in the output (`note`).
+    AskAgain { note: String, message: String },
+    /// It never matched: the `schema_mismatch` error's message.
+    Mismatch(String),
+}
+
+/// Checks the answer `text` against `schema` (none: any answer goes); an invalid one is
+/// sent back while `corrections` stay under `CORRECTIONS` and a turn is left.
+fn judge(
+    schema: Option<&OutputSchema>,
+    text: &str,
+    corrections: &mut u32,
+    can_correct: bool,
+) -> Judged {
+    let Some(schema) = schema else {
+        return Judged::Answer(None);
+    };
+    let errors = match schema.check_text(text) {
+        Checked::Valid(value) => return Judged::Answer(Some(value)),
+        Checked::Invalid(errors) => errors,
+    };
+    if *corrections < CORRECTIONS && can_correct {
+        *corrections += 1;
+        return Judged::AskAgain {
+            note: format!(
+                "\n[the answer does not match output_schema ({}); asked again, correction {} of {CORRECTIONS}]\n",
+                errors.join("; "),
+                *corrections
+            ),
+            message: schema.correction(&errors),
+        };
+    }
+    let why = if *corrections < CORRECTIONS {
+        " (no turn or budget left to ask again)"
+    } else {
+        ""
+    };
+    Judged::Mismatch(format!(
+        "the answer does not match output_schema after {} correction{}{why}: {}; the last answer ends the agent's output (agent_output); loosen the schema or say more in the task about the answer's form",
+        *corrections,
+        if *corrections == 1 { "" } else { "s" },
+        errors.join("; ")
+    ))
 }
 
 /// Adds a message to the conversation and tells it (a `message` event: what a follow-up

@@ -176,6 +176,10 @@ pub struct RoleConfig {
     pub tools: Vec<ToolName>,
     #[serde(default)]
     pub limits: LimitsOverride,
+    /// A JSON Schema every answer of this role must match unless a spawn gives its own
+    /// (`[roles.NAME.output_schema]`, a TOML table written like the JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
 }
 
 /// Where the effective configuration came from, for messages.
@@ -461,6 +465,15 @@ impl Config {
                     format!("[roles.{name}] system_prompt"),
                     "\"\"".into(),
                     "must not be empty".into(),
+                ));
+            }
+            if let Some(schema) = &role.output_schema
+                && let Err(e) = crate::structured::OutputSchema::new(schema)
+            {
+                return Err(invalid(
+                    format!("[roles.{name}.output_schema]"),
+                    schema.to_string().chars().take(80).collect(),
+                    e.to_string(),
                 ));
             }
             let key = format!("[roles.{name}.limits]");

@@ -38,5 +38,6 @@ pub mod resolve;
 pub mod roles;
 pub mod routing;
 pub mod sandbox;
+pub mod structured;
 pub mod tools;
 pub mod values;

@@ -10,7 +10,8 @@
 use std::sync::atomic::Ordering;
 
 use bg_agent_worker::protocol::{Input, TaskSpec};
-use bg_agent_worker::resolve::raised_limits;
+use bg_agent_worker::resolve::{ResolveError, raised_limits};
+use bg_agent_worker::structured::OutputSchema;
 use bg_agent_worker::values::{Limits, LimitsOverride};
 
 use super::{Inner, Manager, ManagerError};
@@ -32,16 +33,22 @@ pub enum Sent {
 
 impl Manager {
     /// Sends `message` to agent `id`, raising its limits by `raise` (within `[max]`)
-    /// first; returns what happened and the agent's status right after.
+    /// first, with `schema` as the answer's output schema from now on (a completed or
+    /// queued agent only); returns what happened and the agent's status right after.
     pub fn send(
         &self,
         id: &str,
         message: &str,
         raise: &LimitsOverride,
+        schema: Option<&serde_json::Value>,
     ) -> Result<(Sent, StatusView), ManagerError> {
         let inner = &self.inner;
         if message.trim().is_empty() {
             return Err(ManagerError::EmptyMessage);
+        }
+        if let Some(schema) = schema {
+            OutputSchema::new(schema)
+                .map_err(|e| ManagerError::Resolve(ResolveError::Schema(e)))?;
         }
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ManagerError::ShuttingDown);
@@ -62,6 +69,9 @@ impl Manager {
                         spec.task.push_str("\n\n");
                         spec.task.push_str(message);
                         spec.limits = limits;
+                        if let Some(schema) = schema {
+                            spec.output_schema = Some(schema.clone());
+                        }
                     }
                     rec.limits = limits;
                     Sent::Appended
@@ -70,7 +80,10 @@ impl Manager {
                     if let Some(why) = inner.session().exhausted.clone() {
                         return Err(ManagerError::SessionBudget(why));
                     }
-                    let spec = next_round(rec, message, limits)?;
+                    let mut spec = next_round(rec, message, limits)?;
+                    if let Some(schema) = schema {
+                        spec.output_schema = Some(schema.clone());
+                    }
                     if let Some(t) = rec.transcript.as_mut() {
                         t.reopen().map_err(|source| {
                             ManagerError::Transcript(OutputError::TranscriptFile {
@@ -85,6 +98,13 @@ impl Manager {
                     begin_round(rec, limits, message);
                     reg.queue_round(id);
                     Sent::Round(reg.get(id).map_or(0, |r| r.rounds))
+                }
+                Status::Running if schema.is_some() => {
+                    return Err(ManagerError::NotResumable {
+                        id: rec.id.clone(),
+                        status: Status::Running.as_str(),
+                        why: "a running agent's answer keeps the schema it started with; send the message without output_schema, or wait for its answer (agent_wait) and send again with output_schema".into(),
+                    });
                 }
                 Status::Running => {
                     let line = serde_json::to_string(&Input::FollowUp {
@@ -168,6 +188,7 @@ fn begin_round(rec: &mut AgentRecord, limits: Limits, message: &str) {
     rec.prior_usage = rec.usage;
     rec.prior_turns = rec.turns;
     rec.result = None;
+    rec.result_json = None;
     rec.stop_reason = None;
     rec.error = None;
     rec.error_kind = None;

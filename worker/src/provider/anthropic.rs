@@ -87,7 +87,18 @@ fn body(req: &TurnRequest<'_>, caching: bool) -> Value {
             .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
             .collect();
     }
+    if let Some(schema) = req.output_schema {
+        body["output_config"] = output_config(schema);
+    }
     body
+}
+
+/// Structured outputs (`output_config.format`, generally available: no beta header):
+/// the model's text answer is constrained to JSON of the schema, while tool calls go on
+/// as usual. The API takes a subset of JSON Schema, so the schema is adapted
+/// (`structured::for_anthropic`); the answer is validated against the original.
+fn output_config(schema: &Value) -> Value {
+    json!({"format": {"type": "json_schema", "schema": crate::structured::for_anthropic(schema)}})
 }
 
 /// Puts a cache breakpoint on the last block of a message.
@@ -394,6 +405,7 @@ mod tests {
             messages: &messages,
             tools: &[],
             max_tokens: 10,
+            output_schema: None,
         };
         let b = body(&req, true);
         assert_eq!(b.to_string().matches("cache_control").count(), 3);

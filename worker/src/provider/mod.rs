@@ -36,6 +36,9 @@ pub struct TurnRequest<'a> {
     pub messages: &'a [Message],
     pub tools: &'a [ToolDef],
     pub max_tokens: u32,
+    /// The JSON Schema the answer must match (`TaskSpec::output_schema`): sent in the
+    /// provider's own structured-output parameter.
+    pub output_schema: Option<&'a serde_json::Value>,
 }
 
 /// Tokens of one response as billed (uncached input, cache writes and reads, output).

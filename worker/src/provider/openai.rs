@@ -77,7 +77,24 @@ fn body(req: &TurnRequest<'_>, send_cache_key: bool) -> Value {
         // Some local servers only call tools when asked to choose.
         body["tool_choice"] = json!("auto");
     }
+    if let Some(schema) = req.output_schema {
+        body["response_format"] = response_format(schema);
+    }
     body
+}
+
+/// `response_format` with a JSON Schema (OpenAI, vLLM, Ollama, LM Studio, llama.cpp):
+/// `strict` only where OpenAI's strict mode accepts the schema; validation in the agent
+/// loop holds the answer to the schema either way.
+fn response_format(schema: &Value) -> Value {
+    json!({
+        "type": "json_schema",
+        "json_schema": {
+            "name": "answer",
+            "schema": schema,
+            "strict": crate::structured::openai_strict(schema),
+        }
+    })
 }
 
 /// One neutral message can become several OpenAI messages (each tool result is its own).
