@@ -697,7 +697,167 @@ fn check(
     if body["stream"] != Value::Bool(true) {
         return invalid("this fake only streams: set \"stream\": true");
     }
+    let structured = match api {
+        Api::Anthropic => check_output_config(&body),
+        Api::OpenAi => check_response_format(&body),
+    };
+    if let Err(message) = structured {
+        return invalid(&message);
+    }
     Ok((api, body))
+}
+
+/// Keywords the Messages API's structured outputs refuse in a schema (its documented
+/// limitations: no numeric, string-length or most array constraints).
+const ANTHROPIC_REFUSED_KEYWORDS: &[&str] = &[
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "maxItems",
+    "uniqueItems",
+];
+
+/// Anthropic structured outputs, `output_config: {format: {type: "json_schema", schema}}`,
+/// checked as the API does before any work: the format type, and a schema within the
+/// supported subset (every object closed with `additionalProperties: false`, none of the
+/// refused keywords, `minItems` 0 or 1). The model then answers in text that is the JSON.
+fn check_output_config(body: &Value) -> Result<(), String> {
+    let Some(config) = body.get("output_config") else {
+        return Ok(());
+    };
+    let format = &config["format"];
+    if format["type"] != "json_schema" {
+        return Err(format!(
+            "output_config.format.type: Input should be 'json_schema' (got {})",
+            format["type"]
+        ));
+    }
+    let Some(schema) = format.get("schema").filter(|s| s.is_object()) else {
+        return Err("output_config.format.schema: Field required".into());
+    };
+    anthropic_schema_problem(schema, "")
+        .map_or(Ok(()), |p| Err(format!("output_config.format.schema: {p}")))
+}
+
+fn anthropic_schema_problem(schema: &Value, at: &str) -> Option<String> {
+    match schema {
+        Value::Object(map) => {
+            for key in ANTHROPIC_REFUSED_KEYWORDS {
+                if map.contains_key(*key) {
+                    return Some(format!(
+                        "at '{at}': the keyword '{key}' is not supported for structured outputs"
+                    ));
+                }
+            }
+            if map
+                .get("minItems")
+                .and_then(Value::as_u64)
+                .is_some_and(|n| n > 1)
+            {
+                return Some(format!(
+                    "at '{at}': minItems values other than 0 or 1 are not supported"
+                ));
+            }
+            let object =
+                map.get("type") == Some(&json!("object")) || map.contains_key("properties");
+            if object && map.get("additionalProperties") != Some(&Value::Bool(false)) {
+                return Some(format!(
+                    "at '{at}': For 'object' type, 'additionalProperties' must be explicitly set to false"
+                ));
+            }
+            map.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "enum" | "const" | "default" | "examples"))
+                .find_map(|(k, v)| anthropic_schema_problem(v, &format!("{at}/{k}")))
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| anthropic_schema_problem(v, &format!("{at}/{i}"))),
+        _ => None,
+    }
+}
+
+/// OpenAI `response_format: {type: "json_schema", json_schema: {name, schema, strict}}`,
+/// checked as the API does: a name of letters, digits, `_` and `-` (at most 64), a schema
+/// object, and with `strict: true` every object closed and every property required.
+fn check_response_format(body: &Value) -> Result<(), String> {
+    let Some(format) = body.get("response_format") else {
+        return Ok(());
+    };
+    match format["type"].as_str() {
+        Some("text" | "json_object") => return Ok(()),
+        Some("json_schema") => {}
+        _ => {
+            return Err(format!(
+                "Invalid value for 'response_format.type': {}. Supported values are: 'json_object', 'json_schema', and 'text'.",
+                format["type"]
+            ));
+        }
+    }
+    let spec = &format["json_schema"];
+    let name = spec["name"].as_str().unwrap_or("");
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !name_ok {
+        return Err(
+            "Invalid 'response_format.json_schema.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'."
+                .into(),
+        );
+    }
+    let Some(schema) = spec.get("schema").filter(|s| s.is_object()) else {
+        return Err("Missing required parameter: 'response_format.json_schema.schema'.".into());
+    };
+    if spec["strict"] == Value::Bool(true)
+        && let Some(problem) = openai_strict_problem(schema, "")
+    {
+        return Err(format!(
+            "Invalid schema for response_format '{name}': In context=({problem})"
+        ));
+    }
+    Ok(())
+}
+
+fn openai_strict_problem(schema: &Value, at: &str) -> Option<String> {
+    match schema {
+        Value::Object(map) => {
+            let object =
+                map.get("type") == Some(&json!("object")) || map.contains_key("properties");
+            if object {
+                if map.get("additionalProperties") != Some(&Value::Bool(false)) {
+                    return Some(format!(
+                        "'{at}'), 'additionalProperties' is required to be supplied and to be false"
+                    ));
+                }
+                let required: Vec<&str> = map["required"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if let Some(missing) = map["properties"]
+                    .as_object()
+                    .and_then(|p| p.keys().find(|k| !required.contains(&k.as_str())))
+                {
+                    return Some(format!(
+                        "'{at}'), 'required' is required to be supplied and to be an array including every key in properties. Missing '{missing}'"
+                    ));
+                }
+            }
+            map.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "enum" | "const" | "default" | "examples"))
+                .find_map(|(k, v)| openai_strict_problem(v, &format!("{at}/{k}")))
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| openai_strict_problem(v, &format!("{at}/{i}"))),
+        _ => None,
+    }
 }
 
 fn next_step(state: &mut FakeState, request: &RecordedRequest) -> Step {
