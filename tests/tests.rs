@@ -22,3 +22,4 @@ mod mcp_tasks;
 mod notices;
 mod providers;
 mod stress;
+mod structured;
