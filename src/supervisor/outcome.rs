@@ -399,6 +399,8 @@ mod tests {
             classify(&facts(Some(2), None)).1.reason.as_str(),
             "config_error"
         );
+        let (s, e) = classify(&facts(Some(4), None));
+        assert_eq!((s, e.reason.as_str()), (Outcome::Failed, "schema_mismatch"));
         assert_eq!(
             classify(&facts(None, Some(Signal::SIGXCPU))).0,
             Outcome::CpuLimit

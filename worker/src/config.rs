@@ -727,6 +727,31 @@ mod tests {
     }
 
     #[test]
+    fn the_reviewer_schema_example_in_limits_toml_loads_and_bad_role_schemas_are_named() {
+        // The commented example, uncommented: it must stay a valid config and schema.
+        let example: String = BUILTIN
+            .lines()
+            .skip_while(|l| *l != "# [roles.reviewer.output_schema]")
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+            .collect();
+        assert!(example.contains("severity"), "example not found: {example}");
+        let c = user(&example).unwrap();
+        let schema = c.roles["reviewer"].output_schema.clone().unwrap();
+        let checked = crate::structured::OutputSchema::new(&schema).unwrap();
+        let answer = serde_json::json!({"findings": [
+            {"file": "a.rs", "line": 3, "severity": "high", "problem": "p", "fix": "f"}
+        ]});
+        assert_eq!(
+            checked.check_value(answer.clone()),
+            crate::structured::Checked::Valid(answer)
+        );
+        let e = err("[roles.reviewer.output_schema]\ntype = \"objekt\"\n");
+        assert!(e.contains("[roles.reviewer.output_schema]"), "{e}");
+        assert!(e.contains("not a valid JSON Schema"), "{e}");
+    }
+
+    #[test]
     fn role_with_unknown_tool_is_rejected() {
         let e = err("[roles.x]\nsystem_prompt = \"p\"\ntools = [\"bash\"]\n");
         assert!(e.contains("[roles.x] tools"), "{e}");

@@ -19,6 +19,9 @@
 //!   kinds, tiers, task types, tool names, the sandbox mode. Uses nothing of the crate.
 //! - `protocol`: the wire (`TaskSpec`, `Event`, exit codes); `config`: `limits.toml`'s
 //!   schema, loading and validation. Each uses `values` only.
+//! - `structured`: a spawn's `output_schema` checked, adapted to each API's subset, and
+//!   the answers validated against it. Uses nothing of the crate; `config`, `resolve` and
+//!   `agent` use it.
 //! - `routing` (task type → tier → model) and `roles` (the agent selector) read a `Config`;
 //!   `resolve` ties them into a `TaskSpec` (`resolve::resolve`), for the server and for a
 //!   manual run alike.
