@@ -155,6 +155,10 @@ pub struct Quirks {
     pub max_in_flight: Option<usize>,
     /// The `retry-after` (seconds) of those 429s.
     pub retry_after_secs: u64,
+    /// No structured outputs: HTTP 400 for a request with `output_config` (a model without
+    /// them, on the Messages API) or `response_format` of type `json_schema` (llama.cpp's
+    /// server before it took schemas).
+    pub no_structured_output: bool,
 }
 
 /// A step made from the request it answers.
@@ -390,6 +394,7 @@ async fn handle(
         let quirks = state.quirks.clone();
         let outcome = checked
             .and_then(|accepted| quirky(&quirks, accepted))
+            .and_then(|accepted| without_structured_output(&quirks, accepted))
             .and_then(|accepted| cached(&mut state, accepted))
             .and_then(|(accepted, cache)| {
                 admit(&mut state, accepted).map(|(accepted, permit)| (accepted, cache, permit))
@@ -445,6 +450,35 @@ fn quirky(quirks: &Quirks, (api, body): (Api, Value)) -> Result<(Api, Value), Re
         });
     }
     Ok((api, body))
+}
+
+/// `Quirks::no_structured_output`: the refusals of servers and models without structured
+/// outputs, in their words.
+fn without_structured_output(
+    quirks: &Quirks,
+    (api, body): (Api, Value),
+) -> Result<(Api, Value), Rejected> {
+    if !quirks.no_structured_output {
+        return Ok((api, body));
+    }
+    let message = match api {
+        Api::Anthropic if body.get("output_config").is_some() => format!(
+            "output_config.format: structured outputs are not supported for the model '{}'",
+            body["model"].as_str().unwrap_or_default()
+        ),
+        Api::OpenAi if body["response_format"]["type"] == "json_schema" => {
+            "response_format type must be one of \"text\" or \"json_object\", but got: json_schema"
+                .to_string()
+        }
+        _ => return Ok((api, body)),
+    };
+    Err(Rejected {
+        api,
+        code: 400,
+        error_type: "invalid_request_error",
+        message,
+        retry_after: None,
+    })
 }
 
 /// Input tokens read from and written to the prompt cache by one request.
@@ -700,11 +734,39 @@ fn check(
     let structured = match api {
         Api::Anthropic => check_output_config(&body),
         Api::OpenAi => check_response_format(&body),
-    };
+    }
+    .and_then(|()| check_forced_tool(api, &body));
     if let Err(message) = structured {
         return invalid(&message);
     }
     Ok((api, body))
+}
+
+/// A `tool_choice` that names one tool (Anthropic `{type: "tool", name}`, OpenAI
+/// `{type: "function", function: {name}}`) must name a tool the request offers.
+fn check_forced_tool(api: Api, body: &Value) -> Result<(), String> {
+    let choice = &body["tool_choice"];
+    let named = match api {
+        Api::Anthropic if choice["type"] == "tool" => choice["name"].as_str(),
+        Api::OpenAi if choice["type"] == "function" => choice["function"]["name"].as_str(),
+        _ => return Ok(()),
+    };
+    let offered = body["tools"].as_array().is_some_and(|tools| {
+        tools.iter().any(|t| {
+            let name = t["name"]
+                .as_str()
+                .or_else(|| t["function"]["name"].as_str());
+            name.is_some() && name == named
+        })
+    });
+    if offered {
+        Ok(())
+    } else {
+        Err(format!(
+            "tool_choice: the tool {} is not among the tools offered",
+            named.unwrap_or("(no name)")
+        ))
+    }
 }
 
 /// Keywords the Messages API's structured outputs refuse in a schema (its documented

@@ -12,8 +12,11 @@ use crate::protocol::{ErrorKind, Event, TaskSpec, exit};
 use crate::provider::{
     Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest, throttled,
 };
-use crate::structured::{CORRECTIONS, Checked, OutputSchema};
+
+mod answer;
+
 use crate::tools;
+use answer::{Judged, Wanted};
 
 /// Where events go: stdout as JSONL, a terminal, a test.
 pub trait Emit {
@@ -70,16 +73,10 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
         cwd: Some(root.as_ref().clone()),
     });
     let tool_defs = tools::definitions(&spec.tools);
-    let schema = match spec
-        .output_schema
-        .as_ref()
-        .map(OutputSchema::new)
-        .transpose()
-    {
-        Ok(s) => s,
+    let mut wanted = match spec.output_schema.as_ref().map(Wanted::new).transpose() {
+        Ok(w) => w,
         Err(e) => return fail(out, ErrorKind::Config, e.to_string()),
     };
-    let mut corrections = 0;
     let mut messages = spec.history.clone();
     push_message(
         &mut messages,
@@ -109,18 +106,31 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
             Ok(n) => n,
             Err(message) => return fail(out, ErrorKind::BudgetExceeded, message),
         };
-        let req = TurnRequest {
-            cache_key: Some(&cache_key),
-            model: &spec.model,
-            system: &spec.system_prompt,
-            messages: &messages,
-            tools: &tool_defs,
-            max_tokens,
-            output_schema: spec.output_schema.as_ref(),
-        };
-        let output = match turn_with_retries(client, &req, spec.provider.max_retries, out).await {
-            Ok(o) => o,
-            Err(message) => return fail(out, ErrorKind::Provider, message),
+        let output = loop {
+            let req = TurnRequest {
+                cache_key: Some(&cache_key),
+                model: &spec.model,
+                system: &spec.system_prompt,
+                messages: &messages,
+                tools: &tool_defs,
+                max_tokens,
+                output_schema: wanted.as_ref().map(Wanted::delivery),
+            };
+            match turn_with_retries(client, &req, spec.provider.max_retries, out).await {
+                Ok(o) => break o,
+                Err(message) => {
+                    // A provider that refuses its structured-output parameter gets the
+                    // same request with the final tool instead.
+                    if let Some(note) = wanted
+                        .as_mut()
+                        .and_then(|w| w.fall_back(spec.provider.kind, &message))
+                    {
+                        out.emit(&Event::Text { text: note });
+                        continue;
+                    }
+                    return fail(out, ErrorKind::Provider, message);
+                }
+            }
         };
         total.add(&output.usage);
         estimated |= output.usage_estimated;
@@ -164,6 +174,23 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
             },
             out,
         );
+        let can_correct = turn < limits.max_turns && over_budget.is_none();
+        if let Some(w) = wanted.as_mut()
+            && let Some((id, _, input)) = w.final_call(&calls)
+        {
+            // Readable like a text answer: the output ends with it.
+            out.emit(&Event::Text {
+                text: format!("{input}\n"),
+            });
+            let judged = w.judge_call(id, input, &calls, can_correct);
+            match end_structured(judged, &mut messages, out) {
+                Ok(Some((text, value))) => {
+                    return finish(out, text, stop_reason, turn, Some(value));
+                }
+                Ok(None) => continue,
+                Err(code) => return code,
+            }
+        }
         if calls.is_empty() {
             // A follow-up that came during this response is answered before the end.
             // Taken only when it can be answered: otherwise it stays undelivered, and
@@ -184,32 +211,17 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
                 );
                 continue;
             }
-            let can_correct = turn < limits.max_turns && over_budget.is_none();
-            let result_json = match judge(schema.as_ref(), &text, &mut corrections, can_correct) {
-                Judged::Answer(value) => value,
-                Judged::AskAgain { note, message } => {
-                    out.emit(&Event::Text { text: note });
-                    push_message(
-                        &mut messages,
-                        Message {
-                            role: Role::User,
-                            content: vec![Block::Text { text: message }],
-                        },
-                        out,
-                    );
-                    continue;
-                }
-                Judged::Mismatch(message) => {
-                    return fail(out, ErrorKind::SchemaMismatch, message);
-                }
+            let Some(w) = wanted.as_mut() else {
+                return finish(out, text, stop_reason, turn, None);
             };
-            out.emit(&Event::Result {
-                text,
-                stop_reason,
-                turns: turn,
-                result_json,
-            });
-            return exit::DONE;
+            let judged = w.judge_text(&text, can_correct);
+            match end_structured(judged, &mut messages, out) {
+                Ok(Some((text, value))) => {
+                    return finish(out, text, stop_reason, turn, Some(value));
+                }
+                Ok(None) => continue,
+                Err(code) => return code,
+            }
         }
         // A finished answer is delivered even if its turn went over budget (it is paid
         // for); the budget stops the run before it spends on another turn.
@@ -260,55 +272,6 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
     )
 }
 
-/// What becomes of a final answer under an `output_schema`.
-enum Judged {
-    /// Deliver it: the parsed value when there is a schema.
-    Answer(Option<serde_json::Value>),
-    /// Send it back with its errors (`message`), saying so in the output (`note`).
-    AskAgain { note: String, message: String },
-    /// It never matched: the `schema_mismatch` error's message.
-    Mismatch(String),
-}
-
-/// Checks the answer `text` against `schema` (none: any answer goes); an invalid one is
-/// sent back while `corrections` stay under `CORRECTIONS` and a turn is left.
-fn judge(
-    schema: Option<&OutputSchema>,
-    text: &str,
-    corrections: &mut u32,
-    can_correct: bool,
-) -> Judged {
-    let Some(schema) = schema else {
-        return Judged::Answer(None);
-    };
-    let errors = match schema.check_text(text) {
-        Checked::Valid(value) => return Judged::Answer(Some(value)),
-        Checked::Invalid(errors) => errors,
-    };
-    if *corrections < CORRECTIONS && can_correct {
-        *corrections += 1;
-        return Judged::AskAgain {
-            note: format!(
-                "\n[the answer does not match output_schema ({}); asked again, correction {} of {CORRECTIONS}]\n",
-                errors.join("; "),
-                *corrections
-            ),
-            message: schema.correction(&errors),
-        };
-    }
-    let why = if *corrections < CORRECTIONS {
-        " (no turn or budget left to ask again)"
-    } else {
-        ""
-    };
-    Judged::Mismatch(format!(
-        "the answer does not match output_schema after {} correction{}{why}: {}; the last answer ends the agent's output (agent_output); loosen the schema or say more in the task about the answer's form",
-        *corrections,
-        if *corrections == 1 { "" } else { "s" },
-        errors.join("; ")
-    ))
-}
-
 /// Adds a message to the conversation and tells it (a `message` event: what a follow-up
 /// resumes from). A user message after a user message (a history that ended with tool
 /// results, say) joins it: the providers want the roles to alternate.
@@ -321,6 +284,49 @@ fn push_message(messages: &mut Vec<Message>, message: Message, out: &dyn Emit) {
             last.content.extend(message.content);
         }
         _ => messages.push(message),
+    }
+}
+
+/// Emits the answer and returns the exit code of a run done.
+fn finish(
+    out: &dyn Emit,
+    text: String,
+    stop_reason: String,
+    turns: u32,
+    result_json: Option<serde_json::Value>,
+) -> i32 {
+    out.emit(&Event::Result {
+        text,
+        stop_reason,
+        turns,
+        result_json,
+    });
+    exit::DONE
+}
+
+/// Acts on a judged structured answer: Some((text, value)) to deliver; None after sending
+/// it back (the reply joins the conversation); Err(exit code) after the `schema_mismatch`
+/// error.
+fn end_structured(
+    judged: Judged,
+    messages: &mut Vec<Message>,
+    out: &dyn Emit,
+) -> Result<Option<(String, serde_json::Value)>, i32> {
+    match judged {
+        Judged::Answer { text, value } => Ok(Some((text, value))),
+        Judged::AskAgain { note, reply } => {
+            out.emit(&Event::Text { text: note });
+            push_message(
+                messages,
+                Message {
+                    role: Role::User,
+                    content: reply,
+                },
+                out,
+            );
+            Ok(None)
+        }
+        Judged::Mismatch(message) => Err(fail(out, ErrorKind::SchemaMismatch, message)),
     }
 }
 

@@ -140,6 +140,47 @@ fn unfenced(text: &str) -> &str {
     body.split_once('\n').map_or(body, |(_, b)| b).trim()
 }
 
+/// The tool that takes the answer where a provider refuses its structured-output parameter.
+pub const FINAL_TOOL: &str = "final_answer";
+
+/// How a schema reaches the model: the API's own structured-output parameter, or a
+/// `final_answer` tool whose input is the answer (for servers that refuse the parameter).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Delivery<'a> {
+    Native(&'a Value),
+    /// `forced`: the request makes the model call the tool (`tool_choice`).
+    FinalTool {
+        schema: &'a Value,
+        forced: bool,
+    },
+}
+
+/// The final tool's description and input schema. Tool inputs are objects, so a schema of
+/// anything else is wrapped as the `answer` property (`from_tool_input` unwraps it).
+pub fn final_tool_schema(schema: &Value) -> Value {
+    if schema["type"] == "object" {
+        schema.clone()
+    } else {
+        serde_json::json!({
+            "type": "object",
+            "properties": {"answer": schema},
+            "required": ["answer"],
+            "additionalProperties": false
+        })
+    }
+}
+
+pub const FINAL_TOOL_DESCRIPTION: &str = "Give your final answer: call this once, when you are done, with the answer as its input. Nothing else ends the task.";
+
+/// The answer in a final tool call's input (see `final_tool_schema`).
+pub fn from_tool_input(schema: &Value, input: &Value) -> Value {
+    if schema["type"] == "object" {
+        input.clone()
+    } else {
+        input.get("answer").cloned().unwrap_or(Value::Null)
+    }
+}
+
 /// Keywords the Anthropic structured-output grammar does not take; they are moved into
 /// the `description` (so the model still reads them) and enforced here, by validation.
 const ANTHROPIC_UNSUPPORTED: &[&str] = &[

@@ -108,3 +108,15 @@ fn openai_strict_only_for_closed_fully_required_objects() {
     assert!(openai_strict(&strict));
     assert!(openai_strict(&json!({"type": "array", "items": strict})));
 }
+
+#[test]
+fn a_final_tool_takes_objects_as_they_are_and_wraps_anything_else() {
+    assert_eq!(final_tool_schema(&findings()), findings());
+    let list = json!({"type": "array", "items": {"type": "string"}});
+    let wrapped = final_tool_schema(&list);
+    assert_eq!(wrapped["type"], "object");
+    assert_eq!(wrapped["properties"]["answer"], list);
+    let input = json!({"answer": ["a.rs", "b.rs"]});
+    assert_eq!(from_tool_input(&list, &input), json!(["a.rs", "b.rs"]));
+    assert_eq!(from_tool_input(&findings(), &input), input);
+}

@@ -1,13 +1,15 @@
 //! Structured answers (`--output-schema FILE`, a spec's `output_schema`): the schema goes
 //! to each API in its own structured-output parameter (Anthropic `output_config.format`,
 //! OpenAI `response_format`), the answer is validated, an invalid one is sent back with its
-//! errors (twice at most), and one that never matches ends `schema_mismatch` (exit 4).
+//! errors (twice at most), and one that never matches ends `schema_mismatch` (exit 4). A
+//! provider that refuses the parameter gets the answer asked for through a final tool.
 
 use crate::common;
 
 use bg_agent_worker::protocol::{ErrorKind, Event, exit};
-use common::{Harness, OPENAI_KEY, Step, run};
+use common::{Harness, OPENAI_KEY, Step, run, tool_use};
 use serde_json::{Value, json};
+use support::provider::Quirks;
 
 /// A reviewer's findings; `line` has a minimum the Anthropic grammar cannot enforce.
 fn findings_schema() -> Value {
@@ -245,4 +247,66 @@ async fn a_manual_run_prints_the_json_value_alone() {
         .unwrap_or_else(|e| panic!("stdout is not the JSON value ({e}): {}", r.dump()));
     assert_eq!(printed, serde_json::from_str::<Value>(VALID).unwrap());
     assert!(r.stderr.contains("2 turns"), "{}", r.dump());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_structured_outputs_the_answer_comes_through_a_forced_final_tool() {
+    for api in [Api::Anthropic, Api::OpenAi] {
+        let h = Harness::start().await;
+        h.fake.set_quirks(Quirks {
+            no_structured_output: true,
+            ..Default::default()
+        });
+        let line_zero: Value = serde_json::from_str(LINE_ZERO).unwrap();
+        let valid: Value = serde_json::from_str(VALID).unwrap();
+        h.fake.script(
+            "review lib",
+            vec![
+                Step::text("One bug, in src/lib.rs at line 12."),
+                tool_use("call_1", "final_answer", line_zero),
+                tool_use("call_2", "final_answer", valid.clone()),
+            ],
+        );
+        let r = run_structured(&h, api, &findings_schema(), "review lib").await;
+        assert_eq!(r.code, Some(exit::DONE), "{api:?}: {}", r.dump());
+        assert_eq!(result_json(&r), valid, "{api:?}");
+        let requests = h.fake.requests_for("review lib");
+        assert_eq!(requests.len(), 4, "{api:?}: {}", r.dump());
+        // The refused parameter, then the tool: offered, and forced after each miss.
+        let native = match api {
+            Api::Anthropic => "output_config",
+            Api::OpenAi => "response_format",
+        };
+        assert!(requests[0].body.get(native).is_some(), "{api:?}");
+        for (i, request) in requests.iter().enumerate().skip(1) {
+            assert!(request.body.get(native).is_none(), "{api:?} #{i}");
+            assert!(
+                request.tools.iter().any(|t| t == "final_answer"),
+                "{api:?} #{i}: {:?}",
+                request.tools
+            );
+            let forced = request.body["tool_choice"]
+                .to_string()
+                .contains("final_answer");
+            assert_eq!(
+                forced,
+                i >= 2,
+                "{api:?} #{i}: {}",
+                request.body["tool_choice"]
+            );
+        }
+        assert_eq!(requests[3].last_user_text(), "tool results received");
+        assert!(
+            requests[3]
+                .body
+                .to_string()
+                .contains("at /findings/0/line:"),
+            "{api:?}: the tool result does not say what is wrong"
+        );
+        assert!(
+            r.text().contains("through a `final_answer` tool"),
+            "{api:?}: {}",
+            r.text()
+        );
+    }
 }

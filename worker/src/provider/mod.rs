@@ -14,6 +14,7 @@ use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 
 use crate::protocol::ProviderSpec;
+pub use crate::structured::Delivery;
 use crate::values::ProviderKind;
 
 /// The conversation's shape is part of the wire (`message` events, `TaskSpec::history`).
@@ -36,9 +37,9 @@ pub struct TurnRequest<'a> {
     pub messages: &'a [Message],
     pub tools: &'a [ToolDef],
     pub max_tokens: u32,
-    /// The JSON Schema the answer must match (`TaskSpec::output_schema`): sent in the
-    /// provider's own structured-output parameter.
-    pub output_schema: Option<&'a serde_json::Value>,
+    /// The JSON Schema the answer must match (`TaskSpec::output_schema`), and how it is
+    /// sent: the provider's own structured-output parameter, or a final tool.
+    pub output_schema: Option<Delivery<'a>>,
 }
 
 /// Tokens of one response as billed (uncached input, cache writes and reads, output).
