@@ -120,7 +120,8 @@ impl BgAgents {
     /// read-only tools (read_file, glob, grep) inside `cwd`. Keep working; collect the
     /// answer later with agent_wait or agent_status (its `result`). Pick `task_type`
     /// (exploration/analysis → fast model, reasoning → balanced, critical → quality) or
-    /// let the task's words decide.
+    /// let the task's words decide. Give `output_schema` (a JSON Schema) to get the answer
+    /// as one validated JSON value (`result_json`), e.g. findings to merge across agents.
     #[tool(
         name = "agent_spawn",
         output_schema = schema_for_output::<Spawned>(),
@@ -345,7 +346,8 @@ impl BgAgents {
 
     /// Wait for several agents: mode `all` (default) returns when every one has ended,
     /// `any` when the first one ends; at most wait_seconds (by default and at most the
-    /// server's max wait; call again to keep waiting). Returns which ended, their statuses and results;
+    /// server's max wait; call again to keep waiting). Returns which ended, their statuses and results
+    /// (`result_json` alone for agents spawned with an output_schema);
     /// when not all results fit, call again with `offset` = the reply's `next_offset`.
     #[tool(
         name = "agent_wait",
