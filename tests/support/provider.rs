@@ -462,7 +462,7 @@ fn without_structured_output(
         return Ok((api, body));
     }
     let message = match api {
-        Api::Anthropic if body.get("output_config").is_some() => format!(
+        Api::Anthropic if body.pointer("/output_config/format").is_some() => format!(
             "output_config.format: structured outputs are not supported for the model '{}'",
             body["model"].as_str().unwrap_or_default()
         ),
@@ -788,10 +788,10 @@ const ANTHROPIC_REFUSED_KEYWORDS: &[&str] = &[
 /// supported subset (every object closed with `additionalProperties: false`, none of the
 /// refused keywords, `minItems` 0 or 1). The model then answers in text that is the JSON.
 fn check_output_config(body: &Value) -> Result<(), String> {
-    let Some(config) = body.get("output_config") else {
+    // `output_config` carries other settings too (Claude Code sends `effort`).
+    let Some(format) = body.pointer("/output_config/format") else {
         return Ok(());
     };
-    let format = &config["format"];
     if format["type"] != "json_schema" {
         return Err(format!(
             "output_config.format.type: Input should be 'json_schema' (got {})",
