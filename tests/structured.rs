@@ -225,13 +225,14 @@ async fn a_role_default_schema_applies_and_a_spawn_overrides_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_send_with_output_schema_structures_the_next_round() {
+async fn agent_send_with_output_schema_structures_the_next_rounds() {
     let s = Session::start("").await;
     s.fake.script(
         "look at the parser",
         vec![
             Step::text("The parser has two bugs."),
             Step::text(&finding("src/parse.rs", 7).to_string()),
+            Step::text(&finding("src/lex.rs", 3).to_string()),
         ],
     );
     let id = s.spawn("look at the parser").await;
@@ -257,5 +258,23 @@ async fn agent_send_with_output_schema_structures_the_next_round() {
         answered["result_json"],
         finding("src/parse.rs", 7),
         "{answered}"
+    );
+    // Later rounds keep the schema the follow-up gave.
+    let again = s
+        .ok(
+            "agent_send",
+            json!({"agent_id": id, "message": "And in the lexer?", "wait_seconds": 30}),
+        )
+        .await;
+    assert_eq!(again["result_json"], finding("src/lex.rs", 3), "{again}");
+    let requests = s.fake.requests_for("look at the parser");
+    assert!(
+        requests
+            .last()
+            .expect("requests")
+            .body
+            .get("output_config")
+            .is_some(),
+        "the third round was not asked for the schema"
     );
 }

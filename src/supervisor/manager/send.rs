@@ -73,6 +73,7 @@ impl Manager {
                             spec.output_schema = Some(schema.clone());
                         }
                     }
+                    keep_schema(rec, schema);
                     rec.limits = limits;
                     Sent::Appended
                 }
@@ -95,6 +96,7 @@ impl Manager {
                     rec.state
                         .reopen(Box::new(spec))
                         .map_err(|_| not_resumable(rec))?;
+                    keep_schema(rec, schema);
                     begin_round(rec, limits, message);
                     reg.queue_round(id);
                     Sent::Round(reg.get(id).map_or(0, |r| r.rounds))
@@ -203,6 +205,14 @@ fn begin_round(rec: &mut AgentRecord, limits: Limits, message: &str) {
     rec.output.push(&text);
     rec.mid_line = false;
     rec.output_seq.send_modify(|v| *v += 1);
+}
+
+/// A follow-up's `output_schema` holds for this round and the later ones (each round
+/// starts from `round_spec`).
+fn keep_schema(rec: &mut AgentRecord, schema: Option<&serde_json::Value>) {
+    if let Some(schema) = schema {
+        rec.round_spec.output_schema = Some(schema.clone());
+    }
 }
 
 fn not_resumable(rec: &AgentRecord) -> ManagerError {
