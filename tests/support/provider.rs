@@ -831,16 +831,52 @@ fn anthropic_schema_problem(schema: &Value, at: &str) -> Option<String> {
                     "at '{at}': For 'object' type, 'additionalProperties' must be explicitly set to false"
                 ));
             }
-            map.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "enum" | "const" | "default" | "examples"))
-                .find_map(|(k, v)| anthropic_schema_problem(v, &format!("{at}/{k}")))
+            subschemas(map, at)
+                .into_iter()
+                .find_map(|(path, v)| anthropic_schema_problem(v, &path))
         }
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| anthropic_schema_problem(v, &format!("{at}/{i}"))),
         _ => None,
     }
+}
+
+/// The schemas one level inside a schema object, with their paths: values of
+/// `properties`/`$defs` (by name), `items`, `anyOf` members and the like. Names and data
+/// (`required`, `enum`, `const`) are not schemas.
+fn subschemas<'v>(map: &'v serde_json::Map<String, Value>, at: &str) -> Vec<(String, &'v Value)> {
+    let mut out = Vec::new();
+    for (key, value) in map {
+        match (key.as_str(), value) {
+            (
+                "properties" | "$defs" | "definitions" | "patternProperties",
+                Value::Object(named),
+            ) => {
+                out.extend(named.iter().map(|(n, v)| (format!("{at}/{key}/{n}"), v)));
+            }
+            (
+                "items"
+                | "prefixItems"
+                | "additionalProperties"
+                | "anyOf"
+                | "allOf"
+                | "oneOf"
+                | "not"
+                | "if"
+                | "then"
+                | "else",
+                v,
+            ) => match v {
+                Value::Array(items) => out.extend(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (format!("{at}/{key}/{i}"), v)),
+                ),
+                v => out.push((format!("{at}/{key}"), v)),
+            },
+            _ => {}
+        }
+    }
+    out
 }
 
 /// OpenAI `response_format: {type: "json_schema", json_schema: {name, schema, strict}}`,
@@ -910,14 +946,10 @@ fn openai_strict_problem(schema: &Value, at: &str) -> Option<String> {
                     ));
                 }
             }
-            map.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "enum" | "const" | "default" | "examples"))
-                .find_map(|(k, v)| openai_strict_problem(v, &format!("{at}/{k}")))
+            subschemas(map, at)
+                .into_iter()
+                .find_map(|(path, v)| openai_strict_problem(v, &path))
         }
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| openai_strict_problem(v, &format!("{at}/{i}"))),
         _ => None,
     }
 }

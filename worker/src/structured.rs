@@ -240,17 +240,67 @@ fn adapt_anthropic(v: &mut Value) {
                 describe(map, &notes);
             }
             for (key, child) in map.iter_mut() {
-                // `properties` and `$defs` hold schemas by name; their names are not
-                // keywords, but their values are schemas all the same.
-                if matches!(key.as_str(), "enum" | "const" | "default" | "examples") {
-                    continue;
+                match subschemas(key) {
+                    Sub::Named => child
+                        .as_object_mut()
+                        .into_iter()
+                        .flat_map(|named| named.values_mut())
+                        .for_each(adapt_anthropic),
+                    Sub::Direct => adapt_anthropic(child),
+                    Sub::Data => {}
                 }
-                adapt_anthropic(child);
             }
         }
         Value::Array(items) => items.iter_mut().for_each(adapt_anthropic),
         _ => {}
     }
+}
+
+/// What a schema keyword's value holds, for walking a schema.
+enum Sub {
+    /// Schemas by name (`properties`, `$defs`): the names are not keywords.
+    Named,
+    /// A schema, or an array of them (`items`, `anyOf`, ...).
+    Direct,
+    /// Data or names, never schemas (`enum`, `const`, `required`, ...).
+    Data,
+}
+
+fn subschemas(keyword: &str) -> Sub {
+    match keyword {
+        "properties" | "$defs" | "definitions" | "dependentSchemas" | "patternProperties" => {
+            Sub::Named
+        }
+        "items"
+        | "prefixItems"
+        | "additionalProperties"
+        | "anyOf"
+        | "allOf"
+        | "oneOf"
+        | "not"
+        | "if"
+        | "then"
+        | "else"
+        | "contains"
+        | "propertyNames"
+        | "unevaluatedProperties"
+        | "unevaluatedItems" => Sub::Direct,
+        _ => Sub::Data,
+    }
+}
+
+/// The schemas directly inside `map` (one level down).
+fn children(map: &Map<String, Value>) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for (key, value) in map {
+        match (subschemas(key), value) {
+            (Sub::Named, Value::Object(named)) => out.extend(named.values()),
+            (Sub::Direct, Value::Array(items)) => out.extend(items.iter()),
+            (Sub::Direct, v) => out.push(v),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn is_object_schema(map: &Map<String, Value>) -> bool {
@@ -288,11 +338,8 @@ pub fn openai_strict(schema: &Value) -> bool {
                     return false;
                 }
             }
-            map.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "enum" | "const" | "default" | "examples"))
-                .all(|(_, v)| openai_strict(v))
+            children(map).into_iter().all(openai_strict)
         }
-        Value::Array(items) => items.iter().all(openai_strict),
         _ => true,
     }
 }

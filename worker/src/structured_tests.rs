@@ -120,3 +120,24 @@ fn a_final_tool_takes_objects_as_they_are_and_wraps_anything_else() {
     assert_eq!(from_tool_input(&list, &input), json!(["a.rs", "b.rs"]));
     assert_eq!(from_tool_input(&findings(), &input), input);
 }
+
+#[test]
+fn property_names_are_not_taken_for_keywords() {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "maximum": {"type": "number"},
+            "properties": {"type": "string", "maxLength": 5}
+        },
+        "required": ["maximum", "properties"],
+        "additionalProperties": false
+    });
+    let a = for_anthropic(&schema);
+    assert_eq!(a["properties"]["maximum"], json!({"type": "number"}));
+    assert!(a["properties"].get("additionalProperties").is_none(), "{a}");
+    assert_eq!(
+        a["properties"]["properties"]["description"],
+        "(maxLength: 5)"
+    );
+    assert!(openai_strict(&schema));
+}
