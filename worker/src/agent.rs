@@ -12,10 +12,9 @@ use crate::protocol::{ErrorKind, Event, TaskSpec, exit};
 use crate::provider::{
     Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest, throttled,
 };
+use crate::tools;
 
 mod answer;
-
-use crate::tools;
 use answer::{Judged, Wanted};
 
 /// Where events go: stdout as JSONL, a terminal, a test.
