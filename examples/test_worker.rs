@@ -114,6 +114,7 @@ pub fn main() {
                 text,
                 stop_reason: "end_turn".into(),
                 turns: 1,
+                result_json: None,
             });
         }
         other => {
@@ -154,6 +155,7 @@ fn ok() {
         text: "all done".into(),
         stop_reason: "end_turn".into(),
         turns: 1,
+        result_json: None,
     });
 }
 

@@ -569,3 +569,84 @@ async fn prompt_cache_reads_and_writes_at_breakpoints_as_documented() {
     let resp = post_anthropic(&fake, cached_request(6, &[0, 1, 2, 3, 4])).await;
     assert_eq!(resp.status(), 400);
 }
+
+/// Structured outputs are refused as the APIs refuse them: Anthropic's schema subset
+/// (objects closed, no numeric or length constraints), OpenAI's strict rules and names,
+/// a forced tool that is not offered; a request within the rules is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_parameters_are_checked_like_the_apis() {
+    let fake = FakeProvider::start().await;
+    let closed = json!({
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": false
+    });
+    let with_format = |schema: &Value| {
+        let mut body = anthropic_request("shape it");
+        body["output_config"] = json!({"format": {"type": "json_schema", "schema": schema}});
+        body
+    };
+    let open = json!({"type": "object", "properties": {"ok": {"type": "boolean"}}});
+    let mut minimum = closed.clone();
+    minimum["properties"]["n"] = json!({"type": "integer", "minimum": 1});
+    for (schema, says) in [
+        (
+            &open,
+            "'additionalProperties' must be explicitly set to false",
+        ),
+        (&minimum, "the keyword 'minimum' is not supported"),
+    ] {
+        let resp = post_anthropic(&fake, with_format(schema)).await;
+        assert_eq!(resp.status(), 400);
+        let body: Value = resp.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{body}");
+    }
+    assert_eq!(
+        post_anthropic(&fake, with_format(&closed)).await.status(),
+        200
+    );
+    // Claude Code sends `output_config` with `effort` and no format: served.
+    let mut effort = anthropic_request("shape it");
+    effort["output_config"] = json!({"effort": "high"});
+    assert_eq!(post_anthropic(&fake, effort).await.status(), 200);
+
+    let with_response_format = |name: &str, schema: &Value, strict: bool| {
+        let mut body = openai_request("shape it");
+        body["response_format"] = json!({"type": "json_schema", "json_schema": {
+            "name": name, "schema": schema, "strict": strict}});
+        body
+    };
+    for (body, says) in [
+        (
+            with_response_format("answer", &open, true),
+            "'additionalProperties' is required",
+        ),
+        (
+            with_response_format("my answer", &closed, true),
+            "does not match pattern",
+        ),
+    ] {
+        let resp = post_openai(&fake, body).await;
+        assert_eq!(resp.status(), 400);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(says), "{text}");
+    }
+    for body in [
+        with_response_format("answer", &closed, true),
+        with_response_format("answer", &open, false),
+    ] {
+        assert_eq!(post_openai(&fake, body).await.status(), 200);
+    }
+    let mut forced = anthropic_request("shape it");
+    forced["tool_choice"] = json!({"type": "tool", "name": "final_answer"});
+    let resp = post_anthropic(&fake, forced).await;
+    assert_eq!(resp.status(), 400);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("not among the tools offered")
+    );
+}

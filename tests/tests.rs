@@ -28,4 +28,5 @@ mod opencode;
 mod providers;
 mod session_budget;
 mod stress;
+mod structured;
 mod tools_list;

@@ -150,6 +150,12 @@ pub struct SpawnParams {
     pub limits: Option<LimitsOverride>,
     /// Short free-form label shown in agent_list (e.g. "auth-explore"), at most 64 chars.
     pub label: Option<String>,
+    /// JSON Schema (an object, at most 16 KiB of JSON) the final answer must match, e.g.
+    /// `{"type":"object","properties":{"findings":{"type":"array"}},"required":["findings"]}`.
+    /// The answer is validated (asked again twice with the errors when it does not match)
+    /// and returned parsed as `result_json`; one that never matches ends `failed` with
+    /// exit reason `schema_mismatch`. Default: the role's schema, if it has one.
+    pub output_schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -181,6 +187,9 @@ pub struct SendParams {
     /// USD count over all rounds, so a follow-up to an agent that used them up needs a
     /// larger max_turns, max_total_tokens or budget_usd here.
     pub limits: Option<LimitsOverride>,
+    /// JSON Schema this round's answer must match (as agent_spawn's output_schema), for a
+    /// completed or queued agent. Default: the schema the agent was spawned with, if any.
+    pub output_schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -254,6 +263,7 @@ impl SpawnParams {
             cwd,
             limits,
             label,
+            output_schema,
         } = self;
         Ok(SpawnAgent {
             request: SpawnRequest {
@@ -265,6 +275,7 @@ impl SpawnParams {
                 cwd: cwd.map(PathBuf::from),
                 limits: limits.unwrap_or_default(),
                 agent_id: None,
+                output_schema,
             },
             label,
         })

@@ -249,6 +249,10 @@ pub struct Details {
 pub struct AgentReply {
     pub agent_id: String,
     pub status: Status,
+    /// The answer as a JSON value valid against the spawn's `output_schema` (structured
+    /// agents, once completed); absent when larger than the reply's cap (`read_on` says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_json: Option<serde_json::Value>,
     /// The final answer, once completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
@@ -333,15 +337,22 @@ impl AgentReply {
                 signal: e.signal.clone(),
                 reason: e.reason.clone(),
             });
-        let read_on = cut.then(|| {
+        let result_json = v
+            .result_json
+            .clone()
+            .filter(|j| compact_len(j) <= result_max);
+        let json_cut = v.result_json.is_some() && result_json.is_none();
+        let read_on = (cut || json_cut).then(|| {
             format!(
-                "cut at {result_max} bytes; agent_output {{\"agent_id\": \"{}\"}} pages through all of it (the answer ends the output; verbose names the transcript)",
+                "{} cut at {result_max} bytes; agent_output {{\"agent_id\": \"{}\"}} pages through all of it (the answer ends the output; verbose names the transcript)",
+                if json_cut { "result_json left out, result" } else { "result" },
                 v.agent_id
             )
         });
         AgentReply {
             agent_id: v.agent_id.clone(),
             status: v.status,
+            result_json,
             result,
             result_truncated: cut,
             read_on,
@@ -431,9 +442,14 @@ fn tail_chars(s: &str) -> String {
 pub struct WaitRow {
     pub agent_id: String,
     pub status: Status,
+    /// The answer as a JSON value (agents spawned with an `output_schema`): such a row
+    /// carries this instead of `result`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_json: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
-    /// Present when `result` was cut: agent_status has up to 20000 bytes, agent_output all.
+    /// Present when `result` was cut, or `result_json` left out for its size: agent_status
+    /// has up to 20000 bytes, agent_output all.
     #[serde(skip_serializing_if = "is_false")]
     pub result_truncated: bool,
     /// Set when the model stopped at its token limit: the answer is incomplete.
@@ -452,13 +468,23 @@ impl WaitRow {
         let mut row = WaitRow {
             agent_id: v.agent_id.clone(),
             status: v.status,
+            result_json: None,
             result: None,
             result_truncated: false,
             answer_truncated: v.answer_truncated.clone(),
             error: v.error.as_deref().map(|e| one_line(e, ROW_ERROR_CHARS)),
             label: v.label.clone(),
         };
-        if let Some(r) = &v.result {
+        if let Some(value) = &v.result_json {
+            // A JSON value is shown whole or not at all: a cut one would not parse.
+            // `"result_json":,` around the value.
+            let room = max.saturating_sub(compact_len(&row) + 16);
+            if compact_len(value) <= room {
+                row.result_json = Some(value.clone());
+            } else {
+                row.result_truncated = true;
+            }
+        } else if let Some(r) = &v.result {
             // `"result":"",` and `"result_truncated":true,` around the text.
             let room = max.saturating_sub(compact_len(&row) + 36);
             let (text, cut) = fit(r, room);

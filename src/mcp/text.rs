@@ -164,7 +164,9 @@ pub fn status(v: &AgentReply, wait_capped: Option<Duration>) -> String {
             let _ = write!(s, " (this wait was capped at {} s)", w.as_secs());
         }
     }
-    if let Some(r) = &v.result {
+    if let Some(j) = &v.result_json {
+        let _ = write!(s, "\nResult (JSON, valid against output_schema):\n{j}");
+    } else if let Some(r) = &v.result {
         let _ = write!(s, "\nResult:\n{r}");
     }
     s
@@ -326,13 +328,19 @@ fn wait_row(s: &mut String, a: &WaitRow) {
     if let Some(t) = &a.answer_truncated {
         let _ = write!(s, "\nAnswer truncated: {t}");
     }
-    if a.result_truncated {
+    if a.result_truncated && a.result.is_none() && a.result_json.is_none() {
+        s.push_str(
+            "\n[result_json left out for its size (result_truncated): agent_status shows it]",
+        );
+    } else if a.result_truncated {
         s.push_str("\n[result cut to fit (result_truncated): agent_status has up to 20000 bytes, agent_output all of it]");
     }
     if let Some(e) = &a.error {
         let _ = write!(s, "\nError: {e}");
     }
-    if let Some(r) = &a.result {
+    if let Some(j) = &a.result_json {
+        let _ = write!(s, "\n{j}");
+    } else if let Some(r) = &a.result {
         let _ = write!(s, "\n{r}");
     }
 }

@@ -121,7 +121,8 @@ impl BgAgents {
     /// log/diff/blame, with no writes and no network) inside `cwd`. Keep working: its end
     /// is told to you; agent_wait or agent_status give its `result` sooner. Pick `task_type`
     /// (exploration/analysis → fast model, reasoning → balanced, critical → quality) or
-    /// let the task's words decide.
+    /// let the task's words decide. Give `output_schema` (a JSON Schema) to get the answer
+    /// as one validated JSON value (`result_json`), e.g. findings to merge across agents.
     #[tool(
         name = "agent_spawn",
         output_schema = schema_for_output::<Spawned>(),
@@ -198,6 +199,7 @@ impl BgAgents {
             message,
             wait_seconds,
             limits,
+            output_schema,
         } = p;
         check_id(&agent_id).map_err(caller_error)?;
         let wait = self
@@ -206,7 +208,12 @@ impl BgAgents {
             .map_err(caller_error)?;
         let (_, mut view) = self
             .manager
-            .send(&agent_id, &message, &limits.unwrap_or_default())
+            .send(
+                &agent_id,
+                &message,
+                &limits.unwrap_or_default(),
+                output_schema.as_ref(),
+            )
             .map_err(caller_error)?;
         if !wait.duration.is_zero() {
             let b = Blocking { meta, peer, ct };
@@ -352,7 +359,8 @@ impl BgAgents {
 
     /// Wait for several agents: mode `all` (default) returns when every one has ended,
     /// `any` when the first one ends; at most wait_seconds (by default and at most the
-    /// server's max wait; call again to keep waiting). Returns which ended, their statuses and results;
+    /// server's max wait; call again to keep waiting). Returns which ended, their statuses and results
+    /// (`result_json` alone for agents spawned with an output_schema);
     /// when not all results fit, call again with `offset` = the reply's `next_offset`.
     #[tool(
         name = "agent_wait",

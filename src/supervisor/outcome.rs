@@ -123,6 +123,8 @@ pub enum ExitReason {
     BudgetExceeded,
     ProviderError,
     ConfigError,
+    /// The answer never matched the spawn's `output_schema`.
+    SchemaMismatch,
     Interrupted,
     Crashed,
     /// SIGKILL or SIGXCPU from outside the server, not the CPU limit.
@@ -148,6 +150,7 @@ impl ExitReason {
             ExitReason::BudgetExceeded => "budget_exceeded",
             ExitReason::ProviderError => "provider_error",
             ExitReason::ConfigError => "config_error",
+            ExitReason::SchemaMismatch => "schema_mismatch",
             ExitReason::Interrupted => "interrupted",
             ExitReason::Crashed => "crashed",
             ExitReason::KilledOutside => "killed_outside",
@@ -259,6 +262,7 @@ pub fn classify(f: &EndFacts) -> (Outcome, ExitInfo) {
         }
         Some(exit::PROVIDER) => (Outcome::Failed, info(ExitReason::ProviderError)),
         Some(exit::BAD_SPEC) => (Outcome::Failed, info(ExitReason::ConfigError)),
+        Some(exit::SCHEMA_MISMATCH) => (Outcome::Failed, info(ExitReason::SchemaMismatch)),
         Some(exit::INTERRUPTED_INT | exit::INTERRUPTED_TERM) => {
             (Outcome::Failed, info(ExitReason::Interrupted))
         }
@@ -399,6 +403,8 @@ mod tests {
         let mut f = facts(None, Some(Signal::SIGXCPU));
         f.cpu_used = Some(Duration::from_secs(f.limits.cpu_seconds));
         assert_eq!(classify(&f).0, Outcome::CpuLimit);
+        let (s, e) = classify(&facts(Some(4), None));
+        assert_eq!((s, e.reason.as_str()), (Outcome::Failed, "schema_mismatch"));
         let (s, e) = classify(&facts(None, Some(Signal::SIGXFSZ)));
         assert_eq!(
             (s, e.reason.as_str(), e.signal.as_deref()),

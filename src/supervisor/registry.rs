@@ -213,6 +213,8 @@ pub struct AgentRecord {
     pub stop_reason: Option<String>,
     pub turns: u32,
     pub result: Option<String>,
+    /// The answer parsed, when the spawn asked for an `output_schema` (valid against it).
+    pub result_json: Option<serde_json::Value>,
     pub error: Option<String>,
     pub error_kind: Option<ErrorKind>,
     pub output: OutputBuffer,
@@ -666,6 +668,7 @@ mod tests {
             usage: Usage::default(),
             turns: 0,
             result: None,
+            result_json: None,
             error: None,
             error_kind: None,
             output: OutputBuffer::new(4096),

@@ -117,6 +117,8 @@ pub struct StatusView {
     pub result: Option<String>,
     /// True when `result` was cut to fit this reply; read the rest with agent_output.
     pub result_truncated: bool,
+    /// The answer parsed, once completed, when the spawn gave an `output_schema`.
+    pub result_json: Option<serde_json::Value>,
     /// Set when the model stopped at its token limit: the answer is incomplete.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answer_truncated: Option<String>,
@@ -236,6 +238,7 @@ impl StatusView {
             messages_pending: r.pending_messages.len(),
             result: r.result.clone().filter(|_| status == Status::Completed),
             result_truncated: false,
+            result_json: r.result_json.clone().filter(|_| status == Status::Completed),
             answer_truncated: (r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS)).then(|| {
                 format!(
                     "the model stopped at the token limit (stop_reason max_tokens, limits.max_tokens = {}, or less when a budget was nearly spent): the answer is incomplete; continue it with agent_send, or spawn again with a larger limits.max_tokens",

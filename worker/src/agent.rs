@@ -14,6 +14,9 @@ use crate::provider::{
 };
 use crate::tools;
 
+mod answer;
+use answer::{Judged, Wanted};
+
 /// Where events go: stdout as JSONL, a terminal, a test.
 pub trait Emit {
     fn emit(&self, event: &Event);
@@ -71,6 +74,10 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
     // The server stops the agent at timeout_seconds; a command never runs past that.
     let deadline = Instant::now() + Duration::from_secs(spec.limits.timeout_seconds);
     let tool_defs = tools::definitions(&spec.tools);
+    let mut wanted = match spec.output_schema.as_ref().map(Wanted::new).transpose() {
+        Ok(w) => w,
+        Err(e) => return fail(out, ErrorKind::Config, e.to_string()),
+    };
     let mut messages = spec.history.clone();
     push_message(
         &mut messages,
@@ -100,17 +107,31 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
             Ok(n) => n,
             Err(message) => return fail(out, ErrorKind::BudgetExceeded, message),
         };
-        let req = TurnRequest {
-            cache_key: Some(&cache_key),
-            model: &spec.model,
-            system: &spec.system_prompt,
-            messages: &messages,
-            tools: &tool_defs,
-            max_tokens,
-        };
-        let output = match turn_with_retries(client, &req, spec.provider.max_retries, out).await {
-            Ok(o) => o,
-            Err(message) => return fail(out, ErrorKind::Provider, message),
+        let output = loop {
+            let req = TurnRequest {
+                cache_key: Some(&cache_key),
+                model: &spec.model,
+                system: &spec.system_prompt,
+                messages: &messages,
+                tools: &tool_defs,
+                max_tokens,
+                output_schema: wanted.as_ref().map(Wanted::delivery),
+            };
+            match turn_with_retries(client, &req, spec.provider.max_retries, out).await {
+                Ok(o) => break o,
+                Err(message) => {
+                    // A provider that refuses its structured-output parameter gets the
+                    // same request with the final tool instead.
+                    if let Some(note) = wanted
+                        .as_mut()
+                        .and_then(|w| w.fall_back(spec.provider.kind, &message))
+                    {
+                        out.emit(&Event::Text { text: note });
+                        continue;
+                    }
+                    return fail(out, ErrorKind::Provider, message);
+                }
+            }
         };
         total.add(&output.usage);
         estimated |= output.usage_estimated;
@@ -161,6 +182,23 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
             },
             out,
         );
+        let can_correct = turn < limits.max_turns && over_budget.is_none();
+        if let Some(w) = wanted.as_mut()
+            && let Some((id, _, input)) = w.final_call(&calls)
+        {
+            // Readable like a text answer: the output ends with it.
+            out.emit(&Event::Text {
+                text: format!("{input}\n"),
+            });
+            let judged = w.judge_call(id, input, &calls, can_correct);
+            match end_structured(judged, &mut messages, out) {
+                Ok(Some((text, value))) => {
+                    return finish(out, text, stop_reason, turn, Some(value));
+                }
+                Ok(None) => continue,
+                Err(code) => return code,
+            }
+        }
         if calls.is_empty() {
             // A follow-up that came during this response is answered before the end.
             // Taken only when it can be answered: otherwise it stays undelivered, and
@@ -181,21 +219,26 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
                 );
                 continue;
             }
-            if text.trim().is_empty() {
-                let kind = if stop_reason == STOP_MAX_TOKENS {
-                    ErrorKind::BudgetExceeded
-                } else {
-                    ErrorKind::Provider
-                };
-                let message = no_answer(&stop_reason, &cut_calls, max_tokens, turn);
-                return fail(out, kind, message);
+            let Some(w) = wanted.as_mut() else {
+                if text.trim().is_empty() {
+                    let kind = if stop_reason == STOP_MAX_TOKENS {
+                        ErrorKind::BudgetExceeded
+                    } else {
+                        ErrorKind::Provider
+                    };
+                    let message = no_answer(&stop_reason, &cut_calls, max_tokens, turn);
+                    return fail(out, kind, message);
+                }
+                return finish(out, text, stop_reason, turn, None);
+            };
+            let judged = w.judge_text(&text, can_correct);
+            match end_structured(judged, &mut messages, out) {
+                Ok(Some((text, value))) => {
+                    return finish(out, text, stop_reason, turn, Some(value));
+                }
+                Ok(None) => continue,
+                Err(code) => return code,
             }
-            out.emit(&Event::Result {
-                text,
-                stop_reason,
-                turns: turn,
-            });
-            return exit::DONE;
         }
         // A finished answer is delivered even if its turn went over budget (it is paid
         // for); the budget stops the run before it spends on another turn.
@@ -291,6 +334,49 @@ fn push_message(messages: &mut Vec<Message>, message: Message, out: &dyn Emit) {
             last.content.extend(message.content);
         }
         _ => messages.push(message),
+    }
+}
+
+/// Emits the answer and returns the exit code of a run done.
+fn finish(
+    out: &dyn Emit,
+    text: String,
+    stop_reason: String,
+    turns: u32,
+    result_json: Option<serde_json::Value>,
+) -> i32 {
+    out.emit(&Event::Result {
+        text,
+        stop_reason,
+        turns,
+        result_json,
+    });
+    exit::DONE
+}
+
+/// Acts on a judged structured answer: Some((text, value)) to deliver; None after sending
+/// it back (the reply joins the conversation); Err(exit code) after the `schema_mismatch`
+/// error.
+fn end_structured(
+    judged: Judged,
+    messages: &mut Vec<Message>,
+    out: &dyn Emit,
+) -> Result<Option<(String, serde_json::Value)>, i32> {
+    match judged {
+        Judged::Answer { text, value } => Ok(Some((text, value))),
+        Judged::AskAgain { note, reply } => {
+            out.emit(&Event::Text { text: note });
+            push_message(
+                messages,
+                Message {
+                    role: Role::User,
+                    content: reply,
+                },
+                out,
+            );
+            Ok(None)
+        }
+        Judged::Mismatch(message) => Err(fail(out, ErrorKind::SchemaMismatch, message)),
     }
 }
 

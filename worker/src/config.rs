@@ -182,6 +182,10 @@ pub struct RoleConfig {
     pub tools: Vec<ToolName>,
     #[serde(default)]
     pub limits: LimitsOverride,
+    /// A JSON Schema every answer of this role must match unless a spawn gives its own
+    /// (`[roles.NAME.output_schema]`, a TOML table written like the JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
 }
 
 /// Where the effective configuration came from, for messages.
@@ -643,6 +647,15 @@ impl Config {
                     "must not be empty".into(),
                 ));
             }
+            if let Some(schema) = &role.output_schema
+                && let Err(e) = crate::structured::OutputSchema::new(schema)
+            {
+                return Err(invalid(
+                    format!("[roles.{name}.output_schema]"),
+                    schema.to_string().chars().take(80).collect(),
+                    e.to_string(),
+                ));
+            }
             let key = format!("[roles.{name}.limits]");
             check_limits(&key, &|k| (k.get_override)(&role.limits))
                 .map_err(|(k, v, fix)| invalid(k, v, fix))?;
@@ -961,6 +974,31 @@ mod tests {
         let e = err("[[routing.role_rules]]\nrole = \"ghost\"\nkeywords = [\"x\"]\n");
         assert!(e.contains("role_rules"), "{e}");
         assert!(e.contains("ghost"), "{e}");
+    }
+
+    #[test]
+    fn the_reviewer_schema_example_in_limits_toml_loads_and_bad_role_schemas_are_named() {
+        // The commented example, uncommented: it must stay a valid config and schema.
+        let example: String = BUILTIN
+            .lines()
+            .skip_while(|l| *l != "# [roles.reviewer.output_schema]")
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+            .collect();
+        assert!(example.contains("severity"), "example not found: {example}");
+        let c = user(&example).unwrap();
+        let schema = c.roles["reviewer"].output_schema.clone().unwrap();
+        let checked = crate::structured::OutputSchema::new(&schema).unwrap();
+        let answer = serde_json::json!({"findings": [
+            {"file": "a.rs", "line": 3, "severity": "high", "problem": "p", "fix": "f"}
+        ]});
+        assert_eq!(
+            checked.check_value(answer.clone()),
+            crate::structured::Checked::Valid(answer)
+        );
+        let e = err("[roles.reviewer.output_schema]\ntype = \"objekt\"\n");
+        assert!(e.contains("[roles.reviewer.output_schema]"), "{e}");
+        assert!(e.contains("not a valid JSON Schema"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! leaf that the wire and the configuration share, so neither needs the other:
 //!
 //! ```text
-//! agent ───► sandbox, tools, provider, protocol
+//! agent ───► sandbox, tools, provider, protocol, structured
 //! tools ───► command_sandbox ─► values
 //! resolve ─► roles, routing, config, tools, provider, protocol, values
 //! roles ───► routing ─► config ─────────────────────┐
@@ -19,7 +19,11 @@
 //! - `values`: limits (their fields written once), prices and token counts, provider
 //!   kinds, tiers, task types, tool names, the sandbox mode. Uses nothing of the crate.
 //! - `protocol`: the wire (`TaskSpec`, `Event`, exit codes); `config`: `limits.toml`'s
-//!   schema, loading and validation. Each uses `values` only.
+//!   schema, loading and validation. Each uses `values` only (`config` also `structured`,
+//!   to check a role's `output_schema`).
+//! - `structured`: a spawn's `output_schema` checked, adapted to each API's subset, and
+//!   the answers validated against it. Uses nothing of the crate; `config`, `resolve`,
+//!   `provider` and `agent` use it.
 //! - `routing` (task type → tier → model) and `roles` (the agent selector) read a `Config`;
 //!   `resolve` ties them into a `TaskSpec` (`resolve::resolve`), for the server and for a
 //!   manual run alike; `suggest` says "did you mean" for a misspelt provider or model.
@@ -40,6 +44,7 @@ pub mod resolve;
 pub mod roles;
 pub mod routing;
 pub mod sandbox;
+pub mod structured;
 pub mod suggest;
 pub mod tools;
 pub mod values;

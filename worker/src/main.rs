@@ -30,7 +30,7 @@ use tokio::signal::unix::{SignalKind, signal};
 /// The API key comes from the environment variable the provider names in the
 /// configuration (ANTHROPIC_API_KEY for the default tiers; ANTHROPIC_BASE_URL overrides
 /// the endpoint). Exit codes: 0 done, 1 provider error, 2 bad spec or configuration,
-/// 3 budget exhausted, 130/143 interrupted.
+/// 3 budget exhausted, 4 answer never matched --output-schema, 130/143 interrupted.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -69,9 +69,14 @@ struct Cli {
     /// Most USD this run may spend.
     #[arg(long, value_name = "USD", value_parser = parse_budget)]
     budget_usd: Option<f64>,
+    /// A JSON Schema (a JSON file, at most 16 KiB) the answer must match: the answer is
+    /// validated (and asked for again, twice at most, when it does not match) and printed
+    /// as that JSON value alone; progress goes to stderr. Exit 4 when it never matches.
+    #[arg(long, value_name = "FILE")]
+    output_schema: Option<PathBuf>,
     /// Read a complete TaskSpec (JSON) from FILE, or from stdin with `-` (the server's
     /// way in: stdin then stays open, and its end means the server is gone).
-    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["task", "model", "tier", "task_type", "role", "tools", "cwd", "config", "max_turns", "budget_usd", "resume"])]
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["task", "model", "tier", "task_type", "role", "tools", "cwd", "config", "max_turns", "budget_usd", "resume", "output_schema"])]
     spec: Option<String>,
     /// Continue a finished run with TASK as the follow-up: TRANSCRIPT is its event stream
     /// (a server transcript, or what `--json` printed), which gives the conversation, the
@@ -185,12 +190,16 @@ async fn run(cli: Cli) -> i32 {
     };
     let from_server = cli.spec.as_deref() == Some("-");
     let json = cli.json || cli.spec.is_some();
+    let spec = load_spec(&cli);
     let out: Box<dyn Emit> = if json {
         Box::new(JsonOut)
     } else {
-        Box::new(HumanOut::default())
+        Box::new(HumanOut {
+            structured: spec.as_ref().is_ok_and(|s| s.output_schema.is_some()),
+            ..HumanOut::default()
+        })
     };
-    let mut spec = match load_spec(&cli) {
+    let mut spec = match spec {
         Ok(s) => s,
         Err(e) => {
             out.emit(&Event::Error {
@@ -307,6 +316,7 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
                     ..Default::default()
                 },
                 agent_id: None,
+                output_schema: cli.output_schema.as_deref().map(read_schema).transpose()?,
             };
             let mut resolution = resolve(&loaded.config, &req)?;
             for warning in &resolution.warnings {
@@ -318,6 +328,16 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
             Ok(resolution.spec)
         }
     }
+}
+
+/// The JSON of `--output-schema FILE` (checked as a schema when the spec is resolved).
+fn read_schema(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the --output-schema file {shown}"))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!("--output-schema {shown} is not JSON; give a JSON Schema written as JSON")
+    })
 }
 
 /// What `--resume` takes from a finished run's events.
@@ -436,10 +456,13 @@ impl Emit for JsonOut {
 
 /// Readable output for a terminal: text as it streams, a line per tool call, a last
 /// line with turns, tokens and cost.
+/// With `structured` (an output schema), stdout gets the answer's JSON value alone and
+/// everything else goes to stderr, so `> answer.json` holds exactly the value.
 #[derive(Default)]
 struct HumanOut {
     mid_line: Cell<bool>,
     usage: Cell<Option<Usage>>,
+    structured: bool,
 }
 
 /// The last `usage` event's figures.
@@ -481,6 +504,19 @@ impl Emit for HumanOut {
             } => Some((*turns, stop_reason == STOP_MAX_TOKENS)),
             _ => None,
         };
+        if self.structured {
+            if let Event::Result {
+                result_json: Some(value),
+                ..
+            } = event
+            {
+                let pretty = serde_json::to_string_pretty(value).unwrap_or_default();
+                let _ = writeln!(stdout, "{pretty}").and_then(|_| stdout.flush());
+            }
+            if matches!(event, Event::Text { .. }) {
+                return;
+            }
+        }
         let mut text = event.render_human(at_start).unwrap_or_default();
         if let Some((turns, cut)) = summary {
             let u = self.usage.get().unwrap_or(Usage {
@@ -523,7 +559,7 @@ impl Emit for HumanOut {
         self.mid_line.set(!text.ends_with('\n'));
         // An error goes to stderr, where someone running `bg-agent-worker TASK > out.md`
         // still sees it.
-        let _ = if matches!(event, Event::Error { .. }) {
+        let _ = if matches!(event, Event::Error { .. }) || self.structured {
             std::io::stderr().lock().write_all(text.as_bytes())
         } else {
             stdout

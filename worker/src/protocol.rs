@@ -17,6 +17,8 @@ pub mod exit {
     pub const PROVIDER: i32 = 1;
     pub const BAD_SPEC: i32 = 2;
     pub const BUDGET: i32 = 3;
+    /// The answer never matched the spawn's `output_schema`.
+    pub const SCHEMA_MISMATCH: i32 = 4;
     pub const INTERRUPTED_INT: i32 = 130;
     pub const INTERRUPTED_TERM: i32 = 143;
 }
@@ -46,6 +48,10 @@ pub struct TaskSpec {
     /// one (a follow-up): `task` is then the new user message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Message>,
+    /// A JSON Schema the final answer must match (checked by `structured::OutputSchema`
+    /// when the spec is resolved): the answer is then one JSON value, in `result_json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +211,8 @@ pub enum ErrorKind {
     BudgetExceeded,
     /// SIGTERM/SIGINT, or the server went away (exit 130/143).
     Interrupted,
+    /// The answer did not match `output_schema`, corrections included (exit 4).
+    SchemaMismatch,
 }
 
 impl ErrorKind {
@@ -214,6 +222,7 @@ impl ErrorKind {
             ErrorKind::Config => exit::BAD_SPEC,
             ErrorKind::BudgetExceeded => exit::BUDGET,
             ErrorKind::Interrupted => exit::INTERRUPTED_TERM,
+            ErrorKind::SchemaMismatch => exit::SCHEMA_MISMATCH,
         }
     }
 }
@@ -287,6 +296,10 @@ pub enum Event {
         text: String,
         stop_reason: String,
         turns: u32,
+        /// The answer as parsed JSON, valid against the spec's `output_schema` (present
+        /// exactly when the spec has one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result_json: Option<serde_json::Value>,
     },
     Error {
         kind: ErrorKind,

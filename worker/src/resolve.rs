@@ -11,6 +11,7 @@ use crate::protocol::{ProviderSpec, TaskSpec};
 use crate::provider::estimate_tokens;
 use crate::roles::{RoleChoice, UnknownRole, select_role};
 use crate::routing::{Route, RouteError, RouteRequest, route};
+use crate::structured::{OutputSchema, SchemaError};
 use crate::values::{Limits, LimitsOverride, TaskType, Tier, fmt_limit};
 
 /// Longest task text accepted (bytes).
@@ -26,6 +27,8 @@ pub struct SpawnRequest {
     pub cwd: Option<PathBuf>,
     pub limits: LimitsOverride,
     pub agent_id: Option<String>,
+    /// A JSON Schema the answer must match; overrides the role's `output_schema`.
+    pub output_schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +51,8 @@ pub enum ResolveError {
     TaskTooLong(usize),
     #[error(transparent)]
     Role(#[from] UnknownRole),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error(
@@ -110,6 +115,10 @@ pub fn resolve(config: &Config, req: &SpawnRequest) -> Result<Resolution, Resolv
     )?;
     let limits = effective_limits(config, &role.limits, &req.limits)?;
     let cwd = resolve_cwd(req.cwd.as_deref())?;
+    let output_schema = req.output_schema.as_ref().or(role.output_schema.as_ref());
+    if let Some(schema) = output_schema {
+        OutputSchema::new(schema)?;
+    }
     // Validation guarantees every tier's provider exists.
     let p = &config.providers[&route.provider];
     let spec = TaskSpec {
@@ -135,6 +144,7 @@ pub fn resolve(config: &Config, req: &SpawnRequest) -> Result<Resolution, Resolv
         price: config.price_for(&route.provider, &route.model),
         history: Vec::new(),
         sandbox: config.server.sandbox,
+        output_schema: output_schema.cloned(),
     };
     let mut warnings: Vec<String> = crate::suggest::model_warning(config, &route)
         .into_iter()

@@ -55,6 +55,7 @@ async fn streamed_text_arrives_as_ordered_events_and_concatenates_to_the_result(
             text,
             stop_reason,
             turns,
+            ..
         } => {
             assert_eq!(text, r.text());
             assert_eq!(text, "The answer is forty-two.");
@@ -241,6 +242,7 @@ async fn openai_compatible_stream_runs_a_glob_tool_call_round_trip() {
             text,
             stop_reason,
             turns,
+            ..
         } => {
             assert_eq!(text, "Two Rust files.");
             assert_eq!(stop_reason, "end_turn");

@@ -13,4 +13,5 @@ mod local_servers;
 mod provider_errors;
 mod sandbox;
 mod streaming;
+mod structured;
 mod tools;

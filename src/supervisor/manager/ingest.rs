@@ -224,8 +224,10 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
             text,
             turns,
             stop_reason,
+            result_json,
         } => {
             rec.result = Some(text.clone());
+            rec.result_json = result_json.clone();
             rec.turns = rec.prior_turns + *turns;
             rec.stop_reason = Some(stop_reason.clone());
         }

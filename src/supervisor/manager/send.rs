@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use bg_agent_worker::protocol::{Event, Input, Message, TaskSpec};
 use bg_agent_worker::provider::estimate_tokens;
-use bg_agent_worker::resolve::{MAX_TASK_BYTES, raised_limits};
+use bg_agent_worker::resolve::{MAX_TASK_BYTES, ResolveError, raised_limits};
+use bg_agent_worker::structured::OutputSchema;
 use bg_agent_worker::values::{Limits, LimitsOverride};
 
 use super::session::Grant;
@@ -35,12 +36,14 @@ pub enum Sent {
 
 impl Manager {
     /// Sends `message` to agent `id`, raising its limits by `raise` (within `[max]`)
-    /// first; returns what happened and the agent's status right after.
+    /// first, with `schema` as the answer's output schema from now on (a completed or
+    /// queued agent only); returns what happened and the agent's status right after.
     pub fn send(
         &self,
         id: &str,
         message: &str,
         raise: &LimitsOverride,
+        schema: Option<&serde_json::Value>,
     ) -> Result<(Sent, StatusView), ManagerError> {
         let inner = &self.inner;
         if message.trim().is_empty() {
@@ -50,6 +53,10 @@ impl Manager {
             return Err(ManagerError::MessageTooLong {
                 bytes: message.len(),
             });
+        }
+        if let Some(schema) = schema {
+            OutputSchema::new(schema)
+                .map_err(|e| ManagerError::Resolve(ResolveError::Schema(e)))?;
         }
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ManagerError::ShuttingDown);
@@ -102,7 +109,11 @@ impl Manager {
                         spec.task.push_str("\n\n");
                         spec.task.push_str(message);
                         spec.limits = limits;
+                        if let Some(schema) = schema {
+                            spec.output_schema = Some(schema.clone());
+                        }
                     }
+                    keep_schema(rec, schema);
                     rec.limits = limits;
                     Sent::Appended
                 }
@@ -110,7 +121,10 @@ impl Manager {
                     if let Some(why) = inner.session().exhausted.clone() {
                         return Err(ManagerError::SessionBudget(why));
                     }
-                    let spec = next_round(rec, message, limits)?;
+                    let mut spec = next_round(rec, message, limits)?;
+                    if let Some(schema) = schema {
+                        spec.output_schema = Some(schema.clone());
+                    }
                     if let Grant::Spent(why) = inner.grant(&inner.session(), &spec) {
                         return Err(ManagerError::SessionBudget(why));
                     }
@@ -153,9 +167,17 @@ impl Manager {
                         prior_usage: rec.prior_usage,
                         prior_turns: rec.prior_turns,
                     }));
+                    keep_schema(rec, schema);
                     begin_round(rec, limits, message);
                     reg.queue_round(id);
                     Sent::Round(reg.get(id).map_or(0, |r| r.rounds))
+                }
+                Status::Running if schema.is_some() => {
+                    return Err(ManagerError::NotResumable {
+                        id: rec.id.clone(),
+                        status: Status::Running.as_str(),
+                        why: "a running agent's answer keeps the schema it started with; send the message without output_schema, or wait for its answer (agent_wait) and send again with output_schema".into(),
+                    });
                 }
                 Status::Running => {
                     if !raise.is_empty() {
@@ -293,6 +315,7 @@ fn begin_round(rec: &mut AgentRecord, limits: Limits, message: &str) {
     rec.prior_usage = rec.usage;
     rec.prior_turns = rec.turns;
     rec.result = None;
+    rec.result_json = None;
     rec.stop_reason = None;
     rec.error = None;
     rec.error_kind = None;
@@ -314,6 +337,14 @@ pub(super) fn mark_follow_up(rec: &mut AgentRecord, message: &str) {
     );
     rec.output.push(&text);
     rec.mid_line = false;
+}
+
+/// A follow-up's `output_schema` holds for this round and the later ones (each round
+/// starts from `round_spec`).
+fn keep_schema(rec: &mut AgentRecord, schema: Option<&serde_json::Value>) {
+    if let Some(schema) = schema {
+        rec.round_spec.output_schema = Some(schema.clone());
+    }
 }
 
 fn not_resumable(rec: &AgentRecord) -> ManagerError {

@@ -173,6 +173,7 @@ impl Manager {
                 stop_reason: None,
                 turns: 0,
                 result: None,
+                result_json: None,
                 error: None,
                 error_kind: None,
                 transcript,

@@ -2,8 +2,10 @@
 
 use serde_json::{Value, json};
 
+use crate::structured::{FINAL_TOOL, FINAL_TOOL_DESCRIPTION, final_tool_schema};
+
 use super::{
-    Block, Client, Message, Metered, ProviderError, TokenUsage, TurnOutput, TurnRequest,
+    Block, Client, Delivery, Message, Metered, ProviderError, TokenUsage, TurnOutput, TurnRequest,
     estimate_tokens, stream_cut_tokens,
 };
 
@@ -87,7 +89,37 @@ fn body(req: &TurnRequest<'_>, caching: bool) -> Value {
             .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
             .collect();
     }
+    match req.output_schema {
+        Some(Delivery::Native(schema)) => body["output_config"] = output_config(schema),
+        Some(Delivery::FinalTool { schema, forced }) => add_final_tool(&mut body, schema, forced),
+        None => {}
+    }
     body
+}
+
+/// The answer through a tool (models without structured outputs): `final_answer` offered
+/// beside the others, and with `forced` the only choice (`tool_choice` type `tool`).
+fn add_final_tool(body: &mut Value, schema: &Value, forced: bool) {
+    let tool = json!({
+        "name": FINAL_TOOL,
+        "description": FINAL_TOOL_DESCRIPTION,
+        "input_schema": final_tool_schema(schema),
+    });
+    match body["tools"].as_array_mut() {
+        Some(tools) => tools.push(tool),
+        None => body["tools"] = json!([tool]),
+    }
+    if forced {
+        body["tool_choice"] = json!({"type": "tool", "name": FINAL_TOOL});
+    }
+}
+
+/// Structured outputs (`output_config.format`, generally available: no beta header):
+/// the model's text answer is constrained to JSON of the schema, while tool calls go on
+/// as usual. The API takes a subset of JSON Schema, so the schema is adapted
+/// (`structured::for_anthropic`); the answer is validated against the original.
+fn output_config(schema: &Value) -> Value {
+    json!({"format": {"type": "json_schema", "schema": crate::structured::for_anthropic(schema)}})
 }
 
 /// Puts a cache breakpoint on the last block of a message.
@@ -420,6 +452,7 @@ mod tests {
             messages: &messages,
             tools: &[],
             max_tokens: 10,
+            output_schema: None,
         };
         let b = body(&req, true);
         assert_eq!(b.to_string().matches("cache_control").count(), 3);

@@ -15,6 +15,7 @@ use futures_util::{Stream, StreamExt};
 
 use crate::config::{BaseUrlError, UrlSource, effective_base_url};
 use crate::protocol::ProviderSpec;
+pub use crate::structured::Delivery;
 use crate::values::ProviderKind;
 
 /// The conversation's shape is part of the wire (`message` events, `TaskSpec::history`).
@@ -37,6 +38,9 @@ pub struct TurnRequest<'a> {
     pub messages: &'a [Message],
     pub tools: &'a [ToolDef],
     pub max_tokens: u32,
+    /// The JSON Schema the answer must match (`TaskSpec::output_schema`), and how it is
+    /// sent: the provider's own structured-output parameter, or a final tool.
+    pub output_schema: Option<Delivery<'a>>,
 }
 
 /// Tokens of one response as billed (uncached input, cache writes and reads, output).
@@ -580,6 +584,7 @@ mod tests {
             messages: &[],
             tools: &[],
             max_tokens: 1,
+            output_schema: None,
         };
         let e = c.turn(&req, &mut |_| {}).await.err().unwrap().to_string();
         assert!(e.contains("http://127.0.0.1:9/v1/messages"), "{e}");

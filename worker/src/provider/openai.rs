@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use crate::structured::{FINAL_TOOL, FINAL_TOOL_DESCRIPTION, final_tool_schema};
+
 use super::{
-    Block, Client, Message, Metered, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest,
-    estimate_tokens, stream_cut_tokens,
+    Block, Client, Delivery, Message, Metered, ProviderError, Role, TokenUsage, TurnOutput,
+    TurnRequest, estimate_tokens, stream_cut_tokens,
 };
 
 pub(super) async fn turn(
@@ -77,7 +79,43 @@ fn body(req: &TurnRequest<'_>, send_cache_key: bool) -> Value {
             .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}))
             .collect();
     }
+    match req.output_schema {
+        Some(Delivery::Native(schema)) => body["response_format"] = response_format(schema),
+        Some(Delivery::FinalTool { schema, forced }) => add_final_tool(&mut body, schema, forced),
+        None => {}
+    }
     body
+}
+
+/// The answer through a function (servers that refuse `response_format`): `final_answer`
+/// offered beside the others, and with `forced` named in `tool_choice`.
+fn add_final_tool(body: &mut Value, schema: &Value, forced: bool) {
+    let tool = json!({"type": "function", "function": {
+        "name": FINAL_TOOL,
+        "description": FINAL_TOOL_DESCRIPTION,
+        "parameters": final_tool_schema(schema),
+    }});
+    match body["tools"].as_array_mut() {
+        Some(tools) => tools.push(tool),
+        None => body["tools"] = json!([tool]),
+    }
+    if forced {
+        body["tool_choice"] = json!({"type": "function", "function": {"name": FINAL_TOOL}});
+    }
+}
+
+/// `response_format` with a JSON Schema (OpenAI, vLLM, Ollama, LM Studio, llama.cpp):
+/// `strict` only where OpenAI's strict mode accepts the schema; validation in the agent
+/// loop holds the answer to the schema either way.
+fn response_format(schema: &Value) -> Value {
+    json!({
+        "type": "json_schema",
+        "json_schema": {
+            "name": "answer",
+            "schema": schema,
+            "strict": crate::structured::openai_strict(schema),
+        }
+    })
 }
 
 /// One neutral message can become several OpenAI messages (each tool result is its own).
@@ -336,6 +374,7 @@ mod tests {
             messages: &[],
             tools: &tools,
             max_tokens: 10,
+            output_schema: None,
         };
         let b = body(&req, false);
         assert_eq!(b["tools"][0]["function"]["name"], "glob");
