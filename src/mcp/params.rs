@@ -150,11 +150,9 @@ pub struct SpawnParams {
     pub limits: Option<LimitsOverride>,
     /// Short free-form label shown in agent_list (e.g. "auth-explore"), at most 64 chars.
     pub label: Option<String>,
-    /// JSON Schema (an object, at most 16 KiB of JSON) the final answer must match, e.g.
-    /// `{"type":"object","properties":{"findings":{"type":"array"}},"required":["findings"]}`.
-    /// The answer is validated (asked again twice with the errors when it does not match)
-    /// and returned parsed as `result_json`; one that never matches ends `failed` with
-    /// exit reason `schema_mismatch`. Default: the role's schema, if it has one.
+    /// JSON Schema (an object, at most 16 KiB) the final answer must match; returned
+    /// parsed as `result_json`. One that never matches ends `failed` (`schema_mismatch`).
+    /// Default: the role's schema, if any.
     pub output_schema: Option<serde_json::Value>,
 }
 
@@ -183,12 +181,11 @@ pub struct SendParams {
     /// limits.toml `[server] max_wait_seconds`; call agent_status or agent_wait to keep
     /// waiting).
     pub wait_seconds: Option<f64>,
-    /// Raise this agent's limits (each at most limits.toml `[max]`). Turns, tokens and
-    /// USD count over all rounds, so a follow-up to an agent that used them up needs a
-    /// larger max_turns, max_total_tokens or budget_usd here.
+    /// Raise this agent's limits (each at most limits.toml `[max]`); turns, tokens and
+    /// USD count over all rounds.
     pub limits: Option<LimitsOverride>,
-    /// JSON Schema this round's answer must match (as agent_spawn's output_schema), for a
-    /// completed or queued agent. Default: the schema the agent was spawned with, if any.
+    /// JSON Schema this round's answer must match (completed or queued agent). Default:
+    /// the agent's own schema, if any.
     pub output_schema: Option<serde_json::Value>,
 }
 

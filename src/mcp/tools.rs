@@ -121,8 +121,8 @@ impl BgAgents {
     /// log/diff/blame, with no writes and no network) inside `cwd`. Keep working: its end
     /// is told to you; agent_wait or agent_status give its `result` sooner. Pick `task_type`
     /// (exploration/analysis → fast model, reasoning → balanced, critical → quality) or
-    /// let the task's words decide. Give `output_schema` (a JSON Schema) to get the answer
-    /// as one validated JSON value (`result_json`), e.g. findings to merge across agents.
+    /// let the task's words decide. `output_schema` makes the answer one validated JSON
+    /// value (`result_json`).
     #[tool(
         name = "agent_spawn",
         output_schema = schema_for_output::<Spawned>(),
@@ -176,12 +176,11 @@ impl BgAgents {
         reply(&agent, readable)
     }
 
-    /// Send a follow-up message to an agent. A completed agent continues its conversation
-    /// (it remembers everything so far) in a new round: running again, then completed
-    /// with the new `result`. Turns, tokens and USD add up over rounds (raise them with
-    /// `limits`). A running agent takes the message at its next turn; a queued one gets
-    /// it appended to its task. Agents that ended any other way cannot continue: spawn a
-    /// new one. Set wait_seconds to block until this round's answer.
+    /// Send a follow-up to an agent. A completed agent continues its conversation in a new
+    /// round (running, then completed with the new `result`); turns, tokens and USD add
+    /// up over rounds (raise them with `limits`). A running agent takes it at its next
+    /// turn; a queued one gets it appended to its task. Other ended agents cannot
+    /// continue: spawn a new one. wait_seconds blocks until this round's answer.
     #[tool(
         name = "agent_send",
         output_schema = schema_for_output::<AgentReply>(),

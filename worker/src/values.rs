@@ -99,7 +99,7 @@ limits! {
     max_file_mb: u64, 0, 65_536;
     /// Wall-clock seconds before the agent is stopped as `timed_out`.
     timeout_seconds: u64, 1, 86_400;
-    /// Bytes of readable output kept in memory (older output stays in the transcript).
+    /// Bytes of output kept in memory (the rest stays in the transcript).
     max_output_bytes: u64, 4096, 268_435_456;
     /// Model turns (requests).
     max_turns: u32, 1, 1000;
