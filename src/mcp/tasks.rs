@@ -476,6 +476,7 @@ fn final_result(
         map.insert("routed_by".into(), Value::String(v.routed_by.clone()));
         if told {
             map.remove("result");
+            map.remove("result_json");
             map.remove("read_on");
             map.insert(
                 "note".into(),
