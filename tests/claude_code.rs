@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::claude::{
     ClaudeHome, PLUGIN_TOOL_PREFIX, finish, occurrences, plugin_dir, readme_claude_lines, repo_dir,
-    tool_results,
+    requests_story, tool_results,
 };
 use support::process::API_KEY;
 use support::provider::{FakeProvider, RecordedRequest, Step, StepFn};
@@ -49,26 +49,6 @@ fn bash(id: &str, command: &str) -> Step {
         "Bash",
         json!({"command": command, "description": "Run a shell command"}),
     )
-}
-
-/// A readable account of the main loop's requests, for failure messages.
-fn transcript(requests: &[RecordedRequest]) -> String {
-    requests
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let results: Vec<String> = tool_results(&r.body)
-                .into_iter()
-                .map(|(id, text)| format!("  {id}: {text}"))
-                .collect();
-            format!(
-                "#{i} last user: {}\n{}",
-                r.last_user_text(),
-                results.join("\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn result_of(request: &RecordedRequest, tool_use_id: &str) -> Option<String> {
@@ -121,7 +101,7 @@ async fn plugin_tools_work_and_an_agent_end_reaches_the_model_once_after_an_unre
         )
         .await;
     let main = fake.requests_offering("ToolSearch");
-    let story = transcript(&main);
+    let story = requests_story(&main);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("All done."),
         "{story}"
@@ -207,7 +187,7 @@ async fn stop_hook_holds_the_turn_once_while_an_agent_runs() {
     )
     .await;
     let main = fake.requests_offering("ToolSearch");
-    let story = transcript(&main);
+    let story = requests_story(&main);
     assert_eq!(main.len(), 5, "held once, then allowed to end:\n{story}");
     let spawned = result_of(&main[2], "toolu_spawn").expect("the spawn's result");
     let id = serde_json::from_str::<Value>(&spawned).expect("JSON")["agent_id"]
@@ -316,7 +296,7 @@ async fn readme_set_up_lines_work_and_claude_mcp_list_connects_the_server() {
     let listed = main
         .last()
         .and_then(|r| result_of(r, "toolu_list"))
-        .unwrap_or_else(|| panic!("agent_list's result:\n{}", transcript(&main)));
+        .unwrap_or_else(|| panic!("agent_list's result:\n{}", requests_story(&main)));
     eprintln!("agent_list (no agents) as the model receives it: {listed}");
     let v: Value = serde_json::from_str(&listed).expect("the model reads the JSON");
     assert_eq!(v["agents"], json!([]), "{v}");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::claude::{ClaudeHome, PLUGIN_TOOL_PREFIX, plugin_dir, tool_results};
+use support::claude::{ClaudeHome, PLUGIN_TOOL_PREFIX, plugin_dir, requests_story, tool_results};
 use support::process::{alive, eventually};
 use support::provider::{FakeProvider, RecordedRequest, Step, StepFn};
 use support::tui::{Tui, skip_onboarding};
@@ -69,26 +69,6 @@ async fn provider_with_agent(tag: &str) -> FakeProvider {
     fake
 }
 
-/// A readable account of the main loop's requests, for failure messages.
-fn story(requests: &[RecordedRequest]) -> String {
-    requests
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let results: Vec<String> = tool_results(&r.body)
-                .into_iter()
-                .map(|(id, text)| format!("  {id}: {text}"))
-                .collect();
-            format!(
-                "#{i} last user: {}\n{}",
-                r.last_user_text(),
-                results.join("\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn result_of(request: &RecordedRequest, tool_use_id: &str) -> String {
     tool_results(&request.body)
         .into_iter()
@@ -135,7 +115,7 @@ fn assert_clean(screen: &str, main: &[RecordedRequest]) {
         assert!(
             !text.contains("before you finish"),
             "a turn was held by the Stop hook:\n{}",
-            story(main)
+            requests_story(main)
         );
     }
 }
@@ -192,7 +172,7 @@ async fn plugin_with_tasks_an_agent_ending_after_the_turn_is_told_once_by_its_ta
         .await;
     let screen = tui.wait_for("The agent says 42.", SCREEN_WITHIN).await;
     let main = fake.requests_offering("ToolSearch");
-    let told = story(&main);
+    let told = requests_story(&main);
     assert_eq!(main.len(), 4, "no Stop-hook hold, one wake-up:\n{told}");
 
     // The id reached the model with the spawn, as the task's id and the server's note.
@@ -241,7 +221,7 @@ async fn plain_registration_without_tasks_a_model_that_waits_reads_the_end_once(
         .await;
     let screen = tui.wait_for("The agent says 42.", SCREEN_WITHIN).await;
     let main = fake.requests_offering("ToolSearch");
-    let told = story(&main);
+    let told = requests_story(&main);
     assert_eq!(main.len(), 4, "{told}");
 
     // Without tasks the spawn's own JSON reaches the model, with the id.
@@ -284,7 +264,7 @@ async fn plain_registration_with_tasks_a_model_that_works_on_is_told_once_and_it
         .await;
     let screen = tui.wait_for("The agent says 42.", SCREEN_WITHIN).await;
     let main = fake.requests_offering("ToolSearch");
-    let told = story(&main);
+    let told = requests_story(&main);
 
     let spawned = result_of(&main[2], "toolu_spawn");
     let id = agent_id_seen(&spawned).unwrap_or_else(|| panic!("no agent id: {spawned}"));
@@ -337,7 +317,7 @@ async fn plugin_without_tasks_an_agent_ending_within_the_turn_is_told_once_by_th
         .await;
     let screen = tui.wait_for("The agent says 42.", SCREEN_WITHIN).await;
     let main = fake.requests_offering("ToolSearch");
-    let told = story(&main);
+    let told = requests_story(&main);
     assert_eq!(main.len(), 4, "no Stop-hook hold:\n{told}");
     let spawned = result_of(&main[2], "toolu_spawn");
     let id = agent_id_seen(&spawned).unwrap_or_else(|| panic!("no agent id: {spawned}"));
@@ -400,7 +380,7 @@ async fn after_exit_and_continue_the_stopped_agents_task_ends_at_once_as_failed(
         .wait_for("Noted the stopped agent.", SCREEN_WITHIN)
         .await;
     let main = fake.requests_offering("ToolSearch");
-    let told = story(&main);
+    let told = requests_story(&main);
     assert_eq!(main.len(), 4, "{told}");
     let spawned = result_of(&main[2], "toolu_spawn");
     let id = agent_id_seen(&spawned).unwrap_or_else(|| panic!("no agent id: {spawned}"));

@@ -6,27 +6,7 @@
 use serde_json::{Value, json};
 use support::mcp::{Session, as_model_reads};
 use support::provider::Step;
-
-fn findings_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "findings": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string"},
-                        "line": {"type": "integer", "minimum": 1},
-                        "severity": {"enum": ["high", "medium", "low"]}
-                    },
-                    "required": ["file", "line", "severity"]
-                }
-            }
-        },
-        "required": ["findings"]
-    })
-}
+use support::schemas::findings_schema;
 
 fn finding(file: &str, line: i64) -> Value {
     json!({"findings": [{"file": file, "line": line, "severity": "high"}]})

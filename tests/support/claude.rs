@@ -15,7 +15,7 @@ use tempfile::TempDir;
 
 use crate::mcp::server_exe;
 use crate::process::{API_KEY, isolated};
-use crate::provider::FakeProvider;
+use crate::provider::{FakeProvider, RecordedRequest};
 
 /// The Claude Code release the tests run.
 pub const CLAUDE_CODE_VERSION: &str = "2.1.328";
@@ -222,4 +222,25 @@ pub fn tool_results(body: &Value) -> Vec<(String, String)> {
 /// How many times `needle` occurs in the request's messages (all of them, as JSON).
 pub fn occurrences(body: &Value, needle: &str) -> usize {
     body["messages"].to_string().matches(needle).count()
+}
+
+/// A readable account of the main loop's requests (the last user text and the tool
+/// results of each), for failure messages.
+pub fn requests_story(requests: &[RecordedRequest]) -> String {
+    requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let results: Vec<String> = tool_results(&r.body)
+                .into_iter()
+                .map(|(id, text)| format!("  {id}: {text}"))
+                .collect();
+            format!(
+                "#{i} last user: {}\n{}",
+                r.last_user_text(),
+                results.join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -14,4 +14,5 @@ pub mod npm;
 pub mod opencode;
 pub mod process;
 pub mod provider;
+pub mod schemas;
 pub mod tui;

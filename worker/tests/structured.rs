@@ -10,28 +10,7 @@ use bg_agent_worker::protocol::{ErrorKind, Event, exit};
 use common::{Harness, OPENAI_KEY, Step, run, tool_use};
 use serde_json::{Value, json};
 use support::provider::Quirks;
-
-/// A reviewer's findings; `line` has a minimum the Anthropic grammar cannot enforce.
-fn findings_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "findings": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string"},
-                        "line": {"type": "integer", "minimum": 1},
-                        "severity": {"enum": ["high", "medium", "low"]}
-                    },
-                    "required": ["file", "line", "severity"]
-                }
-            }
-        },
-        "required": ["findings"]
-    })
-}
+use support::schemas::findings_schema;
 
 const VALID: &str = r#"{"findings":[{"file":"src/lib.rs","line":12,"severity":"high"}]}"#;
 /// Matches the schema as the API enforces it, but line 0 is below the minimum.
