@@ -300,23 +300,26 @@ pub fn check_base_url(url: &str) -> Result<(), String> {
 /// `url` as it may be shown: a password in its user part is replaced, so credentials
 /// written into a base URL never reach a screen or a log.
 pub fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked = if userinfo.contains(':') {
-                ":[redacted password]"
-            } else {
-                ""
-            };
-            format!("{scheme}://{user}{masked}@{host}{tail}")
-        }
+    match url_userinfo(url).and_then(|u| Some((u, u.split_once(':')?.0))) {
+        Some((userinfo, user)) => url.replacen(
+            &format!("{userinfo}@"),
+            &format!("{user}:[redacted password]@"),
+            1,
+        ),
         None => url.to_string(),
     }
+}
+
+/// The user part (`user` or `user:password`) of `url`'s authority, if it has one; the
+/// one reading of it that shown URLs and the provider's redaction share.
+pub fn url_userinfo(url: &str) -> Option<&str> {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
 }
 
 /// The endpoint of provider `name` in force under `env`: `base_url_env`'s value when set

@@ -434,13 +434,7 @@ impl Secrets {
         secrets
             .values
             .extend(api_key.map(|k| (k.to_string(), "[redacted API key]")));
-        let authority = base_url
-            .split_once("://")
-            .map_or(base_url, |(_, rest)| rest)
-            .split(['/', '?', '#'])
-            .next()
-            .unwrap_or_default();
-        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if let Some(userinfo) = crate::config::url_userinfo(base_url) {
             secrets.userinfo.push(format!("{userinfo}@"));
             if let Some((_, password)) = userinfo.split_once(':') {
                 secrets.values.push((password.to_string(), PASSWORD));
