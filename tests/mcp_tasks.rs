@@ -408,3 +408,133 @@ async fn a_task_polled_during_agent_wait_ends_without_a_second_copy_of_the_answe
     let v = completed_result(&task).structured_content.unwrap();
     assert!(v.get("result").is_none(), "told twice: {v}");
 }
+
+/// A model with a built-in price, so the session's USD cap applies.
+const PRICED_MODEL: &str = "claude-haiku-5-5";
+
+fn task_of(r: CallToolResponse) -> String {
+    match r {
+        CallToolResponse::Task(t) => t.task.task_id,
+        other => panic!("expected a task, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_queued_for_the_session_budget_says_why_in_its_status_and_runs_once_freed() {
+    let s = Session::start_modern_with(TasksClient, "session_budget_usd = 0.01").await;
+    s.fake.script(
+        "Hold the budget",
+        vec![Step::Hang {
+            after_chunks: vec!["thinking about it ".repeat(20)],
+        }],
+    );
+    s.fake
+        .script("Answer after", vec![Step::text("Done after.")]);
+    let holder = task_of(
+        call_spawn(
+            &s,
+            json!({"task": "Hold the budget", "model": PRICED_MODEL, "limits": {"budget_usd": 0.01}}),
+        )
+        .await,
+    );
+    let waiter =
+        task_of(call_spawn(&s, json!({"task": "Answer after", "model": PRICED_MODEL})).await);
+    let task = get_task(&s, &waiter).await;
+    assert!(!task.task.status.is_terminal(), "{task:?}");
+    let message = task.task.status_message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("queued: ") && message.contains("session_budget_usd"),
+        "the panel says why it waits: {message}"
+    );
+
+    s.ok("agent_kill", json!({"agent_id": holder, "grace_ms": 0}))
+        .await;
+    let held = until_terminal(&s, &holder).await;
+    assert!(failed_message(&held).contains("killed"), "{held:?}");
+    let task = until_terminal(&s, &waiter).await;
+    let v = completed_result(&task)
+        .structured_content
+        .expect("structured result");
+    assert_eq!(v["result"], "Done after.", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_by_a_spent_session_budget_fails_in_a_sentence_and_later_spawns_are_tool_errors()
+ {
+    let s = Session::start_modern_with(
+        TasksClient,
+        "session_budget_usd = 0.002\nmax_concurrent = 1",
+    )
+    .await;
+    s.fake
+        .script("Write it all", vec![Step::fills_max_tokens()]);
+    s.fake.script("Hang on", vec![Step::text("never asked")]);
+    let writer =
+        task_of(call_spawn(&s, json!({"task": "Write it all", "model": PRICED_MODEL})).await);
+    let queued = task_of(call_spawn(&s, json!({"task": "Hang on", "model": PRICED_MODEL})).await);
+    until_terminal(&s, &writer).await;
+    let task = until_terminal(&s, &queued).await;
+    let status = task.task.status_message.clone().unwrap_or_default();
+    assert!(status.starts_with("killed"), "statusMessage: {status}");
+    let message = failed_message(&task);
+    assert!(
+        message.contains(&queued) && message.contains("session budget"),
+        "{message}"
+    );
+    assert_eq!(s.fake.request_count("Hang on"), 0);
+
+    // Refused before an agent exists: a tool error, not a task.
+    let r = call_spawn(&s, json!({"task": "One more", "model": PRICED_MODEL})).await;
+    let CallToolResponse::Complete(r) = r else {
+        panic!("expected a plain result, got {r:?}")
+    };
+    assert_eq!(r.is_error, Some(true));
+    let text = support::mcp::text_of(&r);
+    assert!(text.contains("the session budget is spent"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_structured_follow_up_to_a_task_answers_in_its_reply_and_leaves_the_task_its_first_round()
+{
+    let s = Session::start_modern(TasksClient).await;
+    let finding = json!({"findings": [{"file": "src/parse.rs", "line": 7, "severity": "high"}]});
+    s.fake.script(
+        "look at the parser as a task",
+        vec![
+            Step::text("The parser has one bug."),
+            Step::text(&finding.to_string()),
+        ],
+    );
+    let id = spawn_task(&s, "look at the parser as a task")
+        .await
+        .task
+        .task_id;
+    let first = until_terminal(&s, &id).await;
+    let v = completed_result(&first)
+        .structured_content
+        .expect("structured result");
+    assert_eq!(v["result"], "The parser has one bug.", "{v}");
+
+    let answered = s
+        .ok(
+            "agent_send",
+            json!({
+                "agent_id": id,
+                "message": "List it as findings.",
+                "output_schema": support::schemas::findings_schema(),
+                "wait_seconds": 30,
+            }),
+        )
+        .await;
+    assert_eq!(answered["status"], "completed", "{answered}");
+    assert_eq!(answered["result_json"], finding, "{answered}");
+    // The reply told the round's end: no notice repeats it, and the task keeps its round.
+    let list = s.ok("agent_list", json!({})).await;
+    assert!(list.get("notices").is_none(), "told twice: {list}");
+    let task = get_task(&s, &id).await;
+    let v = completed_result(&task)
+        .structured_content
+        .expect("structured result");
+    assert_eq!(v["result"], "The parser has one bug.", "{v}");
+    assert!(v.get("result_json").is_none(), "{v}");
+}

@@ -3,11 +3,9 @@
 //! other holds, waits queued when too little is free, and is cancelled once nothing can
 //! come back; what the server reports is what the provider billed, a cut request included.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 use support::mcp::Session;
-use support::provider::{Billed, RecordedRequest, Step, StepFn};
+use support::provider::{Billed, Step};
 
 /// claude-haiku-5-5's built-in price, USD per million input and output tokens.
 const PRICE_IN: f64 = 0.10;
@@ -29,17 +27,6 @@ fn input_cost(b: &Billed) -> f64 {
         / 1e6
 }
 
-/// A model that writes until the request's `max_tokens` stops it (the fake counts 4
-/// characters a token), as the real API does with a long answer.
-fn fills_max_tokens() -> Step {
-    Step::FromRequest(StepFn(Arc::new(|r: &RecordedRequest| {
-        let tokens = r.max_tokens.unwrap_or(1) as usize;
-        Step::Length {
-            chunks: vec!["word".repeat(tokens)],
-        }
-    })))
-}
-
 fn session_of(list: &Value) -> &Value {
     &list["session"]
 }
@@ -55,7 +42,7 @@ async fn twenty_agents_at_once_spend_at_most_the_session_budget_plus_one_input_e
     .await;
     s.fake.script(
         "Summarize part",
-        (0..40).map(|_| fills_max_tokens()).collect(),
+        (0..40).map(|_| Step::fills_max_tokens()).collect(),
     );
 
     let spawns = (0..20).map(|i| {
@@ -207,7 +194,7 @@ async fn the_session_token_cap_is_shared_like_the_usd_cap() {
     .await;
     s.fake.script(
         "Describe module",
-        (0..20).map(|_| fills_max_tokens()).collect(),
+        (0..20).map(|_| Step::fills_max_tokens()).collect(),
     );
     let spawns = (0..6).map(|i| {
         s.ok(
@@ -252,7 +239,7 @@ async fn a_follow_up_round_gets_only_what_the_session_has_left() {
     let s = Session::launch((), &format!("session_budget_usd = {CAP}"), "").await;
     s.fake.script(
         "Write the report",
-        vec![fills_max_tokens(), fills_max_tokens()],
+        vec![Step::fills_max_tokens(), Step::fills_max_tokens()],
     );
     let id = s
         .spawn_with(json!({
@@ -317,7 +304,8 @@ async fn a_follow_up_obeys_the_task_size_cap_and_the_agents_remaining_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_session_budget_cancels_queued_agents_and_refuses_spawns_and_follow_ups() {
     let s = Session::launch((), "session_budget_usd = 0.002\nmax_concurrent = 1", "").await;
-    s.fake.script("Write it all", vec![fills_max_tokens()]);
+    s.fake
+        .script("Write it all", vec![Step::fills_max_tokens()]);
     s.fake.script("Hang on", vec![Step::text("never asked")]);
     let writer = s
         .ok(

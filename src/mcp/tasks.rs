@@ -71,6 +71,9 @@ struct Entry {
     end: Option<Box<StatusView>>,
     /// The model already read that end in a tool reply.
     end_told: bool,
+    /// The client was given the task's final result: it stays what it was (a later
+    /// round's answer shown in a reply does not change it).
+    delivered: bool,
     /// Calls in flight that may show the end (agent_wait, agent_status): until they
     /// answer, the task does not show it either, so the answer is told once.
     readers: usize,
@@ -145,7 +148,9 @@ impl AgentTasks {
         }
         let mut entries = self.entries();
         for id in answered {
-            if let Some(e) = entries.get_mut(id) {
+            if let Some(e) = entries.get_mut(id)
+                && !e.delivered
+            {
                 e.end_told = true;
             }
         }
@@ -187,6 +192,7 @@ impl BgAgents {
                 cancel_requested: false,
                 end: None,
                 end_told: false,
+                delivered: false,
                 readers: 0,
                 waiter: None,
             },
@@ -262,7 +268,9 @@ impl BgAgents {
             .with_status_message(status_message(&view))
             .with_ttl_ms(ttl)
             .with_poll_interval_ms(POLL_INTERVAL_MS);
-        let payload = match phase(view.status, e.cancel_requested, e.readers) {
+        let phase = phase(view.status, e.cancel_requested, e.readers);
+        e.delivered |= phase == TaskStatus::Completed && e.end.is_some();
+        let payload = match phase {
             TaskStatus::Cancelled => TaskPayload::Cancelled,
             TaskStatus::Completed => TaskPayload::Completed {
                 result: final_result(&view, self.manager.config(), e.end_told),

@@ -218,6 +218,17 @@ impl Step {
         }
     }
 
+    /// A model that writes until the request's `max_tokens` stops it (the double counts 4
+    /// characters a token), as the real API does with a long answer.
+    pub fn fills_max_tokens() -> Step {
+        Step::FromRequest(StepFn(Arc::new(|r: &RecordedRequest| {
+            let tokens = r.max_tokens.unwrap_or(1) as usize;
+            Step::Length {
+                chunks: vec!["word".repeat(tokens)],
+            }
+        })))
+    }
+
     /// An error response with the error type the Anthropic API uses for `code`,
     /// and no `retry-after` header.
     pub fn status(code: u16) -> Step {
