@@ -198,48 +198,25 @@ async fn run(cli: Cli) -> i32 {
         return exit::PROVIDER;
     };
     let from_server = cli.spec.as_deref() == Some("-");
-    let json = cli.json || cli.spec.is_some();
     let spec = load_spec(&cli);
-    let out: Box<dyn Emit> = if json {
+    let out: Box<dyn Emit> = if cli.json || cli.spec.is_some() {
         Box::new(JsonOut)
     } else {
         Box::new(HumanOut::new(
             spec.as_ref().is_ok_and(|s| s.output_schema.is_some()),
         ))
     };
-    let mut spec = match spec {
-        Ok(s) => s,
-        Err(e) => {
+    let prepared = spec.map_err(|e| format!("{e:#}")).and_then(prepare);
+    let (spec, client) = match prepared {
+        Ok(ready) => ready,
+        Err(message) => {
             out.emit(&Event::Error {
                 kind: ErrorKind::Config,
-                message: format!("{e:#}"),
+                message,
             });
             return exit::BAD_SPEC;
         }
     };
-    let client = match Client::new(&spec.provider, |v| std::env::var(v).ok()) {
-        Ok(c) => c,
-        Err(e) => {
-            out.emit(&Event::Error {
-                kind: ErrorKind::Config,
-                message: e.to_string(),
-            });
-            return exit::BAD_SPEC;
-        }
-    };
-    // Commands get a sandbox of their own, prepared before the worker confines itself
-    // (its ruleset must leave commands the rights theirs grant). Where the kernel cannot
-    // confine them, `bash` is not offered, and `started` says why.
-    let commands = prepare_commands(&mut spec);
-    // Before the agent loop and while this is the only thread: Landlock confines the
-    // calling thread and the threads it starts later (the tools' blocking pool).
-    if let Err(e) = sandbox::confine(&spec, client.base_url(), &commands) {
-        out.emit(&Event::Error {
-            kind: ErrorKind::Config,
-            message: e.to_string(),
-        });
-        return exit::BAD_SPEC;
-    }
     let interrupted = |what: &str, code: i32| {
         out.emit(&Event::Error {
             kind: ErrorKind::Interrupted,
@@ -247,20 +224,7 @@ async fn run(cli: Cli) -> i32 {
         });
         code
     };
-    let (mut inbox, stdin_closed) = if from_server {
-        let (inbox, closed) = read_inputs();
-        (inbox, Some(closed))
-    } else {
-        (agent::Inbox::default(), None)
-    };
-    let stdin_closed = async {
-        match stdin_closed {
-            Some(closed) => {
-                let _ = closed.await;
-            }
-            None => std::future::pending().await,
-        }
-    };
+    let (mut inbox, stdin_closed) = inputs(from_server);
     tokio::select! {
         code = agent::run(&spec, &client, out.as_ref(), &mut inbox) => code,
         _ = term.recv() => interrupted("received SIGTERM", exit::INTERRUPTED_TERM),
@@ -272,8 +236,44 @@ async fn run(cli: Cli) -> i32 {
     }
 }
 
-/// The spec: from `--spec FILE|-`, else resolved from the options and configuration,
-/// exactly as the server resolves a spawn.
+/// What the run needs before its first turn and may fail for the spec's sake: the
+/// provider's client, the sandbox of commands, and this process confined. Err is the
+/// message of the `config` error.
+fn prepare(mut spec: TaskSpec) -> Result<(TaskSpec, Client), String> {
+    let client =
+        Client::new(&spec.provider, |v| std::env::var(v).ok()).map_err(|e| e.to_string())?;
+    // Commands get a sandbox of their own, prepared before the worker confines itself
+    // (its ruleset must leave commands the rights theirs grant). Where the kernel cannot
+    // confine them, `bash` is not offered, and `started` says why.
+    let commands = prepare_commands(&mut spec);
+    // Before the agent loop and while this is the only thread: Landlock confines the
+    // calling thread and the threads it starts later (the tools' blocking pool).
+    sandbox::confine(&spec, client.base_url(), &commands).map_err(|e| e.to_string())?;
+    Ok((spec, client))
+}
+
+/// The follow-ups, and a future that resolves when stdin ends (the server is gone), when
+/// the server is on the other end of stdin; else an empty inbox and an end that never
+/// comes.
+fn inputs(from_server: bool) -> (agent::Inbox, impl Future<Output = ()>) {
+    let (inbox, closed) = if from_server {
+        let (inbox, closed) = read_inputs();
+        (inbox, Some(closed))
+    } else {
+        (agent::Inbox::default(), None)
+    };
+    let closed = async {
+        match closed {
+            Some(closed) => {
+                let _ = closed.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    (inbox, closed)
+}
+
+/// The spec: from `--spec FILE|-`, else from the options (`from_options`).
 fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
     match cli.spec.as_deref() {
         Some("-") => {
@@ -289,53 +289,57 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
                 .with_context(|| format!("cannot read the TaskSpec file {path}"))?;
             serde_json::from_str(&text).with_context(|| format!("{path} is not a valid TaskSpec"))
         }
-        None => {
-            let Some(task) = cli.task.clone() else {
-                anyhow::bail!("no task given; run `bg-agent-worker \"TASK\"` (see --help)");
-            };
-            let mut loaded = Config::load(cli.config.as_deref())?;
-            // Whichever role the task gets, it gets these tools (and the budget check
-            // below prices their definitions).
-            if let Some(tools) = &cli.tools {
-                for role in loaded.config.roles.values_mut() {
-                    role.tools = tools.clone();
-                }
-            }
-            let earlier = cli.resume.as_deref().map(Earlier::read).transpose()?;
-            let req = SpawnRequest {
-                task,
-                role: cli
-                    .role
-                    .clone()
-                    .or(earlier.as_ref().map(|e| e.role.clone())),
-                task_type: cli.task_type,
-                tier: cli.tier,
-                model: cli
-                    .model
-                    .clone()
-                    .or(earlier.as_ref().map(|e| e.model.clone())),
-                cwd: cli
-                    .cwd
-                    .clone()
-                    .or(earlier.as_ref().and_then(|e| e.cwd.clone())),
-                limits: LimitsOverride {
-                    max_turns: cli.max_turns,
-                    budget_usd: cli.budget_usd,
-                    ..Default::default()
-                },
-                agent_id: None,
-                output_schema: cli.output_schema.as_deref().map(read_schema).transpose()?,
-            };
-            let mut resolution = resolve(&loaded.config, &req)?;
-            for warning in &resolution.warnings {
-                eprintln!("warning: {warning}");
-            }
-            if let Some(earlier) = earlier {
-                resolution.spec.history = earlier.messages;
-            }
-            Ok(resolution.spec)
+        None => from_options(cli),
+    }
+}
+
+/// The spec of a manual run: resolved from the options and the configuration, exactly
+/// as the server resolves a spawn; with `--resume`, continuing the transcript's run.
+fn from_options(cli: &Cli) -> anyhow::Result<TaskSpec> {
+    let Some(task) = cli.task.clone() else {
+        anyhow::bail!("no task given; run `bg-agent-worker \"TASK\"` (see --help)");
+    };
+    let mut loaded = Config::load(cli.config.as_deref())?;
+    // Whichever role the task gets, it gets these tools (and the budget check
+    // below prices their definitions).
+    if let Some(tools) = &cli.tools {
+        for role in loaded.config.roles.values_mut() {
+            role.tools = tools.clone();
         }
     }
+    let earlier = cli.resume.as_deref().map(Earlier::read).transpose()?;
+    let req = SpawnRequest {
+        task,
+        role: cli
+            .role
+            .clone()
+            .or(earlier.as_ref().map(|e| e.role.clone())),
+        task_type: cli.task_type,
+        tier: cli.tier,
+        model: cli
+            .model
+            .clone()
+            .or(earlier.as_ref().map(|e| e.model.clone())),
+        cwd: cli
+            .cwd
+            .clone()
+            .or(earlier.as_ref().and_then(|e| e.cwd.clone())),
+        limits: LimitsOverride {
+            max_turns: cli.max_turns,
+            budget_usd: cli.budget_usd,
+            ..Default::default()
+        },
+        agent_id: None,
+        output_schema: cli.output_schema.as_deref().map(read_schema).transpose()?,
+    };
+    let mut resolution = resolve(&loaded.config, &req)?;
+    for warning in &resolution.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(earlier) = earlier {
+        resolution.spec.history = earlier.messages;
+    }
+    Ok(resolution.spec)
 }
 
 /// The JSON of `--output-schema FILE` (checked as a schema when the spec is resolved).
