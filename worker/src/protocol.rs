@@ -1,6 +1,7 @@
 //! The wire protocol between the bg-agents server and a worker: the `TaskSpec` the server
 //! writes to the worker's stdin (then `Input` lines: follow-ups), the `Event`s the worker writes to stdout (one JSON object
-//! per line), and the exit codes. Both sides use these types; nobody parses by hand.
+//! per line), the exit codes, and the lines of a transcript (`TranscriptLine`: the events
+//! and the server's notes). Both sides use these types; nobody parses by hand.
 //!
 //! Not here: how a spec is resolved from configuration (`resolve`), and the value types a
 //! spec shares with the configuration (`values`: limits, prices, tool names...).
@@ -398,7 +399,7 @@ fn summarize_input(input: &serde_json::Value) -> String {
 }
 
 /// One line of a transcript file: what the server writes for an agent, and what
-/// `--resume` (and the server's `agent_send`) reads back. The worker's events are written
+/// `--resume` reads back. The worker's events are written
 /// as they came; the server adds its own notes beside them, told apart by their `type`.
 /// A manual run's `--json` output is a transcript of events only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
