@@ -4,13 +4,15 @@
 //!
 //! Not here: signals and stdin (the binary), HTTP details (`provider`).
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, exit};
 use crate::provider::{
-    Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest, throttled,
+    Block, Client, Message, ProviderError, Role, TokenUsage, ToolDef, TurnOutput, TurnRequest,
+    throttled,
 };
 use crate::tools;
 
@@ -56,96 +58,113 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Runs the task to its end and returns the process exit code. Exactly one final event
 /// (`result` or `error`) is emitted.
 pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut Inbox) -> i32 {
-    // The sandbox compares canonical paths, and a spec written by hand may name its cwd
-    // relatively or through a symlink.
-    let root = match std::fs::canonicalize(&spec.cwd) {
-        Ok(p) if p.is_dir() => Arc::new(p),
-        Ok(_) => return fail(out, ErrorKind::Config, bad_cwd(spec, "not a directory")),
-        Err(e) => return fail(out, ErrorKind::Config, bad_cwd(spec, &e.to_string())),
+    let mut run = match Run::start(spec, client, out) {
+        Ok(run) => run,
+        Err(code) => return code,
     };
-    out.emit(&Event::Started {
-        model: spec.model.clone(),
-        provider: spec.provider.name.clone(),
-        role: spec.role.clone(),
-        limits: spec.limits,
-        sandbox: crate::sandbox::in_force(),
-        cwd: Some(root.as_ref().clone()),
-    });
-    // The server stops the agent at timeout_seconds; a command never runs past that.
-    let deadline = Instant::now() + Duration::from_secs(spec.limits.timeout_seconds);
-    let tool_defs = tools::definitions(&spec.tools);
-    let mut wanted = match spec.output_schema.as_ref().map(Wanted::new).transpose() {
-        Ok(w) => w,
-        Err(e) => return fail(out, ErrorKind::Config, e.to_string()),
-    };
-    let mut messages = spec.history.clone();
-    push_message(
-        &mut messages,
-        Message {
+    for turn in 1..=spec.limits.max_turns {
+        if let ControlFlow::Break(code) = run.turn(turn, inbox).await {
+            return code;
+        }
+    }
+    fail(
+        out,
+        ErrorKind::BudgetExceeded,
+        format!(
+            "max_turns ({}) reached while the model still wanted tools; spawn again with a larger limits.max_turns or a narrower task",
+            spec.limits.max_turns
+        ),
+    )
+}
+
+/// One run across its turns: what every turn sends, and what the turns so far spent.
+struct Run<'a> {
+    spec: &'a TaskSpec,
+    client: &'a Client,
+    out: &'a dyn Emit,
+    /// The workspace, canonical: the sandbox compares canonical paths.
+    root: Arc<PathBuf>,
+    /// When the server stops the agent (timeout_seconds): no command runs past it.
+    deadline: Instant,
+    tool_defs: Vec<ToolDef>,
+    /// The answer's schema, when the spec has one.
+    wanted: Option<Wanted>,
+    /// The conversation so far, as sent with the next turn.
+    messages: Vec<Message>,
+    /// Tokens of every turn so far.
+    total: TokenUsage,
+    /// Whether some turn's usage was estimated (the provider reported none).
+    estimated: bool,
+    /// Stable for the whole conversation, so every turn lands on the same cache.
+    cache_key: String,
+}
+
+/// A turn's tool calls: (id, name, input).
+type Calls = Vec<(String, String, serde_json::Value)>;
+
+impl<'a> Run<'a> {
+    /// Checks the workspace and the schema, tells `started` and the task: the run before
+    /// its first turn. Err(exit code) after the `error` event.
+    fn start(spec: &'a TaskSpec, client: &'a Client, out: &'a dyn Emit) -> Result<Self, i32> {
+        // A spec written by hand may name its cwd relatively or through a symlink.
+        let root = match std::fs::canonicalize(&spec.cwd) {
+            Ok(p) if p.is_dir() => Arc::new(p),
+            Ok(_) => {
+                return Err(fail(
+                    out,
+                    ErrorKind::Config,
+                    bad_cwd(spec, "not a directory"),
+                ));
+            }
+            Err(e) => return Err(fail(out, ErrorKind::Config, bad_cwd(spec, &e.to_string()))),
+        };
+        out.emit(&Event::Started {
+            model: spec.model.clone(),
+            provider: spec.provider.name.clone(),
+            role: spec.role.clone(),
+            limits: spec.limits,
+            sandbox: crate::sandbox::in_force(),
+            cwd: Some(root.as_ref().clone()),
+        });
+        let wanted = match spec.output_schema.as_ref().map(Wanted::new).transpose() {
+            Ok(w) => w,
+            Err(e) => return Err(fail(out, ErrorKind::Config, e.to_string())),
+        };
+        let cache_key = format!(
+            "bg-agents-{}",
+            spec.agent_id.clone().unwrap_or_else(|| format!(
+                "run-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ))
+        );
+        let mut run = Run {
+            spec,
+            client,
+            out,
+            root,
+            deadline: Instant::now() + Duration::from_secs(spec.limits.timeout_seconds),
+            tool_defs: tools::definitions(&spec.tools),
+            wanted,
+            messages: spec.history.clone(),
+            total: TokenUsage::default(),
+            estimated: false,
+            cache_key,
+        };
+        run.push(Message {
             role: Role::User,
             content: vec![Block::Text {
                 text: spec.task.clone(),
             }],
-        },
-        out,
-    );
-    let mut total = TokenUsage::default();
-    let mut estimated = false;
-    let limits = &spec.limits;
-    // Stable for the whole conversation, so every turn lands on the same cache.
-    let cache_key = format!(
-        "bg-agents-{}",
-        spec.agent_id.clone().unwrap_or_else(|| format!(
-            "run-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ))
-    );
-
-    for turn in 1..=limits.max_turns {
-        let max_tokens = match output_allowance(spec, total) {
-            Ok(n) => n,
-            Err(message) => return fail(out, ErrorKind::BudgetExceeded, message),
-        };
-        let output = loop {
-            let req = TurnRequest {
-                cache_key: Some(&cache_key),
-                model: &spec.model,
-                system: &spec.system_prompt,
-                messages: &messages,
-                tools: &tool_defs,
-                max_tokens,
-                output_schema: wanted.as_ref().map(Wanted::delivery),
-            };
-            match turn_with_retries(client, &req, spec.provider.max_retries, out).await {
-                Ok(o) => break o,
-                Err(message) => {
-                    // A provider that refuses its structured-output parameter gets the
-                    // same request with the final tool instead.
-                    if let Some(note) = wanted
-                        .as_mut()
-                        .and_then(|w| w.fall_back(spec.provider.kind, &message))
-                    {
-                        out.emit(&Event::Text { text: note });
-                        continue;
-                    }
-                    return fail(out, ErrorKind::Provider, message);
-                }
-            }
-        };
-        total.add(&output.usage);
-        estimated |= output.usage_estimated;
-        let cost = spec.price.map(|p| p.cost_of(&total));
-        out.emit(&Event::Usage {
-            input_tokens: total.input,
-            output_tokens: total.output,
-            cache_write_tokens: total.cache_write,
-            cache_read_tokens: total.cache_read,
-            cost_usd: cost,
-            estimated,
         });
-        let over_budget = budget_exceeded(spec, total, cost);
+        Ok(run)
+    }
 
+    /// Turn number `turn`: asks the model, then ends the run with its answer, or runs the
+    /// tools it called and goes on (Continue). Break(exit code) once the run ended.
+    async fn turn(&mut self, turn: u32, inbox: &mut Inbox) -> ControlFlow<i32> {
+        let (output, max_tokens) = self.ask().await?;
+        let over_budget = self.count(&output);
         let TurnOutput {
             mut content,
             stop_reason,
@@ -158,105 +177,182 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
         } else {
             Vec::new()
         };
-        let calls: Vec<(String, String, serde_json::Value)> = content
-            .iter()
-            .filter_map(|b| match b {
-                Block::ToolUse { id, name, input } => {
-                    Some((id.clone(), name.clone(), input.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        let text: String = content
-            .iter()
-            .filter_map(|b| match b {
-                Block::Text { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect();
-        push_message(
-            &mut messages,
-            Message {
-                role: Role::Assistant,
-                content,
-            },
-            out,
-        );
-        let can_correct = turn < limits.max_turns && over_budget.is_none();
-        if let Some(w) = wanted.as_mut()
+        let calls = tool_calls(&content);
+        let text = answer_text(&content);
+        self.push(Message {
+            role: Role::Assistant,
+            content,
+        });
+        let last_turn = turn == self.spec.limits.max_turns;
+        let can_go_on = !last_turn && over_budget.is_none();
+        if let Some(w) = self.wanted.as_mut()
             && let Some((id, _, input)) = w.final_call(&calls)
         {
             // Readable like a text answer: the output ends with it.
-            out.emit(&Event::Text {
+            self.out.emit(&Event::Text {
                 text: format!("{input}\n"),
             });
-            let judged = w.judge_call(id, input, &calls, can_correct);
-            match end_structured(judged, &mut messages, out) {
-                Ok(Some((text, value))) => {
-                    return finish(out, text, stop_reason, turn, Some(value));
-                }
-                Ok(None) => continue,
-                Err(code) => return code,
-            }
+            let judged = w.judge_call(id, input, &calls, can_go_on);
+            return self.end_structured(judged, stop_reason, turn);
         }
         if calls.is_empty() {
             // A follow-up that came during this response is answered before the end.
             // Taken only when it can be answered: otherwise it stays undelivered, and
             // the server says so.
-            let pending = if turn < limits.max_turns && over_budget.is_none() {
-                inbox.take_all()
-            } else {
-                Vec::new()
-            };
-            if !pending.is_empty() {
-                push_message(
-                    &mut messages,
-                    Message {
-                        role: Role::User,
-                        content: texts(pending).collect(),
-                    },
-                    out,
-                );
-                continue;
+            if can_go_on && self.take_follow_ups(inbox) {
+                return ControlFlow::Continue(());
             }
-            let Some(w) = wanted.as_mut() else {
-                if text.trim().is_empty() {
-                    let kind = if stop_reason == STOP_MAX_TOKENS {
-                        ErrorKind::BudgetExceeded
-                    } else {
-                        ErrorKind::Provider
-                    };
-                    let message = no_answer(&stop_reason, &cut_calls, max_tokens, turn);
-                    return fail(out, kind, message);
-                }
-                return finish(out, text, stop_reason, turn, None);
+            let answer = Answer {
+                text,
+                stop_reason,
+                turn,
+                max_tokens,
+                cut_calls,
             };
-            let judged = w.judge_text(&text, can_correct);
-            match end_structured(judged, &mut messages, out) {
-                Ok(Some((text, value))) => {
-                    return finish(out, text, stop_reason, turn, Some(value));
-                }
-                Ok(None) => continue,
-                Err(code) => return code,
-            }
+            return self.end(answer, can_go_on);
         }
         // A finished answer is delivered even if its turn went over budget (it is paid
         // for); the budget stops the run before it spends on another turn.
         if let Some(message) = over_budget {
-            return fail(out, ErrorKind::BudgetExceeded, message);
+            return ControlFlow::Break(fail(self.out, ErrorKind::BudgetExceeded, message));
         }
-        if turn == limits.max_turns {
-            break;
+        if last_turn {
+            return ControlFlow::Continue(());
         }
+        let results = self.run_tools(calls).await;
+        self.push_results(results, inbox);
+        ControlFlow::Continue(())
+    }
+
+    /// Sends the conversation for one turn, retried as the provider allows; the output
+    /// with the `max_tokens` it was asked under. Break(exit code) when the budgets cannot
+    /// pay for a turn or the provider failed for good.
+    async fn ask(&mut self) -> ControlFlow<i32, (TurnOutput, u32)> {
+        let spec = self.spec;
+        let max_tokens = match output_allowance(spec, self.total) {
+            Ok(n) => n,
+            Err(message) => {
+                return ControlFlow::Break(fail(self.out, ErrorKind::BudgetExceeded, message));
+            }
+        };
+        loop {
+            let req = TurnRequest {
+                cache_key: Some(&self.cache_key),
+                model: &spec.model,
+                system: &spec.system_prompt,
+                messages: &self.messages,
+                tools: &self.tool_defs,
+                max_tokens,
+                output_schema: self.wanted.as_ref().map(Wanted::delivery),
+            };
+            let message =
+                match turn_with_retries(self.client, &req, spec.provider.max_retries, self.out)
+                    .await
+                {
+                    Ok(output) => return ControlFlow::Continue((output, max_tokens)),
+                    Err(message) => message,
+                };
+            // A provider that refuses its structured-output parameter gets the same
+            // request with the final tool instead.
+            let Some(note) = self
+                .wanted
+                .as_mut()
+                .and_then(|w| w.fall_back(spec.provider.kind, &message))
+            else {
+                return ControlFlow::Break(fail(self.out, ErrorKind::Provider, message));
+            };
+            self.out.emit(&Event::Text { text: note });
+        }
+    }
+
+    /// Adds a turn's tokens to the run's and tells the totals (a `usage` event); why the
+    /// run is over budget now, if it is.
+    fn count(&mut self, output: &TurnOutput) -> Option<String> {
+        self.total.add(&output.usage);
+        self.estimated |= output.usage_estimated;
+        let cost = self.spec.price.map(|p| p.cost_of(&self.total));
+        self.out.emit(&Event::Usage {
+            input_tokens: self.total.input,
+            output_tokens: self.total.output,
+            cache_write_tokens: self.total.cache_write,
+            cache_read_tokens: self.total.cache_read,
+            cost_usd: cost,
+            estimated: self.estimated,
+        });
+        budget_exceeded(self.spec, self.total, cost)
+    }
+
+    /// Ends the run with a response that called no tool: its text is the answer (not
+    /// when empty), or, with a schema, the answer judged (asked again when it can be).
+    fn end(&mut self, answer: Answer, can_correct: bool) -> ControlFlow<i32> {
+        let Answer {
+            text,
+            stop_reason,
+            turn,
+            max_tokens,
+            cut_calls,
+        } = answer;
+        let Some(w) = self.wanted.as_mut() else {
+            if text.trim().is_empty() {
+                let kind = if stop_reason == STOP_MAX_TOKENS {
+                    ErrorKind::BudgetExceeded
+                } else {
+                    ErrorKind::Provider
+                };
+                let message = no_answer(&stop_reason, &cut_calls, max_tokens, turn);
+                return ControlFlow::Break(fail(self.out, kind, message));
+            }
+            return ControlFlow::Break(finish(self.out, text, stop_reason, turn, None));
+        };
+        let judged = w.judge_text(&text, can_correct);
+        self.end_structured(judged, stop_reason, turn)
+    }
+
+    /// Acts on a judged structured answer: delivers it (Break), sends it back for another
+    /// try (the reply joins the conversation; Continue), or ends with `schema_mismatch`.
+    fn end_structured(
+        &mut self,
+        judged: Judged,
+        stop_reason: String,
+        turn: u32,
+    ) -> ControlFlow<i32> {
+        match judged {
+            Judged::Answer { text, value } => {
+                ControlFlow::Break(finish(self.out, text, stop_reason, turn, Some(value)))
+            }
+            Judged::AskAgain { note, reply } => {
+                self.out.emit(&Event::Text { text: note });
+                self.push(Message {
+                    role: Role::User,
+                    content: reply,
+                });
+                ControlFlow::Continue(())
+            }
+            Judged::Mismatch(message) => {
+                ControlFlow::Break(fail(self.out, ErrorKind::SchemaMismatch, message))
+            }
+        }
+    }
+
+    /// Runs the calls in order, each told as a `tool_call` and a `tool_result`; their
+    /// results, for the next message.
+    async fn run_tools(&self, calls: Calls) -> Vec<Block> {
         let mut results = Vec::with_capacity(calls.len());
         for (id, name, input) in calls {
-            out.emit(&Event::ToolCall {
+            self.out.emit(&Event::ToolCall {
                 id: id.clone(),
                 name: name.clone(),
                 input: input.clone(),
             });
-            let result = run_tool(spec, Arc::clone(&root), name.clone(), input, deadline).await;
-            out.emit(&Event::ToolResult {
+            let result = run_tool(
+                self.spec,
+                Arc::clone(&self.root),
+                name.clone(),
+                input,
+                self.deadline,
+            )
+            .await;
+            self.out.emit(&Event::ToolResult {
                 id: id.clone(),
                 name,
                 bytes: result.content.len() as u64,
@@ -268,25 +364,70 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
                 is_error: result.is_error,
             });
         }
-        // Follow-ups join at the turn boundary, after the tool results.
-        results.extend(texts(inbox.take_all()));
-        push_message(
-            &mut messages,
-            Message {
-                role: Role::User,
-                content: results,
-            },
-            out,
-        );
+        results
     }
-    fail(
-        out,
-        ErrorKind::BudgetExceeded,
-        format!(
-            "max_turns ({}) reached while the model still wanted tools; spawn again with a larger limits.max_turns or a narrower task",
-            limits.max_turns
-        ),
-    )
+
+    /// Follow-up intake at the end of an answer: every follow-up waiting now joins the
+    /// conversation as the next user message. Whether any did.
+    fn take_follow_ups(&mut self, inbox: &mut Inbox) -> bool {
+        let pending = inbox.take_all();
+        if pending.is_empty() {
+            return false;
+        }
+        self.push(Message {
+            role: Role::User,
+            content: texts(pending).collect(),
+        });
+        true
+    }
+
+    /// Follow-up intake at a turn boundary: the tool `results`, then every follow-up
+    /// waiting now, join the conversation as the next user message.
+    fn push_results(&mut self, mut results: Vec<Block>, inbox: &mut Inbox) {
+        results.extend(texts(inbox.take_all()));
+        self.push(Message {
+            role: Role::User,
+            content: results,
+        });
+    }
+
+    /// Adds a message to the conversation and tells it (see [`push_message`]).
+    fn push(&mut self, message: Message) {
+        push_message(&mut self.messages, message, self.out);
+    }
+}
+
+/// A response that called no tool, to end the run with.
+struct Answer {
+    text: String,
+    stop_reason: String,
+    turn: u32,
+    /// The `max_tokens` the turn was asked under.
+    max_tokens: u32,
+    /// The calls cut at the token limit (dropped, never run), by name.
+    cut_calls: Vec<String>,
+}
+
+/// The tool calls of a turn's content, in order.
+fn tool_calls(content: &[Block]) -> Calls {
+    content
+        .iter()
+        .filter_map(|b| match b {
+            Block::ToolUse { id, name, input } => Some((id.clone(), name.clone(), input.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The text of a turn's content: its text blocks joined.
+fn answer_text(content: &[Block]) -> String {
+    content
+        .iter()
+        .filter_map(|b| match b {
+            Block::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Removes the tool calls from a turn's content; their names, in order.
@@ -352,32 +493,6 @@ fn finish(
         result_json,
     });
     exit::DONE
-}
-
-/// Acts on a judged structured answer: Some((text, value)) to deliver; None after sending
-/// it back (the reply joins the conversation); Err(exit code) after the `schema_mismatch`
-/// error.
-fn end_structured(
-    judged: Judged,
-    messages: &mut Vec<Message>,
-    out: &dyn Emit,
-) -> Result<Option<(String, serde_json::Value)>, i32> {
-    match judged {
-        Judged::Answer { text, value } => Ok(Some((text, value))),
-        Judged::AskAgain { note, reply } => {
-            out.emit(&Event::Text { text: note });
-            push_message(
-                messages,
-                Message {
-                    role: Role::User,
-                    content: reply,
-                },
-                out,
-            );
-            Ok(None)
-        }
-        Judged::Mismatch(message) => Err(fail(out, ErrorKind::SchemaMismatch, message)),
-    }
 }
 
 fn fail(out: &dyn Emit, kind: ErrorKind, message: String) -> i32 {

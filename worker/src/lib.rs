@@ -14,11 +14,13 @@
 //! roles ───► routing ─► config ─────────────────────┐
 //! tools ───► provider ─► protocol ──────────────────┼─► values (the leaf)
 //! sandbox ─► protocol ──────────────────────────────┘
+//! resume ──► protocol
 //! ```
 //!
 //! - `values`: limits (their fields written once), prices and token counts, provider
 //!   kinds, tiers, task types, tool names, the sandbox mode. Uses nothing of the crate.
-//! - `protocol`: the wire (`TaskSpec`, `Event`, exit codes); `config`: `limits.toml`'s
+//! - `protocol`: the wire (`TaskSpec`, `Event`, exit codes) and the transcript's lines
+//!   (`TranscriptLine`), which `resume` reads back for `--resume`; `config`: `limits.toml`'s
 //!   schema, loading and validation. Each uses `values` only (`config` also `structured`,
 //!   to check a role's `output_schema`).
 //! - `structured`: a spawn's `output_schema` checked, adapted to each API's subset, and
@@ -41,6 +43,7 @@ pub mod config;
 pub mod protocol;
 pub mod provider;
 pub mod resolve;
+pub mod resume;
 pub mod roles;
 pub mod routing;
 pub mod sandbox;

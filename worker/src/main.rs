@@ -1,21 +1,24 @@
 //! bg-agent-worker: runs one agent. Started by the bg-agents server with `--spec -` (a
 //! TaskSpec on stdin, JSONL events on stdout), or by hand with a task on the command line.
 
-use std::cell::Cell;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use bg_agent_worker::agent::{self, Emit};
 use bg_agent_worker::config::Config;
-use bg_agent_worker::protocol::{ErrorKind, Event, Input, STOP_MAX_TOKENS, TaskSpec, exit};
+use bg_agent_worker::protocol::{ErrorKind, Event, Input, TaskSpec, exit};
 use bg_agent_worker::provider::Client;
 use bg_agent_worker::resolve::{SpawnRequest, resolve};
+use bg_agent_worker::resume::Earlier;
 use bg_agent_worker::values::{LimitsOverride, TaskType, Tier, ToolName};
 use bg_agent_worker::{command_sandbox, sandbox};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
+
+mod emit;
+use emit::{HumanOut, JsonOut};
 
 /// Run one background agent: a model with read-only tools (read_file, glob, grep, and
 /// bash for commands in a sandbox: the workspace read-only, no network) working
@@ -157,28 +160,34 @@ fn prepare_commands(spec: &mut TaskSpec) -> sandbox::CommandsState {
     }
 }
 
-async fn run(cli: Cli) -> i32 {
-    if cli.check_config {
-        return match Config::load(cli.config.as_deref()) {
-            Ok(loaded) => {
-                let (endpoints, bad) = loaded.config.endpoints_in_force(|v| std::env::var(v).ok());
-                println!("# effective configuration (from {})", loaded.source);
-                print!("{endpoints}");
-                print!("{}", loaded.config.to_toml());
-                for e in &bad {
-                    eprintln!("bg-agent-worker: {e}");
-                }
-                if bad.is_empty() {
-                    exit::DONE
-                } else {
-                    exit::BAD_SPEC
-                }
-            }
-            Err(e) => {
+/// `--check-config`: validates the configuration and prints the effective one, with the
+/// endpoints in force; the exit code says whether it is usable.
+fn check_config(cli: &Cli) -> i32 {
+    match Config::load(cli.config.as_deref()) {
+        Ok(loaded) => {
+            let (endpoints, bad) = loaded.config.endpoints_in_force(|v| std::env::var(v).ok());
+            println!("# effective configuration (from {})", loaded.source);
+            print!("{endpoints}");
+            print!("{}", loaded.config.to_toml());
+            for e in &bad {
                 eprintln!("bg-agent-worker: {e}");
+            }
+            if bad.is_empty() {
+                exit::DONE
+            } else {
                 exit::BAD_SPEC
             }
-        };
+        }
+        Err(e) => {
+            eprintln!("bg-agent-worker: {e}");
+            exit::BAD_SPEC
+        }
+    }
+}
+
+async fn run(cli: Cli) -> i32 {
+    if cli.check_config {
+        return check_config(&cli);
     }
     // First, so a SIGTERM during startup still ends with `interrupted` and 143.
     let (Ok(mut term), Ok(mut int)) = (
@@ -189,49 +198,25 @@ async fn run(cli: Cli) -> i32 {
         return exit::PROVIDER;
     };
     let from_server = cli.spec.as_deref() == Some("-");
-    let json = cli.json || cli.spec.is_some();
     let spec = load_spec(&cli);
-    let out: Box<dyn Emit> = if json {
+    let out: Box<dyn Emit> = if cli.json || cli.spec.is_some() {
         Box::new(JsonOut)
     } else {
-        Box::new(HumanOut {
-            structured: spec.as_ref().is_ok_and(|s| s.output_schema.is_some()),
-            ..HumanOut::default()
-        })
+        Box::new(HumanOut::new(
+            spec.as_ref().is_ok_and(|s| s.output_schema.is_some()),
+        ))
     };
-    let mut spec = match spec {
-        Ok(s) => s,
-        Err(e) => {
+    let prepared = spec.map_err(|e| format!("{e:#}")).and_then(prepare);
+    let (spec, client) = match prepared {
+        Ok(ready) => ready,
+        Err(message) => {
             out.emit(&Event::Error {
                 kind: ErrorKind::Config,
-                message: format!("{e:#}"),
+                message,
             });
             return exit::BAD_SPEC;
         }
     };
-    let client = match Client::new(&spec.provider, |v| std::env::var(v).ok()) {
-        Ok(c) => c,
-        Err(e) => {
-            out.emit(&Event::Error {
-                kind: ErrorKind::Config,
-                message: e.to_string(),
-            });
-            return exit::BAD_SPEC;
-        }
-    };
-    // Commands get a sandbox of their own, prepared before the worker confines itself
-    // (its ruleset must leave commands the rights theirs grant). Where the kernel cannot
-    // confine them, `bash` is not offered, and `started` says why.
-    let commands = prepare_commands(&mut spec);
-    // Before the agent loop and while this is the only thread: Landlock confines the
-    // calling thread and the threads it starts later (the tools' blocking pool).
-    if let Err(e) = sandbox::confine(&spec, client.base_url(), &commands) {
-        out.emit(&Event::Error {
-            kind: ErrorKind::Config,
-            message: e.to_string(),
-        });
-        return exit::BAD_SPEC;
-    }
     let interrupted = |what: &str, code: i32| {
         out.emit(&Event::Error {
             kind: ErrorKind::Interrupted,
@@ -239,20 +224,7 @@ async fn run(cli: Cli) -> i32 {
         });
         code
     };
-    let (mut inbox, stdin_closed) = if from_server {
-        let (inbox, closed) = read_inputs();
-        (inbox, Some(closed))
-    } else {
-        (agent::Inbox::default(), None)
-    };
-    let stdin_closed = async {
-        match stdin_closed {
-            Some(closed) => {
-                let _ = closed.await;
-            }
-            None => std::future::pending().await,
-        }
-    };
+    let (mut inbox, stdin_closed) = inputs(from_server);
     tokio::select! {
         code = agent::run(&spec, &client, out.as_ref(), &mut inbox) => code,
         _ = term.recv() => interrupted("received SIGTERM", exit::INTERRUPTED_TERM),
@@ -264,8 +236,44 @@ async fn run(cli: Cli) -> i32 {
     }
 }
 
-/// The spec: from `--spec FILE|-`, else resolved from the options and configuration,
-/// exactly as the server resolves a spawn.
+/// What the run needs before its first turn and may fail for the spec's sake: the
+/// provider's client, the sandbox of commands, and this process confined. Err is the
+/// message of the `config` error.
+fn prepare(mut spec: TaskSpec) -> Result<(TaskSpec, Client), String> {
+    let client =
+        Client::new(&spec.provider, |v| std::env::var(v).ok()).map_err(|e| e.to_string())?;
+    // Commands get a sandbox of their own, prepared before the worker confines itself
+    // (its ruleset must leave commands the rights theirs grant). Where the kernel cannot
+    // confine them, `bash` is not offered, and `started` says why.
+    let commands = prepare_commands(&mut spec);
+    // Before the agent loop and while this is the only thread: Landlock confines the
+    // calling thread and the threads it starts later (the tools' blocking pool).
+    sandbox::confine(&spec, client.base_url(), &commands).map_err(|e| e.to_string())?;
+    Ok((spec, client))
+}
+
+/// The follow-ups, and a future that resolves when stdin ends (the server is gone), when
+/// the server is on the other end of stdin; else an empty inbox and an end that never
+/// comes.
+fn inputs(from_server: bool) -> (agent::Inbox, impl Future<Output = ()>) {
+    let (inbox, closed) = if from_server {
+        let (inbox, closed) = read_inputs();
+        (inbox, Some(closed))
+    } else {
+        (agent::Inbox::default(), None)
+    };
+    let closed = async {
+        match closed {
+            Some(closed) => {
+                let _ = closed.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    (inbox, closed)
+}
+
+/// The spec: from `--spec FILE|-`, else from the options (`from_options`).
 fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
     match cli.spec.as_deref() {
         Some("-") => {
@@ -281,53 +289,57 @@ fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
                 .with_context(|| format!("cannot read the TaskSpec file {path}"))?;
             serde_json::from_str(&text).with_context(|| format!("{path} is not a valid TaskSpec"))
         }
-        None => {
-            let Some(task) = cli.task.clone() else {
-                anyhow::bail!("no task given; run `bg-agent-worker \"TASK\"` (see --help)");
-            };
-            let mut loaded = Config::load(cli.config.as_deref())?;
-            // Whichever role the task gets, it gets these tools (and the budget check
-            // below prices their definitions).
-            if let Some(tools) = &cli.tools {
-                for role in loaded.config.roles.values_mut() {
-                    role.tools = tools.clone();
-                }
-            }
-            let earlier = cli.resume.as_deref().map(Earlier::read).transpose()?;
-            let req = SpawnRequest {
-                task,
-                role: cli
-                    .role
-                    .clone()
-                    .or(earlier.as_ref().map(|e| e.role.clone())),
-                task_type: cli.task_type,
-                tier: cli.tier,
-                model: cli
-                    .model
-                    .clone()
-                    .or(earlier.as_ref().map(|e| e.model.clone())),
-                cwd: cli
-                    .cwd
-                    .clone()
-                    .or(earlier.as_ref().and_then(|e| e.cwd.clone())),
-                limits: LimitsOverride {
-                    max_turns: cli.max_turns,
-                    budget_usd: cli.budget_usd,
-                    ..Default::default()
-                },
-                agent_id: None,
-                output_schema: cli.output_schema.as_deref().map(read_schema).transpose()?,
-            };
-            let mut resolution = resolve(&loaded.config, &req)?;
-            for warning in &resolution.warnings {
-                eprintln!("warning: {warning}");
-            }
-            if let Some(earlier) = earlier {
-                resolution.spec.history = earlier.messages;
-            }
-            Ok(resolution.spec)
+        None => from_options(cli),
+    }
+}
+
+/// The spec of a manual run: resolved from the options and the configuration, exactly
+/// as the server resolves a spawn; with `--resume`, continuing the transcript's run.
+fn from_options(cli: &Cli) -> anyhow::Result<TaskSpec> {
+    let Some(task) = cli.task.clone() else {
+        anyhow::bail!("no task given; run `bg-agent-worker \"TASK\"` (see --help)");
+    };
+    let mut loaded = Config::load(cli.config.as_deref())?;
+    // Whichever role the task gets, it gets these tools (and the budget check
+    // below prices their definitions).
+    if let Some(tools) = &cli.tools {
+        for role in loaded.config.roles.values_mut() {
+            role.tools = tools.clone();
         }
     }
+    let earlier = cli.resume.as_deref().map(Earlier::read).transpose()?;
+    let req = SpawnRequest {
+        task,
+        role: cli
+            .role
+            .clone()
+            .or(earlier.as_ref().map(|e| e.role.clone())),
+        task_type: cli.task_type,
+        tier: cli.tier,
+        model: cli
+            .model
+            .clone()
+            .or(earlier.as_ref().map(|e| e.model.clone())),
+        cwd: cli
+            .cwd
+            .clone()
+            .or(earlier.as_ref().and_then(|e| e.cwd.clone())),
+        limits: LimitsOverride {
+            max_turns: cli.max_turns,
+            budget_usd: cli.budget_usd,
+            ..Default::default()
+        },
+        agent_id: None,
+        output_schema: cli.output_schema.as_deref().map(read_schema).transpose()?,
+    };
+    let mut resolution = resolve(&loaded.config, &req)?;
+    for warning in &resolution.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(earlier) = earlier {
+        resolution.spec.history = earlier.messages;
+    }
+    Ok(resolution.spec)
 }
 
 /// The JSON of `--output-schema FILE` (checked as a schema when the spec is resolved).
@@ -338,79 +350,6 @@ fn read_schema(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| {
         format!("--output-schema {shown} is not JSON; give a JSON Schema written as JSON")
     })
-}
-
-/// What `--resume` takes from a finished run's events.
-struct Earlier {
-    /// `PROVIDER/MODEL`, so the same provider answers.
-    model: String,
-    role: String,
-    cwd: Option<PathBuf>,
-    messages: Vec<bg_agent_worker::protocol::Message>,
-}
-
-impl Earlier {
-    fn read(path: &std::path::Path) -> anyhow::Result<Earlier> {
-        let shown = path.display();
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the transcript {shown}"))?;
-        let mut started = None;
-        let mut messages = Vec::new();
-        let mut last_end = None;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let value: serde_json::Value = serde_json::from_str(line)
-                .with_context(|| format!("{shown} holds a line that is not JSON: {line:.80}"))?;
-            if value["type"] == "transcript_truncated" {
-                anyhow::bail!(
-                    "{shown} was cut at its size cap, so the conversation is incomplete; start a new run"
-                );
-            }
-            // Lines of other kinds (a crashed worker's `raw` output) are not events.
-            let Ok(event) = serde_json::from_value::<Event>(value) else {
-                continue;
-            };
-            match event {
-                Event::Started {
-                    model,
-                    provider,
-                    role,
-                    cwd,
-                    ..
-                } => {
-                    started.get_or_insert((format!("{provider}/{model}"), role, cwd));
-                }
-                Event::Message { message } => messages.push(message),
-                Event::Result { .. } => last_end = Some(None),
-                Event::Error { message, .. } => last_end = Some(Some(message)),
-                _ => {}
-            }
-        }
-        let Some((model, role, cwd)) = started else {
-            anyhow::bail!(
-                "{shown} holds no `started` event: give the transcript of a run (the server's, or what `--json` printed)"
-            );
-        };
-        match last_end {
-            Some(None) => {}
-            Some(Some(error)) => anyhow::bail!(
-                "the run in {shown} did not finish with an answer (it ended: {error}); only a finished run continues, start a new one"
-            ),
-            None => anyhow::bail!(
-                "the run in {shown} has not finished (no result event); wait for its answer, or start a new run"
-            ),
-        }
-        if messages.is_empty() {
-            anyhow::bail!(
-                "{shown} holds no `message` events (written by an older worker?); start a new run"
-            );
-        }
-        Ok(Earlier {
-            model,
-            role,
-            cwd,
-            messages,
-        })
-    }
 }
 
 /// Reads the server's lines after the spec from stdin on a thread of its own (the same
@@ -438,133 +377,4 @@ fn read_inputs() -> (agent::Inbox, tokio::sync::oneshot::Receiver<()>) {
         let _ = closed_tx.send(());
     });
     (agent::Inbox::new(rx), closed_rx)
-}
-
-/// JSONL on stdout, flushed per event so the server sees each at once.
-struct JsonOut;
-
-impl Emit for JsonOut {
-    fn emit(&self, event: &Event) {
-        let mut stdout = std::io::stdout().lock();
-        let ok = writeln!(stdout, "{}", event.to_json_line()).and_then(|_| stdout.flush());
-        if ok.is_err() {
-            // Nobody is reading any more: the server is gone.
-            end_process(exit::INTERRUPTED_TERM);
-        }
-    }
-}
-
-/// Readable output for a terminal: text as it streams, a line per tool call, a last
-/// line with turns, tokens and cost.
-/// With `structured` (an output schema), stdout gets the answer's JSON value alone and
-/// everything else goes to stderr, so `> answer.json` holds exactly the value.
-#[derive(Default)]
-struct HumanOut {
-    mid_line: Cell<bool>,
-    usage: Cell<Option<Usage>>,
-    structured: bool,
-}
-
-/// The last `usage` event's figures.
-#[derive(Clone, Copy)]
-struct Usage {
-    input: u64,
-    output: u64,
-    cache_write: u64,
-    cache_read: u64,
-    cost: Option<f64>,
-    estimated: bool,
-}
-
-impl Emit for HumanOut {
-    fn emit(&self, event: &Event) {
-        let mut stdout = std::io::stdout().lock();
-        let at_start = !self.mid_line.get();
-        if let Event::Usage {
-            input_tokens,
-            output_tokens,
-            cache_write_tokens,
-            cache_read_tokens,
-            cost_usd,
-            estimated,
-        } = event
-        {
-            self.usage.set(Some(Usage {
-                input: *input_tokens,
-                output: *output_tokens,
-                cache_write: *cache_write_tokens,
-                cache_read: *cache_read_tokens,
-                cost: *cost_usd,
-                estimated: *estimated,
-            }));
-        }
-        let summary = match event {
-            Event::Result {
-                turns, stop_reason, ..
-            } => Some((*turns, stop_reason == STOP_MAX_TOKENS)),
-            _ => None,
-        };
-        if self.structured {
-            if let Event::Result {
-                result_json: Some(value),
-                ..
-            } = event
-            {
-                let pretty = serde_json::to_string_pretty(value).unwrap_or_default();
-                let _ = writeln!(stdout, "{pretty}").and_then(|_| stdout.flush());
-            }
-            if matches!(event, Event::Text { .. }) {
-                return;
-            }
-        }
-        let mut text = event.render_human(at_start).unwrap_or_default();
-        if let Some((turns, cut)) = summary {
-            let u = self.usage.get().unwrap_or(Usage {
-                input: 0,
-                output: 0,
-                cache_write: 0,
-                cache_read: 0,
-                cost: None,
-                estimated: false,
-            });
-            let cost = u.cost.map_or("cost unknown".into(), |c| format!("${c:.4}"));
-            let mut input = format!("{} in", u.input);
-            if u.cache_write + u.cache_read > 0 {
-                input.push_str(&format!(
-                    " + {} cache write + {} cache read",
-                    u.cache_write, u.cache_read
-                ));
-            }
-            let nl = if text.is_empty() && at_start || text.ends_with('\n') {
-                ""
-            } else {
-                "\n"
-            };
-            if cut {
-                text.push_str(&format!(
-                    "{nl}[the answer was cut at the token limit (stop reason max_tokens); raise max_tokens or budgets, or ask for less]\n"
-                ));
-            }
-            let nl = if cut { "" } else { nl };
-            text.push_str(&format!(
-                "{nl}— {turns} turn{} · {input} / {} out tokens{} · {cost}\n",
-                if turns == 1 { "" } else { "s" },
-                u.output,
-                if u.estimated { " (estimated)" } else { "" }
-            ));
-        }
-        if text.is_empty() {
-            return;
-        }
-        self.mid_line.set(!text.ends_with('\n'));
-        // An error goes to stderr, where someone running `bg-agent-worker TASK > out.md`
-        // still sees it.
-        let _ = if matches!(event, Event::Error { .. }) || self.structured {
-            std::io::stderr().lock().write_all(text.as_bytes())
-        } else {
-            stdout
-                .write_all(text.as_bytes())
-                .and_then(|_| stdout.flush())
-        };
-    }
 }

@@ -1,6 +1,7 @@
 //! The wire protocol between the bg-agents server and a worker: the `TaskSpec` the server
 //! writes to the worker's stdin (then `Input` lines: follow-ups), the `Event`s the worker writes to stdout (one JSON object
-//! per line), and the exit codes. Both sides use these types; nobody parses by hand.
+//! per line), the exit codes, and the lines of a transcript (`TranscriptLine`: the events
+//! and the server's notes). Both sides use these types; nobody parses by hand.
 //!
 //! Not here: how a spec is resolved from configuration (`resolve`), and the value types a
 //! spec shares with the configuration (`values`: limits, prices, tool names...).
@@ -395,6 +396,104 @@ fn summarize_input(input: &serde_json::Value) -> String {
         s.push_str("...");
     }
     s.replace('\n', " ")
+}
+
+/// One line of a transcript file: what the server writes for an agent, and what
+/// `--resume` reads back. The worker's events are written
+/// as they came; the server adds its own notes beside them, told apart by their `type`.
+/// A manual run's `--json` output is a transcript of events only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TranscriptLine {
+    /// A worker stdout line that was not an event (a crash message, a foreign
+    /// program's output), kept whole.
+    Raw { line: String },
+    /// The transcript reached its byte cap here: the lines after it were not kept, so
+    /// the conversation in it is incomplete.
+    #[serde(rename = "transcript_truncated")]
+    Truncated { cap_bytes: u64 },
+    /// One event of the worker, exactly its stdout line.
+    #[serde(untagged)]
+    Event(Event),
+    /// A JSON line of no kind above (an event of a newer worker): kept, not interpreted.
+    #[serde(untagged)]
+    Unknown(serde_json::Value),
+}
+
+impl TranscriptLine {
+    /// One JSON line, without the newline.
+    pub fn to_json_line(&self) -> String {
+        match self {
+            TranscriptLine::Event(event) => event.to_json_line(),
+            // Strings, numbers and a JSON value: serializing them cannot fail.
+            other => serde_json::to_string(other).unwrap_or_default(),
+        }
+    }
+
+    /// The line read back; Err when it is not JSON at all.
+    pub fn parse(line: &str) -> Result<TranscriptLine, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+}
+
+#[cfg(test)]
+mod transcript_line_tests {
+    use super::*;
+
+    /// Lines as the server wrote them before `TranscriptLine` existed (hand-written JSON
+    /// beside the worker's events), in the order a capped transcript has them.
+    const OLD_TRANSCRIPT: &str = r#"{"type":"started","model":"m","provider":"p","role":"general","limits":{"cpu_seconds":60,"memory_mb":512,"open_files":256,"max_file_mb":16,"timeout_seconds":60,"max_output_bytes":65536,"max_turns":3,"max_tokens":100,"max_total_tokens":1000,"budget_usd":1.0},"cwd":"/tmp"}
+{"type":"raw","line":"thread 'main' panicked"}
+{"type":"text","text":"hi"}
+{"type":"something_newer","x":1}
+{"type":"transcript_truncated","cap_bytes":20}"#;
+
+    #[test]
+    fn lines_the_server_wrote_before_read_as_their_kinds() {
+        let lines: Vec<TranscriptLine> = OLD_TRANSCRIPT
+            .lines()
+            .map(|l| TranscriptLine::parse(l).unwrap())
+            .collect();
+        assert!(
+            matches!(&lines[0], TranscriptLine::Event(Event::Started { role, .. }) if role == "general"),
+            "{:?}",
+            lines[0]
+        );
+        assert_eq!(
+            lines[1],
+            TranscriptLine::Raw {
+                line: "thread 'main' panicked".into()
+            }
+        );
+        assert_eq!(
+            lines[2],
+            TranscriptLine::Event(Event::Text { text: "hi".into() })
+        );
+        assert!(
+            matches!(&lines[3], TranscriptLine::Unknown(v) if v["type"] == "something_newer"),
+            "{:?}",
+            lines[3]
+        );
+        assert_eq!(lines[4], TranscriptLine::Truncated { cap_bytes: 20 });
+        assert!(TranscriptLine::parse("not json").is_err());
+    }
+
+    #[test]
+    fn lines_are_written_as_before() {
+        assert_eq!(
+            TranscriptLine::Raw { line: "x".into() }.to_json_line(),
+            r#"{"type":"raw","line":"x"}"#
+        );
+        assert_eq!(
+            TranscriptLine::Truncated { cap_bytes: 20 }.to_json_line(),
+            r#"{"type":"transcript_truncated","cap_bytes":20}"#
+        );
+        let event = Event::Text { text: "hi".into() };
+        assert_eq!(
+            TranscriptLine::Event(event.clone()).to_json_line(),
+            event.to_json_line()
+        );
+    }
 }
 
 #[cfg(test)]

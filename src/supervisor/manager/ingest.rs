@@ -171,9 +171,7 @@ impl Inner {
                 Err(_) => {
                     // Not our protocol (a crash message, a foreign program): keep it readable.
                     if let Some(t) = rec.transcript.as_mut() {
-                        t.append_line(
-                            &serde_json::json!({"type": "raw", "line": line}).to_string(),
-                        );
+                        t.append_raw(&line);
                     }
                     push_text(rec, &format!("{line}\n"));
                 }

@@ -1,6 +1,7 @@
-//! The transcript file of one agent ([`Transcript`]): its full event stream, one JSON
-//! event per line, up to a byte cap, and the privacy of where it lives (0600 files in a
-//! 0700 directory owned by this user, never through a symlink).
+//! The transcript file of one agent ([`Transcript`]): its full event stream, one
+//! [`TranscriptLine`] per line (the worker's events, and the server's notes: raw lines,
+//! the truncation marker), up to a byte cap, and the privacy of where it lives (0600
+//! files in a 0700 directory owned by this user, never through a symlink).
 //!
 //! Every transcript of the server is written by one shared writer thread, started on
 //! first use and fed by one channel of (transcript id, line | flush | close) messages;
@@ -21,6 +22,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bg_agent_worker::protocol::TranscriptLine;
 use tokio::sync::oneshot;
 
 use super::OutputError;
@@ -48,7 +50,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// The shared writer's channel; None until first use, or after its thread died.
 static WRITER: Mutex<Option<Sender<Msg>>> = Mutex::new(None);
 
-/// An agent's full event stream, one JSON event per line, in `{agent_id}.jsonl`, up to a
+/// An agent's full event stream, one [`TranscriptLine`] per line, in `{agent_id}.jsonl`, up to a
 /// byte cap. The file is written by the shared writer thread, never by the caller.
 /// Write failures are recorded, never raised: output keeps flowing to the ring buffer
 /// and the counts say what the file is missing.
@@ -188,9 +190,19 @@ impl Transcript {
         })
     }
 
-    /// Appends `line` and a '\n'; `line` is one serialized event and holds no '\n'.
-    /// Once a line would pass the cap, writes one `transcript_truncated` marker and from
-    /// then on only counts dropped bytes. Never waits for the disk.
+    /// Appends a worker stdout line that is not an event, kept whole as a
+    /// [`TranscriptLine::Raw`].
+    pub fn append_raw(&mut self, line: &str) {
+        let raw = TranscriptLine::Raw {
+            line: line.to_owned(),
+        };
+        self.append_line(&raw.to_json_line());
+    }
+
+    /// Appends `line` and a '\n'; `line` is one [`TranscriptLine`] (a worker's event line
+    /// as it came, which is its JSON) and holds no '\n'. Once a line would pass the cap,
+    /// writes one [`TranscriptLine::Truncated`] marker and from then on only counts
+    /// dropped bytes. Never waits for the disk.
     pub fn append_line(&mut self, line: &str) {
         let len = line.len() as u64 + 1;
         if self.capped || self.writer.is_none() {
@@ -200,10 +212,11 @@ impl Transcript {
         if self.accepted + len > self.cap_bytes {
             self.capped = true;
             self.dropped += len;
-            let marker = format!(
-                "{{\"type\":\"transcript_truncated\",\"cap_bytes\":{}}}\n",
-                self.cap_bytes
-            );
+            let mut marker = TranscriptLine::Truncated {
+                cap_bytes: self.cap_bytes,
+            }
+            .to_json_line();
+            marker.push('\n');
             self.hand_over(marker.into_bytes());
             return;
         }
@@ -622,6 +635,34 @@ mod tests {
         assert_eq!(
             transcript.path(),
             dir.path().join("t").join("agent-1.jsonl")
+        );
+    }
+
+    #[test]
+    fn a_raw_line_is_kept_whole_and_reads_back_as_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut transcript = Transcript::create(dir.path(), "agent-1", 1024).unwrap();
+        transcript.append_line(r#"{"type":"text","text":"hi"}"#);
+        transcript.append_raw("panicked at \"x\"");
+        transcript.settle();
+
+        let written = fs::read_to_string(transcript.path()).unwrap();
+        let lines: Vec<TranscriptLine> = written
+            .lines()
+            .map(|l| TranscriptLine::parse(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                TranscriptLine::Event(bg_agent_worker::protocol::Event::Text { text: "hi".into() }),
+                TranscriptLine::Raw {
+                    line: "panicked at \"x\"".into()
+                }
+            ]
+        );
+        assert!(
+            written.ends_with("{\"type\":\"raw\",\"line\":\"panicked at \\\"x\\\"\"}\n"),
+            "{written}"
         );
     }
 
