@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use crate::supervisor::Status;
 use crate::supervisor::manager::{ListView, OutputPage, WaitView};
-use crate::supervisor::view::{ListRow, OutputCounts, SpawnView, StatusView, UsageView};
+use crate::supervisor::view::{ListRow, OutputCounts, SpawnView, StatusView};
+use bg_agent_worker::protocol::UsageReport;
 
 /// Chars of a task shown in agent_status and agent_list rows.
 const TASK_CHARS: usize = 100;
@@ -184,6 +185,9 @@ impl Spawned {
     }
 }
 
+/// Usage as replies show it. Not `UsageReport` itself: a reply leaves out a cost that is
+/// unknown (`UsageReport`, the worker's wire, writes `"cost_usd": null`), and the whole
+/// usage before any token was counted, to keep replies short.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Usage {
     pub input_tokens: u64,
@@ -204,9 +208,8 @@ pub struct Usage {
 
 impl Usage {
     /// None before any token was counted.
-    fn of(u: &UsageView) -> Option<Self> {
-        let tokens = u.input_tokens + u.output_tokens + u.cache_write_tokens + u.cache_read_tokens;
-        let counted = tokens > 0 || u.cost_usd.is_some_and(|c| c > 0.0);
+    fn of(u: &UsageReport) -> Option<Self> {
+        let counted = u.total() > 0 || u.cost_usd.is_some_and(|c| c > 0.0);
         counted.then_some(Usage {
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use bg_agent_worker::protocol::STOP_MAX_TOKENS;
+use bg_agent_worker::protocol::{STOP_MAX_TOKENS, UsageReport};
 use bg_agent_worker::values::Limits;
 
 use super::outcome::Status;
@@ -35,23 +35,6 @@ pub struct SpawnView {
     /// Why it waits, when queued.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queued_reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
-pub struct UsageView {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    /// Input written to the prompt cache (billed above the input rate).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub cache_write_tokens: u64,
-    /// Input read from the prompt cache (billed far below the input rate).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub cache_read_tokens: u64,
-    /// USD so far; null when the model has no configured price (unknown, not free).
-    pub cost_usd: Option<f64>,
-    /// True when the provider sent no usage and tokens (and cost) are estimated.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub estimated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -107,7 +90,7 @@ pub struct StatusView {
     /// Seconds running (so far, or in all).
     pub elapsed_seconds: Option<f64>,
     pub exit: Option<ExitView>,
-    pub usage: UsageView,
+    pub usage: UsageReport,
     pub turns: u32,
     /// Rounds of the conversation: 1, plus one per follow-up (`agent_send`).
     pub rounds: u32,
@@ -141,15 +124,11 @@ pub struct ListRow {
     pub model: String,
     pub task: String,
     pub elapsed_seconds: Option<f64>,
-    pub usage: UsageView,
+    pub usage: UsageReport,
     /// Why it ended, when it did not complete.
     pub error: Option<String>,
     /// The model stopped at its token limit: the answer is incomplete.
     pub answer_truncated: bool,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 fn secs(t: SystemTime) -> f64 {
@@ -187,16 +166,11 @@ pub fn round_usd(usd: f64) -> f64 {
     (usd * scale).round() / scale
 }
 
-impl UsageView {
-    fn of(r: &AgentRecord) -> Self {
-        UsageView {
-            input_tokens: r.usage.input_tokens,
-            output_tokens: r.usage.output_tokens,
-            cache_write_tokens: r.usage.cache_write_tokens,
-            cache_read_tokens: r.usage.cache_read_tokens,
-            cost_usd: r.usage.cost_usd.map(round_usd),
-            estimated: r.usage.estimated,
-        }
+/// `r`'s usage as callers see it: the cost rounded to an amount.
+fn usage_of(r: &AgentRecord) -> UsageReport {
+    UsageReport {
+        cost_usd: r.usage.cost_usd.map(round_usd),
+        ..r.usage
     }
 }
 
@@ -232,7 +206,7 @@ impl StatusView {
             ended_at: ended.map(secs),
             elapsed_seconds: elapsed(started, ended),
             exit,
-            usage: UsageView::of(r),
+            usage: usage_of(r),
             turns: r.turns,
             rounds: r.rounds,
             messages_pending: r.pending_messages.len(),
@@ -282,7 +256,7 @@ impl ListRow {
             model: r.model.clone(),
             task: r.task_preview.clone(),
             elapsed_seconds: elapsed(started, ended),
-            usage: UsageView::of(r),
+            usage: usage_of(r),
             error: r.error.clone(),
             answer_truncated: r.status() == Status::Completed
                 && r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS),

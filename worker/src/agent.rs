@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, exit};
+use crate::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, UsageReport, exit};
 use crate::provider::{
     Block, Client, Message, ProviderError, Role, TokenUsage, TurnOutput, TurnRequest, throttled,
 };
@@ -136,14 +136,7 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
         total.add(&output.usage);
         estimated |= output.usage_estimated;
         let cost = spec.price.map(|p| p.cost_of(&total));
-        out.emit(&Event::Usage {
-            input_tokens: total.input,
-            output_tokens: total.output,
-            cache_write_tokens: total.cache_write,
-            cache_read_tokens: total.cache_read,
-            cost_usd: cost,
-            estimated,
-        });
+        out.emit(&Event::Usage(UsageReport::of(total, cost, estimated)));
         let over_budget = budget_exceeded(spec, total, cost);
 
         let TurnOutput {

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bg_agent_worker::agent::{self, Emit};
 use bg_agent_worker::config::Config;
-use bg_agent_worker::protocol::{ErrorKind, Event, Input, STOP_MAX_TOKENS, TaskSpec, exit};
+use bg_agent_worker::protocol::{
+    ErrorKind, Event, Input, STOP_MAX_TOKENS, TaskSpec, UsageReport, exit,
+};
 use bg_agent_worker::provider::Client;
 use bg_agent_worker::resolve::{SpawnRequest, resolve};
 use bg_agent_worker::values::{LimitsOverride, TaskType, Tier, ToolName};
@@ -461,42 +463,16 @@ impl Emit for JsonOut {
 #[derive(Default)]
 struct HumanOut {
     mid_line: Cell<bool>,
-    usage: Cell<Option<Usage>>,
+    usage: Cell<Option<UsageReport>>,
     structured: bool,
-}
-
-/// The last `usage` event's figures.
-#[derive(Clone, Copy)]
-struct Usage {
-    input: u64,
-    output: u64,
-    cache_write: u64,
-    cache_read: u64,
-    cost: Option<f64>,
-    estimated: bool,
 }
 
 impl Emit for HumanOut {
     fn emit(&self, event: &Event) {
         let mut stdout = std::io::stdout().lock();
         let at_start = !self.mid_line.get();
-        if let Event::Usage {
-            input_tokens,
-            output_tokens,
-            cache_write_tokens,
-            cache_read_tokens,
-            cost_usd,
-            estimated,
-        } = event
-        {
-            self.usage.set(Some(Usage {
-                input: *input_tokens,
-                output: *output_tokens,
-                cache_write: *cache_write_tokens,
-                cache_read: *cache_read_tokens,
-                cost: *cost_usd,
-                estimated: *estimated,
-            }));
+        if let Event::Usage(u) = event {
+            self.usage.set(Some(*u));
         }
         let summary = match event {
             Event::Result {
@@ -519,20 +495,15 @@ impl Emit for HumanOut {
         }
         let mut text = event.render_human(at_start).unwrap_or_default();
         if let Some((turns, cut)) = summary {
-            let u = self.usage.get().unwrap_or(Usage {
-                input: 0,
-                output: 0,
-                cache_write: 0,
-                cache_read: 0,
-                cost: None,
-                estimated: false,
-            });
-            let cost = u.cost.map_or("cost unknown".into(), |c| format!("${c:.4}"));
-            let mut input = format!("{} in", u.input);
-            if u.cache_write + u.cache_read > 0 {
+            let u = self.usage.get().unwrap_or_default();
+            let cost = u
+                .cost_usd
+                .map_or("cost unknown".into(), |c| format!("${c:.4}"));
+            let mut input = format!("{} in", u.input_tokens);
+            if u.cache_write_tokens + u.cache_read_tokens > 0 {
                 input.push_str(&format!(
                     " + {} cache write + {} cache read",
-                    u.cache_write, u.cache_read
+                    u.cache_write_tokens, u.cache_read_tokens
                 ));
             }
             let nl = if text.is_empty() && at_start || text.ends_with('\n') {
@@ -549,7 +520,7 @@ impl Emit for HumanOut {
             text.push_str(&format!(
                 "{nl}— {turns} turn{} · {input} / {} out tokens{} · {cost}\n",
                 if turns == 1 { "" } else { "s" },
-                u.output,
+                u.output_tokens,
                 if u.estimated { " (estimated)" } else { "" }
             ));
         }

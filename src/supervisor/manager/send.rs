@@ -229,7 +229,7 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
     if rec.conversation.is_empty() {
         return Err(ManagerError::NoConversation { id: rec.id.clone() });
     }
-    let used_tokens = rec.usage.total_tokens();
+    let used_tokens = rec.usage.total();
     let used_usd = rec.usage.cost_usd.unwrap_or(0.0);
     let spent = |key: &'static str, used: String, limit: String| ManagerError::RoundBudget {
         id: rec.id.clone(),
@@ -277,7 +277,7 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
 fn affordable(rec: &AgentRecord, message: &str, limits: &Limits) -> Result<(), ManagerError> {
     let conversation = serde_json::to_vec(&rec.conversation).map_or(0, |v| v.len());
     let input = estimate_tokens(rec.round_spec.system_prompt.len() + conversation + message.len());
-    let used_tokens = rec.usage.total_tokens();
+    let used_tokens = rec.usage.total();
     let tokens_left = limits.max_total_tokens.saturating_sub(used_tokens);
     let too_big = |key: &'static str, need: String, left: String| ManagerError::FollowUpTooCostly {
         id: rec.id.clone(),

@@ -16,8 +16,9 @@ use bg_agent_worker::values::{Limits, fmt_limit};
 use serde::Serialize;
 
 use crate::supervisor::outcome::ExitReason;
-use crate::supervisor::registry::{Registry, Usage};
+use crate::supervisor::registry::Registry;
 use crate::supervisor::view::round_usd;
+use bg_agent_worker::protocol::UsageReport;
 
 use super::Inner;
 
@@ -224,9 +225,9 @@ impl Inner {
 
     /// Adds agent `id`'s usage since `before` to the session (out of what it holds);
     /// true when this reached a session cap for the first time.
-    pub(super) fn add_to_session(&self, id: &str, before: &Usage, now: &Usage) -> bool {
+    pub(super) fn add_to_session(&self, id: &str, before: &UsageReport, now: &UsageReport) -> bool {
         let server = &self.config.server;
-        let tokens = now.total_tokens().saturating_sub(before.total_tokens());
+        let tokens = now.total().saturating_sub(before.total());
         let usd = (now.cost_usd.unwrap_or(0.0) - before.cost_usd.unwrap_or(0.0)).max(0.0);
         let mut spend = self.session();
         spend.tokens += tokens;

@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{OutputBuffer, OutputError, StderrTail};
 use crate::supervisor::process::{self, SpawnError};
-use crate::supervisor::registry::{AgentRecord, AgentState, Usage};
+use crate::supervisor::registry::{AgentRecord, AgentState};
 use crate::supervisor::request::check_workspace;
 use crate::supervisor::view::SpawnView;
+use bg_agent_worker::protocol::UsageReport;
 
 use super::session::Grant;
 use super::{Inner, Manager, ManagerError, out_of_descriptors};
@@ -160,7 +161,7 @@ impl Manager {
                 output: OutputBuffer::new(spec.limits.max_output_bytes as usize),
                 round_spec: Box::new(spec.clone()),
                 rounds: 1,
-                prior_usage: Usage::default(),
+                prior_usage: UsageReport::default(),
                 prior_turns: 0,
                 inbox: None,
                 pending_messages: Vec::new(),
@@ -169,7 +170,7 @@ impl Manager {
                 state: AgentState::Queued {
                     spec: Box::new(spec),
                 },
-                usage: Usage::default(),
+                usage: UsageReport::default(),
                 stop_reason: None,
                 turns: 0,
                 result: None,
