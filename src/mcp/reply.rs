@@ -14,13 +14,15 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bg_agent_worker::config::Config;
+use bg_agent_worker::routing::RoutedBy;
 use bg_agent_worker::values::{Limits, LimitsOverride};
 use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::supervisor::Status;
-use crate::supervisor::manager::{ListView, OutputPage, WaitView};
-use crate::supervisor::view::{ListRow, OutputCounts, SpawnView, StatusView};
+use crate::supervisor::view::{
+    ListRow, ListView, OutputCounts, OutputPage, SessionView, SpawnView, StatusView, WaitView,
+};
 use bg_agent_worker::protocol::UsageReport;
 
 /// Chars of a task shown in agent_status and agent_list rows.
@@ -172,13 +174,13 @@ impl Spawned {
             agent_id: v.agent_id.clone(),
             status: v.status,
             model: v.model.clone(),
-            tier: v.tier.clone(),
+            tier: v.tier.as_str().to_string(),
             role: v.role.clone(),
-            routed_by: v.routed_by.clone(),
+            routed_by: v.routed_by.as_str().to_string(),
             provider: (v.provider != *default_provider).then(|| v.provider.clone()),
             label: v.label.clone(),
             limits: limits_shown(&v.limits, &config.defaults, false),
-            routing_reason: (v.routed_by == "model").then(|| v.routing_reason.clone()),
+            routing_reason: (v.routed_by == RoutedBy::Model).then(|| v.routing_reason.clone()),
             queued_reason: v.queued_reason.clone(),
             warnings: v.warnings.clone(),
         }
@@ -338,7 +340,7 @@ impl AgentReply {
             .map(|e| Exit {
                 code: e.code,
                 signal: e.signal.clone(),
-                reason: e.reason.clone(),
+                reason: e.reason.as_str().to_string(),
             });
         let result_json = v
             .result_json
@@ -386,9 +388,9 @@ impl AgentReply {
             stderr_tail: v.stderr_tail.as_deref().map(tail_chars),
             limits: limits_shown(&v.limits, &config.defaults, verbose),
             details: verbose.then(|| Details {
-                tier: v.tier.clone(),
+                tier: v.tier.as_str().to_string(),
                 provider: v.provider.clone(),
-                routed_by: v.routed_by.clone(),
+                routed_by: v.routed_by.as_str().to_string(),
                 created_s_ago: tenths(now - v.created_at),
                 first_event_after_s: v.first_event_at.map(|f| tenth_ms(f - v.created_at)),
                 output: v.output.clone(),
@@ -642,7 +644,8 @@ pub struct Listed {
     /// What was left out of this reply and how to read on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub more: Option<String>,
-    /// Over the agents that match the filters.
+    /// Over the agents that match the filters. Flat keys, not a `UsageReport`: agent_list
+    /// has always answered them so, and a cost summed over priced agents is no one usage.
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
     /// Input written to and read from the prompt cache (not in total_input_tokens).
@@ -656,7 +659,7 @@ pub struct Listed {
     /// This session's spending against `[server] session_budget_usd` /
     /// `session_max_tokens`, when either is set.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub session: Option<crate::supervisor::manager::SessionView>,
+    pub session: Option<SessionView>,
     /// Agents whose cost is unknown (no price configured), left out of the total.
     #[serde(skip_serializing_if = "is_zero_usize")]
     pub agents_with_unknown_cost: usize,
@@ -680,7 +683,7 @@ impl Listed {
         let end = offset + rows.len();
         let next_offset = (end < total).then_some(end);
         let more = if let Some(n) = next_offset {
-            let running = v.counts.get("running").copied().unwrap_or(0);
+            let running = v.counts.get(&Status::Running).copied().unwrap_or(0);
             Some(format!(
                 "agents {offset}–{} of {total} shown (oldest first): call agent_list with offset {n} for the next page, or filter by status (e.g. running: {running})",
                 end.saturating_sub(1).max(offset),
@@ -693,14 +696,18 @@ impl Listed {
             None
         };
         Listed {
-            counts: v.counts.iter().map(|(k, n)| (k.clone(), *n)).collect(),
+            counts: v
+                .counts
+                .iter()
+                .map(|(s, n)| (s.as_str().to_string(), *n))
+                .collect(),
             agents: rows,
             next_offset,
             more,
-            total_input_tokens: v.total_input_tokens,
-            total_output_tokens: v.total_output_tokens,
-            total_cache_write_tokens: v.total_cache_write_tokens,
-            total_cache_read_tokens: v.total_cache_read_tokens,
+            total_input_tokens: v.total_tokens.input,
+            total_output_tokens: v.total_tokens.output,
+            total_cache_write_tokens: v.total_tokens.cache_write,
+            total_cache_read_tokens: v.total_tokens.cache_read,
             total_cost_usd: v.total_cost_usd,
             session: v.session.clone(),
             agents_with_unknown_cost: v.agents_with_unknown_cost,

@@ -68,6 +68,12 @@ impl Status {
     }
 }
 
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How an agent ended: only the terminal statuses, so an ended agent cannot be queued or
 /// running. Its [`Status`] is [`Outcome::status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -21,18 +21,7 @@ use super::{Inner, Manager, ManagerError};
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::OutputError;
 use crate::supervisor::registry::{AgentRecord, AgentState, Reopened};
-use crate::supervisor::view::StatusView;
-
-/// What a follow-up did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// A completed agent began round `n` (queued or running).
-    Round(u32),
-    /// A queued agent's task got the message appended.
-    Appended,
-    /// A running agent takes the message at its next turn boundary.
-    Pending,
-}
+use crate::supervisor::view::{Sent, StatusView};
 
 impl Manager {
     /// Sends `message` to agent `id`, raising its limits by `raise` (within `[max]`)

@@ -123,21 +123,11 @@ impl Manager {
                     Status::Queued
                 },
                 role: spec.role.clone(),
-                role_selected_by: serde_json::to_value(&resolution.role_choice)
-                    .ok()
-                    .map(|v| match v.get("keyword").and_then(|k| k.as_str()) {
-                        Some(k) => format!("keyword `{k}`"),
-                        None => v
-                            .get("by")
-                            .and_then(|b| b.as_str())
-                            .unwrap_or("default")
-                            .to_string(),
-                    })
-                    .unwrap_or_default(),
-                tier: route.tier.to_string(),
+                role_selected_by: resolution.role_choice.clone(),
+                tier: route.tier,
                 model: route.model.clone(),
                 provider: route.provider.clone(),
-                routed_by: route.routed_by.as_str().to_string(),
+                routed_by: route.routed_by,
                 routing_reason: route.reason.clone(),
                 limits: spec.limits,
                 label: label.clone(),
