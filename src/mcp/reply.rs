@@ -19,10 +19,10 @@ use bg_agent_worker::values::{Limits, LimitsOverride};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::supervisor::Status;
 use crate::supervisor::view::{
     ListRow, ListView, OutputCounts, OutputPage, SessionView, SpawnView, StatusView, WaitView,
 };
+use crate::supervisor::{ExitReason, Status};
 use bg_agent_worker::protocol::UsageReport;
 
 /// Chars of a task shown in agent_status and agent_list rows.
@@ -229,10 +229,15 @@ pub struct Exit {
     pub code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
-    /// completed, killed, cancelled, timed_out, cpu_limit, memory_limit, file_limit,
-    /// output_limit, budget_exceeded, provider_error, config_error, interrupted, crashed,
-    /// spawn_failed, transcript_error.
+    // Its description lists every `ExitReason`, from the enum itself.
+    #[schemars(description = exit_reasons())]
     pub reason: String,
+}
+
+/// The names of every exit reason, as `Exit::reason`'s schema lists them.
+fn exit_reasons() -> String {
+    let names: Vec<&str> = ExitReason::ALL.iter().map(|r| r.as_str()).collect();
+    format!("{}.", names.join(", "))
 }
 
 /// What agent_status shows only with `verbose`.
@@ -774,6 +779,23 @@ mod tests {
         assert_eq!(one_line("short", 10), "short");
         assert_eq!(one_line("first\nsecond", 10), "first…");
         assert_eq!(one_line("abcdefghijkl", 5), "abcd…");
+    }
+
+    #[test]
+    fn the_exit_schema_names_every_exit_reason() {
+        let schema = schemars::schema_for!(Exit);
+        let description = schema
+            .get("properties")
+            .and_then(|p| p.get("reason"))
+            .and_then(|r| r.get("description"))
+            .and_then(|d| d.as_str())
+            .expect("reason has a description");
+        for reason in ExitReason::ALL {
+            let named = description
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .any(|w| w == reason.as_str());
+            assert!(named, "{reason} missing from: {description}");
+        }
     }
 
     #[test]
