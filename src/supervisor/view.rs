@@ -17,7 +17,7 @@ use bg_agent_worker::roles::RoleChoice;
 use bg_agent_worker::routing::RoutedBy;
 use bg_agent_worker::values::{Limits, Tier, TokenCounts};
 
-use super::outcome::{ExitReason, Status};
+use super::outcome::{ExitInfo, Status};
 use super::output::Transcript;
 use super::registry::{AgentRecord, AgentState};
 
@@ -43,14 +43,6 @@ pub struct SpawnView {
     /// Why it waits, when queued.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queued_reason: Option<String>,
-}
-
-/// How an ended agent's process ended.
-#[derive(Debug, Clone, Serialize)]
-pub struct ExitView {
-    pub code: Option<i32>,
-    pub signal: Option<String>,
-    pub reason: ExitReason,
 }
 
 /// An agent's output and transcript counters (agent_status `details`).
@@ -100,7 +92,8 @@ pub struct StatusView {
     pub ended_at: Option<f64>,
     /// Seconds running (so far, or in all).
     pub elapsed_seconds: Option<f64>,
-    pub exit: Option<ExitView>,
+    /// How its process ended, once it did.
+    pub exit: Option<ExitInfo>,
     pub usage: UsageReport,
     pub turns: u32,
     /// Rounds of the conversation: 1, plus one per follow-up (`agent_send`).
@@ -190,11 +183,7 @@ impl StatusView {
     pub fn of(r: &AgentRecord) -> Self {
         let (pid, started, ended) = times(&r.state);
         let exit = match &r.state {
-            AgentState::Ended { exit, .. } => Some(ExitView {
-                code: exit.code,
-                signal: exit.signal.clone(),
-                reason: exit.reason,
-            }),
+            AgentState::Ended { exit, .. } => Some(exit.clone()),
             _ => None,
         };
         let status = r.status();
