@@ -8,7 +8,8 @@
 //! has a size bound: lists and waits page (`offset` / `next_offset`), and any cut says how
 //! to read on.
 //!
-//! Not here: what the supervisor keeps (unchanged by shaping), the readable text (`text`).
+//! Not here: what the supervisor keeps (unchanged by shaping), the readable text (`text`),
+//! how a text is cut to fit (`fit`).
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,6 +20,7 @@ use bg_agent_worker::values::{Limits, LimitsOverride};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use super::fit::{compact_len, cut_bytes, fit, head_chars, one_line, tail_chars};
 use crate::supervisor::view::{
     ListRow, ListView, OutputCounts, OutputPage, SessionView, SpawnView, StatusView, WaitView,
 };
@@ -80,47 +82,6 @@ fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// How many chars `c` takes inside a JSON string (serde_json's escaping).
-fn json_chars(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-        c if (c as u32) < 0x20 => 6,
-        _ => 1,
-    }
-}
-
-/// `s` cut so that it takes at most `max` chars inside a JSON string, and whether it cut.
-pub fn fit(s: &str, max: usize) -> (String, bool) {
-    let mut used = 0;
-    for (i, c) in s.char_indices() {
-        used += json_chars(c);
-        if used > max {
-            return (s[..i].to_string(), true);
-        }
-    }
-    (s.to_string(), false)
-}
-
-/// The first line of `s`, cut to `max` chars with an ellipsis.
-fn one_line(s: &str, max: usize) -> String {
-    let line = s
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    let more_lines = s.trim().lines().nth(1).is_some();
-    if line.chars().count() <= max && !more_lines {
-        return line.to_string();
-    }
-    let kept: String = line.chars().take(max.saturating_sub(1)).collect();
-    format!("{kept}…")
-}
-
-/// Chars of `v` as compact JSON (what the model receives).
-pub fn compact_len<T: Serialize>(v: &T) -> usize {
-    serde_json::to_string(v).map_or(0, |s| s.chars().count())
 }
 
 /// Limits of an agent as replies show them: only the keys that differ from the configured
@@ -390,7 +351,10 @@ impl AgentReply {
             usage: Usage::of(&v.usage),
             sandbox: v.sandbox.as_deref().map(|s| sandbox_shown(s, verbose)),
             exit,
-            stderr_tail: v.stderr_tail.as_deref().map(tail_chars),
+            stderr_tail: v
+                .stderr_tail
+                .as_deref()
+                .map(|s| tail_chars(s, STDERR_CHARS)),
             limits: limits_shown(&v.limits, &config.defaults, verbose),
             details: verbose.then(|| Details {
                 tier: v.tier.as_str().to_string(),
@@ -410,40 +374,6 @@ fn sandbox_shown(s: &str, verbose: bool) -> String {
     match s.split_once(':') {
         Some((name, _)) if !verbose && s.starts_with("landlock") => name.to_string(),
         _ => s.to_string(),
-    }
-}
-
-/// `s` cut to `max` bytes at a char boundary, and whether it cut.
-fn cut_bytes(s: &str, max: usize) -> (String, bool) {
-    if s.len() <= max {
-        return (s.to_string(), false);
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    (s[..cut].to_string(), true)
-}
-
-/// The first `max` chars of `s`, marked when cut.
-fn head_chars(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let kept: String = s.chars().take(max).collect();
-    format!("{kept}… [cut; the transcript has all of it]")
-}
-
-/// The last `STDERR_CHARS` chars of `s`, from a line start when one is near.
-fn tail_chars(s: &str) -> String {
-    let n = s.chars().count();
-    if n <= STDERR_CHARS {
-        return s.to_string();
-    }
-    let tail: String = s.chars().skip(n - STDERR_CHARS).collect();
-    match tail.find('\n') {
-        Some(i) if i < tail.len() / 2 => format!("…{}", &tail[i..]),
-        _ => format!("…{tail}"),
     }
 }
 
@@ -762,24 +692,6 @@ impl OutputReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fit_counts_json_escapes() {
-        assert_eq!(fit("abc", 3), ("abc".into(), false));
-        assert_eq!(fit("a\"c", 3), ("a\"".into(), true));
-        assert_eq!(fit("a\"c", 2), ("a".into(), true));
-        assert_eq!(fit("é€x", 2), ("é€".into(), true));
-        let (s, cut) = fit("line\nline\n", 100);
-        assert!(!cut);
-        assert_eq!(serde_json::to_string(&s).unwrap().len() - 2, 12);
-    }
-
-    #[test]
-    fn one_line_marks_what_it_left_out() {
-        assert_eq!(one_line("short", 10), "short");
-        assert_eq!(one_line("first\nsecond", 10), "first…");
-        assert_eq!(one_line("abcdefghijkl", 5), "abcd…");
-    }
 
     #[test]
     fn the_exit_schema_names_every_exit_reason() {
