@@ -189,10 +189,7 @@ fn stop(servers: &[impl AsRef<Path>]) -> Option<String> {
         if state.stop_hook != StopHook::Remind {
             continue;
         }
-        max_wait = match (max_wait, state.max_wait_seconds) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        max_wait = max_wait.into_iter().chain(state.max_wait_seconds).min();
         let reminded_path = dir.join(REMINDED_FILE);
         let reminded_text = read_small(&reminded_path).unwrap_or_default();
         let reminded: HashSet<&str> = reminded_text.lines().collect();

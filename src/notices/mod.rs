@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! <session>/<server pid>/n-<seq>-<agent id>.json   a notice not yet delivered
-//! <session>/<server pid>/state.json                agents not ended, and the Stop hook mode
+//! <session>/<server pid>/state.json                agents not ended, the Stop hook mode, the wait limit
 //! <session>/<server pid>/reminded                  agent ids the Stop hook already named
 //! ```
 //!

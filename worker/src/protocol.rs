@@ -385,7 +385,7 @@ impl Event {
         let nl = if at_line_start { "" } else { "\n" };
         match self {
             Event::Started { .. }
-            | Event::Usage { .. }
+            | Event::Usage(_)
             | Event::Result { .. }
             | Event::Message { .. } => None,
             Event::Text { text } => Some(text.clone()),
