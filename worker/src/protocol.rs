@@ -236,7 +236,6 @@ fn is_zero(n: &u64) -> bool {
 /// input written to and read from the prompt cache is counted apart (each billed at its
 /// own rate).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct UsageReport {
     pub input_tokens: u64,
     pub output_tokens: u64,
