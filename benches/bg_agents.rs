@@ -232,7 +232,7 @@ async fn spawn_and_kill(
     let page = manager
         .wait_output(
             &v.agent_id,
-            &bg_agents::supervisor::manager::OutputQuery {
+            &bg_agents::supervisor::OutputQuery {
                 max_bytes: 1000,
                 ..Default::default()
             },

@@ -28,21 +28,10 @@ struct LastUsage(Mutex<Option<TokenCounts>>);
 
 impl Emit for LastUsage {
     fn emit(&self, event: &Event) {
-        if let Event::Usage {
-            input_tokens,
-            output_tokens,
-            cache_write_tokens,
-            cache_read_tokens,
-            ..
-        } = event
+        if let Event::Usage(u) = event
             && let Ok(mut last) = self.0.lock()
         {
-            *last = Some(TokenCounts {
-                input: *input_tokens,
-                cache_write: *cache_write_tokens,
-                cache_read: *cache_read_tokens,
-                output: *output_tokens,
-            });
+            *last = Some(u.tokens());
         }
     }
 }

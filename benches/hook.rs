@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bg_agents::notices::{LiveAgent, Notice, NoticeBoard, ServerState};
+use bg_agent_worker::config::StopHook;
+use bg_agents::notices::{Notice, NoticeBoard, ServerState};
+use bg_agents::supervisor::{LiveAgent, Status};
 
 const RUNS: usize = 300;
 const SESSION: &str = "6f1c2a9e-0000-4b7d-9a51-bench0000001";
@@ -35,7 +37,8 @@ fn main() {
     let board = NoticeBoard::open(&base, SESSION).expect("board");
     board
         .publish_state(&ServerState {
-            stop_hook: "remind".into(),
+            stop_hook: StopHook::Remind,
+            max_wait_seconds: Some(50),
             agents: vec![],
         })
         .expect("state");
@@ -49,7 +52,7 @@ fn main() {
         let notice = Notice::new(
             &format!("a-{n:05}"),
             Some("bench"),
-            "completed",
+            Status::Completed,
             Some("The answer is 42."),
         );
         board.post(&notice).expect("post");
@@ -59,11 +62,12 @@ fn main() {
         n += 1;
         board
             .publish_state(&ServerState {
-                stop_hook: "remind".into(),
+                stop_hook: StopHook::Remind,
+                max_wait_seconds: Some(50),
                 agents: vec![LiveAgent {
                     agent_id: format!("a-{n:05}"),
                     label: None,
-                    status: "running".into(),
+                    status: Status::Running,
                 }],
             })
             .expect("state");

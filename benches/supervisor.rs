@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bg_agent_worker::config::{Config, ConfigSource};
 use bg_agent_worker::resolve::SpawnRequest;
 use bg_agent_worker::values::LimitsOverride;
-use bg_agents::supervisor::manager::OutputQuery;
+use bg_agents::supervisor::OutputQuery;
 use bg_agents::supervisor::output::{OutputBuffer, ReadRequest, compile_filter};
 use bg_agents::supervisor::{Manager, Status};
 

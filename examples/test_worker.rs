@@ -21,7 +21,7 @@
 use std::io::{BufRead, Read, Write};
 use std::time::Duration;
 
-use bg_agent_worker::protocol::{ErrorKind, Event, TaskSpec, exit};
+use bg_agent_worker::protocol::{ErrorKind, Event, TaskSpec, UsageReport, exit};
 use nix::sys::signal::{SigHandler, Signal, raise, signal};
 
 /// Lines `ok` prints; enough to wrap the smallest ring buffer (4096 bytes).
@@ -143,14 +143,12 @@ fn ok() {
             text: format!("ok line {i:04} {parity}\n"),
         });
     }
-    emit(&Event::Usage {
+    emit(&Event::Usage(UsageReport {
         input_tokens: 120,
         output_tokens: 34,
-        cache_write_tokens: 0,
-        cache_read_tokens: 0,
         cost_usd: Some(0.0005),
-        estimated: false,
-    });
+        ..Default::default()
+    }));
     emit(&Event::Result {
         text: "all done".into(),
         stop_reason: "end_turn".into(),

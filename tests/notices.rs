@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bg_agents::notices::hook::Event;
 use rmcp::model::CustomNotification;
 use rmcp::service::NotificationContext;
 use rmcp::{ClientHandler, RoleClient};
@@ -113,6 +114,34 @@ async fn the_servers_notices_leave_with_it() {
     let status = s.end().await;
     assert!(status.success(), "{status}");
     assert!(!dir.exists() && !session_dir.exists(), "{}", dir.display());
+}
+
+#[tokio::test]
+async fn the_stop_hook_names_the_configured_wait_limit() {
+    let s = Session::start_server("max_wait_seconds = 17").await;
+    s.fake.script("SLOW-W", vec![slow(&["W ", "is ", "done."])]);
+    let w = s.spawn("SLOW-W").await;
+    let dir = board_dir(&s);
+    let state = dir.join("state.json");
+    let names_w = || std::fs::read_to_string(&state).is_ok_and(|t| t.contains(&w));
+    assert!(
+        eventually(Duration::from_secs(10), names_w).await,
+        "{} names {w}",
+        state.display()
+    );
+    let session = dir.parent().expect("session dir");
+    let base = session.parent().expect("base dir");
+    let session_id = session.file_name().and_then(|n| n.to_str()).expect("id");
+    let input = json!({"session_id": session_id, "stop_hook_active": false}).to_string();
+    let out = bg_agents::notices::hook::answer(Event::Stop, &input, base)
+        .expect("the hook answers")
+        .expect("a reminder");
+    let reason = out["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains(&w) && reason.contains("it blocks up to 17 s;"),
+        "{reason}"
+    );
+    s.end().await;
 }
 
 /// Records Claude Code channel notifications.

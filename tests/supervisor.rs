@@ -9,10 +9,10 @@ mod harness;
 use std::time::Duration;
 
 use bg_agent_worker::values::LimitsOverride;
-use bg_agents::supervisor::manager::{ManagerError, OutputQuery};
+use bg_agents::supervisor::StatusView;
 use bg_agents::supervisor::output::hold_transcript_writes;
 use bg_agents::supervisor::process::SpawnError;
-use bg_agents::supervisor::view::StatusView;
+use bg_agents::supervisor::{ManagerError, OutputQuery};
 use bg_agents::supervisor::{Status, WaitMode};
 use harness::{
     Harness, PATIENCE, exclusive, group_gone, is_our_child, open_fds, shared, test_worker,

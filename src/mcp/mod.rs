@@ -1,6 +1,7 @@
 //! The MCP face of bg-agents: tools and resources that translate to the supervisor's
 //! `Manager` and nothing else.
 
+mod fit;
 pub mod notify;
 mod params;
 pub mod reply;

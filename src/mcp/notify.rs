@@ -10,9 +10,8 @@ use rmcp::{Peer, RoleServer};
 use serde_json::{Value, json};
 
 use crate::episode::Episode;
-use crate::notices::{LiveAgent, Notice, NoticeBoard, ServerState, read_more, render};
-use crate::supervisor::Manager;
-use crate::supervisor::manager::EndedAgent;
+use crate::notices::{Notice, NoticeBoard, ServerState, read_more, render};
+use crate::supervisor::{EndedAgent, Manager, Status};
 
 /// The method of Claude Code's channel notifications.
 pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
@@ -30,8 +29,7 @@ pub async fn run(manager: Arc<Manager>, board: Arc<NoticeBoard>, peer: Option<Pe
         return;
     };
     let mut changes = manager.subscribe_changes();
-    let stop_hook = manager.config().server.stop_hook.as_str().to_string();
-    publish(&manager, &board, &stop_hook);
+    publish(&manager, &board);
     loop {
         tokio::select! {
             agent = ended.recv() => {
@@ -52,16 +50,16 @@ pub async fn run(manager: Arc<Manager>, board: Arc<NoticeBoard>, peer: Option<Pe
             }
             r = changes.changed() => {
                 if r.is_err() { return }
-                publish(&manager, &board, &stop_hook);
+                publish(&manager, &board);
             }
-            () = board.claims_changed() => publish(&manager, &board, &stop_hook),
+            () = board.claims_changed() => publish(&manager, &board),
         }
     }
 }
 
 fn notice_of(agent: &EndedAgent) -> Notice {
-    let text = match agent.status.as_str() {
-        "completed" => agent.result.as_deref().or(agent.error.as_deref()),
+    let text = match agent.status {
+        Status::Completed => agent.result.as_deref().or(agent.error.as_deref()),
         _ => agent.error.as_deref().or(agent.result.as_deref()),
     };
     // A follow-up's end says its round, so it is not taken for the first answer again.
@@ -73,25 +71,22 @@ fn notice_of(agent: &EndedAgent) -> Notice {
     Notice::new(
         &agent.agent_id,
         agent.label.as_deref(),
-        agent.status.as_str(),
+        agent.status,
         text.as_deref(),
     )
 }
 
-fn publish(manager: &Manager, board: &NoticeBoard, stop_hook: &str) {
+fn publish(manager: &Manager, board: &NoticeBoard) {
+    let server = &manager.config().server;
     let state = ServerState {
-        stop_hook: stop_hook.to_string(),
+        stop_hook: server.stop_hook,
+        max_wait_seconds: Some(server.max_wait_seconds),
         // Agents the client tracks as MCP tasks are its to follow: the Stop hook must
         // not hold a turn for them.
         agents: manager
             .live_agents()
             .into_iter()
             .filter(|a| !board.told_by_task(&a.agent_id))
-            .map(|a| LiveAgent {
-                agent_id: a.agent_id,
-                label: a.label,
-                status: a.status.as_str().to_string(),
-            })
             .collect(),
     };
     // Published at every status change: a failure that persists is said once an episode.

@@ -8,19 +8,24 @@
 //! has a size bound: lists and waits page (`offset` / `next_offset`), and any cut says how
 //! to read on.
 //!
-//! Not here: what the supervisor keeps (unchanged by shaping), the readable text (`text`).
+//! Not here: what the supervisor keeps (unchanged by shaping), the readable text (`text`),
+//! how a text is cut to fit (`fit`).
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bg_agent_worker::config::Config;
+use bg_agent_worker::routing::RoutedBy;
 use bg_agent_worker::values::{Limits, LimitsOverride};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::supervisor::Status;
-use crate::supervisor::manager::{ListView, OutputPage, WaitView};
-use crate::supervisor::view::{ListRow, OutputCounts, SpawnView, StatusView, UsageView};
+use super::fit::{compact_len, cut_bytes, fit, head_chars, one_line, tail_chars};
+use crate::supervisor::view::{
+    ListRow, ListView, OutputCounts, OutputPage, SessionView, SpawnView, StatusView, WaitView,
+};
+use crate::supervisor::{ExitReason, Status};
+use bg_agent_worker::protocol::UsageReport;
 
 /// Chars of a task shown in agent_status and agent_list rows.
 const TASK_CHARS: usize = 100;
@@ -79,47 +84,6 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// How many chars `c` takes inside a JSON string (serde_json's escaping).
-fn json_chars(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-        c if (c as u32) < 0x20 => 6,
-        _ => 1,
-    }
-}
-
-/// `s` cut so that it takes at most `max` chars inside a JSON string, and whether it cut.
-pub fn fit(s: &str, max: usize) -> (String, bool) {
-    let mut used = 0;
-    for (i, c) in s.char_indices() {
-        used += json_chars(c);
-        if used > max {
-            return (s[..i].to_string(), true);
-        }
-    }
-    (s.to_string(), false)
-}
-
-/// The first line of `s`, cut to `max` chars with an ellipsis.
-fn one_line(s: &str, max: usize) -> String {
-    let line = s
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    let more_lines = s.trim().lines().nth(1).is_some();
-    if line.chars().count() <= max && !more_lines {
-        return line.to_string();
-    }
-    let kept: String = line.chars().take(max.saturating_sub(1)).collect();
-    format!("{kept}…")
-}
-
-/// Chars of `v` as compact JSON (what the model receives).
-pub fn compact_len<T: Serialize>(v: &T) -> usize {
-    serde_json::to_string(v).map_or(0, |s| s.chars().count())
-}
-
 /// Limits of an agent as replies show them: only the keys that differ from the configured
 /// `[defaults]`, all of them with `all` (verbose); None when nothing is left to show.
 fn limits_shown(l: &Limits, defaults: &Limits, all: bool) -> Option<LimitsOverride> {
@@ -171,19 +135,22 @@ impl Spawned {
             agent_id: v.agent_id.clone(),
             status: v.status,
             model: v.model.clone(),
-            tier: v.tier.clone(),
+            tier: v.tier.as_str().to_string(),
             role: v.role.clone(),
-            routed_by: v.routed_by.clone(),
+            routed_by: v.routed_by.as_str().to_string(),
             provider: (v.provider != *default_provider).then(|| v.provider.clone()),
             label: v.label.clone(),
             limits: limits_shown(&v.limits, &config.defaults, false),
-            routing_reason: (v.routed_by == "model").then(|| v.routing_reason.clone()),
+            routing_reason: (v.routed_by == RoutedBy::Model).then(|| v.routing_reason.clone()),
             queued_reason: v.queued_reason.clone(),
             warnings: v.warnings.clone(),
         }
     }
 }
 
+/// Usage as replies show it. Not `UsageReport` itself: a reply leaves out a cost that is
+/// unknown (`UsageReport`, the worker's wire, writes `"cost_usd": null`), and the whole
+/// usage before any token was counted, to keep replies short.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Usage {
     pub input_tokens: u64,
@@ -204,9 +171,8 @@ pub struct Usage {
 
 impl Usage {
     /// None before any token was counted.
-    fn of(u: &UsageView) -> Option<Self> {
-        let tokens = u.input_tokens + u.output_tokens + u.cache_write_tokens + u.cache_read_tokens;
-        let counted = tokens > 0 || u.cost_usd.is_some_and(|c| c > 0.0);
+    fn of(u: &UsageReport) -> Option<Self> {
+        let counted = u.total() > 0 || u.cost_usd.is_some_and(|c| c > 0.0);
         counted.then_some(Usage {
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
@@ -224,10 +190,15 @@ pub struct Exit {
     pub code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
-    /// completed, killed, cancelled, timed_out, cpu_limit, memory_limit, file_limit,
-    /// output_limit, budget_exceeded, provider_error, config_error, interrupted, crashed,
-    /// spawn_failed, transcript_error.
+    // Its description lists every `ExitReason`, from the enum itself.
+    #[schemars(description = exit_reasons())]
     pub reason: String,
+}
+
+/// The names of every exit reason, as `Exit::reason`'s schema lists them.
+fn exit_reasons() -> String {
+    let names: Vec<&str> = ExitReason::ALL.iter().map(|r| r.as_str()).collect();
+    format!("{}.", names.join(", "))
 }
 
 /// What agent_status shows only with `verbose`.
@@ -335,7 +306,7 @@ impl AgentReply {
             .map(|e| Exit {
                 code: e.code,
                 signal: e.signal.clone(),
-                reason: e.reason.clone(),
+                reason: e.reason.as_str().to_string(),
             });
         let result_json = v
             .result_json
@@ -380,12 +351,15 @@ impl AgentReply {
             usage: Usage::of(&v.usage),
             sandbox: v.sandbox.as_deref().map(|s| sandbox_shown(s, verbose)),
             exit,
-            stderr_tail: v.stderr_tail.as_deref().map(tail_chars),
+            stderr_tail: v
+                .stderr_tail
+                .as_deref()
+                .map(|s| tail_chars(s, STDERR_CHARS)),
             limits: limits_shown(&v.limits, &config.defaults, verbose),
             details: verbose.then(|| Details {
-                tier: v.tier.clone(),
+                tier: v.tier.as_str().to_string(),
                 provider: v.provider.clone(),
-                routed_by: v.routed_by.clone(),
+                routed_by: v.routed_by.as_str().to_string(),
                 created_s_ago: tenths(now - v.created_at),
                 first_event_after_s: v.first_event_at.map(|f| tenth_ms(f - v.created_at)),
                 output: v.output.clone(),
@@ -400,40 +374,6 @@ fn sandbox_shown(s: &str, verbose: bool) -> String {
     match s.split_once(':') {
         Some((name, _)) if !verbose && s.starts_with("landlock") => name.to_string(),
         _ => s.to_string(),
-    }
-}
-
-/// `s` cut to `max` bytes at a char boundary, and whether it cut.
-fn cut_bytes(s: &str, max: usize) -> (String, bool) {
-    if s.len() <= max {
-        return (s.to_string(), false);
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    (s[..cut].to_string(), true)
-}
-
-/// The first `max` chars of `s`, marked when cut.
-fn head_chars(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let kept: String = s.chars().take(max).collect();
-    format!("{kept}… [cut; the transcript has all of it]")
-}
-
-/// The last `STDERR_CHARS` chars of `s`, from a line start when one is near.
-fn tail_chars(s: &str) -> String {
-    let n = s.chars().count();
-    if n <= STDERR_CHARS {
-        return s.to_string();
-    }
-    let tail: String = s.chars().skip(n - STDERR_CHARS).collect();
-    match tail.find('\n') {
-        Some(i) if i < tail.len() / 2 => format!("…{}", &tail[i..]),
-        _ => format!("…{tail}"),
     }
 }
 
@@ -639,7 +579,8 @@ pub struct Listed {
     /// What was left out of this reply and how to read on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub more: Option<String>,
-    /// Over the agents that match the filters.
+    /// Over the agents that match the filters. Flat keys, not a `UsageReport`: agent_list
+    /// has always answered them so, and a cost summed over priced agents is no one usage.
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
     /// Input written to and read from the prompt cache (not in total_input_tokens).
@@ -653,7 +594,7 @@ pub struct Listed {
     /// This session's spending against `[server] session_budget_usd` /
     /// `session_max_tokens`, when either is set.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub session: Option<crate::supervisor::manager::SessionView>,
+    pub session: Option<SessionView>,
     /// Agents whose cost is unknown (no price configured), left out of the total.
     #[serde(skip_serializing_if = "is_zero_usize")]
     pub agents_with_unknown_cost: usize,
@@ -677,7 +618,7 @@ impl Listed {
         let end = offset + rows.len();
         let next_offset = (end < total).then_some(end);
         let more = if let Some(n) = next_offset {
-            let running = v.counts.get("running").copied().unwrap_or(0);
+            let running = v.counts.get(&Status::Running).copied().unwrap_or(0);
             Some(format!(
                 "agents {offset}–{} of {total} shown (oldest first): call agent_list with offset {n} for the next page, or filter by status (e.g. running: {running})",
                 end.saturating_sub(1).max(offset),
@@ -690,14 +631,18 @@ impl Listed {
             None
         };
         Listed {
-            counts: v.counts.iter().map(|(k, n)| (k.clone(), *n)).collect(),
+            counts: v
+                .counts
+                .iter()
+                .map(|(s, n)| (s.as_str().to_string(), *n))
+                .collect(),
             agents: rows,
             next_offset,
             more,
-            total_input_tokens: v.total_input_tokens,
-            total_output_tokens: v.total_output_tokens,
-            total_cache_write_tokens: v.total_cache_write_tokens,
-            total_cache_read_tokens: v.total_cache_read_tokens,
+            total_input_tokens: v.total_tokens.input,
+            total_output_tokens: v.total_tokens.output,
+            total_cache_write_tokens: v.total_tokens.cache_write,
+            total_cache_read_tokens: v.total_tokens.cache_read,
             total_cost_usd: v.total_cost_usd,
             session: v.session.clone(),
             agents_with_unknown_cost: v.agents_with_unknown_cost,
@@ -749,21 +694,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fit_counts_json_escapes() {
-        assert_eq!(fit("abc", 3), ("abc".into(), false));
-        assert_eq!(fit("a\"c", 3), ("a\"".into(), true));
-        assert_eq!(fit("a\"c", 2), ("a".into(), true));
-        assert_eq!(fit("é€x", 2), ("é€".into(), true));
-        let (s, cut) = fit("line\nline\n", 100);
-        assert!(!cut);
-        assert_eq!(serde_json::to_string(&s).unwrap().len() - 2, 12);
-    }
-
-    #[test]
-    fn one_line_marks_what_it_left_out() {
-        assert_eq!(one_line("short", 10), "short");
-        assert_eq!(one_line("first\nsecond", 10), "first…");
-        assert_eq!(one_line("abcdefghijkl", 5), "abcd…");
+    fn the_exit_schema_names_every_exit_reason() {
+        let schema = schemars::schema_for!(Exit);
+        let description = schema
+            .get("properties")
+            .and_then(|p| p.get("reason"))
+            .and_then(|r| r.get("description"))
+            .and_then(|d| d.as_str())
+            .expect("reason has a description");
+        for reason in ExitReason::ALL {
+            let named = description
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .any(|w| w == reason.as_str());
+            assert!(named, "{reason} missing from: {description}");
+        }
     }
 
     #[test]

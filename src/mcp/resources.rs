@@ -17,7 +17,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::reply::AgentReply;
 use super::tools::{OUTPUT_DEFAULT_BYTES, RESULT_MAX_BYTES};
-use crate::supervisor::manager::{AgentMark, Manager, OutputQuery};
+use crate::supervisor::{AgentMark, Manager, OutputQuery};
 
 /// Newest agents listed by resources/list (templates cover the rest).
 const LISTED_AGENTS: usize = 100;

@@ -41,7 +41,7 @@ use super::BgAgents;
 use super::params::SpawnParams;
 use super::reply::{AgentReply, Spawned};
 use super::text;
-use crate::supervisor::view::StatusView;
+use crate::supervisor::StatusView;
 use crate::supervisor::{Manager, Status};
 
 /// How often the client is asked to poll, in milliseconds.
@@ -333,7 +333,7 @@ impl BgAgents {
                     .map_or("unknown", Tier::as_str);
                 let structured = json!({
                     "agent_id": task_id,
-                    "status": "completed",
+                    "status": Status::Completed,
                     "result": back.result,
                     "model": back.model,
                     "tier": tier,
@@ -480,8 +480,8 @@ fn final_result(
         // The model wrote the task, and "ended … ago" is stale by the time it reads this.
         map.remove("task");
         map.remove("ended_s_ago");
-        map.insert("tier".into(), Value::String(v.tier.clone()));
-        map.insert("routed_by".into(), Value::String(v.routed_by.clone()));
+        map.insert("tier".into(), v.tier.as_str().into());
+        map.insert("routed_by".into(), v.routed_by.as_str().into());
         if told {
             map.remove("result");
             map.remove("result_json");

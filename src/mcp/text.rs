@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::reply::{AgentReply, Listed, OutputReply, Spawned, Usage, WaitRow, Waited};
+use crate::supervisor::Status;
 
 fn usage(u: &Usage) -> String {
     let mut s = format!("{} in / {} out tokens", u.input_tokens, u.output_tokens);
@@ -285,7 +286,7 @@ pub fn waited(v: &Waited, wait_capped: Option<Duration>) -> String {
     let running = v
         .counts
         .iter()
-        .filter(|(k, _)| *k == "queued" || *k == "running")
+        .filter(|(k, _)| Status::parse(k).is_some_and(|s| !s.is_terminal()))
         .map(|(_, n)| n)
         .sum::<usize>();
     let ended = v.counts.values().sum::<usize>() - running;

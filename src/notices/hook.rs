@@ -17,6 +17,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use bg_agent_worker::config::StopHook;
 use serde_json::{Value, json};
 
 use super::{
@@ -174,6 +175,8 @@ pub fn answer(event: Event, input: &str, base: &Path) -> Result<Option<Value>, S
 /// not named before, or notices not delivered yet (which it claims).
 fn stop(servers: &[impl AsRef<Path>]) -> Option<String> {
     let mut running: Vec<LiveAgent> = Vec::new();
+    // The shortest wait of the servers that remind (one, in practice).
+    let mut max_wait: Option<u64> = None;
     let mut fresh = false;
     let mut files: Vec<PathBuf> = Vec::new();
     for dir in servers {
@@ -183,9 +186,10 @@ fn stop(servers: &[impl AsRef<Path>]) -> Option<String> {
         else {
             continue;
         };
-        if state.stop_hook != "remind" {
+        if state.stop_hook != StopHook::Remind {
             continue;
         }
+        max_wait = max_wait.into_iter().chain(state.max_wait_seconds).min();
         let reminded_path = dir.join(REMINDED_FILE);
         let reminded_text = read_small(&reminded_path).unwrap_or_default();
         let reminded: HashSet<&str> = reminded_text.lines().collect();
@@ -235,11 +239,14 @@ fn stop(servers: &[impl AsRef<Path>]) -> Option<String> {
             .take(MAX_NOTICES)
             .map(|a| a.agent_id.as_str())
             .collect();
+        let blocks = match max_wait {
+            Some(s) => format!("it blocks up to {s} s; call again to keep waiting"),
+            None => "call again to keep waiting".to_string(),
+        };
         reason.push_str(&format!(
             "{} background agent{} of this session {} not done: {}. Collect the results with \
-             agent_wait {} (it blocks up to 50 s; call again to keep waiting), or stop them \
-             with agent_kill if they are no longer needed; they are killed when the session \
-             ends.\n",
+             agent_wait {} ({blocks}), or stop them with agent_kill if they are no longer \
+             needed; they are killed when the session ends.\n",
             running.len(),
             if running.len() == 1 { "" } else { "s" },
             if running.len() == 1 { "is" } else { "are" },

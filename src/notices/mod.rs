@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! <session>/<server pid>/n-<seq>-<agent id>.json   a notice not yet delivered
-//! <session>/<server pid>/state.json                agents not ended, and the Stop hook mode
+//! <session>/<server pid>/state.json                agents not ended, the Stop hook mode, the wait limit
 //! <session>/<server pid>/reminded                  agent ids the Stop hook already named
 //! ```
 //!
@@ -37,10 +37,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bg_agent_worker::config::StopHook;
 use serde::{Deserialize, Serialize};
 
 pub use crate::private_fs::check_private_dir;
 use crate::private_fs::{ensure_private_dir, path_is_ours};
+use crate::supervisor::{LiveAgent, Status};
 
 /// Environment variable through which Claude Code gives an MCP server its session id.
 pub const SESSION_ENV: &str = "CLAUDE_CODE_SESSION_ID";
@@ -61,19 +63,19 @@ pub struct Notice {
     pub agent_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    pub status: String,
+    pub status: Status,
     /// The first line of the result (or the error), shortened.
     pub preview: String,
 }
 
 impl Notice {
-    pub fn new(agent_id: &str, label: Option<&str>, status: &str, text: Option<&str>) -> Notice {
+    pub fn new(agent_id: &str, label: Option<&str>, status: Status, text: Option<&str>) -> Notice {
         Notice {
             agent_id: agent_id.to_string(),
             label: label
                 .map(|l| one_line(l, LABEL_CHARS))
                 .filter(|l| !l.is_empty()),
-            status: status.to_string(),
+            status,
             preview: text.map(first_line_preview).unwrap_or_default(),
         }
     }
@@ -85,7 +87,7 @@ impl Notice {
             s.push_str(&format!(" ({l})"));
         }
         s.push(' ');
-        s.push_str(&self.status);
+        s.push_str(self.status.as_str());
         if !self.preview.is_empty() {
             s.push_str(": ");
             s.push_str(&self.preview);
@@ -140,21 +142,17 @@ pub fn claim_some(paths: &[PathBuf], max: usize) -> (Vec<Notice>, usize) {
     (notices, rest.len())
 }
 
-/// What a server publishes for the `Stop` hook.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// What a server publishes for the `Stop` hook, which reads no configuration itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerState {
-    /// `remind` or `off` (`[server] stop_hook`).
-    pub stop_hook: String,
+    /// `[server] stop_hook`.
+    pub stop_hook: StopHook,
+    /// `[server] max_wait_seconds`: the longest one agent_wait blocks, which the hook
+    /// tells the model. Absent in the state of a server older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_seconds: Option<u64>,
     /// Agents not ended yet (queued or running), oldest first.
     pub agents: Vec<LiveAgent>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LiveAgent {
-    pub agent_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    pub status: String,
 }
 
 /// The directory under which every session's notices live: under `$XDG_RUNTIME_DIR`, else

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::hook::{Event, answer};
 use super::*;
+use bg_agent_worker::config::StopHook;
 
 const SESSION: &str = "0b6e7a52-1111-4c5e-9f00-5a4d2c1e0001";
 const OTHER: &str = "0b6e7a52-2222-4c5e-9f00-5a4d2c1e0002";
@@ -14,7 +15,7 @@ fn board(base: &Path, session: &str) -> NoticeBoard {
 }
 
 fn done(id: &str, answer_text: &str) -> Notice {
-    Notice::new(id, Some("auth flow"), "completed", Some(answer_text))
+    Notice::new(id, Some("auth flow"), Status::Completed, Some(answer_text))
 }
 
 fn hook(event: Event, base: &Path, input: Value) -> Option<Value> {
@@ -185,17 +186,22 @@ fn bad_hook_input_is_an_error_not_a_notice() {
     assert!(answer(Event::PostToolUse, "{}", tmp.path()).is_err());
 }
 
-fn running(b: &NoticeBoard, stop_hook: &str, ids: &[&str]) {
+fn running(b: &NoticeBoard, stop_hook: StopHook, ids: &[&str]) {
+    publish(b, stop_hook, Some(50), ids);
+}
+
+fn publish(b: &NoticeBoard, stop_hook: StopHook, max_wait_seconds: Option<u64>, ids: &[&str]) {
     let agents = ids
         .iter()
         .map(|id| LiveAgent {
             agent_id: id.to_string(),
             label: None,
-            status: "running".into(),
+            status: Status::Running,
         })
         .collect();
     b.publish_state(&ServerState {
-        stop_hook: stop_hook.into(),
+        stop_hook,
+        max_wait_seconds,
         agents,
     })
     .unwrap();
@@ -205,7 +211,7 @@ fn running(b: &NoticeBoard, stop_hook: &str, ids: &[&str]) {
 fn stop_holds_the_turn_once_for_running_agents() {
     let tmp = tempfile::tempdir().unwrap();
     let b = board(tmp.path(), SESSION);
-    running(&b, "remind", &["a-1"]);
+    running(&b, StopHook::Remind, &["a-1"]);
     let input = json!({"session_id": SESSION, "stop_hook_active": false});
     let out = hook(Event::Stop, tmp.path(), input.clone()).expect("a reminder");
     assert_eq!(out["decision"], "block");
@@ -221,16 +227,62 @@ fn stop_holds_the_turn_once_for_running_agents() {
     // A later turn with the same agent still running: it was named already.
     assert_eq!(hook(Event::Stop, tmp.path(), input.clone()), None);
     // A new agent is news.
-    running(&b, "remind", &["a-1", "a-2"]);
+    running(&b, StopHook::Remind, &["a-1", "a-2"]);
     let out = hook(Event::Stop, tmp.path(), input).expect("a reminder for a-2");
     assert!(out["reason"].as_str().unwrap().contains("a-2"));
+}
+
+#[test]
+fn stop_names_the_wait_limit_the_server_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = board(tmp.path(), SESSION);
+    publish(&b, StopHook::Remind, Some(17), &["a-1"]);
+    let input = json!({"session_id": SESSION, "stop_hook_active": false});
+    let out = hook(Event::Stop, tmp.path(), input).expect("a reminder");
+    let reason = out["reason"].as_str().unwrap();
+    assert!(reason.contains("it blocks up to 17 s;"), "{reason}");
+    assert!(!reason.contains("50 s"), "{reason}");
+
+    // A state without the limit (an older server) names none rather than a guess.
+    publish(&b, StopHook::Remind, None, &["a-2"]);
+    let input = json!({"session_id": SESSION, "stop_hook_active": false});
+    let out = hook(Event::Stop, tmp.path(), input).expect("a reminder for a-2");
+    let reason = out["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("(call again to keep waiting)") && !reason.contains("blocks up to"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn the_state_and_notices_keep_their_json() {
+    let state = ServerState {
+        stop_hook: StopHook::Remind,
+        max_wait_seconds: Some(50),
+        agents: vec![LiveAgent {
+            agent_id: "a-1".into(),
+            label: None,
+            status: Status::Queued,
+        }],
+    };
+    let text = serde_json::to_string(&state).unwrap();
+    assert_eq!(
+        text,
+        r#"{"stop_hook":"remind","max_wait_seconds":50,"agents":[{"agent_id":"a-1","status":"queued"}]}"#
+    );
+    assert_eq!(serde_json::from_str::<ServerState>(&text).unwrap(), state);
+    let old: ServerState =
+        serde_json::from_str(r#"{"stop_hook":"off","agents":[]}"#).expect("an older state");
+    assert_eq!((old.stop_hook, old.max_wait_seconds), (StopHook::Off, None));
+    let notice = serde_json::to_value(done("a-2", "x")).unwrap();
+    assert_eq!(notice["status"], "completed");
 }
 
 #[test]
 fn stop_delivers_unreported_ends() {
     let tmp = tempfile::tempdir().unwrap();
     let b = board(tmp.path(), SESSION);
-    running(&b, "remind", &[]);
+    running(&b, StopHook::Remind, &[]);
     b.post(&done("a-9", "the answer")).unwrap();
     let input = json!({"session_id": SESSION, "stop_hook_active": false});
     let out = hook(Event::Stop, tmp.path(), input.clone()).expect("a reminder");
@@ -247,7 +299,7 @@ fn stop_delivers_unreported_ends() {
 fn stop_hook_off_never_holds_the_turn() {
     let tmp = tempfile::tempdir().unwrap();
     let b = board(tmp.path(), SESSION);
-    running(&b, "off", &["a-1"]);
+    running(&b, StopHook::Off, &["a-1"]);
     b.post(&done("a-2", "x")).unwrap();
     let input = json!({"session_id": SESSION, "stop_hook_active": false});
     assert_eq!(hook(Event::Stop, tmp.path(), input), None);
@@ -286,16 +338,16 @@ fn previews_are_one_short_line() {
     let n = Notice::new(
         "a-1",
         Some("a\nlabel"),
-        "completed",
+        Status::Completed,
         Some("\n\n  First   line\nsecond line"),
     );
     assert_eq!(n.line(), "a-1 (a label) completed: First line …");
     let long = "x".repeat(500);
-    let n = Notice::new("a-1", None, "failed", Some(&long));
+    let n = Notice::new("a-1", None, Status::Failed, Some(&long));
     assert!(n.preview.chars().count() <= PREVIEW_CHARS, "{}", n.preview);
     assert!(n.preview.ends_with('…'));
     assert_eq!(
-        Notice::new("a-1", None, "killed", None).line(),
+        Notice::new("a-1", None, Status::Killed, None).line(),
         "a-1 killed"
     );
 }

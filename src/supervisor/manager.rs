@@ -27,11 +27,8 @@ mod start;
 mod supervise;
 mod wait;
 
-pub use query::{AgentMark, EndedAgent, ListView, LiveAgent, OutputPage, OutputQuery};
-pub use send::Sent;
-pub use session::SessionView;
-pub use shutdown::ShutdownReport;
-pub use wait::{WaitMode, WaitView};
+pub use query::OutputQuery;
+pub use wait::WaitMode;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -47,6 +44,7 @@ use super::outcome::{ExitInfo, ExitReason, Outcome};
 use super::output::OutputError;
 use super::process::{SpawnError, Spawner};
 use super::registry::{AgentRecord, Registry};
+use super::view::EndedAgent;
 use query::compiled_filter;
 use session::SessionSpend;
 use start::out_of_descriptors;

@@ -11,7 +11,7 @@
 //! - `registry` — records, their state machine, the queue and the run slots;
 //! - `outcome` — statuses, terminal outcomes, exit reasons, classification of an end;
 //! - `output` — ring buffer (`output/ring.rs`), filter, transcript, stderr tail;
-//! - `view` — what callers see.
+//! - `view` — what callers see, every snapshot from spawn to shutdown report.
 
 pub mod admission;
 pub mod manager;
@@ -22,5 +22,9 @@ pub mod registry;
 pub mod request;
 pub mod view;
 
-pub use manager::{Manager, ManagerError, ShutdownReport, WaitMode};
-pub use outcome::Status;
+pub use manager::{Manager, ManagerError, OutputQuery, WaitMode};
+pub use outcome::{ExitReason, Status};
+pub use view::{
+    AgentMark, EndedAgent, ListRow, ListView, LiveAgent, OutputPage, Sent, SessionView,
+    ShutdownReport, SpawnView, StatusView, WaitView,
+};

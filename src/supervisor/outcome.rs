@@ -68,6 +68,12 @@ impl Status {
     }
 }
 
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How an agent ended: only the terminal statuses, so an ended agent cannot be queued or
 /// running. Its [`Status`] is [`Outcome::status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,6 +142,30 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
+    /// Every reason, in the order the declaration gives them: what replies and their
+    /// schemas list (`mcp::reply::Exit`), so no list of names is kept by hand.
+    pub const ALL: [ExitReason; 19] = [
+        ExitReason::Completed,
+        ExitReason::Killed,
+        ExitReason::Cancelled,
+        ExitReason::SessionBudget,
+        ExitReason::TimedOut,
+        ExitReason::CpuLimit,
+        ExitReason::MemoryLimit,
+        ExitReason::FileLimit,
+        ExitReason::OutputLimit,
+        ExitReason::BudgetExceeded,
+        ExitReason::ProviderError,
+        ExitReason::ConfigError,
+        ExitReason::SchemaMismatch,
+        ExitReason::Interrupted,
+        ExitReason::Crashed,
+        ExitReason::KilledOutside,
+        ExitReason::NoResult,
+        ExitReason::SpawnFailed,
+        ExitReason::TranscriptError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ExitReason::Completed => "completed",
@@ -358,14 +388,17 @@ mod tests {
 
     #[test]
     fn exit_reasons_serialize_to_their_names() {
-        for reason in [
-            ExitReason::Completed,
-            ExitReason::SessionBudget,
-            ExitReason::KilledOutside,
-            ExitReason::TranscriptError,
-        ] {
+        let mut names = std::collections::HashSet::new();
+        for (i, reason) in ExitReason::ALL.into_iter().enumerate() {
             assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+            assert_eq!(reason as usize, i, "ALL in declaration order");
+            assert!(names.insert(reason.as_str()), "{reason} twice");
         }
+        // The last variant closes ALL: a variant added anywhere moves it.
+        assert_eq!(
+            ExitReason::ALL.len(),
+            ExitReason::TranscriptError as usize + 1
+        );
         assert_eq!(Outcome::TimedOut.status().as_str(), "timed_out");
     }
 

@@ -8,11 +8,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use bg_agent_worker::protocol::{ErrorKind, Message, TaskSpec};
+use bg_agent_worker::protocol::{ErrorKind, Message, TaskSpec, UsageReport};
 use bg_agent_worker::roles::RoleChoice;
 use bg_agent_worker::routing::RoutedBy;
 use bg_agent_worker::values::{Limits, Tier};
-use serde::Serialize;
 
 use super::outcome::{ExitInfo, Outcome, Status};
 use super::output::{OutputBuffer, StderrTail, Transcript};
@@ -136,38 +135,6 @@ impl AgentState {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Usage {
-    /// Uncached input; cache writes and reads are counted apart.
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_write_tokens: u64,
-    pub cache_read_tokens: u64,
-    /// `None`: the model has no price, the cost is unknown (not zero).
-    pub cost_usd: Option<f64>,
-    /// The provider sent no usage for some turn: tokens and cost are estimates.
-    pub estimated: bool,
-}
-
-impl Usage {
-    /// `self` (earlier rounds) plus `run` (the current round's totals).
-    pub fn plus(&self, run: &Usage) -> Usage {
-        Usage {
-            input_tokens: self.input_tokens + run.input_tokens,
-            output_tokens: self.output_tokens + run.output_tokens,
-            cache_write_tokens: self.cache_write_tokens + run.cache_write_tokens,
-            cache_read_tokens: self.cache_read_tokens + run.cache_read_tokens,
-            cost_usd: run.cost_usd.map(|c| c + self.cost_usd.unwrap_or(0.0)),
-            estimated: self.estimated || run.estimated,
-        }
-    }
-
-    /// Every token, cached or not: what `max_total_tokens` counts.
-    pub fn total_tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens + self.cache_write_tokens + self.cache_read_tokens
-    }
-}
-
 /// What a completed agent was before `agent_send` queued its next round: put back when
 /// that round is cancelled before it starts.
 #[derive(Debug)]
@@ -177,7 +144,7 @@ pub struct Reopened {
     pub limits: Limits,
     pub result: Option<String>,
     pub stop_reason: Option<String>,
-    pub prior_usage: Usage,
+    pub prior_usage: UsageReport,
     pub prior_turns: u32,
 }
 
@@ -208,7 +175,7 @@ pub struct AgentRecord {
     pub cwd: String,
     pub created_at: SystemTime,
     pub state: AgentState,
-    pub usage: Usage,
+    pub usage: UsageReport,
     /// The final answer's stop reason (`max_tokens`: cut at the token limit).
     pub stop_reason: Option<String>,
     pub turns: u32,
@@ -253,7 +220,7 @@ pub struct AgentRecord {
     pub rounds: u32,
     /// Usage and turns of the rounds before the current one; the current worker reports
     /// its own, and `usage`/`turns` are the sums.
-    pub prior_usage: Usage,
+    pub prior_usage: UsageReport,
     pub prior_turns: u32,
     /// Where follow-ups to the running worker go (lines for its stdin), while it runs.
     pub inbox: Option<tokio::sync::mpsc::UnboundedSender<String>>,
@@ -665,7 +632,7 @@ mod tests {
             state: AgentState::Queued {
                 spec: Box::new(spec),
             },
-            usage: Usage::default(),
+            usage: UsageReport::default(),
             turns: 0,
             result: None,
             result_json: None,
@@ -688,7 +655,7 @@ mod tests {
             conversation_saved: false,
             round_spec: Box::new(s_spec()),
             rounds: 1,
-            prior_usage: Usage::default(),
+            prior_usage: UsageReport::default(),
             prior_turns: 0,
             inbox: None,
             pending_messages: Vec::new(),

@@ -12,8 +12,8 @@ use std::time::Duration;
 use bg_agent_worker::config::KILL_GRACE_MAX_MS;
 use bg_agent_worker::resolve::SpawnRequest;
 
-use super::manager::{Manager, ManagerError, WaitMode, WaitView};
-use super::view::{SpawnView, StatusView};
+use super::manager::{Manager, ManagerError, WaitMode};
+use super::view::{SpawnView, StatusView, WaitView};
 
 /// Longest label (chars); labels are echoed in every list row.
 pub const LABEL_MAX_CHARS: usize = 64;

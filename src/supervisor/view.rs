@@ -1,31 +1,39 @@
-//! What callers see of agents: serializable snapshots taken under the registry lock.
-//! The MCP tools shape their replies from these (`mcp::reply`); in-process callers and
-//! tests read them whole.
+//! What callers see of agents, every snapshot of it from spawn to shutdown: typed,
+//! serializable, taken under the registry lock. The manager builds them; the MCP tools
+//! shape their replies from them (`mcp::reply`, `mcp::text`), the notices and the `Stop`
+//! hook read the live and ended agents, and in-process callers and tests read them whole.
+//!
+//! Not here: what a caller asks for (`request`, `manager::OutputQuery`, `WaitMode`), how a
+//! reply is shaped and cut to size (`mcp::reply`).
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use bg_agent_worker::protocol::STOP_MAX_TOKENS;
-use bg_agent_worker::values::Limits;
+use bg_agent_worker::protocol::{STOP_MAX_TOKENS, UsageReport};
+use bg_agent_worker::roles::RoleChoice;
+use bg_agent_worker::routing::RoutedBy;
+use bg_agent_worker::values::{Limits, Tier, TokenCounts};
 
-use super::outcome::Status;
+use super::outcome::{ExitInfo, Status};
 use super::output::Transcript;
 use super::registry::{AgentRecord, AgentState};
 
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+/// What a spawn did: the agent's id, where it was routed, and whether it runs or waits.
+#[derive(Debug, Clone, Serialize)]
 pub struct SpawnView {
     pub agent_id: String,
     pub status: Status,
     pub role: String,
     /// Why this role: explicit, keyword (with the keyword) or default.
-    pub role_selected_by: String,
-    pub tier: String,
+    pub role_selected_by: RoleChoice,
+    pub tier: Tier,
     pub model: String,
     pub provider: String,
-    /// Which rule chose the model: model, tier, task_type, role, keyword or default.
-    pub routed_by: String,
+    /// Which rule chose the model.
+    pub routed_by: RoutedBy,
     pub routing_reason: String,
     pub limits: Limits,
     pub label: Option<String>,
@@ -37,30 +45,7 @@ pub struct SpawnView {
     pub queued_reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
-pub struct UsageView {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    /// Input written to the prompt cache (billed above the input rate).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub cache_write_tokens: u64,
-    /// Input read from the prompt cache (billed far below the input rate).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub cache_read_tokens: u64,
-    /// USD so far; null when the model has no configured price (unknown, not free).
-    pub cost_usd: Option<f64>,
-    /// True when the provider sent no usage and tokens (and cost) are estimated.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub estimated: bool,
-}
-
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct ExitView {
-    pub code: Option<i32>,
-    pub signal: Option<String>,
-    pub reason: String,
-}
-
+/// An agent's output and transcript counters (agent_status `details`).
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct OutputCounts {
     /// Readable output bytes produced so far (the cursor of the newest byte).
@@ -80,17 +65,18 @@ pub struct OutputCounts {
     pub transcript_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+/// One agent, whole (agent_status, agent_kill, agent_send, agent_wait's rows).
+#[derive(Debug, Clone, Serialize)]
 pub struct StatusView {
     pub agent_id: String,
     pub status: Status,
     pub label: Option<String>,
     pub task: String,
     pub role: String,
-    pub tier: String,
+    pub tier: Tier,
     pub model: String,
     pub provider: String,
-    pub routed_by: String,
+    pub routed_by: RoutedBy,
     /// Which kernel sandbox confines the worker (once it started).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
@@ -106,8 +92,9 @@ pub struct StatusView {
     pub ended_at: Option<f64>,
     /// Seconds running (so far, or in all).
     pub elapsed_seconds: Option<f64>,
-    pub exit: Option<ExitView>,
-    pub usage: UsageView,
+    /// How its process ended, once it did.
+    pub exit: Option<ExitInfo>,
+    pub usage: UsageReport,
     pub turns: u32,
     /// Rounds of the conversation: 1, plus one per follow-up (`agent_send`).
     pub rounds: u32,
@@ -132,7 +119,8 @@ pub struct StatusView {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+/// One agent in a list.
+#[derive(Debug, Clone, Serialize)]
 pub struct ListRow {
     pub agent_id: String,
     pub status: Status,
@@ -141,15 +129,11 @@ pub struct ListRow {
     pub model: String,
     pub task: String,
     pub elapsed_seconds: Option<f64>,
-    pub usage: UsageView,
+    pub usage: UsageReport,
     /// Why it ended, when it did not complete.
     pub error: Option<String>,
     /// The model stopped at its token limit: the answer is incomplete.
     pub answer_truncated: bool,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 fn secs(t: SystemTime) -> f64 {
@@ -187,16 +171,11 @@ pub fn round_usd(usd: f64) -> f64 {
     (usd * scale).round() / scale
 }
 
-impl UsageView {
-    fn of(r: &AgentRecord) -> Self {
-        UsageView {
-            input_tokens: r.usage.input_tokens,
-            output_tokens: r.usage.output_tokens,
-            cache_write_tokens: r.usage.cache_write_tokens,
-            cache_read_tokens: r.usage.cache_read_tokens,
-            cost_usd: r.usage.cost_usd.map(round_usd),
-            estimated: r.usage.estimated,
-        }
+/// `r`'s usage as callers see it: the cost rounded to an amount.
+fn usage_of(r: &AgentRecord) -> UsageReport {
+    UsageReport {
+        cost_usd: r.usage.cost_usd.map(round_usd),
+        ..r.usage
     }
 }
 
@@ -204,11 +183,7 @@ impl StatusView {
     pub fn of(r: &AgentRecord) -> Self {
         let (pid, started, ended) = times(&r.state);
         let exit = match &r.state {
-            AgentState::Ended { exit, .. } => Some(ExitView {
-                code: exit.code,
-                signal: exit.signal.clone(),
-                reason: exit.reason.as_str().to_string(),
-            }),
+            AgentState::Ended { exit, .. } => Some(exit.clone()),
             _ => None,
         };
         let status = r.status();
@@ -219,10 +194,10 @@ impl StatusView {
             label: r.label.clone(),
             task: r.task_preview.clone(),
             role: r.role.clone(),
-            tier: r.tier.to_string(),
+            tier: r.tier,
             model: r.model.clone(),
             provider: r.provider.clone(),
-            routed_by: r.routed_by.as_str().to_string(),
+            routed_by: r.routed_by,
             sandbox: r.sandbox.clone(),
             waiting_for: r.waiting_for.clone(),
             pid,
@@ -232,7 +207,7 @@ impl StatusView {
             ended_at: ended.map(secs),
             elapsed_seconds: elapsed(started, ended),
             exit,
-            usage: UsageView::of(r),
+            usage: usage_of(r),
             turns: r.turns,
             rounds: r.rounds,
             messages_pending: r.pending_messages.len(),
@@ -282,12 +257,188 @@ impl ListRow {
             model: r.model.clone(),
             task: r.task_preview.clone(),
             elapsed_seconds: elapsed(started, ended),
-            usage: UsageView::of(r),
+            usage: usage_of(r),
             error: r.error.clone(),
             answer_truncated: r.status() == Status::Completed
                 && r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS),
         }
     }
+}
+
+/// A page of an agent's readable output (agent_output).
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputPage {
+    pub agent_id: String,
+    pub text: String,
+    /// Pass as `since` to continue after what was returned.
+    pub next_cursor: u64,
+    /// Bytes between `since` and where reading resumed: output that left the in-memory
+    /// window (reading resumes at the next whole line). The transcript file has them.
+    pub dropped_bytes: u64,
+    /// True when more output in range was not returned because of max_bytes.
+    pub truncated: bool,
+    pub matched_lines: usize,
+    pub status: Status,
+    pub transcript_path: Option<String>,
+}
+
+/// The agents that match a list's filters, with their totals (agent_list).
+#[derive(Debug, Clone, Serialize)]
+pub struct ListView {
+    /// The agents that match the filters, oldest first.
+    pub agents: Vec<ListRow>,
+    /// Every agent of the session by status (not filtered).
+    pub counts: HashMap<Status, usize>,
+    /// Tokens of the agents that match the filters, summed.
+    pub total_tokens: TokenCounts,
+    /// Sum over the agents that match with a known cost.
+    pub total_cost_usd: f64,
+    /// This session's spending against `[server] session_budget_usd` /
+    /// `session_max_tokens` (every agent, evicted ones too), when either is set.
+    pub session: Option<SessionView>,
+    /// Agents that match whose cost is unknown (no price configured), left out of the total.
+    pub agents_with_unknown_cost: usize,
+}
+
+impl ListView {
+    /// The view of `recs` (filtered and sorted), with `counts` over every agent.
+    pub fn of(
+        recs: &[&AgentRecord],
+        counts: HashMap<Status, usize>,
+        session: Option<SessionView>,
+    ) -> Self {
+        let mut total_tokens = TokenCounts::default();
+        for r in recs {
+            total_tokens.add(&r.usage.tokens());
+        }
+        ListView {
+            agents: recs.iter().map(|r| ListRow::of(r)).collect(),
+            counts,
+            total_tokens,
+            total_cost_usd: round_usd(recs.iter().filter_map(|r| r.usage.cost_usd).sum()),
+            session,
+            agents_with_unknown_cost: recs
+                .iter()
+                .filter(|r| r.usage.cost_usd.is_none() && r.usage.total() > 0)
+                .count(),
+        }
+    }
+}
+
+/// What a wait saw when it returned (agent_wait).
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitView {
+    /// True when the condition (any or all ended) was met; false when the wait ran out.
+    pub done: bool,
+    pub ended: Vec<String>,
+    pub still_running: Vec<String>,
+    /// Every waited agent, in the order asked.
+    pub agents: Vec<StatusView>,
+    pub waited_seconds: f64,
+}
+
+/// What a follow-up (agent_send) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sent {
+    /// A completed agent began round `n` (queued or running).
+    Round(u32),
+    /// A queued agent's task got the message appended.
+    Appended,
+    /// A running agent takes the message at its next turn boundary.
+    Pending,
+}
+
+/// The session's spending in agent_list, when `[server]` caps it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionView {
+    pub spent_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    pub tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// What running agents hold of the caps (they may still spend it).
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub reserved_usd: f64,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub reserved_tokens: u64,
+    /// Set once the cap is reached: new spawns and follow-ups are refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exhausted: Option<String>,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+/// What the server's shutdown did with the agents it had.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShutdownReport {
+    pub killed: usize,
+    pub cancelled: usize,
+    pub already_ended: usize,
+    /// Process groups still present after SIGKILL and the drain (should be 0).
+    pub survivors: usize,
+}
+
+/// An agent that just reached a terminal status, as told to `Manager::ended_agents`
+/// (for completion notices: the record itself may be evicted soon after).
+#[derive(Debug, Clone)]
+pub struct EndedAgent {
+    pub agent_id: String,
+    pub label: Option<String>,
+    pub status: Status,
+    /// The final answer (completed agents).
+    pub result: Option<String>,
+    pub error: Option<String>,
+    /// Which round ended: 1, or more after follow-ups (`agent_send`).
+    pub round: u32,
+}
+
+impl EndedAgent {
+    pub fn of(rec: &AgentRecord) -> EndedAgent {
+        EndedAgent {
+            agent_id: rec.id.clone(),
+            label: rec.label.clone(),
+            status: rec.status(),
+            result: rec.result.clone(),
+            error: rec.error.clone(),
+            round: rec.rounds,
+        }
+    }
+}
+
+/// An agent not yet ended: what the server publishes for the `Stop` hook
+/// (`notices::ServerState`), which names it to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveAgent {
+    pub agent_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub status: Status,
+}
+
+impl LiveAgent {
+    pub fn of(rec: &AgentRecord) -> LiveAgent {
+        LiveAgent {
+            agent_id: rec.id.clone(),
+            label: rec.label.clone(),
+            status: rec.status(),
+        }
+    }
+}
+
+/// Where an agent stands, as resource-update notifications compare it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentMark {
+    pub status: Status,
+    /// Bumped whenever output arrives or the agent ends.
+    pub output_seq: u64,
 }
 
 #[cfg(test)]

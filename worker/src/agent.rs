@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, exit};
+use crate::protocol::{ErrorKind, Event, STOP_MAX_TOKENS, TaskSpec, UsageReport, exit};
 use crate::provider::{
     Block, Client, Message, ProviderError, Role, TokenUsage, ToolDef, TurnOutput, TurnRequest,
     throttled,
@@ -271,14 +271,11 @@ impl<'a> Run<'a> {
         self.total.add(&output.usage);
         self.estimated |= output.usage_estimated;
         let cost = self.spec.price.map(|p| p.cost_of(&self.total));
-        self.out.emit(&Event::Usage {
-            input_tokens: self.total.input,
-            output_tokens: self.total.output,
-            cache_write_tokens: self.total.cache_write,
-            cache_read_tokens: self.total.cache_read,
-            cost_usd: cost,
-            estimated: self.estimated,
-        });
+        self.out.emit(&Event::Usage(UsageReport::of(
+            self.total,
+            cost,
+            self.estimated,
+        )));
         budget_exceeded(self.spec, self.total, cost)
     }
 

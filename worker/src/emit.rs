@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::io::Write;
 
 use bg_agent_worker::agent::Emit;
-use bg_agent_worker::protocol::{Event, STOP_MAX_TOKENS, exit};
+use bg_agent_worker::protocol::{Event, STOP_MAX_TOKENS, UsageReport, exit};
 
 /// JSONL on stdout, flushed per event so the server sees each at once.
 pub struct JsonOut;
@@ -31,19 +31,9 @@ impl Emit for JsonOut {
 #[derive(Default)]
 pub struct HumanOut {
     mid_line: Cell<bool>,
-    usage: Cell<Option<Usage>>,
+    /// The last `usage` event's figures.
+    usage: Cell<Option<UsageReport>>,
     structured: bool,
-}
-
-/// The last `usage` event's figures.
-#[derive(Clone, Copy, Default)]
-struct Usage {
-    input: u64,
-    output: u64,
-    cache_write: u64,
-    cache_read: u64,
-    cost: Option<f64>,
-    estimated: bool,
 }
 
 impl HumanOut {
@@ -60,12 +50,14 @@ impl HumanOut {
     /// them, `at_start` whether that begins a line.
     fn summary(&self, text: &str, at_start: bool, turns: u32, cut: bool) -> String {
         let u = self.usage.get().unwrap_or_default();
-        let cost = u.cost.map_or("cost unknown".into(), |c| format!("${c:.4}"));
-        let mut input = format!("{} in", u.input);
-        if u.cache_write + u.cache_read > 0 {
+        let cost = u
+            .cost_usd
+            .map_or("cost unknown".into(), |c| format!("${c:.4}"));
+        let mut input = format!("{} in", u.input_tokens);
+        if u.cache_write_tokens + u.cache_read_tokens > 0 {
             input.push_str(&format!(
                 " + {} cache write + {} cache read",
-                u.cache_write, u.cache_read
+                u.cache_write_tokens, u.cache_read_tokens
             ));
         }
         let mut nl = if text.is_empty() && at_start || text.ends_with('\n') {
@@ -83,7 +75,7 @@ impl HumanOut {
         lines.push_str(&format!(
             "{nl}— {turns} turn{} · {input} / {} out tokens{} · {cost}\n",
             if turns == 1 { "" } else { "s" },
-            u.output,
+            u.output_tokens,
             if u.estimated { " (estimated)" } else { "" }
         ));
         lines
@@ -94,23 +86,8 @@ impl Emit for HumanOut {
     fn emit(&self, event: &Event) {
         let mut stdout = std::io::stdout().lock();
         let at_start = !self.mid_line.get();
-        if let Event::Usage {
-            input_tokens,
-            output_tokens,
-            cache_write_tokens,
-            cache_read_tokens,
-            cost_usd,
-            estimated,
-        } = event
-        {
-            self.usage.set(Some(Usage {
-                input: *input_tokens,
-                output: *output_tokens,
-                cache_write: *cache_write_tokens,
-                cache_read: *cache_read_tokens,
-                cost: *cost_usd,
-                estimated: *estimated,
-            }));
+        if let Event::Usage(u) = event {
+            self.usage.set(Some(*u));
         }
         if self.structured {
             if let Event::Result {

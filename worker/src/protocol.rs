@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::values::{Limits, Price, ProviderKind, SandboxMode, ToolName};
+use crate::values::{Limits, Price, ProviderKind, SandboxMode, TokenCounts, ToolName};
 
 /// Exit codes of the worker process (listed for users in README.md, "Run an agent by hand").
 pub mod exit {
@@ -232,6 +232,69 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Token usage and cost of a run (or of an agent's rounds together): the worker's `usage`
+/// event, and what the server keeps and shows of it. `input_tokens` is uncached input;
+/// input written to and read from the prompt cache is counted apart (each billed at its
+/// own rate).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Input written to the prompt cache (billed above the input rate).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    /// Input read from the prompt cache (billed far below the input rate).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
+    /// USD; `None` when the model has no price configured: unknown, not free.
+    pub cost_usd: Option<f64>,
+    /// The provider reported no usage for some turn, so the tokens (and the cost) are
+    /// estimated from the bytes sent and received, 4 bytes a token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+}
+
+impl UsageReport {
+    /// The report of `tokens` billed at `cost_usd`.
+    pub fn of(tokens: TokenCounts, cost_usd: Option<f64>, estimated: bool) -> UsageReport {
+        UsageReport {
+            input_tokens: tokens.input,
+            output_tokens: tokens.output,
+            cache_write_tokens: tokens.cache_write,
+            cache_read_tokens: tokens.cache_read,
+            cost_usd,
+            estimated,
+        }
+    }
+
+    /// The tokens alone, as billed.
+    pub fn tokens(&self) -> TokenCounts {
+        TokenCounts {
+            input: self.input_tokens,
+            cache_write: self.cache_write_tokens,
+            cache_read: self.cache_read_tokens,
+            output: self.output_tokens,
+        }
+    }
+
+    /// Every token, cached or not: what `max_total_tokens` counts.
+    pub fn total(&self) -> u64 {
+        self.tokens().total()
+    }
+
+    /// `self` (earlier rounds) plus `run` (a later round's totals). The cost is known when
+    /// the later round's is (an unpriced model stays unknown).
+    pub fn plus(&self, run: &UsageReport) -> UsageReport {
+        let mut tokens = self.tokens();
+        tokens.add(&run.tokens());
+        UsageReport::of(
+            tokens,
+            run.cost_usd.map(|c| c + self.cost_usd.unwrap_or(0.0)),
+            self.estimated || run.estimated,
+        )
+    }
+}
+
 /// One line of worker stdout.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -263,22 +326,8 @@ pub enum Event {
         bytes: u64,
         is_error: bool,
     },
-    /// Totals so far for the whole run. `input_tokens` is uncached input; input written to
-    /// and read from the prompt cache is counted apart (each billed at its own rate).
-    Usage {
-        input_tokens: u64,
-        output_tokens: u64,
-        #[serde(default, skip_serializing_if = "is_zero")]
-        cache_write_tokens: u64,
-        #[serde(default, skip_serializing_if = "is_zero")]
-        cache_read_tokens: u64,
-        /// `None` when the model has no price configured: unknown, not free.
-        cost_usd: Option<f64>,
-        /// The provider reported no usage for some turn, so the tokens (and the cost) are
-        /// estimated from the bytes sent and received, 4 bytes a token.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        estimated: bool,
-    },
+    /// Totals so far for the whole run.
+    Usage(UsageReport),
     /// A turn is being retried; text streamed since the turn began is void.
     Retry {
         attempt: u32,
@@ -336,7 +385,7 @@ impl Event {
         let nl = if at_line_start { "" } else { "\n" };
         match self {
             Event::Started { .. }
-            | Event::Usage { .. }
+            | Event::Usage(_)
             | Event::Result { .. }
             | Event::Message { .. } => None,
             Event::Text { text } => Some(text.clone()),
@@ -502,14 +551,11 @@ mod tests {
 
     #[test]
     fn events_round_trip_with_type_tags() {
-        let e = Event::Usage {
+        let e = Event::Usage(UsageReport {
             input_tokens: 3,
             output_tokens: 4,
-            cache_write_tokens: 0,
-            cache_read_tokens: 0,
-            cost_usd: None,
-            estimated: false,
-        };
+            ..Default::default()
+        });
         let line = e.to_json_line();
         assert_eq!(
             line,
@@ -520,6 +566,29 @@ mod tests {
             serde_json::from_str(r#"{"type":"error","kind":"budget_exceeded","message":"x"}"#)
                 .unwrap();
         assert!(err.is_final());
+    }
+
+    #[test]
+    fn usage_keeps_its_wire_json_and_sums_once() {
+        let full = r#"{"type":"usage","input_tokens":3,"output_tokens":4,"cache_write_tokens":5,"cache_read_tokens":6,"cost_usd":0.5,"estimated":true}"#;
+        let e: Event = serde_json::from_str(full).unwrap();
+        assert_eq!(e.to_json_line(), full);
+        let Event::Usage(u) = e else {
+            panic!("not a usage event: {e:?}")
+        };
+        assert_eq!(u.total(), 18);
+        let later = UsageReport {
+            input_tokens: 1,
+            cost_usd: None,
+            ..Default::default()
+        };
+        let sum = u.plus(&later);
+        assert_eq!((sum.total(), sum.cost_usd, sum.estimated), (19, None, true));
+        let priced = UsageReport {
+            cost_usd: Some(0.25),
+            ..later
+        };
+        assert_eq!(u.plus(&priced).cost_usd, Some(0.75));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use bg_agent_worker::protocol::{Event, exit};
+use bg_agent_worker::protocol::{Event, UsageReport, exit};
 use common::{Harness, OPENAI_KEY, Step, run, tool_use};
 use serde_json::{Value, json};
 
@@ -13,14 +13,14 @@ fn totals(r: &common::Run) -> (u64, u64, u64, u64, Option<f64>) {
     r.events()
         .into_iter()
         .filter_map(|e| match e {
-            Event::Usage {
+            Event::Usage(UsageReport {
                 input_tokens,
                 output_tokens,
                 cache_write_tokens,
                 cache_read_tokens,
                 cost_usd,
                 ..
-            } => Some((
+            }) => Some((
                 input_tokens,
                 cache_write_tokens,
                 cache_read_tokens,

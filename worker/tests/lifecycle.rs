@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Instant;
 
-use bg_agent_worker::protocol::{ErrorKind, Event, exit};
+use bg_agent_worker::protocol::{ErrorKind, Event, UsageReport, exit};
 use common::{Harness, Live, Step, run, tool_use};
 use nix::sys::signal::{Signal, kill};
 use serde_json::json;
@@ -63,11 +63,11 @@ async fn usd_budget_spent_stops_the_run_with_exit_3() {
         .events()
         .into_iter()
         .filter_map(|e| match e {
-            Event::Usage {
+            Event::Usage(UsageReport {
                 input_tokens,
                 cost_usd,
                 ..
-            } => Some((input_tokens, cost_usd.expect("sonnet has a price"))),
+            }) => Some((input_tokens, cost_usd.expect("sonnet has a price"))),
             _ => None,
         })
         .collect();

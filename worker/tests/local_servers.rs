@@ -7,7 +7,7 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use bg_agent_worker::protocol::{ErrorKind, Event, exit};
+use bg_agent_worker::protocol::{ErrorKind, Event, UsageReport, exit};
 use common::{FakeProvider, Harness, Step, run, tool_use};
 use serde_json::json;
 use support::provider::Quirks;
@@ -66,13 +66,13 @@ fn last_usage(r: &common::Run) -> (u64, u64, Option<f64>, bool) {
     r.events()
         .into_iter()
         .filter_map(|e| match e {
-            Event::Usage {
+            Event::Usage(UsageReport {
                 input_tokens,
                 output_tokens,
                 cost_usd,
                 estimated,
                 ..
-            } => Some((input_tokens, output_tokens, cost_usd, estimated)),
+            }) => Some((input_tokens, output_tokens, cost_usd, estimated)),
             _ => None,
         })
         .next_back()

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use bg_agent_worker::protocol::{Event, exit};
+use bg_agent_worker::protocol::{Event, UsageReport, exit};
 use common::{Harness, OPENAI_KEY, Step, run, tool_use};
 use serde_json::json;
 use support::process::API_KEY;
@@ -65,13 +65,13 @@ async fn streamed_text_arrives_as_ordered_events_and_concatenates_to_the_result(
         other => panic!("not a result: {other:?}"),
     }
     match &r.events()[5] {
-        Event::Usage {
+        Event::Usage(UsageReport {
             input_tokens,
             output_tokens,
             cost_usd,
             estimated,
             ..
-        } => {
+        }) => {
             assert!(*input_tokens > 0 && *output_tokens > 0);
             assert!(!estimated, "the provider sent usage");
             assert!(cost_usd.is_some_and(|c| c > 0.0), "sonnet has a price");
@@ -253,10 +253,10 @@ async fn openai_compatible_stream_runs_a_glob_tool_call_round_trip() {
     // No price for local-model: the cost is unknown, not zero.
     assert!(r.events().iter().any(|e| matches!(
         e,
-        Event::Usage {
+        Event::Usage(UsageReport {
             input_tokens: 1..,
             cost_usd: None,
             ..
-        }
+        })
     )));
 }

@@ -13,7 +13,8 @@ use tokio::net::unix::pipe::Receiver;
 use tokio::sync::mpsc;
 
 use crate::supervisor::output::Transcript;
-use crate::supervisor::registry::{AgentRecord, Control, OpenTurn, Usage};
+use crate::supervisor::registry::{AgentRecord, Control, OpenTurn};
+use bg_agent_worker::protocol::UsageReport;
 
 use super::Inner;
 
@@ -200,23 +201,9 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
     track_open_turn(rec, &event);
     match &event {
         Event::Started { sandbox, .. } => rec.sandbox = sandbox.clone(),
-        Event::Usage {
-            input_tokens,
-            output_tokens,
-            cache_write_tokens,
-            cache_read_tokens,
-            cost_usd,
-            estimated,
-        } => {
+        Event::Usage(run) => {
             // The worker counts its own round; earlier rounds add up here.
-            rec.usage = rec.prior_usage.plus(&Usage {
-                input_tokens: *input_tokens,
-                output_tokens: *output_tokens,
-                cache_write_tokens: *cache_write_tokens,
-                cache_read_tokens: *cache_read_tokens,
-                cost_usd: *cost_usd,
-                estimated: *estimated,
-            });
+            rec.usage = rec.prior_usage.plus(run);
         }
         Event::Result {
             text,
@@ -284,7 +271,7 @@ fn track_open_turn(rec: &mut AgentRecord, event: &Event) {
 
 /// What a request cut off before its usage came cost, estimated (4 bytes a token) and
 /// added to `rec`'s usage, marked estimated; `None` when no request was in flight.
-pub(super) fn count_cut_turn(rec: &mut AgentRecord) -> Option<Usage> {
+pub(super) fn count_cut_turn(rec: &mut AgentRecord) -> Option<UsageReport> {
     let turn = rec.open_turn.take()?;
     let before = rec.usage;
     let input = estimate_tokens(turn.input_bytes);

@@ -1,19 +1,17 @@
 //! Reading records: status, output pages, lists, live agents, resource marks.
 //!
-//! Not here: the view types shared with the MCP layer (`view`), waiting (`wait`).
+//! Not here: the view types these build (`view`), waiting (`wait`).
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{ReadRequest, compile_filter};
 use crate::supervisor::registry::{AgentRecord, AgentState, Registry};
-use crate::supervisor::view::{ListRow, StatusView, round_usd};
+use crate::supervisor::view::{AgentMark, ListView, LiveAgent, OutputPage, StatusView};
 
 use super::session::Grant;
-use super::{Inner, Manager, ManagerError, SessionView};
+use super::{Inner, Manager, ManagerError};
 
 /// What a read of an agent's output asks for.
 #[derive(Debug, Clone, Default)]
@@ -22,80 +20,6 @@ pub struct OutputQuery {
     pub since: Option<u64>,
     pub tail_lines: Option<usize>,
     pub max_bytes: usize,
-}
-
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct OutputPage {
-    pub agent_id: String,
-    pub text: String,
-    /// Pass as `since` to continue after what was returned.
-    pub next_cursor: u64,
-    /// Bytes between `since` and where reading resumed: output that left the in-memory
-    /// window (reading resumes at the next whole line). The transcript file has them.
-    pub dropped_bytes: u64,
-    /// True when more output in range was not returned because of max_bytes.
-    pub truncated: bool,
-    pub matched_lines: usize,
-    pub status: Status,
-    pub transcript_path: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct ListView {
-    /// The agents that match the filters, oldest first.
-    pub agents: Vec<ListRow>,
-    /// Every agent of the session by status (not filtered).
-    pub counts: HashMap<String, usize>,
-    pub total_input_tokens: u64,
-    pub total_output_tokens: u64,
-    /// Input written to and read from the prompt cache (not in total_input_tokens).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub total_cache_write_tokens: u64,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub total_cache_read_tokens: u64,
-    /// Sum over agents with a known cost.
-    pub total_cost_usd: f64,
-    /// This session's spending against `[server] session_budget_usd` /
-    /// `session_max_tokens` (every agent, evicted ones too), when either is set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session: Option<SessionView>,
-    /// Agents whose cost is unknown (no price configured), left out of the total.
-    pub agents_with_unknown_cost: usize,
-}
-
-/// An agent that just reached a terminal status, as told to `Manager::ended_agents`
-/// (for completion notices: the record itself may be evicted soon after).
-#[derive(Debug, Clone)]
-pub struct EndedAgent {
-    pub agent_id: String,
-    pub label: Option<String>,
-    pub status: Status,
-    /// The final answer (completed agents).
-    pub result: Option<String>,
-    pub error: Option<String>,
-    /// Which round ended: 1, or more after follow-ups (`agent_send`).
-    pub round: u32,
-}
-
-impl EndedAgent {
-    pub(super) fn of(rec: &AgentRecord) -> EndedAgent {
-        EndedAgent {
-            agent_id: rec.id.clone(),
-            label: rec.label.clone(),
-            status: rec.status(),
-            result: rec.result.clone(),
-            error: rec.error.clone(),
-            round: rec.rounds,
-        }
-    }
-}
-
-/// An agent not yet ended, for the state the `Stop` hook reads.
-#[derive(Debug, Clone)]
-pub struct LiveAgent {
-    pub agent_id: String,
-    pub label: Option<String>,
-    pub status: Status,
 }
 
 impl Manager {
@@ -107,13 +31,7 @@ impl Manager {
             .filter(|r| !r.status().is_terminal())
             .collect();
         live.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        live.into_iter()
-            .map(|r| LiveAgent {
-                agent_id: r.id.clone(),
-                label: r.label.clone(),
-                status: r.status(),
-            })
-            .collect()
+        live.into_iter().map(LiveAgent::of).collect()
     }
 
     pub fn status(&self, id: &str) -> Result<StatusView, ManagerError> {
@@ -167,33 +85,10 @@ impl Manager {
         recs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         let mut counts = HashMap::new();
         for r in reg.records() {
-            *counts.entry(r.status().as_str().to_string()).or_insert(0) += 1;
+            *counts.entry(r.status()).or_insert(0) += 1;
         }
-        ListView {
-            total_input_tokens: recs.iter().map(|r| r.usage.input_tokens).sum(),
-            total_output_tokens: recs.iter().map(|r| r.usage.output_tokens).sum(),
-            total_cache_write_tokens: recs.iter().map(|r| r.usage.cache_write_tokens).sum(),
-            total_cache_read_tokens: recs.iter().map(|r| r.usage.cache_read_tokens).sum(),
-            total_cost_usd: round_usd(recs.iter().filter_map(|r| r.usage.cost_usd).sum()),
-            session: self.inner.session_view(),
-            agents_with_unknown_cost: recs
-                .iter()
-                .filter(|r| {
-                    r.usage.cost_usd.is_none() && r.usage.input_tokens + r.usage.output_tokens > 0
-                })
-                .count(),
-            agents: recs.into_iter().map(ListRow::of).collect(),
-            counts,
-        }
+        ListView::of(&recs, counts, self.inner.session_view())
     }
-}
-
-/// Where an agent stands, as resource-update notifications compare it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AgentMark {
-    pub status: Status,
-    /// Bumped whenever output arrives or the agent ends.
-    pub output_seq: u64,
 }
 
 impl Manager {
@@ -248,8 +143,4 @@ pub(super) fn compiled_filter(q: &OutputQuery) -> Result<Option<regex::Regex>, M
         .as_deref()
         .map(|p| compile_filter(p).map_err(ManagerError::Filter))
         .transpose()
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }

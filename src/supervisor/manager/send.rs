@@ -21,18 +21,7 @@ use super::{Inner, Manager, ManagerError};
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::OutputError;
 use crate::supervisor::registry::{AgentRecord, AgentState, Reopened};
-use crate::supervisor::view::StatusView;
-
-/// What a follow-up did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// A completed agent began round `n` (queued or running).
-    Round(u32),
-    /// A queued agent's task got the message appended.
-    Appended,
-    /// A running agent takes the message at its next turn boundary.
-    Pending,
-}
+use crate::supervisor::view::{Sent, StatusView};
 
 impl Manager {
     /// Sends `message` to agent `id`, raising its limits by `raise` (within `[max]`)
@@ -229,7 +218,7 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
     if rec.conversation.is_empty() {
         return Err(ManagerError::NoConversation { id: rec.id.clone() });
     }
-    let used_tokens = rec.usage.total_tokens();
+    let used_tokens = rec.usage.total();
     let used_usd = rec.usage.cost_usd.unwrap_or(0.0);
     let spent = |key: &'static str, used: String, limit: String| ManagerError::RoundBudget {
         id: rec.id.clone(),
@@ -277,7 +266,7 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
 fn affordable(rec: &AgentRecord, message: &str, limits: &Limits) -> Result<(), ManagerError> {
     let conversation = serde_json::to_vec(&rec.conversation).map_or(0, |v| v.len());
     let input = estimate_tokens(rec.round_spec.system_prompt.len() + conversation + message.len());
-    let used_tokens = rec.usage.total_tokens();
+    let used_tokens = rec.usage.total();
     let tokens_left = limits.max_total_tokens.saturating_sub(used_tokens);
     let too_big = |key: &'static str, need: String, left: String| ManagerError::FollowUpTooCostly {
         id: rec.id.clone(),

@@ -13,11 +13,11 @@ use std::sync::MutexGuard;
 
 use bg_agent_worker::protocol::TaskSpec;
 use bg_agent_worker::values::{Limits, fmt_limit};
-use serde::Serialize;
 
 use crate::supervisor::outcome::ExitReason;
-use crate::supervisor::registry::{Registry, Usage};
-use crate::supervisor::view::round_usd;
+use crate::supervisor::registry::Registry;
+use crate::supervisor::view::{SessionView, round_usd};
+use bg_agent_worker::protocol::UsageReport;
 
 use super::Inner;
 
@@ -55,33 +55,6 @@ pub(super) enum Grant {
     Wait(String),
     /// Too little is left and nothing is held that could come back: the session is spent.
     Spent(String),
-}
-
-/// The session's spending in agent_list, when `[server]` caps it.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct SessionView {
-    pub spent_usd: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub budget_usd: Option<f64>,
-    pub tokens: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u64>,
-    /// What running agents hold of the caps (they may still spend it).
-    #[serde(skip_serializing_if = "is_zero_f64")]
-    pub reserved_usd: f64,
-    #[serde(skip_serializing_if = "is_zero_u64")]
-    pub reserved_tokens: u64,
-    /// Set once the cap is reached: new spawns and follow-ups are refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exhausted: Option<String>,
-}
-
-fn is_zero_f64(v: &f64) -> bool {
-    *v == 0.0
-}
-
-fn is_zero_u64(v: &u64) -> bool {
-    *v == 0
 }
 
 impl SessionSpend {
@@ -224,9 +197,9 @@ impl Inner {
 
     /// Adds agent `id`'s usage since `before` to the session (out of what it holds);
     /// true when this reached a session cap for the first time.
-    pub(super) fn add_to_session(&self, id: &str, before: &Usage, now: &Usage) -> bool {
+    pub(super) fn add_to_session(&self, id: &str, before: &UsageReport, now: &UsageReport) -> bool {
         let server = &self.config.server;
-        let tokens = now.total_tokens().saturating_sub(before.total_tokens());
+        let tokens = now.total().saturating_sub(before.total());
         let usd = (now.cost_usd.unwrap_or(0.0) - before.cost_usd.unwrap_or(0.0)).max(0.0);
         let mut spend = self.session();
         spend.tokens += tokens;

@@ -7,22 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde::Serialize;
 
 use crate::supervisor::outcome::ExitReason;
 use crate::supervisor::process::{self};
 use crate::supervisor::registry::{AgentState, Control};
+use crate::supervisor::view::ShutdownReport;
 
 use super::Manager;
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ShutdownReport {
-    pub killed: usize,
-    pub cancelled: usize,
-    pub already_ended: usize,
-    /// Process groups still present after SIGKILL and the drain (should be 0).
-    pub survivors: usize,
-}
 
 impl Manager {
     /// Stops every agent (TERM, grace, KILL), cancels the queue, reaps everything, and

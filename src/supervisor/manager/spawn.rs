@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{OutputBuffer, OutputError, StderrTail};
 use crate::supervisor::process::{self, SpawnError};
-use crate::supervisor::registry::{AgentRecord, AgentState, Usage};
+use crate::supervisor::registry::{AgentRecord, AgentState};
 use crate::supervisor::request::check_workspace;
 use crate::supervisor::view::SpawnView;
+use bg_agent_worker::protocol::UsageReport;
 
 use super::session::Grant;
 use super::{Inner, Manager, ManagerError, out_of_descriptors};
@@ -122,21 +123,11 @@ impl Manager {
                     Status::Queued
                 },
                 role: spec.role.clone(),
-                role_selected_by: serde_json::to_value(&resolution.role_choice)
-                    .ok()
-                    .map(|v| match v.get("keyword").and_then(|k| k.as_str()) {
-                        Some(k) => format!("keyword `{k}`"),
-                        None => v
-                            .get("by")
-                            .and_then(|b| b.as_str())
-                            .unwrap_or("default")
-                            .to_string(),
-                    })
-                    .unwrap_or_default(),
-                tier: route.tier.to_string(),
+                role_selected_by: resolution.role_choice.clone(),
+                tier: route.tier,
                 model: route.model.clone(),
                 provider: route.provider.clone(),
-                routed_by: route.routed_by.as_str().to_string(),
+                routed_by: route.routed_by,
                 routing_reason: route.reason.clone(),
                 limits: spec.limits,
                 label: label.clone(),
@@ -160,7 +151,7 @@ impl Manager {
                 output: OutputBuffer::new(spec.limits.max_output_bytes as usize),
                 round_spec: Box::new(spec.clone()),
                 rounds: 1,
-                prior_usage: Usage::default(),
+                prior_usage: UsageReport::default(),
                 prior_turns: 0,
                 inbox: None,
                 pending_messages: Vec::new(),
@@ -169,7 +160,7 @@ impl Manager {
                 state: AgentState::Queued {
                     spec: Box::new(spec),
                 },
-                usage: Usage::default(),
+                usage: UsageReport::default(),
                 stop_reason: None,
                 turns: 0,
                 result: None,

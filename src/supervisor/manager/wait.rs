@@ -1,15 +1,15 @@
 //! Waiting without polling: for agents to end (`agent_wait`), for a status change, for
 //! new output; the ids waited on are kept from eviction until the wait returns.
 //!
-//! Not here: what a wait returns (`view`, `query`).
+//! Not here: what a wait returns (`view`).
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::supervisor::view::StatusView;
+use crate::supervisor::view::{OutputPage, StatusView, WaitView};
 
-use super::{Inner, Manager, ManagerError, OutputPage, OutputQuery, compiled_filter};
+use super::{Inner, Manager, ManagerError, OutputQuery, compiled_filter};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
@@ -18,16 +18,6 @@ use super::{Inner, Manager, ManagerError, OutputPage, OutputQuery, compiled_filt
 pub enum WaitMode {
     Any,
     All,
-}
-
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct WaitView {
-    /// True when the condition (any or all ended) was met; false when the wait ran out.
-    pub done: bool,
-    pub ended: Vec<String>,
-    pub still_running: Vec<String>,
-    pub agents: Vec<StatusView>,
-    pub waited_seconds: f64,
 }
 
 impl Manager {
