@@ -226,7 +226,7 @@ pub struct Exit {
     pub signal: Option<String>,
     /// completed, killed, cancelled, timed_out, cpu_limit, memory_limit, file_limit,
     /// output_limit, budget_exceeded, provider_error, config_error, interrupted, crashed,
-    /// spawn_failed, transcript_error.
+    /// spawn_failed.
     pub reason: String,
 }
 

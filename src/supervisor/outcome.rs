@@ -132,7 +132,6 @@ pub enum ExitReason {
     /// Exit code 0 without a result event.
     NoResult,
     SpawnFailed,
-    TranscriptError,
 }
 
 impl ExitReason {
@@ -156,7 +155,6 @@ impl ExitReason {
             ExitReason::KilledOutside => "killed_outside",
             ExitReason::NoResult => "no_result",
             ExitReason::SpawnFailed => "spawn_failed",
-            ExitReason::TranscriptError => "transcript_error",
         }
     }
 }
@@ -192,8 +190,6 @@ pub enum ServerCause {
     Killed,
     TimedOut,
     OutputLimit,
-    /// The transcript file could not be created, so the output could not be kept.
-    NoTranscript,
 }
 
 /// What the server knows when a worker process has been reaped.
@@ -225,9 +221,6 @@ pub fn classify(f: &EndFacts) -> (Outcome, ExitInfo) {
         Some(ServerCause::TimedOut) => return (Outcome::TimedOut, info(ExitReason::TimedOut)),
         Some(ServerCause::OutputLimit) => {
             return (Outcome::OutputLimit, info(ExitReason::OutputLimit));
-        }
-        Some(ServerCause::NoTranscript) => {
-            return (Outcome::Failed, info(ExitReason::TranscriptError));
         }
         None => {}
     }
@@ -328,9 +321,6 @@ pub fn describe_end(
             limits.max_file_mb
         ),
         (_, ExitReason::SpawnFailed) => format!("could not start{detail}"),
-        (_, ExitReason::TranscriptError) => {
-            format!("stopped: could not keep its transcript{detail}")
-        }
         (_, ExitReason::NoResult) => "exited 0 without a result event".to_string(),
         (_, ExitReason::KilledOutside) => format!(
             "killed by {} from outside the server (not agent_kill, and not the CPU limit: cpu_seconds = {})",
@@ -362,7 +352,7 @@ mod tests {
             ExitReason::Completed,
             ExitReason::SessionBudget,
             ExitReason::KilledOutside,
-            ExitReason::TranscriptError,
+            ExitReason::SpawnFailed,
         ] {
             assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }

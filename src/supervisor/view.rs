@@ -12,7 +12,8 @@ use bg_agent_worker::values::Limits;
 
 use super::outcome::Status;
 use super::output::Transcript;
-use super::registry::{AgentRecord, AgentState};
+use super::record::AgentRecord;
+use super::state::AgentState;
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SpawnView {
@@ -163,19 +164,6 @@ fn elapsed(started: Option<SystemTime>, ended: Option<SystemTime>) -> Option<f64
     Some(end.duration_since(start).map_or(0.0, |d| d.as_secs_f64()))
 }
 
-fn times(state: &AgentState) -> (Option<u32>, Option<SystemTime>, Option<SystemTime>) {
-    match state {
-        AgentState::Queued { .. } => (None, None, None),
-        AgentState::Running { pid, started_at } => (Some(*pid), Some(*started_at), None),
-        AgentState::Ended {
-            pid,
-            started_at,
-            ended_at,
-            ..
-        } => (*pid, *started_at, Some(*ended_at)),
-    }
-}
-
 /// USD rounded to 6 significant digits (sums of floats read as amounts, not
 /// `0.00013110000000000002`), and never `-0` (an empty float sum is -0.0).
 pub fn round_usd(usd: f64) -> f64 {
@@ -190,19 +178,19 @@ pub fn round_usd(usd: f64) -> f64 {
 impl UsageView {
     fn of(r: &AgentRecord) -> Self {
         UsageView {
-            input_tokens: r.usage.input_tokens,
-            output_tokens: r.usage.output_tokens,
-            cache_write_tokens: r.usage.cache_write_tokens,
-            cache_read_tokens: r.usage.cache_read_tokens,
-            cost_usd: r.usage.cost_usd.map(round_usd),
-            estimated: r.usage.estimated,
+            input_tokens: r.totals.usage.input_tokens,
+            output_tokens: r.totals.usage.output_tokens,
+            cache_write_tokens: r.totals.usage.cache_write_tokens,
+            cache_read_tokens: r.totals.usage.cache_read_tokens,
+            cost_usd: r.totals.usage.cost_usd.map(round_usd),
+            estimated: r.totals.usage.estimated,
         }
     }
 }
 
 impl StatusView {
     pub fn of(r: &AgentRecord) -> Self {
-        let (pid, started, ended) = times(&r.state);
+        let (pid, started, ended) = r.state.times();
         let exit = match &r.state {
             AgentState::Ended { exit, .. } => Some(ExitView {
                 code: exit.code,
@@ -212,54 +200,56 @@ impl StatusView {
             _ => None,
         };
         let status = r.status();
-        let stderr = r.stderr.text();
+        let stderr = r.io.stderr.text();
         StatusView {
             agent_id: r.id.clone(),
             status,
-            label: r.label.clone(),
-            task: r.task_preview.clone(),
-            role: r.role.clone(),
-            tier: r.tier.to_string(),
-            model: r.model.clone(),
-            provider: r.provider.clone(),
-            routed_by: r.routed_by.as_str().to_string(),
-            sandbox: r.sandbox.clone(),
-            waiting_for: r.waiting_for.clone(),
+            label: r.meta.label.clone(),
+            task: r.meta.task_preview.clone(),
+            role: r.meta.role.clone(),
+            tier: r.route.tier.to_string(),
+            model: r.route.model.clone(),
+            provider: r.route.provider.clone(),
+            routed_by: r.route.routed_by.as_str().to_string(),
+            sandbox: r.io.sandbox.clone(),
+            waiting_for: r.state.waiting_for().cloned(),
             pid,
-            created_at: secs(r.created_at),
+            created_at: secs(r.meta.created_at),
             started_at: started.map(secs),
-            first_event_at: r.first_event_at.map(secs),
+            first_event_at: r.io.first_event_at.map(secs),
             ended_at: ended.map(secs),
             elapsed_seconds: elapsed(started, ended),
             exit,
             usage: UsageView::of(r),
-            turns: r.turns,
-            rounds: r.rounds,
-            messages_pending: r.pending_messages.len(),
-            result: r.result.clone().filter(|_| status == Status::Completed),
+            turns: r.totals.turns,
+            rounds: r.rounds.count,
+            messages_pending: r.rounds.pending.len(),
+            result: r.answer.result.clone().filter(|_| status == Status::Completed),
             result_truncated: false,
-            result_json: r.result_json.clone().filter(|_| status == Status::Completed),
-            answer_truncated: (r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS)).then(|| {
+            result_json: r.answer.result_json.clone().filter(|_| status == Status::Completed),
+            answer_truncated: (r.answer.stop_reason.as_deref() == Some(STOP_MAX_TOKENS)).then(|| {
                 format!(
                     "the model stopped at the token limit (stop_reason max_tokens, limits.max_tokens = {}, or less when a budget was nearly spent): the answer is incomplete; continue it with agent_send, or spawn again with a larger limits.max_tokens",
                     r.limits.max_tokens
                 )
             }),
             queued_reason: None,
-            error: r.error.clone(),
+            error: r.answer.error.clone(),
             output: OutputCounts {
-                output_bytes: r.output.end_cursor(),
-                output_evicted_bytes: r.output.start_cursor(),
-                stdout_bytes: r.stdout_bytes,
-                stderr_bytes: r.stderr.total_bytes(),
+                output_bytes: r.io.output.end_cursor(),
+                output_evicted_bytes: r.io.output.start_cursor(),
+                stdout_bytes: r.io.stdout_bytes,
+                stderr_bytes: r.io.stderr.total_bytes(),
                 transcript_path: r
+                    .io
                     .transcript
                     .as_ref()
                     .map(|t| t.path().display().to_string()),
-                transcript_bytes: r.transcript.as_ref().map_or(0, |t| t.written_bytes()),
-                transcript_dropped_bytes: r.transcript.as_ref().map_or(0, |t| t.dropped_bytes())
-                    + r.oversize_dropped,
+                transcript_bytes: r.io.transcript.as_ref().map_or(0, |t| t.written_bytes()),
+                transcript_dropped_bytes: r.io.transcript.as_ref().map_or(0, |t| t.dropped_bytes())
+                    + r.io.oversize_dropped,
                 transcript_error: r
+                    .io
                     .transcript
                     .as_ref()
                     .and_then(Transcript::error),
@@ -273,19 +263,19 @@ impl StatusView {
 
 impl ListRow {
     pub fn of(r: &AgentRecord) -> Self {
-        let (_, started, ended) = times(&r.state);
+        let (_, started, ended) = r.state.times();
         ListRow {
             agent_id: r.id.clone(),
             status: r.status(),
-            label: r.label.clone(),
-            role: r.role.clone(),
-            model: r.model.clone(),
-            task: r.task_preview.clone(),
+            label: r.meta.label.clone(),
+            role: r.meta.role.clone(),
+            model: r.route.model.clone(),
+            task: r.meta.task_preview.clone(),
             elapsed_seconds: elapsed(started, ended),
             usage: UsageView::of(r),
-            error: r.error.clone(),
+            error: r.answer.error.clone(),
             answer_truncated: r.status() == Status::Completed
-                && r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS),
+                && r.answer.stop_reason.as_deref() == Some(STOP_MAX_TOKENS),
         }
     }
 }

@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{ReadRequest, compile_filter};
-use crate::supervisor::registry::{AgentRecord, AgentState, Registry};
+use crate::supervisor::record::AgentRecord;
+use crate::supervisor::registry::Registry;
+use crate::supervisor::state::AgentState;
 use crate::supervisor::view::{ListRow, StatusView, round_usd};
 
 use super::session::Grant;
@@ -81,11 +83,11 @@ impl EndedAgent {
     pub(super) fn of(rec: &AgentRecord) -> EndedAgent {
         EndedAgent {
             agent_id: rec.id.clone(),
-            label: rec.label.clone(),
+            label: rec.meta.label.clone(),
             status: rec.status(),
-            result: rec.result.clone(),
-            error: rec.error.clone(),
-            round: rec.rounds,
+            result: rec.answer.result.clone(),
+            error: rec.answer.error.clone(),
+            round: rec.rounds.count,
         }
     }
 }
@@ -106,11 +108,16 @@ impl Manager {
             .records()
             .filter(|r| !r.status().is_terminal())
             .collect();
-        live.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        live.sort_by(|a, b| {
+            a.meta
+                .created_at
+                .cmp(&b.meta.created_at)
+                .then(a.id.cmp(&b.id))
+        });
         live.into_iter()
             .map(|r| LiveAgent {
                 agent_id: r.id.clone(),
-                label: r.label.clone(),
+                label: r.meta.label.clone(),
                 status: r.status(),
             })
             .collect()
@@ -135,7 +142,7 @@ impl Manager {
         let reg = self.inner.lock();
         let rec = self.inner.get(&reg, id)?;
         let status = rec.status();
-        let r = rec.output.read(&ReadRequest {
+        let r = rec.io.output.read(&ReadRequest {
             since: q.since,
             filter,
             tail_lines: q.tail_lines,
@@ -151,6 +158,7 @@ impl Manager {
             matched_lines: r.matched_lines,
             status,
             transcript_path: rec
+                .io
                 .transcript
                 .as_ref()
                 .map(|t| t.path().display().to_string()),
@@ -162,24 +170,30 @@ impl Manager {
         let mut recs: Vec<&AgentRecord> = reg
             .records()
             .filter(|r| status.is_none_or(|s| r.status() == s))
-            .filter(|r| role.is_none_or(|x| r.role == x))
+            .filter(|r| role.is_none_or(|x| r.meta.role == x))
             .collect();
-        recs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        recs.sort_by(|a, b| {
+            a.meta
+                .created_at
+                .cmp(&b.meta.created_at)
+                .then(a.id.cmp(&b.id))
+        });
         let mut counts = HashMap::new();
         for r in reg.records() {
             *counts.entry(r.status().as_str().to_string()).or_insert(0) += 1;
         }
         ListView {
-            total_input_tokens: recs.iter().map(|r| r.usage.input_tokens).sum(),
-            total_output_tokens: recs.iter().map(|r| r.usage.output_tokens).sum(),
-            total_cache_write_tokens: recs.iter().map(|r| r.usage.cache_write_tokens).sum(),
-            total_cache_read_tokens: recs.iter().map(|r| r.usage.cache_read_tokens).sum(),
-            total_cost_usd: round_usd(recs.iter().filter_map(|r| r.usage.cost_usd).sum()),
+            total_input_tokens: recs.iter().map(|r| r.totals.usage.input_tokens).sum(),
+            total_output_tokens: recs.iter().map(|r| r.totals.usage.output_tokens).sum(),
+            total_cache_write_tokens: recs.iter().map(|r| r.totals.usage.cache_write_tokens).sum(),
+            total_cache_read_tokens: recs.iter().map(|r| r.totals.usage.cache_read_tokens).sum(),
+            total_cost_usd: round_usd(recs.iter().filter_map(|r| r.totals.usage.cost_usd).sum()),
             session: self.inner.session_view(),
             agents_with_unknown_cost: recs
                 .iter()
                 .filter(|r| {
-                    r.usage.cost_usd.is_none() && r.usage.input_tokens + r.usage.output_tokens > 0
+                    r.totals.usage.cost_usd.is_none()
+                        && r.totals.usage.input_tokens + r.totals.usage.output_tokens > 0
                 })
                 .count(),
             agents: recs.into_iter().map(ListRow::of).collect(),
@@ -205,7 +219,7 @@ impl Manager {
             .map(|r| {
                 let mark = AgentMark {
                     status: r.status(),
-                    output_seq: *r.output_seq.borrow(),
+                    output_seq: *r.io.output_seq.borrow(),
                 };
                 (r.id.clone(), mark)
             })
@@ -225,10 +239,13 @@ impl Inner {
 
     /// Why queued agent `rec` still waits.
     pub(super) fn queued_reason(&self, reg: &Registry, rec: &AgentRecord) -> String {
-        if let Some(why) = self.admission().blocked(&rec.provider, Instant::now()) {
+        if let Some(why) = self
+            .admission()
+            .blocked(&rec.route.provider, Instant::now())
+        {
             return why;
         }
-        if let AgentState::Queued { spec } = &rec.state
+        if let AgentState::Queued { spec, .. } = &rec.state
             && let Grant::Wait(why) | Grant::Spent(why) = self.grant(&self.session(), spec)
         {
             return why;

@@ -16,7 +16,8 @@ use bg_agent_worker::values::{Limits, fmt_limit};
 use serde::Serialize;
 
 use crate::supervisor::outcome::ExitReason;
-use crate::supervisor::registry::{Registry, Usage};
+use crate::supervisor::record::Usage;
+use crate::supervisor::registry::Registry;
 use crate::supervisor::view::round_usd;
 
 use super::Inner;

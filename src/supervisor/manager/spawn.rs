@@ -5,24 +5,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bg_agent_worker::config::effective_base_url;
 use bg_agent_worker::resolve::{SpawnRequest, missing_key, resolve};
-use tokio::sync::watch;
 
 use crate::supervisor::outcome::Status;
-use crate::supervisor::output::{OutputBuffer, OutputError, StderrTail};
+use crate::supervisor::output::OutputError;
 use crate::supervisor::process::{self, SpawnError};
-use crate::supervisor::registry::{AgentRecord, AgentState, Usage};
+use crate::supervisor::record::AgentRecord;
 use crate::supervisor::request::check_workspace;
 use crate::supervisor::view::SpawnView;
 
 use super::session::Grant;
 use super::{Inner, Manager, ManagerError, out_of_descriptors};
-
-/// Characters of the task kept in records and lists.
-const TASK_PREVIEW_CHARS: usize = 200;
 
 impl Manager {
     /// Starts an agent now, or queues it when `max_concurrent` are running.
@@ -108,9 +104,6 @@ impl Manager {
                 });
             }
             let id = reg.new_id();
-            // Every agent gets its transcript from its supervising task when it starts
-            // (see `supervise`): a queued agent holds no file descriptor.
-            let transcript = None;
             let mut spec = resolution.spec;
             spec.agent_id = Some(id.clone());
             let route = resolution.route;
@@ -143,56 +136,10 @@ impl Manager {
                 warnings: resolution.warnings,
                 queued_reason,
             };
-            let record = AgentRecord {
-                id: id.clone(),
-                label,
-                task_preview: preview(&spec.task),
-                role: spec.role.clone(),
-                role_choice: resolution.role_choice,
-                tier: route.tier,
-                model: route.model,
-                provider: route.provider,
-                routed_by: route.routed_by,
-                routing_reason: route.reason,
-                limits: spec.limits,
-                cwd: spec.cwd.display().to_string(),
-                created_at: SystemTime::now(),
-                output: OutputBuffer::new(spec.limits.max_output_bytes as usize),
-                round_spec: Box::new(spec.clone()),
-                rounds: 1,
-                prior_usage: Usage::default(),
-                prior_turns: 0,
-                inbox: None,
-                pending_messages: Vec::new(),
-                open_turn: None,
-                reopened: None,
-                state: AgentState::Queued {
-                    spec: Box::new(spec),
-                },
-                usage: Usage::default(),
-                stop_reason: None,
-                turns: 0,
-                result: None,
-                result_json: None,
-                error: None,
-                error_kind: None,
-                transcript,
-                stderr: StderrTail::new(64 * 1024),
-                stdout_bytes: 0,
-                first_event_at: None,
-                sandbox: None,
-                waiting_for: None,
-                oversize_dropped: 0,
-                overflow: None,
-                mid_line: false,
-                output_seq: watch::channel(0).0,
-                control: None,
-                conversation: Vec::new(),
-                conversation_saved: false,
-            };
+            let record = AgentRecord::new(id.clone(), label, spec, route, resolution.role_choice);
             if start_now {
                 admission.take(&id, &view.provider);
-                inner.reserve(&mut spend, &id, &record.round_spec);
+                inner.reserve(&mut spend, &id, &record.rounds.spec);
             }
             drop(spend);
             drop(admission);
@@ -223,7 +170,9 @@ impl Manager {
                 inner.unreserve(&id);
                 reg.remove(&id)
             };
-            if let Some(path) = removed.and_then(|r| r.transcript.map(|t| t.path().to_path_buf())) {
+            if let Some(path) =
+                removed.and_then(|r| r.io.transcript.map(|t| t.path().to_path_buf()))
+            {
                 let _ = std::fs::remove_file(path);
             }
             inner.start_next();
@@ -253,18 +202,5 @@ impl Inner {
                     source,
                 })
             })
-    }
-}
-
-fn preview(task: &str) -> String {
-    let one_line = task.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() <= TASK_PREVIEW_CHARS {
-        one_line
-    } else {
-        one_line
-            .chars()
-            .take(TASK_PREVIEW_CHARS - 1)
-            .collect::<String>()
-            + "…"
     }
 }

@@ -50,7 +50,7 @@ impl Manager {
         let deadline = tokio::time::Instant::now() + wait;
         let mut rx = {
             let reg = self.inner.lock();
-            self.inner.get(&reg, id)?.output_seq.subscribe()
+            self.inner.get(&reg, id)?.io.output_seq.subscribe()
         };
         loop {
             let page = self.read_output(id, q, filter.as_ref())?;
