@@ -22,7 +22,11 @@ impl Manager {
     /// Stops an agent: a queued one is cancelled; a running one gets SIGTERM to its group,
     /// SIGKILL after the grace; an ended one is reported as it is. Callers outside the
     /// supervisor use the checked door, `kill_agent`.
-    pub async fn kill(&self, id: &str, grace_ms: Option<u64>) -> Result<StatusView, ManagerError> {
+    pub(crate) async fn kill(
+        &self,
+        id: &str,
+        grace_ms: Option<u64>,
+    ) -> Result<StatusView, ManagerError> {
         let inner = &self.inner;
         let grace_ms = grace_ms
             .unwrap_or(inner.config.server.kill_grace_ms)

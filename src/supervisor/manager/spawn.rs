@@ -21,8 +21,9 @@ use super::session::Grant;
 use super::{Inner, Manager, ManagerError, out_of_descriptors};
 
 impl Manager {
-    /// Starts an agent now, or queues it when `max_concurrent` are running.
-    pub async fn spawn(
+    /// Starts an agent now, or queues it when `max_concurrent` are running. Callers
+    /// outside the supervisor use the checked door, `spawn_agent`.
+    pub(crate) async fn spawn(
         &self,
         req: SpawnRequest,
         label: Option<String>,

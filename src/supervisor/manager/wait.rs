@@ -66,8 +66,9 @@ impl Manager {
     }
 
     /// Waits until any or all of `ids` have ended, or `wait` passes. Unknown ids are an
-    /// error before any waiting.
-    pub async fn wait(
+    /// error before any waiting. Callers outside the supervisor use the checked door,
+    /// `wait_agents`.
+    pub(crate) async fn wait(
         &self,
         ids: &[String],
         mode: WaitMode,
