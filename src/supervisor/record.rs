@@ -168,10 +168,20 @@ pub struct Rounds {
     /// of it.
     pub conversation_saved: bool,
     /// Follow-ups sent while it ran that its worker has not yet taken into the
-    /// conversation (it does at its next turn boundary).
-    pub pending: Vec<String>,
+    /// conversation (it does at its next turn boundary, and says so by their ids).
+    pub pending: Vec<PendingFollowUp>,
+    /// The id of the next follow-up sent to a running worker.
+    next_follow_up: u64,
     /// While a follow-up round waits queued: what the agent was before it.
     reopened: Option<Box<Reopened>>,
+}
+
+/// A follow-up on its way into a running worker's conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingFollowUp {
+    /// Echoed by the worker's `message` event that takes it in.
+    pub id: u64,
+    pub text: String,
 }
 
 /// What a completed agent was before `agent_send` queued its next round: put back when
@@ -186,6 +196,25 @@ struct Reopened {
 }
 
 impl Rounds {
+    /// A fresh id for a follow-up to the running worker: its worker echoes it when it
+    /// takes the follow-up in.
+    pub fn next_follow_up_id(&mut self) -> u64 {
+        let id = self.next_follow_up;
+        self.next_follow_up += 1;
+        id
+    }
+
+    /// The worker took follow-ups `ids` into its conversation: their texts, in order,
+    /// no longer pending. Ids not pending (told twice, or unknown) are skipped.
+    pub fn take_in(&mut self, ids: &[u64]) -> Vec<String> {
+        ids.iter()
+            .filter_map(|id| {
+                let i = self.pending.iter().position(|p| p.id == *id)?;
+                Some(self.pending.remove(i).text)
+            })
+            .collect()
+    }
+
     /// The round started: it can no longer be cancelled back to the end before it.
     pub fn started(&mut self) {
         self.reopened = None;
@@ -243,6 +272,7 @@ impl AgentRecord {
             conversation: Vec::new(),
             conversation_saved: false,
             pending: Vec::new(),
+            next_follow_up: 0,
             reopened: None,
         };
         AgentRecord {
@@ -386,6 +416,23 @@ mod tests {
         rec.rounds.started();
         assert!(!rec.cancel_round());
         assert_eq!(rec.status(), Status::Running);
+    }
+
+    #[test]
+    fn follow_ups_are_taken_in_by_id_once() {
+        let mut rounds = AgentRecord::for_test("a").rounds;
+        let (first, second) = (rounds.next_follow_up_id(), rounds.next_follow_up_id());
+        assert_ne!(first, second);
+        for id in [first, second] {
+            let text = "same text".to_string();
+            rounds.pending.push(PendingFollowUp { id, text });
+        }
+        assert_eq!(rounds.take_in(&[second, 99]), ["same text"]);
+        assert_eq!(rounds.pending.len(), 1);
+        assert_eq!(rounds.pending[0].id, first);
+        assert!(rounds.take_in(&[second]).is_empty(), "taken in once");
+        assert_eq!(rounds.take_in(&[first]), ["same text"]);
+        assert!(rounds.pending.is_empty());
     }
 
     #[test]

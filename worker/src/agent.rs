@@ -22,18 +22,25 @@ pub trait Emit {
     fn emit(&self, event: &Event);
 }
 
-/// Follow-ups that arrive while the agent runs (the server's `follow_up` lines on stdin),
-/// taken at each turn boundary.
+/// A follow-up from the server (an `Input::FollowUp` line on stdin): its text, and its
+/// id, echoed in the `message` event that takes it in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUp {
+    pub id: Option<u64>,
+    pub message: String,
+}
+
+/// Follow-ups that arrive while the agent runs, taken at each turn boundary.
 #[derive(Default)]
-pub struct Inbox(Option<tokio::sync::mpsc::UnboundedReceiver<String>>);
+pub struct Inbox(Option<tokio::sync::mpsc::UnboundedReceiver<FollowUp>>);
 
 impl Inbox {
-    pub fn new(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Inbox {
+    pub fn new(rx: tokio::sync::mpsc::UnboundedReceiver<FollowUp>) -> Inbox {
         Inbox(Some(rx))
     }
 
-    /// Every message waiting now, oldest first.
-    fn take_all(&mut self) -> Vec<String> {
+    /// Every follow-up waiting now, oldest first.
+    fn take_all(&mut self) -> Vec<FollowUp> {
         let mut got = Vec::new();
         if let Some(rx) = self.0.as_mut() {
             while let Ok(m) = rx.try_recv() {
@@ -44,8 +51,14 @@ impl Inbox {
     }
 }
 
-fn texts(messages: Vec<String>) -> impl Iterator<Item = Block> {
-    messages.into_iter().map(|text| Block::Text { text })
+/// `follow_ups` as text blocks, and the ids the `message` that takes them in echoes.
+fn texts(follow_ups: Vec<FollowUp>) -> (Vec<Block>, Vec<u64>) {
+    let ids = follow_ups.iter().filter_map(|f| f.id).collect();
+    let blocks = follow_ups
+        .into_iter()
+        .map(|f| Block::Text { text: f.message })
+        .collect();
+    (blocks, ids)
 }
 
 /// Longest wait between retries, whatever the backoff or `retry-after` says.
@@ -209,14 +222,12 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
                 Vec::new()
             };
             if !pending.is_empty() {
-                push_message(
-                    &mut messages,
-                    Message {
-                        role: Role::User,
-                        content: texts(pending).collect(),
-                    },
-                    out,
-                );
+                let (content, ids) = texts(pending);
+                let message = Message {
+                    role: Role::User,
+                    content,
+                };
+                push_taking(&mut messages, message, ids, out);
                 continue;
             }
             let Some(w) = wanted.as_mut() else {
@@ -269,15 +280,13 @@ pub async fn run(spec: &TaskSpec, client: &Client, out: &dyn Emit, inbox: &mut I
             });
         }
         // Follow-ups join at the turn boundary, after the tool results.
-        results.extend(texts(inbox.take_all()));
-        push_message(
-            &mut messages,
-            Message {
-                role: Role::User,
-                content: results,
-            },
-            out,
-        );
+        let (follow_ups, ids) = texts(inbox.take_all());
+        results.extend(follow_ups);
+        let message = Message {
+            role: Role::User,
+            content: results,
+        };
+        push_taking(&mut messages, message, ids, out);
     }
     fail(
         out,
@@ -326,8 +335,14 @@ fn no_answer(stop_reason: &str, cut_calls: &[String], max_tokens: u32, turn: u32
 /// resumes from). A user message after a user message (a history that ended with tool
 /// results, say) joins it: the providers want the roles to alternate.
 fn push_message(messages: &mut Vec<Message>, message: Message, out: &dyn Emit) {
+    push_taking(messages, message, Vec::new(), out);
+}
+
+/// `push_message` of a message that takes in the follow-ups `ids`.
+fn push_taking(messages: &mut Vec<Message>, message: Message, ids: Vec<u64>, out: &dyn Emit) {
     out.emit(&Event::Message {
         message: message.clone(),
+        follow_ups: ids,
     });
     match messages.last_mut() {
         Some(last) if last.role == Role::User && message.role == Role::User => {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bg_agent_worker::protocol::{Block, ErrorKind, Event, Role};
+use bg_agent_worker::protocol::{ErrorKind, Event, Role};
 use bg_agent_worker::provider::estimate_tokens;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe::Receiver;
@@ -233,17 +233,13 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
             rec.answer.error = Some(message.clone());
             rec.answer.error_kind = Some(*kind);
         }
-        Event::Message { message } => {
+        Event::Message {
+            message,
+            follow_ups,
+        } => {
             // A follow-up sent while it ran is delivered once it joins the conversation.
-            if message.role == Role::User {
-                for block in &message.content {
-                    if let Block::Text { text } = block
-                        && let Some(i) = rec.rounds.pending.iter().position(|p| p == text)
-                    {
-                        rec.rounds.pending.remove(i);
-                        super::send::mark_follow_up(rec, text);
-                    }
-                }
+            for text in rec.rounds.take_in(follow_ups) {
+                super::send::mark_follow_up(rec, &text);
             }
             rec.rounds.conversation.push(message.clone());
         }
@@ -259,7 +255,7 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
 /// or the worker's final event.
 fn track_open_turn(rec: &mut AgentRecord, event: &Event) {
     match event {
-        Event::Message { message } if message.role == Role::User => {
+        Event::Message { message, .. } if message.role == Role::User => {
             let conversation = serde_json::to_vec(&rec.rounds.conversation).map_or(0, |v| v.len());
             let message = serde_json::to_vec(message).map_or(0, |v| v.len());
             let input_bytes = rec.rounds.spec.system_prompt.len() + conversation + message;

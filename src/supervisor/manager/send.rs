@@ -20,7 +20,7 @@ use super::session::Grant;
 use super::{Inner, Manager, ManagerError};
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::OutputError;
-use crate::supervisor::record::{AgentRecord, Totals};
+use crate::supervisor::record::{AgentRecord, PendingFollowUp, Totals};
 use crate::supervisor::state::AgentState;
 use crate::supervisor::view::StatusView;
 
@@ -177,18 +177,24 @@ impl Manager {
                         return Err(ManagerError::LimitsWhileRunning { id: id.to_string() });
                     }
                     affordable(rec, message, &rec.limits)?;
+                    let id = rec.rounds.next_follow_up_id();
                     let line = serde_json::to_string(&Input::FollowUp {
                         message: message.to_string(),
-                    })
-                    .map_err(|_| not_resumable(rec))?;
-                    let delivered = match &rec.state {
-                        AgentState::Running { inbox, .. } => inbox.send(line + "\n").is_ok(),
+                        id: Some(id),
+                    });
+                    let delivered = match (&rec.state, line) {
+                        (AgentState::Running { inbox, .. }, Ok(line)) => {
+                            inbox.send(line + "\n").is_ok()
+                        }
                         _ => false,
                     };
                     if !delivered {
                         return Err(not_resumable(rec));
                     }
-                    rec.rounds.pending.push(message.to_string());
+                    rec.rounds.pending.push(PendingFollowUp {
+                        id,
+                        text: message.to_string(),
+                    });
                     Sent::Pending
                 }
                 _ => return Err(not_resumable(rec)),
@@ -208,7 +214,7 @@ fn read_conversation(path: &std::path::Path) -> std::io::Result<Vec<Message>> {
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
     let mut conversation = Vec::new();
     for line in file.lines() {
-        if let Ok(Event::Message { message }) = serde_json::from_str::<Event>(&line?) {
+        if let Ok(Event::Message { message, .. }) = serde_json::from_str::<Event>(&line?) {
             conversation.push(message);
         }
     }
