@@ -160,13 +160,8 @@ pub struct Rounds {
     /// Usage and turns of the rounds before the current one; the current worker reports
     /// its own, and the record's `totals` are the sums.
     pub prior: Totals,
-    /// The conversation so far, from the worker's `message` events: what a follow-up
-    /// continues. Empty once the agent ended: a completed agent's is read back from its
-    /// transcript for its next round (`conversation_saved`).
-    pub conversation: Vec<Message>,
-    /// The conversation left memory when the agent completed: its transcript holds all
-    /// of it.
-    pub conversation_saved: bool,
+    /// The conversation so far: what a follow-up continues.
+    pub conversation: Conversation,
     /// Follow-ups sent while it ran that its worker has not yet taken into the
     /// conversation (it does at its next turn boundary, and says so by their ids).
     pub pending: Vec<PendingFollowUp>,
@@ -174,6 +169,35 @@ pub struct Rounds {
     next_follow_up: u64,
     /// While a follow-up round waits queued: what the agent was before it.
     reopened: Option<Box<Reopened>>,
+}
+
+/// An agent's conversation, from its worker's `message` events, or where to read it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Conversation {
+    /// In memory, in order; empty when none was told (or once an agent that cannot
+    /// continue ended).
+    Memory(Vec<Message>),
+    /// All of it is in the completed agent's transcript: read back for its next round,
+    /// so an ended agent holds none of it in memory.
+    InTranscript,
+}
+
+impl Conversation {
+    /// The messages in memory; none when they are in the transcript.
+    pub fn messages(&self) -> &[Message] {
+        match self {
+            Conversation::Memory(messages) => messages,
+            Conversation::InTranscript => &[],
+        }
+    }
+
+    /// Adds a message the worker told. The worker of a round continues a conversation
+    /// read back into memory, so one in the transcript gets none.
+    pub fn push(&mut self, message: Message) {
+        if let Conversation::Memory(messages) = self {
+            messages.push(message);
+        }
+    }
 }
 
 /// A follow-up on its way into a running worker's conversation.
@@ -228,9 +252,12 @@ impl Rounds {
         self.spec.task = String::new();
         self.spec.history = Vec::new();
         if outcome != Outcome::Completed || saved {
-            self.conversation_saved =
-                outcome == Outcome::Completed && !self.conversation.is_empty();
-            self.conversation = Vec::new();
+            let told = !self.conversation.messages().is_empty();
+            self.conversation = if outcome == Outcome::Completed && told {
+                Conversation::InTranscript
+            } else {
+                Conversation::Memory(Vec::new())
+            };
         }
     }
 }
@@ -269,8 +296,7 @@ impl AgentRecord {
             spec: Box::new(spec.clone()),
             count: 1,
             prior: Totals::default(),
-            conversation: Vec::new(),
-            conversation_saved: false,
+            conversation: Conversation::Memory(Vec::new()),
             pending: Vec::new(),
             next_follow_up: 0,
             reopened: None,

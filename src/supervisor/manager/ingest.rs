@@ -256,7 +256,8 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
 fn track_open_turn(rec: &mut AgentRecord, event: &Event) {
     match event {
         Event::Message { message, .. } if message.role == Role::User => {
-            let conversation = serde_json::to_vec(&rec.rounds.conversation).map_or(0, |v| v.len());
+            let conversation =
+                serde_json::to_vec(rec.rounds.conversation.messages()).map_or(0, |v| v.len());
             let message = serde_json::to_vec(message).map_or(0, |v| v.len());
             let input_bytes = rec.rounds.spec.system_prompt.len() + conversation + message;
             if let Some(open) = rec.state.open_turn_mut() {

@@ -20,7 +20,7 @@ use super::session::Grant;
 use super::{Inner, Manager, ManagerError};
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::OutputError;
-use crate::supervisor::record::{AgentRecord, PendingFollowUp, Totals};
+use crate::supervisor::record::{AgentRecord, Conversation, PendingFollowUp, Totals};
 use crate::supervisor::state::AgentState;
 use crate::supervisor::view::StatusView;
 
@@ -67,7 +67,10 @@ impl Manager {
         let saved = {
             let reg = inner.lock();
             reg.get(id)
-                .filter(|r| r.rounds.conversation_saved && r.status() == Status::Completed)
+                .filter(|r| {
+                    r.rounds.conversation == Conversation::InTranscript
+                        && r.status() == Status::Completed
+                })
                 .and_then(|r| {
                     r.io.transcript
                         .as_ref()
@@ -86,11 +89,10 @@ impl Manager {
         let sent = {
             let mut reg = inner.lock();
             if let (Some(rec), Some((conversation, rounds))) = (reg.get_mut(id), loaded)
-                && rec.rounds.conversation_saved
+                && rec.rounds.conversation == Conversation::InTranscript
                 && rec.rounds.count == rounds
             {
-                rec.rounds.conversation = conversation;
-                rec.rounds.conversation_saved = false;
+                rec.rounds.conversation = Conversation::Memory(conversation);
             }
             let Some(rec) = reg.get_mut(id) else {
                 drop(reg);
@@ -225,7 +227,7 @@ fn read_conversation(path: &std::path::Path) -> std::io::Result<Vec<Message>> {
 /// far, `message` as the new user message, and what is left of `limits` after the earlier
 /// rounds (turns, tokens, USD). Err when nothing is left of one of them.
 fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSpec, ManagerError> {
-    if rec.rounds.conversation.is_empty() {
+    if rec.rounds.conversation.messages().is_empty() {
         return Err(ManagerError::NoConversation { id: rec.id.clone() });
     }
     let Totals { usage, turns } = rec.totals;
@@ -261,7 +263,7 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
     affordable(rec, message, &limits)?;
     let mut spec = (*rec.rounds.spec).clone();
     spec.task = message.to_string();
-    spec.history = rec.rounds.conversation.clone();
+    spec.history = rec.rounds.conversation.messages().to_vec();
     spec.limits = Limits {
         max_turns: limits.max_turns - turns,
         max_total_tokens: limits.max_total_tokens - used_tokens,
@@ -275,7 +277,8 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
 /// `limits`: the whole conversation goes to the provider again with `message`, and the
 /// worker can only hold back output, never input.
 fn affordable(rec: &AgentRecord, message: &str, limits: &Limits) -> Result<(), ManagerError> {
-    let conversation = serde_json::to_vec(&rec.rounds.conversation).map_or(0, |v| v.len());
+    let conversation =
+        serde_json::to_vec(rec.rounds.conversation.messages()).map_or(0, |v| v.len());
     let input = estimate_tokens(rec.rounds.spec.system_prompt.len() + conversation + message.len());
     let used_tokens = rec.totals.usage.total_tokens();
     let tokens_left = limits.max_total_tokens.saturating_sub(used_tokens);

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::supervisor::outcome::{EndFacts, ServerCause, classify, describe_end};
 use crate::supervisor::output::Transcript;
 use crate::supervisor::process::{self};
+use crate::supervisor::record::AgentRecord;
 use crate::supervisor::state::Control;
 
 use super::Inner;
@@ -65,14 +66,7 @@ impl Inner {
         let _ = stdin_done.send(());
         drain(&id, readers).await;
         self.close_transcript(&id).await;
-        let (code, signal, cpu_used) = match &status {
-            Ok(exit) => {
-                use std::os::unix::process::ExitStatusExt;
-                (exit.status.code(), exit.status.signal(), Some(exit.cpu))
-            }
-            Err(_) => (None, None, None),
-        };
-        self.finish(&id, code, signal, cause, cpu_used);
+        self.finish(&id, Reaped::of(&status), cause);
     }
 
     /// Starts the tasks that read the worker's stdout (events) and stderr.
@@ -141,66 +135,69 @@ impl Inner {
         }
     }
 
-    /// Ends reaped agent `id` as `classify` says from its exit and the server's `cause`,
-    /// gives its slot back, and lets the queue move on.
-    fn finish(
-        self: &Arc<Self>,
-        id: &str,
-        code: Option<i32>,
-        signal: Option<i32>,
-        cause: Option<ServerCause>,
-        cpu_used: Option<Duration>,
-    ) {
-        let mut spent = false;
+    /// Ends reaped agent `id` as `classify` says from how it was `reaped` and the
+    /// server's `cause`, gives its slot back, and lets the queue move on.
+    fn finish(self: &Arc<Self>, id: &str, reaped: Reaped, cause: Option<ServerCause>) {
         let evicted = {
             let mut reg = self.lock();
             reg.release_slot(id);
             self.admission().give_back(id);
             self.unreserve(id);
             let retain = self.config.server.retained_agents;
-            let evicted = match reg.get_mut(id) {
+            match reg.get_mut(id) {
                 Some(rec) if !rec.status().is_terminal() => {
-                    // Cut off mid-request: the provider billed what it was sent.
-                    if let Some(before) = count_cut_turn(rec) {
-                        spent |= self.add_to_session(id, &before, &rec.totals.usage);
-                    }
-                    let facts = EndFacts {
-                        code,
-                        signal,
-                        cause,
-                        limits: rec.limits,
-                        cpu_used,
-                        result_seen: rec.answer.result.is_some(),
-                        error_kind: rec.answer.error_kind,
-                        stderr_tail: rec.io.stderr.text(),
-                    };
-                    let (outcome, exit) = classify(&facts);
-                    let answer = &mut rec.answer;
-                    answer.error =
-                        describe_end(outcome, &exit, &rec.limits, answer.error.as_deref());
-                    if cause == Some(ServerCause::OutputLimit) && rec.io.overflow.is_some() {
-                        answer.error.clone_from(&rec.io.overflow);
-                    }
-                    let _ = rec.state.end(outcome, exit);
-                    let saved = rec.io.transcript.as_mut().is_some_and(|t| {
-                        drop(t.close());
-                        !t.over_cap() && t.dropped_bytes() == 0 && t.error().is_none()
-                    });
-                    rec.rounds.release(outcome, saved);
-                    rec.io.bump();
+                    let spent = self.end_reaped(rec, &reaped, cause);
                     self.tell_ended(rec);
-                    reg.note_ended(id, retain)
+                    let evicted = reg.note_ended(id, retain);
+                    if spent {
+                        self.cancel_queued_for_session(&mut reg);
+                    }
+                    evicted
                 }
                 _ => Vec::new(),
-            };
-            if spent {
-                self.cancel_queued_for_session(&mut reg);
             }
-            evicted
         };
         drop(evicted);
         self.bump();
         self.start_next();
+    }
+
+    /// Ends running `rec` with its classified outcome, says why in its error, and lets
+    /// go of what an ended agent no longer needs; true when the request it was cut off in
+    /// spent the session's budget.
+    fn end_reaped(
+        &self,
+        rec: &mut AgentRecord,
+        reaped: &Reaped,
+        cause: Option<ServerCause>,
+    ) -> bool {
+        // Cut off mid-request: the provider billed what it was sent.
+        let spent = count_cut_turn(rec)
+            .is_some_and(|before| self.add_to_session(&rec.id, &before, &rec.totals.usage));
+        let facts = EndFacts {
+            code: reaped.code,
+            signal: reaped.signal,
+            cause,
+            limits: rec.limits,
+            cpu_used: reaped.cpu_used,
+            result_seen: rec.answer.result.is_some(),
+            error_kind: rec.answer.error_kind,
+            stderr_tail: rec.io.stderr.text(),
+        };
+        let (outcome, exit) = classify(&facts);
+        let answer = &mut rec.answer;
+        answer.error = describe_end(outcome, &exit, &rec.limits, answer.error.as_deref());
+        if cause == Some(ServerCause::OutputLimit) && rec.io.overflow.is_some() {
+            answer.error.clone_from(&rec.io.overflow);
+        }
+        let _ = rec.state.end(outcome, exit);
+        let saved = rec.io.transcript.as_mut().is_some_and(|t| {
+            drop(t.close());
+            !t.over_cap() && t.dropped_bytes() == 0 && t.error().is_none()
+        });
+        rec.rounds.release(outcome, saved);
+        rec.io.bump();
+        spent
     }
 
     pub(super) async fn read_stderr(self: Arc<Self>, id: String, mut stderr: Receiver) {
@@ -248,6 +245,31 @@ async fn drain(id: &str, readers: [Option<JoinHandle<()>>; 2]) {
     for task in readers.into_iter().flatten() {
         if tokio::time::timeout(PIPE_DRAIN, task).await.is_err() {
             tracing::warn!(agent = %id, "output pipe still open {PIPE_DRAIN:?} after exit");
+        }
+    }
+}
+
+/// How a worker was reaped, as far as is known (nothing when the wait failed).
+struct Reaped {
+    code: Option<i32>,
+    signal: Option<i32>,
+    cpu_used: Option<Duration>,
+}
+
+impl Reaped {
+    fn of(status: &std::io::Result<process::Exit>) -> Reaped {
+        use std::os::unix::process::ExitStatusExt;
+        match status {
+            Ok(exit) => Reaped {
+                code: exit.status.code(),
+                signal: exit.status.signal(),
+                cpu_used: Some(exit.cpu),
+            },
+            Err(_) => Reaped {
+                code: None,
+                signal: None,
+                cpu_used: None,
+            },
         }
     }
 }
