@@ -3,7 +3,7 @@
 //! reaped worker from its exit code (`bg_agent_worker::protocol::exit`), its signal and
 //! what the server itself did.
 //!
-//! Not here: the records and their state machine (`registry`), reaping (`process`).
+//! Not here: the records (`record`) and their lifecycle (`state`), reaping (`process`).
 
 use std::time::Duration;
 
