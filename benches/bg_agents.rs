@@ -15,6 +15,7 @@ use bg_agent_worker::config::{Config, ConfigSource};
 use bg_agent_worker::resolve::{SpawnRequest, resolve};
 use bg_agents::supervisor::Manager;
 use bg_agents::supervisor::output::{OutputBuffer, ReadRequest, compile_filter};
+use bg_agents::supervisor::request::SpawnAgent;
 use futures_util::future::join_all;
 use provider::{FakeProvider, Step};
 use rmcp::model::CallToolRequestParams;
@@ -218,14 +219,14 @@ async fn spawn_and_kill(
 ) -> (Duration, Duration) {
     let t = Instant::now();
     let v = manager
-        .spawn(
-            SpawnRequest {
+        .spawn_agent(SpawnAgent {
+            request: SpawnRequest {
                 task: format!("kill bench {i}"),
                 cwd: Some(cwd.to_path_buf()),
                 ..Default::default()
             },
-            None,
-        )
+            label: None,
+        })
         .await
         .expect("spawn");
     let spawned = t.elapsed();
@@ -242,7 +243,10 @@ async fn spawn_and_kill(
         .expect("output");
     assert_eq!(page.text, "working\n");
     let t = Instant::now();
-    let st = manager.kill(&v.agent_id, Some(2000)).await.expect("kill");
+    let st = manager
+        .kill_agent(&v.agent_id, Some(2000))
+        .await
+        .expect("kill");
     let killed = t.elapsed();
     assert_eq!(st.status.as_str(), "killed");
     (spawned, killed)

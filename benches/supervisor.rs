@@ -19,6 +19,7 @@ use bg_agent_worker::resolve::SpawnRequest;
 use bg_agent_worker::values::LimitsOverride;
 use bg_agents::supervisor::OutputQuery;
 use bg_agents::supervisor::output::{OutputBuffer, ReadRequest, compile_filter};
+use bg_agents::supervisor::request::SpawnAgent;
 use bg_agents::supervisor::{Manager, Status};
 
 /// Spawns per measured series.
@@ -75,8 +76,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
     pct(&v, 0.5)
 }
 
-fn request(dir: &std::path::Path, mode: &str) -> SpawnRequest {
-    SpawnRequest {
+fn spawn(dir: &std::path::Path, mode: &str) -> SpawnAgent {
+    let request = SpawnRequest {
         task: mode.into(),
         cwd: Some(dir.to_path_buf()),
         limits: LimitsOverride {
@@ -84,6 +85,10 @@ fn request(dir: &std::path::Path, mode: &str) -> SpawnRequest {
             ..Default::default()
         },
         ..Default::default()
+    };
+    SpawnAgent {
+        request,
+        label: None,
     }
 }
 
@@ -107,7 +112,7 @@ async fn processes() -> Vec<Row> {
     // Warm-up: the spawner thread, the runtime's child reaping, the page cache.
     for _ in 0..5 {
         let id = manager
-            .spawn(request(dir.path(), "ok"), None)
+            .spawn_agent(spawn(dir.path(), "ok"))
             .await
             .expect("spawn")
             .agent_id;
@@ -120,7 +125,7 @@ async fn processes() -> Vec<Row> {
     for _ in 0..SPAWNS {
         let t = Instant::now();
         let v = manager
-            .spawn(request(dir.path(), "sleep"), None)
+            .spawn_agent(spawn(dir.path(), "sleep"))
             .await
             .expect("spawn sleep");
         spawned.push(t.elapsed());
@@ -132,7 +137,7 @@ async fn processes() -> Vec<Row> {
         ready.push(t.elapsed());
         assert!(page.text.starts_with("ready: sleep"), "{page:?}");
         let t = Instant::now();
-        let st = manager.kill(&v.agent_id, None).await.expect("kill");
+        let st = manager.kill_agent(&v.agent_id, None).await.expect("kill");
         killed.push(t.elapsed());
         assert_eq!(st.exit.map(|e| e.signal), Some(Some("SIGTERM".into())));
     }
@@ -142,7 +147,7 @@ async fn processes() -> Vec<Row> {
     for _ in 0..SPAWNS {
         let t = Instant::now();
         let v = manager
-            .spawn(request(dir.path(), "ok"), None)
+            .spawn_agent(spawn(dir.path(), "ok"))
             .await
             .expect("spawn ok");
         ok_spawned.push(t.elapsed());
@@ -157,7 +162,7 @@ async fn processes() -> Vec<Row> {
     // The filter as agent_output runs it: compile, then read under the registry lock,
     // over an agent whose 1 MiB ring buffer is full.
     let flood = manager
-        .spawn(request(dir.path(), "flood"), None)
+        .spawn_agent(spawn(dir.path(), "flood"))
         .await
         .expect("spawn flood")
         .agent_id;
@@ -172,7 +177,10 @@ async fn processes() -> Vec<Row> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    manager.kill(&flood, Some(0)).await.expect("kill flood");
+    manager
+        .kill_agent(&flood, Some(0))
+        .await
+        .expect("kill flood");
     let held = manager.output(&flood, &full).expect("output").text.len();
     let manager_filter = median(
         (0..FILTER_READS)

@@ -255,7 +255,7 @@ async fn wait_output_returns_on_new_output_and_on_the_end() {
 
     let (ended, killed) = tokio::join!(h.manager.wait_output(&id, &q, PATIENCE), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        h.manager.kill(&id, None).await
+        h.manager.kill_agent(&id, None).await
     });
     assert_eq!(killed.unwrap().status, Status::Killed);
     assert_eq!(
@@ -326,7 +326,7 @@ async fn kill_of_a_cooperative_worker_ends_killed_by_sigterm() {
     let h = Harness::new("");
     let id = h.spawn("sleep").await;
     h.wait_ready(&id).await;
-    let st = h.manager.kill(&id, None).await.unwrap();
+    let st = h.manager.kill_agent(&id, None).await.unwrap();
     assert_eq!(st.status, Status::Killed, "{st:?}");
     assert_eq!(exit_of(&st), (None, Some("SIGTERM"), "killed"));
     let pid = st.pid.unwrap();
@@ -342,7 +342,7 @@ async fn kill_sends_sigterm_then_sigkill_after_grace() {
     let h = Harness::new("");
     let id = h.spawn("ignore-term").await;
     h.wait_ready(&id).await;
-    let st = h.manager.kill(&id, None).await.unwrap();
+    let st = h.manager.kill_agent(&id, None).await.unwrap();
     assert_eq!(st.status, Status::Killed, "{st:?}");
     assert_eq!(
         exit_of(&st),
@@ -621,7 +621,7 @@ async fn stdin_stays_open_while_the_agent_runs() {
         .await
         .unwrap();
     assert_eq!(st.status, Status::Running, "{st:?}");
-    let st = h.manager.kill(&id, None).await.unwrap();
+    let st = h.manager.kill_agent(&id, None).await.unwrap();
     assert_eq!(exit_of(&st), (None, Some("SIGTERM"), "killed"));
 }
 
@@ -654,16 +654,16 @@ async fn queue_starts_agents_fifo_as_slots_free() {
     assert_eq!(listed, queued);
 
     // A's slot goes to the first in line, and only to it.
-    h.manager.kill(&a, None).await.unwrap();
+    h.manager.kill_agent(&a, None).await.unwrap();
     h.wait_ready(&queued[0]).await;
     for id in &queued[1..] {
         assert_eq!(h.status(id).status, Status::Queued);
     }
-    h.manager.kill(&queued[0], None).await.unwrap();
+    h.manager.kill_agent(&queued[0], None).await.unwrap();
 
     let done = h
         .manager
-        .wait(&queued[1..], WaitMode::All, PATIENCE)
+        .wait_agents(&queued[1..], WaitMode::All, h.patience())
         .await
         .unwrap();
     assert!(done.done, "{done:?}");
@@ -687,7 +687,7 @@ async fn kill_of_a_queued_agent_cancels_it() {
     let a = h.spawn("sleep").await;
     h.wait_ready(&a).await;
     let b = h.spawn("sleep").await;
-    let st = h.manager.kill(&b, None).await.unwrap();
+    let st = h.manager.kill_agent(&b, None).await.unwrap();
     assert_eq!(st.status, Status::Killed, "{st:?}");
     assert_eq!(exit_of(&st), (None, None, "cancelled"));
     assert_eq!((st.pid, st.started_at), (None, None), "it never ran");
@@ -697,7 +697,7 @@ async fn kill_of_a_queued_agent_cancels_it() {
         Status::Running,
         "the running one is untouched"
     );
-    h.manager.kill(&a, None).await.unwrap();
+    h.manager.kill_agent(&a, None).await.unwrap();
     // The cancelled one never starts, even with the slot free.
     let st = h
         .manager
@@ -746,7 +746,7 @@ async fn queued_agent_whose_worker_vanished_ends_failed_spawn_failed() {
     h.wait_ready(&a).await;
     let b = h.spawn("ok").await;
     std::fs::remove_file(&link).unwrap();
-    h.manager.kill(&a, None).await.unwrap();
+    h.manager.kill_agent(&a, None).await.unwrap();
     let st = h.wait_end(&b).await;
     assert_eq!(st.status, Status::Failed, "{st:?}");
     assert_eq!(exit_of(&st), (None, None, "spawn_failed"));
@@ -774,13 +774,13 @@ async fn unknown_agent_id_is_an_error_that_lists_near_ids() {
         err.to_string().contains(&format!("did you mean {id}")),
         "{err}"
     );
-    let err = h.manager.kill(&typo, None).await.unwrap_err();
+    let err = h.manager.kill_agent(&typo, None).await.unwrap_err();
     assert!(err.to_string().contains(&id), "{err}");
     let err = h.manager.output(&typo, &query(None, None, 10)).unwrap_err();
     assert!(err.to_string().contains(&id), "{err}");
     let err = h
         .manager
-        .wait(&[id.clone(), typo], WaitMode::Any, PATIENCE)
+        .wait_agents(&[id.clone(), typo], WaitMode::Any, h.patience())
         .await
         .unwrap_err();
     assert!(err.to_string().contains(&id), "{err}");
@@ -791,14 +791,18 @@ async fn kill_of_an_ended_agent_returns_its_status_unchanged() {
     let _procs = shared().await;
     let h = Harness::new("");
     let ended = run_to_end(&h, "ok", limits()).await;
-    let again = h.manager.kill(&ended.agent_id, Some(0)).await.unwrap();
+    let again = h
+        .manager
+        .kill_agent(&ended.agent_id, Some(0))
+        .await
+        .unwrap();
     assert_eq!(again.status, Status::Completed);
     assert_eq!(exit_of(&again), exit_of(&ended));
     assert_eq!(again.ended_at, ended.ended_at);
     assert_eq!(again.result.as_deref(), Some("all done"));
 
     let crashed = run_to_end(&h, "crash", limits()).await;
-    let again = h.manager.kill(&crashed.agent_id, None).await.unwrap();
+    let again = h.manager.kill_agent(&crashed.agent_id, None).await.unwrap();
     assert_eq!(
         (again.status, exit_of(&again)),
         (Status::Failed, exit_of(&crashed))
@@ -858,7 +862,7 @@ async fn worker_that_cannot_exec_leaves_no_record_and_no_transcript() {
 /// Spawns a worker and kills it at once; returns its pid.
 async fn spawn_kill_cycle(h: &Harness) -> u32 {
     let id = h.spawn("exit-stdin").await;
-    let st = h.manager.kill(&id, None).await.unwrap();
+    let st = h.manager.kill_agent(&id, None).await.unwrap();
     assert_eq!(st.status, Status::Killed, "{st:?}");
     st.pid.unwrap()
 }

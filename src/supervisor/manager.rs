@@ -4,7 +4,8 @@
 //! - `spawn`: accepting a spawn (resolve, check, admit now or queue, make the record);
 //! - `send`: follow-ups (`agent_send`): a completed agent's next round, a queued one's task;
 //! - `start`: starting a queued agent (transcript, worker process, the queue moving on);
-//! - `supervise`: a running worker until it is reaped (stdin, wall clock, kill, its end);
+//! - `supervise`: a running worker until it is reaped (stdin, wall clock, signals, its end);
+//! - `kill`: stopping one agent (cancelling a queued one, telling a running one's task);
 //! - `ingest`: the worker's events into its record and transcript;
 //! - `session`: the session's spending against its caps;
 //! - `wait`: waiting for ends, status changes and output without polling;
@@ -14,10 +15,11 @@
 //! This file holds the error type, the shared state and the lock helpers.
 //!
 //! Not here: the MCP protocol (`mcp`), fork/exec details (`process`), records and their
-//! state machine (`registry`), how an end is classified (`outcome`), output stores
+//! lifecycle (`record`, `state`), how an end is classified (`outcome`), output stores
 //! (`output`), per-provider pacing (`admission`).
 
 mod ingest;
+mod kill;
 mod query;
 mod send;
 mod session;
@@ -43,7 +45,8 @@ use super::admission::Admission;
 use super::outcome::{ExitInfo, ExitReason, Outcome};
 use super::output::OutputError;
 use super::process::{SpawnError, Spawner};
-use super::registry::{AgentRecord, Registry};
+use super::record::AgentRecord;
+use super::registry::Registry;
 use super::view::EndedAgent;
 use query::compiled_filter;
 use session::SessionSpend;
@@ -249,11 +252,11 @@ impl Inner {
     ) {
         let exit = ExitInfo::without_process(reason);
         if let Some(rec) = reg.end_queued(id, outcome, exit) {
-            rec.error = Some(error);
-            if let Some(t) = rec.transcript.as_mut() {
+            rec.answer.error = Some(error);
+            if let Some(t) = rec.io.transcript.as_mut() {
                 drop(t.close());
             }
-            rec.output_seq.send_modify(|v| *v += 1);
+            rec.io.bump();
             self.tell_ended(rec);
             let retain = self.config.server.retained_agents;
             reg.note_ended(id, retain);

@@ -8,7 +8,9 @@
 //! - `admission` — per-provider caps and holds on starts;
 //! - `process` — builds and starts a worker and awaits it; its unsafe clone-and-exec is
 //!   in `process/clone_exec.rs`;
-//! - `registry` — records, their state machine, the queue and the run slots;
+//! - `state` — an agent's lifecycle, with what exists only while it runs in `Running`;
+//! - `record` — an agent's record: its parts (meta, route, totals, answer, io, rounds);
+//! - `registry` — the records by id, the queue, the run slots, the ended order;
 //! - `outcome` — statuses, terminal outcomes, exit reasons, classification of an end;
 //! - `output` — ring buffer (`output/ring.rs`), filter, transcript, stderr tail;
 //! - `view` — what callers see, every snapshot from spawn to shutdown report.
@@ -18,8 +20,10 @@ pub mod manager;
 pub mod outcome;
 pub mod output;
 pub mod process;
+pub mod record;
 pub mod registry;
 pub mod request;
+pub mod state;
 pub mod view;
 
 pub use manager::{Manager, ManagerError, OutputQuery, WaitMode};

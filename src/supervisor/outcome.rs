@@ -3,7 +3,7 @@
 //! reaped worker from its exit code (`bg_agent_worker::protocol::exit`), its signal and
 //! what the server itself did.
 //!
-//! Not here: the records and their state machine (`registry`), reaping (`process`).
+//! Not here: the records (`record`) and their lifecycle (`state`), reaping (`process`).
 
 use std::time::Duration;
 
@@ -138,13 +138,12 @@ pub enum ExitReason {
     /// Exit code 0 without a result event.
     NoResult,
     SpawnFailed,
-    TranscriptError,
 }
 
 impl ExitReason {
     /// Every reason, in the order the declaration gives them: what replies and their
     /// schemas list (`mcp::reply::Exit`), so no list of names is kept by hand.
-    pub const ALL: [ExitReason; 19] = [
+    pub const ALL: [ExitReason; 18] = [
         ExitReason::Completed,
         ExitReason::Killed,
         ExitReason::Cancelled,
@@ -163,7 +162,6 @@ impl ExitReason {
         ExitReason::KilledOutside,
         ExitReason::NoResult,
         ExitReason::SpawnFailed,
-        ExitReason::TranscriptError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -186,7 +184,6 @@ impl ExitReason {
             ExitReason::KilledOutside => "killed_outside",
             ExitReason::NoResult => "no_result",
             ExitReason::SpawnFailed => "spawn_failed",
-            ExitReason::TranscriptError => "transcript_error",
         }
     }
 }
@@ -222,8 +219,6 @@ pub enum ServerCause {
     Killed,
     TimedOut,
     OutputLimit,
-    /// The transcript file could not be created, so the output could not be kept.
-    NoTranscript,
 }
 
 /// What the server knows when a worker process has been reaped.
@@ -255,9 +250,6 @@ pub fn classify(f: &EndFacts) -> (Outcome, ExitInfo) {
         Some(ServerCause::TimedOut) => return (Outcome::TimedOut, info(ExitReason::TimedOut)),
         Some(ServerCause::OutputLimit) => {
             return (Outcome::OutputLimit, info(ExitReason::OutputLimit));
-        }
-        Some(ServerCause::NoTranscript) => {
-            return (Outcome::Failed, info(ExitReason::TranscriptError));
         }
         None => {}
     }
@@ -358,9 +350,6 @@ pub fn describe_end(
             limits.max_file_mb
         ),
         (_, ExitReason::SpawnFailed) => format!("could not start{detail}"),
-        (_, ExitReason::TranscriptError) => {
-            format!("stopped: could not keep its transcript{detail}")
-        }
         (_, ExitReason::NoResult) => "exited 0 without a result event".to_string(),
         (_, ExitReason::KilledOutside) => format!(
             "killed by {} from outside the server (not agent_kill, and not the CPU limit: cpu_seconds = {})",
@@ -395,10 +384,7 @@ mod tests {
             assert!(names.insert(reason.as_str()), "{reason} twice");
         }
         // The last variant closes ALL: a variant added anywhere moves it.
-        assert_eq!(
-            ExitReason::ALL.len(),
-            ExitReason::TranscriptError as usize + 1
-        );
+        assert_eq!(ExitReason::ALL.len(), ExitReason::SpawnFailed as usize + 1);
         assert_eq!(Outcome::TimedOut.status().as_str(), "timed_out");
     }
 

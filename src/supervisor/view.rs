@@ -19,7 +19,8 @@ use bg_agent_worker::values::{Limits, Tier, TokenCounts};
 
 use super::outcome::{ExitInfo, Status};
 use super::output::Transcript;
-use super::registry::{AgentRecord, AgentState};
+use super::record::AgentRecord;
+use super::state::AgentState;
 
 /// What a spawn did: the agent's id, where it was routed, and whether it runs or waits.
 #[derive(Debug, Clone, Serialize)]
@@ -147,19 +148,6 @@ fn elapsed(started: Option<SystemTime>, ended: Option<SystemTime>) -> Option<f64
     Some(end.duration_since(start).map_or(0.0, |d| d.as_secs_f64()))
 }
 
-fn times(state: &AgentState) -> (Option<u32>, Option<SystemTime>, Option<SystemTime>) {
-    match state {
-        AgentState::Queued { .. } => (None, None, None),
-        AgentState::Running { pid, started_at } => (Some(*pid), Some(*started_at), None),
-        AgentState::Ended {
-            pid,
-            started_at,
-            ended_at,
-            ..
-        } => (*pid, *started_at, Some(*ended_at)),
-    }
-}
-
 /// USD rounded to 6 significant digits (sums of floats read as amounts, not
 /// `0.00013110000000000002`), and never `-0` (an empty float sum is -0.0).
 pub fn round_usd(usd: f64) -> f64 {
@@ -174,67 +162,69 @@ pub fn round_usd(usd: f64) -> f64 {
 /// `r`'s usage as callers see it: the cost rounded to an amount.
 fn usage_of(r: &AgentRecord) -> UsageReport {
     UsageReport {
-        cost_usd: r.usage.cost_usd.map(round_usd),
-        ..r.usage
+        cost_usd: r.totals.usage.cost_usd.map(round_usd),
+        ..r.totals.usage
     }
 }
 
 impl StatusView {
     pub fn of(r: &AgentRecord) -> Self {
-        let (pid, started, ended) = times(&r.state);
+        let (pid, started, ended) = r.state.times();
         let exit = match &r.state {
             AgentState::Ended { exit, .. } => Some(exit.clone()),
             _ => None,
         };
         let status = r.status();
-        let stderr = r.stderr.text();
+        let stderr = r.io.stderr.text();
         StatusView {
             agent_id: r.id.clone(),
             status,
-            label: r.label.clone(),
-            task: r.task_preview.clone(),
-            role: r.role.clone(),
-            tier: r.tier,
-            model: r.model.clone(),
-            provider: r.provider.clone(),
-            routed_by: r.routed_by,
-            sandbox: r.sandbox.clone(),
-            waiting_for: r.waiting_for.clone(),
+            label: r.meta.label.clone(),
+            task: r.meta.task_preview.clone(),
+            role: r.meta.role.clone(),
+            tier: r.route.tier,
+            model: r.route.model.clone(),
+            provider: r.route.provider.clone(),
+            routed_by: r.route.routed_by,
+            sandbox: r.io.sandbox.clone(),
+            waiting_for: r.state.waiting_for().cloned(),
             pid,
-            created_at: secs(r.created_at),
+            created_at: secs(r.meta.created_at),
             started_at: started.map(secs),
-            first_event_at: r.first_event_at.map(secs),
+            first_event_at: r.io.first_event_at.map(secs),
             ended_at: ended.map(secs),
             elapsed_seconds: elapsed(started, ended),
             exit,
             usage: usage_of(r),
-            turns: r.turns,
-            rounds: r.rounds,
-            messages_pending: r.pending_messages.len(),
-            result: r.result.clone().filter(|_| status == Status::Completed),
+            turns: r.totals.turns,
+            rounds: r.rounds.count,
+            messages_pending: r.rounds.pending.len(),
+            result: r.answer.result.clone().filter(|_| status == Status::Completed),
             result_truncated: false,
-            result_json: r.result_json.clone().filter(|_| status == Status::Completed),
-            answer_truncated: (r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS)).then(|| {
+            result_json: r.answer.result_json.clone().filter(|_| status == Status::Completed),
+            answer_truncated: (r.answer.stop_reason.as_deref() == Some(STOP_MAX_TOKENS)).then(|| {
                 format!(
                     "the model stopped at the token limit (stop_reason max_tokens, limits.max_tokens = {}, or less when a budget was nearly spent): the answer is incomplete; continue it with agent_send, or spawn again with a larger limits.max_tokens",
                     r.limits.max_tokens
                 )
             }),
             queued_reason: None,
-            error: r.error.clone(),
+            error: r.answer.error.clone(),
             output: OutputCounts {
-                output_bytes: r.output.end_cursor(),
-                output_evicted_bytes: r.output.start_cursor(),
-                stdout_bytes: r.stdout_bytes,
-                stderr_bytes: r.stderr.total_bytes(),
+                output_bytes: r.io.output.end_cursor(),
+                output_evicted_bytes: r.io.output.start_cursor(),
+                stdout_bytes: r.io.stdout_bytes,
+                stderr_bytes: r.io.stderr.total_bytes(),
                 transcript_path: r
+                    .io
                     .transcript
                     .as_ref()
                     .map(|t| t.path().display().to_string()),
-                transcript_bytes: r.transcript.as_ref().map_or(0, |t| t.written_bytes()),
-                transcript_dropped_bytes: r.transcript.as_ref().map_or(0, |t| t.dropped_bytes())
-                    + r.oversize_dropped,
+                transcript_bytes: r.io.transcript.as_ref().map_or(0, |t| t.written_bytes()),
+                transcript_dropped_bytes: r.io.transcript.as_ref().map_or(0, |t| t.dropped_bytes())
+                    + r.io.oversize_dropped,
                 transcript_error: r
+                    .io
                     .transcript
                     .as_ref()
                     .and_then(Transcript::error),
@@ -248,19 +238,19 @@ impl StatusView {
 
 impl ListRow {
     pub fn of(r: &AgentRecord) -> Self {
-        let (_, started, ended) = times(&r.state);
+        let (_, started, ended) = r.state.times();
         ListRow {
             agent_id: r.id.clone(),
             status: r.status(),
-            label: r.label.clone(),
-            role: r.role.clone(),
-            model: r.model.clone(),
-            task: r.task_preview.clone(),
+            label: r.meta.label.clone(),
+            role: r.meta.role.clone(),
+            model: r.route.model.clone(),
+            task: r.meta.task_preview.clone(),
             elapsed_seconds: elapsed(started, ended),
             usage: usage_of(r),
-            error: r.error.clone(),
+            error: r.answer.error.clone(),
             answer_truncated: r.status() == Status::Completed
-                && r.stop_reason.as_deref() == Some(STOP_MAX_TOKENS),
+                && r.answer.stop_reason.as_deref() == Some(STOP_MAX_TOKENS),
         }
     }
 }
@@ -309,17 +299,17 @@ impl ListView {
     ) -> Self {
         let mut total_tokens = TokenCounts::default();
         for r in recs {
-            total_tokens.add(&r.usage.tokens());
+            total_tokens.add(&r.totals.usage.tokens());
         }
         ListView {
             agents: recs.iter().map(|r| ListRow::of(r)).collect(),
             counts,
             total_tokens,
-            total_cost_usd: round_usd(recs.iter().filter_map(|r| r.usage.cost_usd).sum()),
+            total_cost_usd: round_usd(recs.iter().filter_map(|r| r.totals.usage.cost_usd).sum()),
             session,
             agents_with_unknown_cost: recs
                 .iter()
-                .filter(|r| r.usage.cost_usd.is_none() && r.usage.total() > 0)
+                .filter(|r| r.totals.usage.cost_usd.is_none() && r.totals.usage.total() > 0)
                 .count(),
         }
     }
@@ -404,11 +394,11 @@ impl EndedAgent {
     pub fn of(rec: &AgentRecord) -> EndedAgent {
         EndedAgent {
             agent_id: rec.id.clone(),
-            label: rec.label.clone(),
+            label: rec.meta.label.clone(),
             status: rec.status(),
-            result: rec.result.clone(),
-            error: rec.error.clone(),
-            round: rec.rounds,
+            result: rec.answer.result.clone(),
+            error: rec.answer.error.clone(),
+            round: rec.rounds.count,
         }
     }
 }
@@ -427,7 +417,7 @@ impl LiveAgent {
     pub fn of(rec: &AgentRecord) -> LiveAgent {
         LiveAgent {
             agent_id: rec.id.clone(),
-            label: rec.label.clone(),
+            label: rec.meta.label.clone(),
             status: rec.status(),
         }
     }

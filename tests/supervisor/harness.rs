@@ -9,6 +9,7 @@ use std::time::Duration;
 use bg_agent_worker::config::{Config, ConfigSource};
 use bg_agent_worker::resolve::SpawnRequest;
 use bg_agent_worker::values::LimitsOverride;
+use bg_agents::supervisor::request::{RequestError, SpawnAgent, Wait, WhenUnset};
 use bg_agents::supervisor::{Manager, Status};
 use bg_agents::supervisor::{ManagerError, OutputPage, OutputQuery, SpawnView, StatusView};
 use nix::errno::Errno;
@@ -112,7 +113,22 @@ impl Harness {
         mode: &str,
         limits: LimitsOverride,
     ) -> Result<SpawnView, ManagerError> {
-        self.manager.spawn(self.request(mode, limits), None).await
+        let spawn = SpawnAgent {
+            request: self.request(mode, limits),
+            label: None,
+        };
+        match self.manager.spawn_agent(spawn).await {
+            Ok(view) => Ok(view),
+            Err(RequestError::Manager(e)) => Err(e),
+            Err(e) => panic!("the harness asks for a valid spawn: {e}"),
+        }
+    }
+
+    /// A wait of `PATIENCE` (within `max_wait_seconds`), as `wait_agents` takes it.
+    pub fn patience(&self) -> Wait {
+        self.manager
+            .wait_within(Some(PATIENCE.as_secs_f64()), WhenUnset::NoWait)
+            .expect("PATIENCE is a valid wait")
     }
 
     /// Spawns `mode` with default limits; returns the agent id.

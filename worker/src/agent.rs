@@ -24,18 +24,25 @@ pub trait Emit {
     fn emit(&self, event: &Event);
 }
 
-/// Follow-ups that arrive while the agent runs (the server's `follow_up` lines on stdin),
-/// taken at each turn boundary.
+/// A follow-up from the server (an `Input::FollowUp` line on stdin): its text, and its
+/// id, echoed in the `message` event that takes it in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUp {
+    pub id: Option<u64>,
+    pub message: String,
+}
+
+/// Follow-ups that arrive while the agent runs, taken at each turn boundary.
 #[derive(Default)]
-pub struct Inbox(Option<tokio::sync::mpsc::UnboundedReceiver<String>>);
+pub struct Inbox(Option<tokio::sync::mpsc::UnboundedReceiver<FollowUp>>);
 
 impl Inbox {
-    pub fn new(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Inbox {
+    pub fn new(rx: tokio::sync::mpsc::UnboundedReceiver<FollowUp>) -> Inbox {
         Inbox(Some(rx))
     }
 
-    /// Every message waiting now, oldest first.
-    fn take_all(&mut self) -> Vec<String> {
+    /// Every follow-up waiting now, oldest first.
+    fn take_all(&mut self) -> Vec<FollowUp> {
         let mut got = Vec::new();
         if let Some(rx) = self.0.as_mut() {
             while let Ok(m) = rx.try_recv() {
@@ -46,8 +53,14 @@ impl Inbox {
     }
 }
 
-fn texts(messages: Vec<String>) -> impl Iterator<Item = Block> {
-    messages.into_iter().map(|text| Block::Text { text })
+/// `follow_ups` as text blocks, and the ids the `message` that takes them in echoes.
+fn texts(follow_ups: Vec<FollowUp>) -> (Vec<Block>, Vec<u64>) {
+    let ids = follow_ups.iter().filter_map(|f| f.id).collect();
+    let blocks = follow_ups
+        .into_iter()
+        .map(|f| Block::Text { text: f.message })
+        .collect();
+    (blocks, ids)
 }
 
 /// Longest wait between retries, whatever the backoff or `retry-after` says.
@@ -371,26 +384,39 @@ impl<'a> Run<'a> {
         if pending.is_empty() {
             return false;
         }
-        self.push(Message {
-            role: Role::User,
-            content: texts(pending).collect(),
-        });
+        let (content, ids) = texts(pending);
+        self.push_taking(
+            Message {
+                role: Role::User,
+                content,
+            },
+            ids,
+        );
         true
     }
 
     /// Follow-up intake at a turn boundary: the tool `results`, then every follow-up
     /// waiting now, join the conversation as the next user message.
     fn push_results(&mut self, mut results: Vec<Block>, inbox: &mut Inbox) {
-        results.extend(texts(inbox.take_all()));
-        self.push(Message {
-            role: Role::User,
-            content: results,
-        });
+        let (follow_ups, ids) = texts(inbox.take_all());
+        results.extend(follow_ups);
+        self.push_taking(
+            Message {
+                role: Role::User,
+                content: results,
+            },
+            ids,
+        );
     }
 
     /// Adds a message to the conversation and tells it (see [`push_message`]).
     fn push(&mut self, message: Message) {
         push_message(&mut self.messages, message, self.out);
+    }
+
+    /// `push` of a message that takes in the follow-ups `ids`.
+    fn push_taking(&mut self, message: Message, ids: Vec<u64>) {
+        push_taking(&mut self.messages, message, ids, self.out);
     }
 }
 
@@ -464,8 +490,14 @@ fn no_answer(stop_reason: &str, cut_calls: &[String], max_tokens: u32, turn: u32
 /// resumes from). A user message after a user message (a history that ended with tool
 /// results, say) joins it: the providers want the roles to alternate.
 fn push_message(messages: &mut Vec<Message>, message: Message, out: &dyn Emit) {
+    push_taking(messages, message, Vec::new(), out);
+}
+
+/// `push_message` of a message that takes in the follow-ups `ids`.
+fn push_taking(messages: &mut Vec<Message>, message: Message, ids: Vec<u64>, out: &dyn Emit) {
     out.emit(&Event::Message {
         message: message.clone(),
+        follow_ups: ids,
     });
     match messages.last_mut() {
         Some(last) if last.role == Role::User && message.role == Role::User => {

@@ -367,8 +367,8 @@ fn read_inputs() -> (agent::Inbox, tokio::sync::oneshot::Receiver<()>) {
             match stdin.lock().read_line(&mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => match serde_json::from_str::<Input>(&line) {
-                    Ok(Input::FollowUp { message }) => {
-                        let _ = tx.send(message);
+                    Ok(Input::FollowUp { message, id }) => {
+                        let _ = tx.send(agent::FollowUp { id, message });
                     }
                     Err(e) => eprintln!("bg-agent-worker: ignored a stdin line: {e}"),
                 },

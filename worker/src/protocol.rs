@@ -176,8 +176,14 @@ impl<'de> Deserialize<'de> for Block {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Input {
     /// A user message for the conversation, delivered at the next turn boundary (after
-    /// the current response and its tool results).
-    FollowUp { message: String },
+    /// the current response and its tool results). `id`, when given, is echoed in the
+    /// `message` event that takes it in (`Event::Message::follow_ups`), so the server
+    /// knows which of its follow-ups were taken.
+    FollowUp {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
 }
 
 /// The provider a spec talks to, with the names of the environment variables that hold
@@ -359,6 +365,10 @@ pub enum Event {
     /// each turn's tool results), in order: what a follow-up needs to continue it.
     Message {
         message: Message,
+        /// The ids of the follow-ups (`Input::FollowUp`) this message took in, in the
+        /// order they came; empty for any other message.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        follow_ups: Vec<u64>,
     },
 }
 
@@ -548,6 +558,44 @@ mod transcript_line_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_follow_up_id_is_echoed_by_its_message_and_older_lines_still_parse() {
+        let old: Input = serde_json::from_str(r#"{"type":"follow_up","message":"hi"}"#).unwrap();
+        assert_eq!(
+            old,
+            Input::FollowUp {
+                message: "hi".into(),
+                id: None
+            }
+        );
+        let new = Input::FollowUp {
+            message: "hi".into(),
+            id: Some(7),
+        };
+        let line = serde_json::to_string(&new).unwrap();
+        assert_eq!(line, r#"{"type":"follow_up","message":"hi","id":7}"#);
+        assert_eq!(serde_json::from_str::<Input>(&line).unwrap(), new);
+
+        let message = Message {
+            role: Role::User,
+            content: vec![Block::Text { text: "hi".into() }],
+        };
+        let plain = Event::Message {
+            message: message.clone(),
+            follow_ups: Vec::new(),
+        };
+        let line = plain.to_json_line();
+        assert!(!line.contains("follow_ups"), "{line}");
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), plain);
+        let taking = Event::Message {
+            message,
+            follow_ups: vec![7, 8],
+        };
+        let line = taking.to_json_line();
+        assert!(line.ends_with(r#","follow_ups":[7,8]}"#), "{line}");
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), taking);
+    }
 
     #[test]
     fn events_round_trip_with_type_tags() {

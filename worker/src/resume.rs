@@ -78,7 +78,7 @@ impl Seen {
                 self.started
                     .get_or_insert((format!("{provider}/{model}"), role, cwd));
             }
-            Event::Message { message } => self.messages.push(message),
+            Event::Message { message, .. } => self.messages.push(message),
             Event::Result { .. } => self.last_end = Some(None),
             Event::Error { message, .. } => self.last_end = Some(Some(message)),
             _ => {}

@@ -11,7 +11,7 @@ fn messages(events: &[Event]) -> Vec<Message> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Message { message } => Some(message.clone()),
+            Event::Message { message, .. } => Some(message.clone()),
             _ => None,
         })
         .collect()

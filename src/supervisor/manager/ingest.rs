@@ -6,14 +6,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bg_agent_worker::protocol::{Block, ErrorKind, Event, Role};
+use bg_agent_worker::protocol::{ErrorKind, Event, Role};
 use bg_agent_worker::provider::estimate_tokens;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::mpsc;
 
 use crate::supervisor::output::Transcript;
-use crate::supervisor::registry::{AgentRecord, Control, OpenTurn};
+use crate::supervisor::record::AgentRecord;
+use crate::supervisor::state::{Control, OpenTurn};
 use bg_agent_worker::protocol::UsageReport;
 
 use super::Inner;
@@ -111,21 +112,18 @@ impl Inner {
         let Some(rec) = reg.get_mut(id) else {
             return false;
         };
-        if rec.first_event_at.is_none() && bytes > 0 {
-            rec.first_event_at = Some(SystemTime::now());
+        let io = &mut rec.io;
+        if io.first_event_at.is_none() && bytes > 0 {
+            io.first_event_at = Some(SystemTime::now());
         }
-        rec.stdout_bytes += bytes;
-        rec.oversize_dropped += dropped;
+        io.stdout_bytes += bytes;
+        io.oversize_dropped += dropped;
         if too_long {
             // Said in the readable output; never the raw JSON of the line.
-            let nl = if rec.mid_line { "\n" } else { "" };
-            push_text(
-                rec,
-                &format!(
-                    "{nl}[bg-agents: an event line longer than {max_line} bytes was dropped: the longest line the server keeps]\n"
-                ),
-            );
-            rec.overflow.get_or_insert_with(|| {
+            io.push_line(&format!(
+                "[bg-agents: an event line longer than {max_line} bytes was dropped: the longest line the server keeps]\n"
+            ));
+            io.overflow.get_or_insert_with(|| {
                 format!(
                     "wrote an event line longer than {max_line} bytes, the longest the server keeps ([server] transcript_max_mb, at most {MAX_EVENT_LINE} bytes); stopped so nothing is lost silently"
                 )
@@ -135,7 +133,7 @@ impl Inner {
             let line = String::from_utf8_lossy(raw);
             match serde_json::from_str::<Event>(&line) {
                 Ok(event) => {
-                    if let Some(t) = rec.transcript.as_mut() {
+                    if let Some(t) = rec.io.transcript.as_mut() {
                         t.append_line(&line);
                         // What status reports is on disk too: flush at each milestone
                         // (a turn's usage, the end), not only when the buffer fills.
@@ -150,9 +148,9 @@ impl Inner {
                         }
                     }
                     if let Event::Usage { .. } = &event {
-                        let before = rec.usage;
+                        let before = rec.totals.usage;
                         apply_event(rec, event);
-                        session_spent |= self.add_to_session(id, &before, &rec.usage);
+                        session_spent |= self.add_to_session(id, &before, &rec.totals.usage);
                         continue;
                     }
                     if let Event::Retry {
@@ -162,7 +160,7 @@ impl Inner {
                     } = &event
                     {
                         self.admission().hold(
-                            &rec.provider,
+                            &rec.route.provider,
                             Duration::from_millis(*wait_ms),
                             Instant::now(),
                         );
@@ -171,25 +169,25 @@ impl Inner {
                 }
                 Err(_) => {
                     // Not our protocol (a crash message, a foreign program): keep it readable.
-                    if let Some(t) = rec.transcript.as_mut() {
+                    if let Some(t) = rec.io.transcript.as_mut() {
                         t.append_raw(&line);
                     }
-                    push_text(rec, &format!("{line}\n"));
+                    rec.io.push_text(&format!("{line}\n"));
                 }
             }
         }
-        rec.output_seq.send_modify(|v| *v += 1);
+        rec.io.bump();
         // Over the cap, not a write error: a full disk loses the transcript's tail
         // (counted, and told in status), never the agent.
-        if rec.transcript.as_ref().is_some_and(Transcript::over_cap) {
+        if rec.io.transcript.as_ref().is_some_and(Transcript::over_cap) {
             let cap = self.config.server.transcript_max_mb;
-            rec.overflow.get_or_insert_with(|| {
+            rec.io.overflow.get_or_insert_with(|| {
                 format!(
                     "wrote more output than the transcript cap ([server] transcript_max_mb = {cap}); stopped so nothing is lost silently"
                 )
             });
         }
-        let over_cap = rec.overflow.is_some();
+        let over_cap = rec.io.overflow.is_some();
         if session_spent {
             self.cancel_queued_for_session(&mut reg);
         }
@@ -200,10 +198,10 @@ impl Inner {
 fn apply_event(rec: &mut AgentRecord, event: Event) {
     track_open_turn(rec, &event);
     match &event {
-        Event::Started { sandbox, .. } => rec.sandbox = sandbox.clone(),
+        Event::Started { sandbox, .. } => rec.io.sandbox = sandbox.clone(),
         Event::Usage(run) => {
             // The worker counts its own round; earlier rounds add up here.
-            rec.usage = rec.prior_usage.plus(run);
+            rec.totals.usage = rec.rounds.prior.usage.plus(run);
         }
         Event::Result {
             text,
@@ -211,33 +209,29 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
             stop_reason,
             result_json,
         } => {
-            rec.result = Some(text.clone());
-            rec.result_json = result_json.clone();
-            rec.turns = rec.prior_turns + *turns;
-            rec.stop_reason = Some(stop_reason.clone());
+            rec.answer.result = Some(text.clone());
+            rec.answer.result_json = result_json.clone();
+            rec.answer.stop_reason = Some(stop_reason.clone());
+            rec.totals.turns = rec.rounds.prior.turns + *turns;
         }
         Event::Error { kind, message } => {
-            rec.error = Some(message.clone());
-            rec.error_kind = Some(*kind);
+            rec.answer.error = Some(message.clone());
+            rec.answer.error_kind = Some(*kind);
         }
-        Event::Message { message } => {
+        Event::Message {
+            message,
+            follow_ups,
+        } => {
             // A follow-up sent while it ran is delivered once it joins the conversation.
-            if message.role == Role::User {
-                for block in &message.content {
-                    if let Block::Text { text } = block
-                        && let Some(i) = rec.pending_messages.iter().position(|p| p == text)
-                    {
-                        rec.pending_messages.remove(i);
-                        super::send::mark_follow_up(rec, text);
-                    }
-                }
+            for text in rec.rounds.take_in(follow_ups) {
+                super::send::mark_follow_up(rec, &text);
             }
-            rec.conversation.push(message.clone());
+            rec.rounds.conversation.push(message.clone());
         }
         _ => {}
     }
-    if let Some(text) = event.render_human(!rec.mid_line) {
-        push_text(rec, &text);
+    if let Some(text) = event.render_human(!rec.io.mid_line) {
+        rec.io.push_text(&text);
     }
 }
 
@@ -246,16 +240,20 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
 /// or the worker's final event.
 fn track_open_turn(rec: &mut AgentRecord, event: &Event) {
     match event {
-        Event::Message { message } if message.role == Role::User => {
-            let conversation = serde_json::to_vec(&rec.conversation).map_or(0, |v| v.len());
+        Event::Message { message, .. } if message.role == Role::User => {
+            let conversation =
+                serde_json::to_vec(rec.rounds.conversation.messages()).map_or(0, |v| v.len());
             let message = serde_json::to_vec(message).map_or(0, |v| v.len());
-            rec.open_turn = Some(OpenTurn {
-                input_bytes: rec.round_spec.system_prompt.len() + conversation + message,
-                output_bytes: 0,
-            });
+            let input_bytes = rec.rounds.spec.system_prompt.len() + conversation + message;
+            if let Some(open) = rec.state.open_turn_mut() {
+                *open = Some(OpenTurn {
+                    input_bytes,
+                    output_bytes: 0,
+                });
+            }
         }
         Event::Text { text } => {
-            if let Some(turn) = rec.open_turn.as_mut() {
+            if let Some(Some(turn)) = rec.state.open_turn_mut() {
                 turn.output_bytes += text.len();
             }
         }
@@ -264,7 +262,11 @@ fn track_open_turn(rec: &mut AgentRecord, event: &Event) {
             kind: ErrorKind::Interrupted,
             ..
         } => {}
-        Event::Usage { .. } | Event::Result { .. } | Event::Error { .. } => rec.open_turn = None,
+        Event::Usage { .. } | Event::Result { .. } | Event::Error { .. } => {
+            if let Some(open) = rec.state.open_turn_mut() {
+                *open = None;
+            }
+        }
         _ => {}
     }
 }
@@ -272,24 +274,17 @@ fn track_open_turn(rec: &mut AgentRecord, event: &Event) {
 /// What a request cut off before its usage came cost, estimated (4 bytes a token) and
 /// added to `rec`'s usage, marked estimated; `None` when no request was in flight.
 pub(super) fn count_cut_turn(rec: &mut AgentRecord) -> Option<UsageReport> {
-    let turn = rec.open_turn.take()?;
-    let before = rec.usage;
+    let turn = rec.state.open_turn_mut()?.take()?;
+    let usage = &mut rec.totals.usage;
+    let before = *usage;
     let input = estimate_tokens(turn.input_bytes);
     let output = estimate_tokens(turn.output_bytes);
-    rec.usage.input_tokens += input;
-    rec.usage.output_tokens += output;
-    rec.usage.cost_usd = match (rec.round_spec.price, before.cost_usd) {
+    usage.input_tokens += input;
+    usage.output_tokens += output;
+    usage.cost_usd = match (rec.rounds.spec.price, before.cost_usd) {
         (Some(price), spent) => Some(spent.unwrap_or(0.0) + price.cost(input, output)),
         (None, spent) => spent,
     };
-    rec.usage.estimated = true;
+    usage.estimated = true;
     Some(before)
-}
-
-fn push_text(rec: &mut AgentRecord, text: &str) {
-    if text.is_empty() {
-        return;
-    }
-    rec.output.push(text);
-    rec.mid_line = !text.ends_with('\n');
 }

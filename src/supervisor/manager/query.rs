@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::{ReadRequest, compile_filter};
-use crate::supervisor::registry::{AgentRecord, AgentState, Registry};
+use crate::supervisor::record::AgentRecord;
+use crate::supervisor::registry::Registry;
+use crate::supervisor::state::AgentState;
 use crate::supervisor::view::{AgentMark, ListView, LiveAgent, OutputPage, StatusView};
 
 use super::session::Grant;
@@ -30,7 +32,12 @@ impl Manager {
             .records()
             .filter(|r| !r.status().is_terminal())
             .collect();
-        live.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        live.sort_by(|a, b| {
+            a.meta
+                .created_at
+                .cmp(&b.meta.created_at)
+                .then(a.id.cmp(&b.id))
+        });
         live.into_iter().map(LiveAgent::of).collect()
     }
 
@@ -53,7 +60,7 @@ impl Manager {
         let reg = self.inner.lock();
         let rec = self.inner.get(&reg, id)?;
         let status = rec.status();
-        let r = rec.output.read(&ReadRequest {
+        let r = rec.io.output.read(&ReadRequest {
             since: q.since,
             filter,
             tail_lines: q.tail_lines,
@@ -69,6 +76,7 @@ impl Manager {
             matched_lines: r.matched_lines,
             status,
             transcript_path: rec
+                .io
                 .transcript
                 .as_ref()
                 .map(|t| t.path().display().to_string()),
@@ -80,9 +88,14 @@ impl Manager {
         let mut recs: Vec<&AgentRecord> = reg
             .records()
             .filter(|r| status.is_none_or(|s| r.status() == s))
-            .filter(|r| role.is_none_or(|x| r.role == x))
+            .filter(|r| role.is_none_or(|x| r.meta.role == x))
             .collect();
-        recs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        recs.sort_by(|a, b| {
+            a.meta
+                .created_at
+                .cmp(&b.meta.created_at)
+                .then(a.id.cmp(&b.id))
+        });
         let mut counts = HashMap::new();
         for r in reg.records() {
             *counts.entry(r.status()).or_insert(0) += 1;
@@ -100,7 +113,7 @@ impl Manager {
             .map(|r| {
                 let mark = AgentMark {
                     status: r.status(),
-                    output_seq: *r.output_seq.borrow(),
+                    output_seq: *r.io.output_seq.borrow(),
                 };
                 (r.id.clone(), mark)
             })
@@ -120,10 +133,13 @@ impl Inner {
 
     /// Why queued agent `rec` still waits.
     pub(super) fn queued_reason(&self, reg: &Registry, rec: &AgentRecord) -> String {
-        if let Some(why) = self.admission().blocked(&rec.provider, Instant::now()) {
+        if let Some(why) = self
+            .admission()
+            .blocked(&rec.route.provider, Instant::now())
+        {
             return why;
         }
-        if let AgentState::Queued { spec } = &rec.state
+        if let AgentState::Queued { spec, .. } = &rec.state
             && let Grant::Wait(why) | Grant::Spent(why) = self.grant(&self.session(), spec)
         {
             return why;

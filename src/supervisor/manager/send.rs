@@ -4,8 +4,8 @@
 //! on stdin and takes it at its next turn boundary; a queued agent's task gets it
 //! appended. Every other end is final.
 //!
-//! Not here: the state machine's door itself (`registry`, `AgentState::reopen`), starting
-//! the round's worker (`start`).
+//! Not here: the rounds themselves (`record`: `AgentRecord::begin_round`), the state
+//! machine's door (`state`: `AgentState::reopen`), starting the round's worker (`start`).
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -20,7 +20,8 @@ use super::session::Grant;
 use super::{Inner, Manager, ManagerError};
 use crate::supervisor::outcome::Status;
 use crate::supervisor::output::OutputError;
-use crate::supervisor::registry::{AgentRecord, AgentState, Reopened};
+use crate::supervisor::record::{AgentRecord, Conversation, PendingFollowUp, Totals};
+use crate::supervisor::state::AgentState;
 use crate::supervisor::view::{Sent, StatusView};
 
 impl Manager {
@@ -55,11 +56,14 @@ impl Manager {
         let saved = {
             let reg = inner.lock();
             reg.get(id)
-                .filter(|r| r.conversation_saved && r.status() == Status::Completed)
+                .filter(|r| {
+                    r.rounds.conversation == Conversation::InTranscript
+                        && r.status() == Status::Completed
+                })
                 .and_then(|r| {
-                    r.transcript
+                    r.io.transcript
                         .as_ref()
-                        .map(|t| (t.path().to_path_buf(), r.rounds))
+                        .map(|t| (t.path().to_path_buf(), r.rounds.count))
                 })
         };
         let loaded = saved
@@ -74,11 +78,10 @@ impl Manager {
         let sent = {
             let mut reg = inner.lock();
             if let (Some(rec), Some((conversation, rounds))) = (reg.get_mut(id), loaded)
-                && rec.conversation_saved
-                && rec.rounds == rounds
+                && rec.rounds.conversation == Conversation::InTranscript
+                && rec.rounds.count == rounds
             {
-                rec.conversation = conversation;
-                rec.conversation_saved = false;
+                rec.rounds.conversation = Conversation::Memory(conversation);
             }
             let Some(rec) = reg.get_mut(id) else {
                 drop(reg);
@@ -90,7 +93,7 @@ impl Manager {
             let limits = raised_limits(&inner.config, &rec.limits, raise)?;
             match rec.status() {
                 Status::Queued => {
-                    if let AgentState::Queued { spec } = &mut rec.state {
+                    if let AgentState::Queued { spec, .. } = &mut rec.state {
                         let bytes = spec.task.len() + 2 + message.len();
                         if bytes > MAX_TASK_BYTES {
                             return Err(ManagerError::MessageTooLong { bytes });
@@ -136,7 +139,7 @@ impl Manager {
                             hint: "agent_list shows the agents".into(),
                         });
                     };
-                    if let Some(t) = rec.transcript.as_mut() {
+                    if let Some(t) = rec.io.transcript.as_mut() {
                         t.reopen().map_err(|source| {
                             ManagerError::Transcript(OutputError::TranscriptFile {
                                 path: t.path().to_path_buf(),
@@ -144,22 +147,14 @@ impl Manager {
                             })
                         })?;
                     }
-                    let end = rec
-                        .state
-                        .reopen(Box::new(spec))
+                    rec.begin_round(Box::new(spec), limits)
                         .map_err(|_| not_resumable(rec))?;
-                    rec.reopened = Some(Box::new(Reopened {
-                        end,
-                        limits: rec.limits,
-                        result: rec.result.clone(),
-                        stop_reason: rec.stop_reason.clone(),
-                        prior_usage: rec.prior_usage,
-                        prior_turns: rec.prior_turns,
-                    }));
                     keep_schema(rec, schema);
-                    begin_round(rec, limits, message);
+                    mark_follow_up(rec, message);
+                    rec.io.bump();
+                    let round = rec.rounds.count;
                     reg.queue_round(id);
-                    Sent::Round(reg.get(id).map_or(0, |r| r.rounds))
+                    Sent::Round(round)
                 }
                 Status::Running if schema.is_some() => {
                     return Err(ManagerError::NotResumable {
@@ -173,18 +168,24 @@ impl Manager {
                         return Err(ManagerError::LimitsWhileRunning { id: id.to_string() });
                     }
                     affordable(rec, message, &rec.limits)?;
+                    let id = rec.rounds.next_follow_up_id();
                     let line = serde_json::to_string(&Input::FollowUp {
                         message: message.to_string(),
-                    })
-                    .map_err(|_| not_resumable(rec))?;
-                    let delivered = rec
-                        .inbox
-                        .as_ref()
-                        .is_some_and(|tx| tx.send(line + "\n").is_ok());
+                        id: Some(id),
+                    });
+                    let delivered = match (&rec.state, line) {
+                        (AgentState::Running { inbox, .. }, Ok(line)) => {
+                            inbox.send(line + "\n").is_ok()
+                        }
+                        _ => false,
+                    };
                     if !delivered {
                         return Err(not_resumable(rec));
                     }
-                    rec.pending_messages.push(message.to_string());
+                    rec.rounds.pending.push(PendingFollowUp {
+                        id,
+                        text: message.to_string(),
+                    });
                     Sent::Pending
                 }
                 _ => return Err(not_resumable(rec)),
@@ -204,7 +205,7 @@ fn read_conversation(path: &std::path::Path) -> std::io::Result<Vec<Message>> {
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
     let mut conversation = Vec::new();
     for line in file.lines() {
-        if let Ok(Event::Message { message }) = serde_json::from_str::<Event>(&line?) {
+        if let Ok(Event::Message { message, .. }) = serde_json::from_str::<Event>(&line?) {
             conversation.push(message);
         }
     }
@@ -215,21 +216,22 @@ fn read_conversation(path: &std::path::Path) -> std::io::Result<Vec<Message>> {
 /// far, `message` as the new user message, and what is left of `limits` after the earlier
 /// rounds (turns, tokens, USD). Err when nothing is left of one of them.
 fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSpec, ManagerError> {
-    if rec.conversation.is_empty() {
+    if rec.rounds.conversation.messages().is_empty() {
         return Err(ManagerError::NoConversation { id: rec.id.clone() });
     }
-    let used_tokens = rec.usage.total();
-    let used_usd = rec.usage.cost_usd.unwrap_or(0.0);
+    let Totals { usage, turns } = rec.totals;
+    let used_tokens = usage.total();
+    let used_usd = usage.cost_usd.unwrap_or(0.0);
     let spent = |key: &'static str, used: String, limit: String| ManagerError::RoundBudget {
         id: rec.id.clone(),
         key,
         used,
         limit,
     };
-    if rec.turns >= limits.max_turns {
+    if turns >= limits.max_turns {
         return Err(spent(
             "max_turns",
-            rec.turns.to_string(),
+            turns.to_string(),
             limits.max_turns.to_string(),
         ));
     }
@@ -240,7 +242,7 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
             limits.max_total_tokens.to_string(),
         ));
     }
-    if rec.usage.cost_usd.is_some() && used_usd >= limits.budget_usd {
+    if usage.cost_usd.is_some() && used_usd >= limits.budget_usd {
         return Err(spent(
             "budget_usd",
             format!("${used_usd:.4}"),
@@ -248,11 +250,11 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
         ));
     }
     affordable(rec, message, &limits)?;
-    let mut spec = (*rec.round_spec).clone();
+    let mut spec = (*rec.rounds.spec).clone();
     spec.task = message.to_string();
-    spec.history = rec.conversation.clone();
+    spec.history = rec.rounds.conversation.messages().to_vec();
     spec.limits = Limits {
-        max_turns: limits.max_turns - rec.turns,
+        max_turns: limits.max_turns - turns,
         max_total_tokens: limits.max_total_tokens - used_tokens,
         budget_usd: limits.budget_usd - used_usd,
         ..limits
@@ -264,9 +266,10 @@ fn next_round(rec: &AgentRecord, message: &str, limits: Limits) -> Result<TaskSp
 /// `limits`: the whole conversation goes to the provider again with `message`, and the
 /// worker can only hold back output, never input.
 fn affordable(rec: &AgentRecord, message: &str, limits: &Limits) -> Result<(), ManagerError> {
-    let conversation = serde_json::to_vec(&rec.conversation).map_or(0, |v| v.len());
-    let input = estimate_tokens(rec.round_spec.system_prompt.len() + conversation + message.len());
-    let used_tokens = rec.usage.total();
+    let conversation =
+        serde_json::to_vec(rec.rounds.conversation.messages()).map_or(0, |v| v.len());
+    let input = estimate_tokens(rec.rounds.spec.system_prompt.len() + conversation + message.len());
+    let used_tokens = rec.totals.usage.total();
     let tokens_left = limits.max_total_tokens.saturating_sub(used_tokens);
     let too_big = |key: &'static str, need: String, left: String| ManagerError::FollowUpTooCostly {
         id: rec.id.clone(),
@@ -282,7 +285,7 @@ fn affordable(rec: &AgentRecord, message: &str, limits: &Limits) -> Result<(), M
             format!("{tokens_left} tokens"),
         ));
     }
-    if let (Some(price), Some(used_usd)) = (rec.round_spec.price, rec.usage.cost_usd) {
+    if let (Some(price), Some(used_usd)) = (rec.rounds.spec.price, rec.totals.usage.cost_usd) {
         let need = price.cost(input, 1);
         let left = limits.budget_usd - used_usd;
         if need > left {
@@ -296,43 +299,22 @@ fn affordable(rec: &AgentRecord, message: &str, limits: &Limits) -> Result<(), M
     Ok(())
 }
 
-/// The record at the start of a new round: earlier usage set aside to add up, the last
-/// round's answer and end cleared, and the follow-up said in the readable output.
-fn begin_round(rec: &mut AgentRecord, limits: Limits, message: &str) {
-    rec.limits = limits;
-    rec.rounds += 1;
-    rec.prior_usage = rec.usage;
-    rec.prior_turns = rec.turns;
-    rec.result = None;
-    rec.result_json = None;
-    rec.stop_reason = None;
-    rec.error = None;
-    rec.error_kind = None;
-    rec.waiting_for = None;
-    rec.pending_messages.clear();
-    mark_follow_up(rec, message);
-    rec.output_seq.send_modify(|v| *v += 1);
-}
-
 /// Says a follow-up in the readable output, on a line of its own, so the answers before
 /// and after it do not run together: the same marker whether it began a new round (a
 /// completed agent) or joined the running one at a turn boundary.
 pub(super) fn mark_follow_up(rec: &mut AgentRecord, message: &str) {
-    let nl = if rec.mid_line { "\n" } else { "" };
-    let text = format!(
-        "{nl}\n[round {}: follow-up] {}\n",
-        rec.rounds,
+    rec.io.push_line(&format!(
+        "\n[round {}: follow-up] {}\n",
+        rec.rounds.count,
         message.replace('\n', " ")
-    );
-    rec.output.push(&text);
-    rec.mid_line = false;
+    ));
 }
 
 /// A follow-up's `output_schema` holds for this round and the later ones (each round
-/// starts from `round_spec`).
+/// starts from `rounds.spec`).
 fn keep_schema(rec: &mut AgentRecord, schema: Option<&serde_json::Value>) {
     if let Some(schema) = schema {
-        rec.round_spec.output_schema = Some(schema.clone());
+        rec.rounds.spec.output_schema = Some(schema.clone());
     }
 }
 
@@ -342,7 +324,7 @@ fn not_resumable(rec: &AgentRecord) -> ManagerError {
         Status::Running => "it is ending or starting and cannot take a message now: wait for its answer (agent_wait), then agent_send again".to_string(),
         Status::BudgetExceeded => format!(
             "its budget ran out mid-task ({}), so its conversation stopped in the middle of a turn and cannot continue; spawn a new agent with larger limits (agent_spawn limits) and the context it needs",
-            rec.error.as_deref().unwrap_or("budget exceeded")
+            rec.answer.error.as_deref().unwrap_or("budget exceeded")
         ),
         _ => "only a completed agent continues its conversation; spawn a new agent (agent_spawn) with the task and the context it needs".to_string(),
     };

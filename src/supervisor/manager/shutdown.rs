@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use crate::supervisor::outcome::ExitReason;
 use crate::supervisor::process::{self};
-use crate::supervisor::registry::{AgentState, Control};
+use crate::supervisor::state::{AgentState, Control};
 use crate::supervisor::view::ShutdownReport;
 
 use super::Manager;
@@ -32,12 +32,10 @@ impl Manager {
 
             for rec in reg.records() {
                 match &rec.state {
-                    AgentState::Running { pid, .. } => {
+                    AgentState::Running { pid, control, .. } => {
                         report.killed += 1;
                         pids.push(*pid);
-                        if let Some(c) = &rec.control {
-                            let _ = c.send(Control::Kill { grace_ms: grace });
-                        }
+                        let _ = control.send(Control::Kill { grace_ms: grace });
                     }
                     AgentState::Ended { .. } => report.already_ended += 1,
                     AgentState::Queued { .. } => {}

@@ -14,19 +14,26 @@ use tokio::sync::mpsc;
 use crate::supervisor::outcome::{ExitReason, Outcome};
 use crate::supervisor::output::{OutputError, Transcript};
 use crate::supervisor::process::{self, SpawnError};
-use crate::supervisor::registry::{AgentRecord, AgentState, Control};
+use crate::supervisor::record::AgentRecord;
+use crate::supervisor::state::{AgentState, Channels, Control};
 
 use super::session::Grant;
+use super::supervise::Supervised;
 use super::{Inner, ManagerError};
 
 /// How soon a start that ran out of file descriptors is tried again.
 const FD_RETRY: Duration = Duration::from_millis(100);
 
 impl Inner {
-    /// Creates and attaches `id`'s transcript unless it has one (a queued agent's was
-    /// made at spawn). The file system call runs on a blocking thread.
-    pub(super) async fn attach_transcript(self: &Arc<Self>, id: &str) -> Result<(), ManagerError> {
-        if self.lock().get(id).is_none_or(|r| r.transcript.is_some()) {
+    /// Creates and attaches `id`'s transcript unless it has one (a follow-up round keeps
+    /// its agent's, reopened). The only place a transcript is made: a queued agent holds
+    /// no file descriptor. The file system call runs on a blocking thread.
+    async fn attach_transcript(self: &Arc<Self>, id: &str) -> Result<(), ManagerError> {
+        if self
+            .lock()
+            .get(id)
+            .is_none_or(|r| r.io.transcript.is_some())
+        {
             return Ok(());
         }
         let inner = Arc::clone(self);
@@ -40,12 +47,12 @@ impl Inner {
                 })
             })??;
         if let Some(rec) = self.lock().get_mut(id) {
-            rec.transcript = Some(made);
+            rec.io.transcript = Some(made);
         }
         Ok(())
     }
 
-    pub(super) fn create_transcript(&self, id: &str) -> Result<Transcript, ManagerError> {
+    fn create_transcript(&self, id: &str) -> Result<Transcript, ManagerError> {
         Transcript::create(
             &self.transcript_dir,
             id,
@@ -59,7 +66,7 @@ impl Inner {
         let spec = {
             let reg = self.lock();
             match reg.get(id).map(|r| &r.state) {
-                Some(AgentState::Queued { spec }) => spec.clone(),
+                Some(AgentState::Queued { spec, .. }) => spec.clone(),
                 _ => {
                     // Cancelled between dequeue and start: give the slot back.
                     drop(reg);
@@ -94,15 +101,18 @@ impl Inner {
         let child = self.spawner.start(plan, exe).await?;
         let pid = child.pid;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+        let channels = Channels {
+            control: ctl_tx.clone(),
+            inbox: inbox_tx,
+        };
         let still_wanted = {
             let mut reg = self.lock();
             match reg.get_mut(id) {
                 Some(rec) => {
-                    let ok = rec.state.start(pid).is_ok();
+                    let ok = rec.state.start(pid, channels).is_ok();
                     if ok {
-                        rec.control = Some(ctl_tx.clone());
-                        rec.waiting_for = None;
-                        rec.reopened = None;
+                        rec.rounds.started();
                     }
                     ok
                 }
@@ -119,8 +129,11 @@ impl Inner {
             child,
             line,
             spec.limits,
-            ctl_tx,
-            ctl_rx,
+            Supervised {
+                control_tx: ctl_tx,
+                control: ctl_rx,
+                inbox: inbox_rx,
+            },
         ));
         self.bump();
         Ok(())
@@ -142,10 +155,10 @@ impl Inner {
             {
                 let mut granted = None;
                 let admits = |r: &AgentRecord| {
-                    let AgentState::Queued { spec } = &r.state else {
+                    let AgentState::Queued { spec, .. } = &r.state else {
                         return false;
                     };
-                    if admission.blocked(&r.provider, now).is_some() {
+                    if admission.blocked(&r.route.provider, now).is_some() {
                         return false;
                     }
                     match self.grant(&spend, spec) {
@@ -166,8 +179,8 @@ impl Inner {
                     break;
                 };
                 if let (Some(rec), Some(limits)) = (reg.get_mut(&id), granted) {
-                    admission.take(&id, &rec.provider);
-                    if let AgentState::Queued { spec } = &mut rec.state {
+                    admission.take(&id, &rec.route.provider);
+                    if let AgentState::Queued { spec, .. } = &mut rec.state {
                         apply_grant(&mut rec.limits, &mut spec.limits, limits);
                         self.reserve(&mut spend, &id, spec);
                     }
@@ -212,13 +225,13 @@ impl Inner {
             let Some(rec) = reg.get_mut(id) else {
                 return;
             };
-            if !matches!(rec.state, AgentState::Queued { .. }) {
+            let AgentState::Queued { waiting_for, .. } = &mut rec.state else {
                 return;
-            }
-            rec.waiting_for = Some(format!(
+            };
+            *waiting_for = Some(format!(
                 "file descriptors: the server is at its open-file limit ({e}); the agent starts when others end and free some"
             ));
-            let transcript = rec.transcript.take();
+            let transcript = rec.io.transcript.take();
             reg.requeue_front(id);
             transcript
         };

@@ -40,7 +40,7 @@ impl Manager {
         let deadline = tokio::time::Instant::now() + wait;
         let mut rx = {
             let reg = self.inner.lock();
-            self.inner.get(&reg, id)?.output_seq.subscribe()
+            self.inner.get(&reg, id)?.io.output_seq.subscribe()
         };
         loop {
             let page = self.read_output(id, q, filter.as_ref())?;
@@ -56,8 +56,9 @@ impl Manager {
     }
 
     /// Waits until any or all of `ids` have ended, or `wait` passes. Unknown ids are an
-    /// error before any waiting.
-    pub async fn wait(
+    /// error before any waiting. Callers outside the supervisor use the checked door,
+    /// `wait_agents`.
+    pub(crate) async fn wait(
         &self,
         ids: &[String],
         mode: WaitMode,
