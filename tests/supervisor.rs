@@ -3,6 +3,16 @@
 //! manager, the FIFO queue, kill, shutdown, and what is left behind (no zombie, no open
 //! descriptor, no live process group). No test asserts a duration.
 
+// Test code: clippy.toml lets #[test] functions unwrap, expect and panic, and this lets
+// the helpers beside them do the same (as codex-rs's tests/common does), so a helper that
+// cannot do what its test asked stops that test with the message.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "integration tests: failing loudly is the point"
+)]
+
 #[path = "supervisor/harness.rs"]
 mod harness;
 
