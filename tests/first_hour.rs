@@ -7,9 +7,8 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use support::mcp::{Session, server_exe};
+use support::mcp::{RAW_CLIENT_NAME, Session, one_raw_request, server_exe};
 use support::process::{API_KEY, eventually, isolated};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_config_still_serves_and_every_tool_call_names_the_key_and_the_fix() {
@@ -43,43 +42,7 @@ async fn a_broken_config_still_serves_and_every_tool_call_names_the_key_and_the_
 /// Runs a server with RUST_LOG unset for one handshake and a tools/list, then closes its
 /// stdin; returns its stderr.
 async fn stderr_of_a_quiet_session(home: &Path, config: &Path) -> String {
-    let mut server = isolated(server_exe(), home)
-        .arg("--config")
-        .arg(config)
-        .env("ANTHROPIC_API_KEY", API_KEY)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bg-agents");
-    let mut stdin = server.stdin.take().expect("stdin");
-    for line in [
-        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"first-hour-client","version":"1"}}}"#,
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-    ] {
-        stdin.write_all(line.as_bytes()).await.expect("write");
-        stdin.write_all(b"\n").await.expect("write");
-    }
-    stdin.flush().await.expect("flush");
-    // The session ends once tools/list is answered.
-    let mut lines = tokio::io::BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let answered = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains(r#""id":1"#) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(answered, Ok(true), "tools/list was not answered");
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(20), server.wait_with_output())
-        .await
-        .expect("the server exits after stdin closes")
-        .expect("wait");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    one_raw_request(home, config, "tools/list").await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +55,7 @@ async fn logs_default_to_warnings_without_the_clients_parameters() {
 
     assert!(!stderr.contains("INFO"), "INFO by default: {stderr}");
     assert!(
-        !stderr.contains("first-hour-client"),
+        !stderr.contains(RAW_CLIENT_NAME),
         "the client's parameters were logged: {stderr}"
     );
 }
