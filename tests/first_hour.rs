@@ -487,19 +487,26 @@ fn the_set_up_line_runs_the_install_script_and_hard_codes_no_target_dir() {
     );
 }
 
+/// A directory of links to `tools` (from /usr/bin or /bin) and nothing else: as PATH, it
+/// has exactly these commands, whatever else this machine has installed.
+fn bin_dir_with(tools: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for tool in tools {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} is in neither /usr/bin nor /bin"));
+        std::os::unix::fs::symlink(found, dir.path().join(tool)).expect("link a tool");
+    }
+    dir
+}
+
 #[test]
 fn the_install_script_says_what_to_do_when_rust_is_missing_and_builds_nothing() {
-    if ["/usr/bin/cargo", "/bin/cargo"]
-        .iter()
-        .any(|c| Path::new(c).exists())
-    {
-        eprintln!(
-            "SKIPPED the_install_script_says_what_to_do_when_rust_is_missing: cargo is \
-             installed system-wide here, so no PATH lacks it"
-        );
-        return;
-    }
-    let out = install_script("/usr/bin:/bin", &[]);
+    // What the script runs before it looks for cargo, and no cargo.
+    let bin = bin_dir_with(&["sh", "dirname", "uname"]);
+    let out = install_script(&bin.path().display().to_string(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cargo (Rust) is not on PATH"), "{stderr}");
@@ -509,25 +516,19 @@ fn the_install_script_says_what_to_do_when_rust_is_missing_and_builds_nothing() 
 
 #[test]
 fn the_install_script_says_what_to_do_when_claude_code_is_missing() {
-    // cargo, rustc and cc on PATH (this build's), but no `claude`.
+    // cargo and rustc (this build's), what the script runs before it looks for claude,
+    // and no `claude`.
     let cargo_dir = std::env::var_os("CARGO")
         .map(std::path::PathBuf::from)
         .and_then(|c| c.parent().map(Path::to_path_buf))
         .expect("cargo sets CARGO for its tests");
-    let path = format!("{}:/usr/bin:/bin", cargo_dir.display());
-    let which_claude = std::process::Command::new("sh")
-        .args(["-c", "command -v claude"])
-        .env_clear()
-        .env("PATH", &path)
-        .output()
-        .expect("sh");
-    if which_claude.status.success() {
-        eprintln!(
-            "SKIPPED the_install_script_says_what_to_do_when_claude_code_is_missing: claude \
-             is installed in {path}"
-        );
-        return;
-    }
+    assert!(
+        !cargo_dir.join("claude").exists(),
+        "claude is installed beside cargo in {}",
+        cargo_dir.display()
+    );
+    let bin = bin_dir_with(&["sh", "dirname", "uname", "sed", "cc"]);
+    let path = format!("{}:{}", cargo_dir.display(), bin.path().display());
     let out = install_script(&path, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -531,8 +531,16 @@ impl SmallFs {
         match out {
             Ok(o) if o.status.success() => Some(SmallFs { dir }),
             other => {
-                eprintln!(
-                    "SKIPPED: cannot mount a small tmpfs to fill ({other:?}); run as root to test a full disk"
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                support::skip(
+                    &format!(
+                        "cannot mount a small tmpfs to fill ({why}); a failed transcript \
+                         write is still tested on /dev/full in transcript.rs's unit tests"
+                    ),
+                    "run as root (or with CAP_SYS_ADMIN)",
                 );
                 None
             }

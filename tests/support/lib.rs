@@ -24,4 +24,7 @@ pub mod opencode;
 pub mod process;
 pub mod provider;
 pub mod schemas;
+mod skip;
 pub mod tui;
+
+pub use skip::{NO_SKIPS, skip};
