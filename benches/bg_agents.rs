@@ -5,6 +5,15 @@
 //! Everything runs the release binaries against the provider double on 127.0.0.1.
 //! Numbers go to BENCHMARKS.md; nothing here asserts a time.
 
+// Measurement harness, not shipped code: a setup step that fails ends the run with its
+// message, as a test would.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "bench harness: failing loudly is the point"
+)]
+
 use support::provider;
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,15 @@
 //!
 //! Nothing here asserts: the numbers go to BENCHMARKS.md.
 
+// Measurement harness, not shipped code: a setup step that fails ends the run with its
+// message, as a test would.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "bench harness: failing loudly is the point"
+)]
+
 use support::provider;
 
 use std::sync::Mutex;

@@ -7,6 +7,15 @@
 //! Sizes do not depend on the build profile. Every agent answers with the same 400-char
 //! text from the provider double on 127.0.0.1. Nothing here asserts a size (the tests do).
 
+// Measurement harness, not shipped code: a setup step that fails ends the run with its
+// message, as a test would.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "bench harness: failing loudly is the point"
+)]
+
 use support::provider;
 
 use std::path::{Path, PathBuf};

@@ -8,6 +8,15 @@
 //! worker) it runs `examples/test_worker.rs`, included below, so the bench needs no
 //! other build step.
 
+// Measurement harness, not shipped code: a setup step that fails ends the run with its
+// message, as a test would.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "bench harness: failing loudly is the point"
+)]
+
 #[path = "../examples/test_worker.rs"]
 mod test_worker;
 

@@ -18,6 +18,14 @@
 //! | `exit-stdin`  | sleep until stdin reaches EOF, then exit 143, like the real worker |
 //! | `answer N`    | a result of N bytes (lines of 99 `a` and a '\n'); exit 0           |
 
+// A test double, not shipped code: a malformed spec from the test ends it loudly.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "test double: failing loudly is the point"
+)]
+
 use std::io::{BufRead, Read, Write};
 use std::time::Duration;
 

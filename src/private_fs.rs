@@ -148,9 +148,9 @@ mod tests {
         );
 
         if !nix::unistd::geteuid().is_root() {
-            eprintln!(
-                "SKIPPED part of a_path_through_a_directory_others_can_change_is_not_ours: \
-                 not root, so no directory of another user can be made"
+            support::skip(
+                "its last check: not root, so no directory of another user can be made",
+                "run as root",
             );
             return;
         }

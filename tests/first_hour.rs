@@ -7,9 +7,8 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use support::mcp::{Session, server_exe};
+use support::mcp::{RAW_CLIENT_NAME, Session, one_raw_request, server_exe};
 use support::process::{API_KEY, eventually, isolated};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_config_still_serves_and_every_tool_call_names_the_key_and_the_fix() {
@@ -43,43 +42,7 @@ async fn a_broken_config_still_serves_and_every_tool_call_names_the_key_and_the_
 /// Runs a server with RUST_LOG unset for one handshake and a tools/list, then closes its
 /// stdin; returns its stderr.
 async fn stderr_of_a_quiet_session(home: &Path, config: &Path) -> String {
-    let mut server = isolated(server_exe(), home)
-        .arg("--config")
-        .arg(config)
-        .env("ANTHROPIC_API_KEY", API_KEY)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bg-agents");
-    let mut stdin = server.stdin.take().expect("stdin");
-    for line in [
-        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"first-hour-client","version":"1"}}}"#,
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-    ] {
-        stdin.write_all(line.as_bytes()).await.expect("write");
-        stdin.write_all(b"\n").await.expect("write");
-    }
-    stdin.flush().await.expect("flush");
-    // The session ends once tools/list is answered.
-    let mut lines = tokio::io::BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let answered = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains(r#""id":1"#) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(answered, Ok(true), "tools/list was not answered");
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(20), server.wait_with_output())
-        .await
-        .expect("the server exits after stdin closes")
-        .expect("wait");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    one_raw_request(home, config, "tools/list").await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +55,7 @@ async fn logs_default_to_warnings_without_the_clients_parameters() {
 
     assert!(!stderr.contains("INFO"), "INFO by default: {stderr}");
     assert!(
-        !stderr.contains("first-hour-client"),
+        !stderr.contains(RAW_CLIENT_NAME),
         "the client's parameters were logged: {stderr}"
     );
 }
@@ -524,19 +487,26 @@ fn the_set_up_line_runs_the_install_script_and_hard_codes_no_target_dir() {
     );
 }
 
+/// A directory of links to `tools` (from /usr/bin or /bin) and nothing else: as PATH, it
+/// has exactly these commands, whatever else this machine has installed.
+fn bin_dir_with(tools: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for tool in tools {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} is in neither /usr/bin nor /bin"));
+        std::os::unix::fs::symlink(found, dir.path().join(tool)).expect("link a tool");
+    }
+    dir
+}
+
 #[test]
 fn the_install_script_says_what_to_do_when_rust_is_missing_and_builds_nothing() {
-    if ["/usr/bin/cargo", "/bin/cargo"]
-        .iter()
-        .any(|c| Path::new(c).exists())
-    {
-        eprintln!(
-            "SKIPPED the_install_script_says_what_to_do_when_rust_is_missing: cargo is \
-             installed system-wide here, so no PATH lacks it"
-        );
-        return;
-    }
-    let out = install_script("/usr/bin:/bin", &[]);
+    // What the script runs before it looks for cargo, and no cargo.
+    let bin = bin_dir_with(&["sh", "dirname", "uname"]);
+    let out = install_script(&bin.path().display().to_string(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cargo (Rust) is not on PATH"), "{stderr}");
@@ -546,25 +516,19 @@ fn the_install_script_says_what_to_do_when_rust_is_missing_and_builds_nothing() 
 
 #[test]
 fn the_install_script_says_what_to_do_when_claude_code_is_missing() {
-    // cargo, rustc and cc on PATH (this build's), but no `claude`.
+    // cargo and rustc (this build's), what the script runs before it looks for claude,
+    // and no `claude`.
     let cargo_dir = std::env::var_os("CARGO")
         .map(std::path::PathBuf::from)
         .and_then(|c| c.parent().map(Path::to_path_buf))
         .expect("cargo sets CARGO for its tests");
-    let path = format!("{}:/usr/bin:/bin", cargo_dir.display());
-    let which_claude = std::process::Command::new("sh")
-        .args(["-c", "command -v claude"])
-        .env_clear()
-        .env("PATH", &path)
-        .output()
-        .expect("sh");
-    if which_claude.status.success() {
-        eprintln!(
-            "SKIPPED the_install_script_says_what_to_do_when_claude_code_is_missing: claude \
-             is installed in {path}"
-        );
-        return;
-    }
+    assert!(
+        !cargo_dir.join("claude").exists(),
+        "claude is installed beside cargo in {}",
+        cargo_dir.display()
+    );
+    let bin = bin_dir_with(&["sh", "dirname", "uname", "sed", "cc"]);
+    let path = format!("{}:{}", cargo_dir.display(), bin.path().display());
     let out = install_script(&path, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

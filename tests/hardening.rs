@@ -208,9 +208,11 @@ async fn without_a_home_transcripts_go_to_a_private_dir_of_this_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transcript_dir_planted_by_another_user_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        // Planting a directory owned by someone else takes root; the symlink test below
-        // covers the same refusal for everyone.
-        eprintln!("not root: cannot create a directory owned by another user");
+        support::skip(
+            "not root, so no directory of another user can be planted (the symlink test \
+             below covers the same refusal for everyone)",
+            "run as root",
+        );
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");

@@ -3,6 +3,16 @@
 //! manager, the FIFO queue, kill, shutdown, and what is left behind (no zombie, no open
 //! descriptor, no live process group). No test asserts a duration.
 
+// Test code: clippy.toml lets #[test] functions unwrap, expect and panic, and this lets
+// the helpers beside them do the same (as codex-rs's tests/common does), so a helper that
+// cannot do what its test asked stops that test with the message.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "integration tests: failing loudly is the point"
+)]
+
 #[path = "supervisor/harness.rs"]
 mod harness;
 
@@ -521,8 +531,16 @@ impl SmallFs {
         match out {
             Ok(o) if o.status.success() => Some(SmallFs { dir }),
             other => {
-                eprintln!(
-                    "SKIPPED: cannot mount a small tmpfs to fill ({other:?}); run as root to test a full disk"
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                support::skip(
+                    &format!(
+                        "cannot mount a small tmpfs to fill ({why}); a failed transcript \
+                         write is still tested on /dev/full in transcript.rs's unit tests"
+                    ),
+                    "run as root (or with CAP_SYS_ADMIN)",
                 );
                 None
             }

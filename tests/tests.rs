@@ -7,6 +7,16 @@
 //! this process and counts this process's children and descriptors, which the servers
 //! and clients of these tests would disturb.
 
+// Test code: clippy.toml lets #[test] functions unwrap, expect and panic, and this lets
+// the helpers beside them do the same (as codex-rs's tests/common does), so a helper that
+// cannot do what its test asked stops that test with the message.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "integration tests: failing loudly is the point"
+)]
+
 mod agent_send;
 mod claude_code;
 mod claude_tui;

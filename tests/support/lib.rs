@@ -8,6 +8,15 @@
 //! compile it twice): helpers that need the `bg-agents` or `bg-agent-worker` library stay
 //! in that package's test binary.
 
+// Test code, as in codex-rs's core/tests/common: a helper that cannot do what a test
+// asked for stops that test where it failed, with the message.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "test support: failing loudly is the point"
+)]
+
 pub mod claude;
 pub mod mcp;
 pub mod npm;
@@ -15,4 +24,7 @@ pub mod opencode;
 pub mod process;
 pub mod provider;
 pub mod schemas;
+mod skip;
 pub mod tui;
+
+pub use skip::{NO_SKIPS, skip};

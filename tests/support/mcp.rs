@@ -16,6 +16,7 @@ use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, 
 use rmcp::{ClientHandler, RoleClient};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Child;
 
 use crate::process::{API_KEY, isolated};
@@ -382,6 +383,61 @@ impl ClientHandler for LegacyClient {
     ) {
         self.updated.lock().unwrap().push(params.uri);
     }
+}
+
+/// The client name `one_raw_request` sends in `initialize`.
+pub const RAW_CLIENT_NAME: &str = "raw-test-client";
+
+/// Speaks MCP to a fresh server by hand, as a client's bytes would: the `initialize`
+/// handshake (2025-11-25), one `method` request with id 1, then stdin closed. The server
+/// reads `config` and has HOME `home` and the test API key. Returns the reply line exactly
+/// as the server wrote it, and the server's stderr.
+pub async fn one_raw_request(home: &Path, config: &Path, method: &str) -> (String, String) {
+    let mut server = isolated(server_exe(), home)
+        .arg("--config")
+        .arg(config)
+        .env("ANTHROPIC_API_KEY", API_KEY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bg-agents");
+    let mut stdin = server.stdin.take().expect("stdin");
+    for message in [
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": RAW_CLIENT_NAME, "version": "1"},
+        }}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": method}),
+    ] {
+        stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+    stdin.flush().await.expect("flush");
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    let reply = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let id = serde_json::from_str::<Value>(&line).map(|v| v["id"].clone());
+            if id.is_ok_and(|id| id == 1) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    let Ok(Some(reply)) = reply else {
+        panic!("{method} was not answered within 20 s")
+    };
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(20), server.wait_with_output())
+        .await
+        .expect("the server exits after stdin closes")
+        .expect("wait");
+    (reply, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// How the server exited; panics if it is still running after 15 s.

@@ -6,6 +6,15 @@
 //!
 //!     cargo bench -p bg-agent-worker --bench bash
 
+// Measurement harness, not shipped code: a setup step that fails ends the run with its
+// message, as a test would.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "bench harness: failing loudly is the point"
+)]
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
