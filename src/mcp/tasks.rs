@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bg_agent_worker::protocol::Event;
+use bg_agent_worker::protocol::{Event, TranscriptLine};
 use bg_agent_worker::values::Tier;
 use rmcp::ErrorData;
 use rmcp::model::{
@@ -568,7 +568,7 @@ fn read_back(path: &Path) -> Option<ReadBack> {
     (&mut file).take(64 * 1024).read_to_string(&mut head).ok();
     let started = head
         .lines()
-        .filter_map(|l| serde_json::from_str::<Event>(l).ok())
+        .filter_map(TranscriptLine::event_of)
         .find_map(|e| match e {
             Event::Started { model, role, .. } => Some((model, role)),
             _ => None,
@@ -582,7 +582,7 @@ fn read_back(path: &Path) -> Option<ReadBack> {
     let last = tail
         .lines()
         .rev()
-        .filter_map(|l| serde_json::from_str::<Event>(l).ok())
+        .filter_map(TranscriptLine::event_of)
         .find(|e| e.is_final() || matches!(e, Event::Started { .. }))?;
     match last {
         Event::Result { text, .. } => Some(ReadBack {

@@ -493,6 +493,15 @@ impl TranscriptLine {
     pub fn parse(line: &str) -> Result<TranscriptLine, serde_json::Error> {
         serde_json::from_str(line)
     }
+
+    /// The worker's event on `line`, if it holds one (not a note of the server's, not a
+    /// line of another kind or no JSON at all).
+    pub fn event_of(line: &str) -> Option<Event> {
+        match TranscriptLine::parse(line) {
+            Ok(TranscriptLine::Event(event)) => Some(event),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bg_agent_worker::protocol::{Event, Input, Message, TaskSpec};
+use bg_agent_worker::protocol::{Event, Input, Message, TaskSpec, TranscriptLine};
 use bg_agent_worker::provider::estimate_tokens;
 use bg_agent_worker::resolve::{MAX_TASK_BYTES, ResolveError, raised_limits};
 use bg_agent_worker::structured::OutputSchema;
@@ -205,7 +205,7 @@ fn read_conversation(path: &std::path::Path) -> std::io::Result<Vec<Message>> {
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
     let mut conversation = Vec::new();
     for line in file.lines() {
-        if let Ok(Event::Message { message, .. }) = serde_json::from_str::<Event>(&line?) {
+        if let Some(Event::Message { message, .. }) = TranscriptLine::event_of(&line?) {
             conversation.push(message);
         }
     }
