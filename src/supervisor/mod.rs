@@ -1,10 +1,13 @@
 //! Everything between an MCP call and a worker process. One concept a file:
 //! - `manager` — the facade the MCP layer calls ([`Manager`]) and the state its tasks
 //!   share; under `manager/`: `spawn` (accept a spawn), `start` (start a queued agent),
-//!   `supervise` (a running worker until reaped), `ingest` (worker events into records),
-//!   `session` (session spending), `wait` (waits without polling), `query` (reading
-//!   records), `shutdown`;
-//! - `request` — checks what callers ask for before the manager acts;
+//!   `supervise` (a running worker until reaped), `kill` (kill and cancel), `send`
+//!   (follow-ups and their rounds), `ingest` (worker events into records), `session`
+//!   (session spending), `wait` (waits without polling), `query` (reading records),
+//!   `shutdown`;
+//! - `request` — the public door of each verb (`spawn_agent`, `kill_agent`,
+//!   `wait_agents`, …): checks what callers ask for, then calls the manager's raw verb,
+//!   which is crate-private;
 //! - `admission` — per-provider caps and holds on starts;
 //! - `process` — builds and starts a worker and awaits it; its unsafe clone-and-exec is
 //!   in `process/clone_exec.rs`;
