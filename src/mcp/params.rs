@@ -291,7 +291,8 @@ mod tests {
             names(&TaskType::ALL.map(TaskType::as_str))
         );
         assert_eq!(allowed::<TierParam>(), names(&Tier::ALL.map(Tier::as_str)));
-        assert_eq!(allowed::<Status>(), names(&Status::ALL.map(Status::as_str)));
+        let statuses: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(allowed::<Status>(), names(&statuses));
         assert_eq!(allowed::<WaitMode>(), ["any", "all"]);
     }
 

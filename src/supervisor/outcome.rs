@@ -14,9 +14,20 @@ use serde::Serialize;
 
 /// Every status an agent can be in (README.md, "Tools"); the names are the contract.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    strum::VariantArray,
+    strum::IntoStaticStr,
 )]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Status {
     Queued,
     Running,
@@ -31,40 +42,20 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 10] = [
-        Status::Queued,
-        Status::Running,
-        Status::Completed,
-        Status::Failed,
-        Status::Killed,
-        Status::TimedOut,
-        Status::CpuLimit,
-        Status::MemoryLimit,
-        Status::OutputLimit,
-        Status::BudgetExceeded,
-    ];
+    /// Every status, in declaration order (derived: no list kept by hand).
+    pub const ALL: &'static [Status] = <Status as strum::VariantArray>::VARIANTS;
 
     pub fn is_terminal(self) -> bool {
         !matches!(self, Status::Queued | Status::Running)
     }
 
+    /// Its name on the wire (the same as serde's, derived from the variant).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Completed => "completed",
-            Status::Failed => "failed",
-            Status::Killed => "killed",
-            Status::TimedOut => "timed_out",
-            Status::CpuLimit => "cpu_limit",
-            Status::MemoryLimit => "memory_limit",
-            Status::OutputLimit => "output_limit",
-            Status::BudgetExceeded => "budget_exceeded",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|t| t.as_str() == s)
+        Status::ALL.iter().copied().find(|t| t.as_str() == s)
     }
 }
 
@@ -111,8 +102,11 @@ impl From<Outcome> for Status {
 
 /// The machine-readable cause of an end, serialized as its snake_case name (the names
 /// are what `exit.reason` shows callers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::VariantArray, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ExitReason {
     Completed,
     /// `agent_kill`, a cancelled task, or shutdown, while running.
@@ -141,50 +135,13 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
-    /// Every reason, in the order the declaration gives them: what replies and their
-    /// schemas list (`mcp::reply::Exit`), so no list of names is kept by hand.
-    pub const ALL: [ExitReason; 18] = [
-        ExitReason::Completed,
-        ExitReason::Killed,
-        ExitReason::Cancelled,
-        ExitReason::SessionBudget,
-        ExitReason::TimedOut,
-        ExitReason::CpuLimit,
-        ExitReason::MemoryLimit,
-        ExitReason::FileLimit,
-        ExitReason::OutputLimit,
-        ExitReason::BudgetExceeded,
-        ExitReason::ProviderError,
-        ExitReason::ConfigError,
-        ExitReason::SchemaMismatch,
-        ExitReason::Interrupted,
-        ExitReason::Crashed,
-        ExitReason::KilledOutside,
-        ExitReason::NoResult,
-        ExitReason::SpawnFailed,
-    ];
+    /// Every reason, in declaration order (derived: no list kept by hand): what replies
+    /// and their schemas list (`mcp::reply::Exit`).
+    pub const ALL: &'static [ExitReason] = <ExitReason as strum::VariantArray>::VARIANTS;
 
+    /// Its name on the wire (the same as serde's, derived from the variant).
     pub fn as_str(self) -> &'static str {
-        match self {
-            ExitReason::Completed => "completed",
-            ExitReason::Killed => "killed",
-            ExitReason::Cancelled => "cancelled",
-            ExitReason::SessionBudget => "session_budget",
-            ExitReason::TimedOut => "timed_out",
-            ExitReason::CpuLimit => "cpu_limit",
-            ExitReason::MemoryLimit => "memory_limit",
-            ExitReason::FileLimit => "file_limit",
-            ExitReason::OutputLimit => "output_limit",
-            ExitReason::BudgetExceeded => "budget_exceeded",
-            ExitReason::ProviderError => "provider_error",
-            ExitReason::ConfigError => "config_error",
-            ExitReason::SchemaMismatch => "schema_mismatch",
-            ExitReason::Interrupted => "interrupted",
-            ExitReason::Crashed => "crashed",
-            ExitReason::KilledOutside => "killed_outside",
-            ExitReason::NoResult => "no_result",
-            ExitReason::SpawnFailed => "spawn_failed",
-        }
+        self.into()
     }
 }
 
@@ -376,15 +333,17 @@ mod tests {
     }
 
     #[test]
-    fn exit_reasons_serialize_to_their_names() {
+    fn names_on_the_wire_are_serdes_and_unique() {
         let mut names = std::collections::HashSet::new();
-        for (i, reason) in ExitReason::ALL.into_iter().enumerate() {
+        for &reason in ExitReason::ALL {
             assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
-            assert_eq!(reason as usize, i, "ALL in declaration order");
             assert!(names.insert(reason.as_str()), "{reason} twice");
         }
-        // The last variant closes ALL: a variant added anywhere moves it.
         assert_eq!(ExitReason::ALL.len(), ExitReason::SpawnFailed as usize + 1);
+        for &status in Status::ALL {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+        }
         assert_eq!(Outcome::TimedOut.status().as_str(), "timed_out");
     }
 

@@ -258,8 +258,8 @@ mod tests {
 
     #[test]
     fn terminal_states_never_change() {
-        for from in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
-            for to in Status::ALL {
+        for from in Status::ALL.iter().copied().filter(|s| s.is_terminal()) {
+            for &to in Status::ALL {
                 assert!(
                     AgentState::check_transition(from, to).is_err(),
                     "{from:?} → {to:?}"
@@ -276,7 +276,7 @@ mod tests {
         assert!(AgentState::check_transition(Queued, Completed).is_err());
         assert!(AgentState::check_transition(Running, Queued).is_err());
         assert!(AgentState::check_transition(Running, Running).is_err());
-        for to in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
+        for to in Status::ALL.iter().copied().filter(|s| s.is_terminal()) {
             assert!(AgentState::check_transition(Running, to).is_ok(), "{to:?}");
         }
     }
