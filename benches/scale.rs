@@ -14,11 +14,13 @@
 //! - server memory: the highest VmRSS sampled every 50 ms while the agents live, minus
 //!   VmRSS idle (after the handshake), ÷ N; also VmRSS once all have ended;
 //! - worker CPU: the server's cutime + cstime (its waited-for children, the workers)
-//!   over that span, ÷ N: each worker from exec to exit;
-//! - worker peak RSS: `ru_maxrss` of one more worker run by this bench beside the N,
-//!   the same binary, spec and 5 s stream (getrusage(RUSAGE_CHILDREN) right after it is
-//!   waited for, before the server is), and for context the highest VmHWM among the N
-//!   workers sampled at 4 s (their peak so far).
+//!   over that span, ÷ N: each worker from exec to exit, with the processes it waits
+//!   for (its command sandbox's janitor shell, `mktemp`, `rm`);
+//! - worker peak RSS: the VmHWM of one more worker run by this bench beside the N, the
+//!   same binary, spec and 5 s stream, read every 20 ms until it exits; for context the
+//!   highest VmHWM among the N workers at 4 s (their peak so far) and the highest
+//!   Private_Dirty (/proc/PID/smaps_rollup): RSS counts the binary's and libc's pages,
+//!   shared by all workers; the private part is what each one adds.
 //!
 //! Nothing here asserts a time; numbers go to BENCHMARKS.md. The server needs N × ~5
 //! descriptors (three pipes, a pidfd, a transcript per running agent) and raises its own
@@ -76,7 +78,12 @@ fn worker_exe() -> PathBuf {
 
 /// One field of /proc/PID/status, in KiB (0 when the process is gone).
 fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kib(pid, "status", field)
+}
+
+/// One field (in KiB) of /proc/PID/`file` (0 when the process is gone).
+fn proc_kib(pid: u32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -186,8 +193,10 @@ async fn wait_all(client: &RunningService<RoleClient, ()>, ids: &[String]) {
     }
 }
 
-/// One worker like the server's, run from here: its peak RSS is the only `ru_maxrss`
-/// among this process's waited-for children (the server is waited for last).
+/// One worker like the server's, run from here, and its VmHWM (/proc/PID/status) read
+/// every 20 ms until it exits: the last reading is its peak (but for its last 20 ms).
+/// Not `ru_maxrss`: a child started by vfork (as std and tokio start one) is charged
+/// with this whole process's RSS at its exec.
 async fn standalone_worker_peak_rss_kib(fake_url: &str, dir: &Path) -> u64 {
     let spec = {
         let cfg = Config::builtin().expect("config");
@@ -206,20 +215,28 @@ async fn standalone_worker_peak_rss_kib(fake_url: &str, dir: &Path) -> u64 {
     };
     let path = dir.join("spec.json");
     std::fs::write(&path, spec).expect("write spec");
-    let status = tokio::process::Command::new(worker_exe())
+    let mut child = tokio::process::Command::new(worker_exe())
         .arg("--spec")
         .arg(&path)
         .env_clear()
         .env("ANTHROPIC_API_KEY", KEY)
         .env("MALLOC_ARENA_MAX", "2")
         .stdout(std::process::Stdio::null())
-        .status()
-        .await
+        .spawn()
         .expect("run worker");
-    assert!(status.success(), "worker run failed: {status}");
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
-        .expect("getrusage");
-    usage.max_rss() as u64
+    let pid = child.id().expect("worker pid");
+    let mut peak = 0;
+    loop {
+        peak = peak.max(status_kib(pid, "VmHWM:"));
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.expect("wait for the worker");
+                assert!(status.success(), "worker run failed: {status}");
+                return peak;
+            }
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
 }
 
 /// The highest VmRSS of `pid` until `stop` is set, sampled every 50 ms.
@@ -247,6 +264,7 @@ struct Measured {
     ended_kib: u64,
     worker_peak_kib: u64,
     swarm_hwm_kib: u64,
+    swarm_private_kib: u64,
 }
 
 async fn run(agents: usize) -> Measured {
@@ -278,16 +296,24 @@ async fn run(agents: usize) -> Measured {
             .collect();
         let hwm = async {
             tokio::time::sleep(Duration::from_secs(4).saturating_sub(t.elapsed())).await;
-            children(pid)
-                .into_iter()
-                .map(|c| status_kib(c, "VmHWM:"))
-                .max()
-                .unwrap_or(0)
+            let workers = children(pid);
+            let max_of = |file: &str, field: &str| {
+                workers
+                    .iter()
+                    .map(|&c| proc_kib(c, file, field))
+                    .max()
+                    .unwrap_or(0)
+            };
+            (
+                max_of("status", "VmHWM:"),
+                max_of("smaps_rollup", "Private_Dirty:"),
+            )
         };
         let ((), hwm) = tokio::join!(wait_all(&client, &ids), hwm);
         (t.elapsed(), hwm)
     };
-    let (worker_peak_kib, (wall, swarm_hwm_kib)) = tokio::join!(standalone, swarm);
+    let (worker_peak_kib, (wall, (swarm_hwm_kib, swarm_private_kib))) =
+        tokio::join!(standalone, swarm);
 
     let (cpu1, children1) = cpu_times(pid);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -305,6 +331,7 @@ async fn run(agents: usize) -> Measured {
         ended_kib,
         worker_peak_kib,
         swarm_hwm_kib,
+        swarm_private_kib,
     }
 }
 
@@ -364,6 +391,11 @@ fn print(m: &Measured) {
         (
             "  … highest VmHWM among the swarm at 4 s".into(),
             mib(m.swarm_hwm_kib),
+            "(context)",
+        ),
+        (
+            "  … of it private (highest Private_Dirty at 4 s)".into(),
+            mib(m.swarm_private_kib),
             "(context)",
         ),
     ];
