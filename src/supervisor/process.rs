@@ -1,10 +1,11 @@
 //! Builds and starts one worker process: its own process group, kernel limits, a
-//! parent-death signal, a cleared environment; awaits its exit; signals its group.
+//! parent-death signal, a cleared environment; awaits its exit; signals its group;
+//! reads its pipes through one buffer per thread (`read_pipe`).
 //!
 //! The clone-and-exec itself, the only unsafe code between a `Plan` and a running
 //! child, is in `clone_exec`.
 //!
-//! Not here: what the worker prints (`manager` reads it), records (`registry`).
+//! Not here: what the worker prints means (`manager` parses it), records (`registry`).
 
 mod clone_exec;
 
