@@ -4,10 +4,12 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rmcp::model::{CallToolResult, ContentBlock, CustomNotification, ServerNotification};
 use rmcp::{Peer, RoleServer};
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::episode::Episode;
 use crate::notices::{Notice, NoticeBoard, ServerState, read_more, render};
@@ -30,7 +32,9 @@ pub async fn run(manager: Arc<Manager>, board: Arc<NoticeBoard>, peer: Option<Pe
     };
     let mut changes = manager.subscribe_changes();
     publish(&manager, &board);
+    let mut throttle = Throttle::new();
     loop {
+        let due = throttle.due;
         tokio::select! {
             agent = ended.recv() => {
                 let Some(agent) = agent else { return };
@@ -50,10 +54,55 @@ pub async fn run(manager: Arc<Manager>, board: Arc<NoticeBoard>, peer: Option<Pe
             }
             r = changes.changed() => {
                 if r.is_err() { return }
-                publish(&manager, &board);
+                throttle.changed();
             }
-            () = board.claims_changed() => publish(&manager, &board),
+            () = board.claims_changed() => throttle.changed(),
+            () = until(due) => {
+                publish(&manager, &board);
+                throttle.published();
+            }
         }
+    }
+}
+
+/// Least time between two writes of the state. Each write lists every live agent in a
+/// new file, so one write per change cost O(N²) in a burst (1,000 agents spawned or
+/// ending at once: 40% of the server's CPU, most of it ext4 creating inodes). A change
+/// after a quiet spell is still published at once; one within this of the last write
+/// waits for it, and the changes in between are published together.
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
+
+/// When the state was last published, and when it is next due (None: nothing changed
+/// since).
+struct Throttle {
+    last: Instant,
+    due: Option<Instant>,
+}
+
+impl Throttle {
+    /// Just after a publish.
+    fn new() -> Throttle {
+        Throttle {
+            last: Instant::now(),
+            due: None,
+        }
+    }
+
+    fn changed(&mut self) {
+        self.due.get_or_insert(self.last + PUBLISH_EVERY);
+    }
+
+    fn published(&mut self) {
+        self.last = Instant::now();
+        self.due = None;
+    }
+}
+
+/// Resolves at `at`; never when it is None.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

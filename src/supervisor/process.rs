@@ -1,10 +1,11 @@
 //! Builds and starts one worker process: its own process group, kernel limits, a
-//! parent-death signal, a cleared environment; awaits its exit; signals its group.
+//! parent-death signal, a cleared environment; awaits its exit; signals its group;
+//! reads its pipes through one buffer per thread (`read_pipe`).
 //!
 //! The clone-and-exec itself, the only unsafe code between a `Plan` and a running
 //! child, is in `clone_exec`.
 //!
-//! Not here: what the worker prints (`manager` reads it), records (`registry`).
+//! Not here: what the worker prints means (`manager` parses it), records (`registry`).
 
 mod clone_exec;
 
@@ -418,6 +419,40 @@ impl Spawner {
             path: exe.to_path_buf(),
             source,
         })
+    }
+}
+
+/// Bytes a pipe read takes at most.
+const READ_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// The buffer every pipe read on this thread goes through (`read_pipe`).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Waits until `pipe` has bytes and hands what one read gets (at most 64 KiB) to `take`;
+/// None at end of file. The bytes are in a buffer shared by every read on this thread,
+/// valid only during `take`, which must not read a pipe itself. A buffer of its own in
+/// each pipe's reading task (64 KiB for stdout, 16 KiB for stderr) was most of the
+/// server's memory per running agent, and stayed in its heap after the agents ended.
+pub async fn read_pipe<R>(
+    pipe: &tokio::net::unix::pipe::Receiver,
+    mut take: impl FnMut(&[u8]) -> R,
+) -> std::io::Result<Option<R>> {
+    loop {
+        pipe.readable().await?;
+        let read = READ_BUF.with_borrow_mut(|buf| {
+            buf.resize(READ_CHUNK, 0);
+            match pipe.try_read(buf) {
+                Ok(0) => Ok(Some(None)),
+                Ok(n) => Ok(Some(Some(take(&buf[..n])))),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        if let Some(read) = read {
+            return Ok(read);
+        }
     }
 }
 

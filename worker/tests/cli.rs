@@ -4,7 +4,7 @@
 use crate::common;
 
 use bg_agent_worker::protocol::{ErrorKind, Event, exit};
-use common::{Harness, run};
+use common::{Harness, Step, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_explains_every_option() {
@@ -199,4 +199,45 @@ async fn a_base_url_variable_without_a_scheme_fails_at_once_naming_the_variable(
         other => panic!("not an error: {other:?}"),
     }
     assert!(h.fake.requests().is_empty());
+}
+
+/// The system's CA roots are loaded only for a provider reached over TLS. With
+/// SSL_CERT_FILE and SSL_CERT_DIR naming nothing (a system without roots), an https://
+/// provider fails at once because none could be loaded, while an http:// one (a local
+/// server) never asks for them and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_https_provider_loads_the_system_roots() {
+    let h = Harness::start().await;
+    let nothing = h.root().join("no-such-roots");
+    let without_roots = |args: &[&str]| {
+        let mut cmd = h.worker(args);
+        cmd.env("SSL_CERT_FILE", &nothing)
+            .env("SSL_CERT_DIR", &nothing);
+        cmd
+    };
+
+    let mut cmd = without_roots(&["--json", "roots over https"]);
+    cmd.env("ANTHROPIC_BASE_URL", "https://127.0.0.1:9");
+    let r = run(cmd).await;
+    assert_eq!(r.code, Some(exit::BAD_SPEC), "{}", r.dump());
+    match r.last() {
+        Event::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::Config);
+            assert!(
+                message.starts_with("cannot build the HTTP client")
+                    && message.contains("No CA certificates"),
+                "{message}"
+            );
+        }
+        other => panic!("not an error: {other:?}"),
+    }
+
+    h.fake
+        .script("roots over http", vec![Step::text("answered in the clear")]);
+    let r = run(without_roots(&["--json", "roots over http"])).await;
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    match r.last() {
+        Event::Result { text, .. } => assert_eq!(text, "answered in the clear"),
+        other => panic!("not a result: {other:?}"),
+    }
 }

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bg_agent_worker::protocol::{ErrorKind, Event, Role};
 use bg_agent_worker::provider::estimate_tokens;
-use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::mpsc;
 
 use crate::supervisor::output::Transcript;
+use crate::supervisor::process;
 use crate::supervisor::record::AgentRecord;
 use crate::supervisor::state::{Control, OpenTurn};
 use bg_agent_worker::protocol::UsageReport;
@@ -31,25 +31,22 @@ impl Inner {
     pub(super) async fn read_stdout(
         self: Arc<Self>,
         id: String,
-        mut stdout: Receiver,
+        stdout: Receiver,
         ctl: mpsc::UnboundedSender<Control>,
     ) {
         let max_line = self.max_event_line();
-        let mut buf = vec![0u8; 64 * 1024];
         let mut pending: Vec<u8> = Vec::new();
         // The current line passed `max_line`: its bytes are dropped up to its '\n'.
         let mut in_long_line = false;
         let mut limit_sent = false;
-        loop {
-            let n = match stdout.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
+        // Each chunk is read into the thread's one buffer (`read_pipe`), not one of this
+        // agent's own.
+        let mut take = |chunk: &[u8]| {
             let mut lines = Vec::new();
             // Bytes of lines too long to keep, and whether one began here.
             let mut dropped = 0u64;
             let mut too_long = false;
-            for piece in buf[..n].split_inclusive(|&b| b == b'\n') {
+            for piece in chunk.split_inclusive(|&b| b == b'\n') {
                 let (body, complete) = match piece.strip_suffix(b"\n") {
                     Some(b) => (b, true),
                     None => (piece, false),
@@ -73,12 +70,14 @@ impl Inner {
                     }
                 }
             }
-            let over_cap = self.apply_lines(&id, &lines, n as u64, dropped, too_long, max_line);
+            let n = chunk.len() as u64;
+            let over_cap = self.apply_lines(&id, &lines, n, dropped, too_long, max_line);
             if over_cap && !limit_sent {
                 limit_sent = true;
                 let _ = ctl.send(Control::OutputLimit);
             }
-        }
+        };
+        while let Ok(Some(())) = process::read_pipe(&stdout, &mut take).await {}
         if !pending.is_empty() {
             self.apply_lines(&id, &[pending], 0, 0, false, max_line);
         }

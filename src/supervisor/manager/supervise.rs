@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe::Receiver;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -200,18 +200,13 @@ impl Inner {
         spent
     }
 
-    pub(super) async fn read_stderr(self: Arc<Self>, id: String, mut stderr: Receiver) {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match stderr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut reg = self.lock();
-            if let Some(rec) = reg.get_mut(&id) {
-                rec.io.stderr.push(&buf[..n]);
+    pub(super) async fn read_stderr(self: Arc<Self>, id: String, stderr: Receiver) {
+        let push = |bytes: &[u8]| {
+            if let Some(rec) = self.lock().get_mut(&id) {
+                rec.io.stderr.push(bytes);
             }
-        }
+        };
+        while let Ok(Some(())) = process::read_pipe(&stderr, &push).await {}
     }
 }
 

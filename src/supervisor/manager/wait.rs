@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::supervisor::registry::Registry;
 use crate::supervisor::view::{OutputPage, StatusView, WaitView};
 
 use super::{Inner, Manager, ManagerError, OutputQuery, compiled_filter};
@@ -79,41 +80,58 @@ impl Manager {
         };
         loop {
             rx.borrow_and_update();
-            let (ended, running, agents) = {
+            {
                 let reg = self.inner.lock();
-                let mut ended = Vec::new();
-                let mut running = Vec::new();
-                let mut agents = Vec::new();
+                // Views are built for the reply only: a wait on many agents wakes at each
+                // change of any of them, and a view per agent each time cost O(N²).
+                let mut ended = 0;
                 for id in ids {
-                    let rec = self.inner.get(&reg, id)?;
-                    if rec.status().is_terminal() {
-                        ended.push(id.clone());
-                    } else {
-                        running.push(id.clone());
+                    if self.inner.get(&reg, id)?.status().is_terminal() {
+                        ended += 1;
                     }
-                    agents.push(self.inner.status_view(&reg, rec));
                 }
-                (ended, running, agents)
-            };
-            let done = match mode {
-                WaitMode::Any => !ended.is_empty(),
-                WaitMode::All => running.is_empty(),
-            };
-            let timed_out = tokio::time::Instant::now() >= deadline;
-            if done || timed_out {
-                return Ok(WaitView {
-                    done,
-                    ended,
-                    still_running: running,
-                    agents,
-                    waited_seconds: started.elapsed().as_secs_f64(),
-                });
+                let done = match mode {
+                    WaitMode::Any => ended > 0,
+                    WaitMode::All => ended == ids.len(),
+                };
+                if done || tokio::time::Instant::now() >= deadline {
+                    return self.wait_view(&reg, ids, done, started);
+                }
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return Err(ManagerError::ShuttingDown) },
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
+    }
+
+    /// What a wait on `ids` returns now.
+    fn wait_view(
+        &self,
+        reg: &Registry,
+        ids: &[String],
+        done: bool,
+        started: Instant,
+    ) -> Result<WaitView, ManagerError> {
+        let mut ended = Vec::new();
+        let mut running = Vec::new();
+        let mut agents = Vec::new();
+        for id in ids {
+            let rec = self.inner.get(reg, id)?;
+            if rec.status().is_terminal() {
+                ended.push(id.clone());
+            } else {
+                running.push(id.clone());
+            }
+            agents.push(self.inner.status_view(reg, rec));
+        }
+        Ok(WaitView {
+            done,
+            ended,
+            still_running: running,
+            agents,
+            waited_seconds: started.elapsed().as_secs_f64(),
+        })
     }
 }
 

@@ -128,6 +128,47 @@ pub struct Client {
     prompt_cache_key: bool,
 }
 
+/// The HTTP client for requests to `base_url`. No overall timeout: a healthy stream may
+/// run for minutes (a slow local model, a long answer); silence is what is timed, per
+/// chunk (`Sse::next`). Redirects are not followed: the key must never travel to
+/// another address, so every request goes to `base_url`'s scheme and host. An `https://`
+/// endpoint verifies its certificate against the system's roots; a plain `http://` one
+/// (a local server) never does TLS, so it trusts no root and skips loading them, which
+/// was the largest part of a worker's start (about 3 ms, see BENCHMARKS.md).
+fn http_client(base_url: &str) -> Result<reqwest::Client, ClientError> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("bg-agent-worker/", env!("CARGO_PKG_VERSION")));
+    let builder = if uses_tls(base_url) {
+        builder
+    } else {
+        builder.tls_certs_only(std::iter::empty())
+    };
+    builder
+        .build()
+        .map_err(|e| ClientError::Http(error_chain(&e)))
+}
+
+/// `e` and each of its sources, joined with ": " (reqwest's own text is only "builder
+/// error" or "error sending request"; the cause is in the sources). reqwest's Display
+/// includes the URL, never headers, so the key cannot leak here.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut chain = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        chain.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    chain
+}
+
+/// Whether requests to `base_url` use TLS: every URL but a plain `http://` one (the
+/// only other scheme `check_base_url` lets through is `https://`).
+fn uses_tls(base_url: &str) -> bool {
+    !base_url.starts_with("http://")
+}
+
 /// Most bytes of an error body read: enough for any real error message, bounded so a
 /// misbehaving server cannot fill the worker's memory.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -213,15 +254,7 @@ impl Client {
             spec.base_url_env.as_deref(),
             &env,
         )?;
-        // No overall timeout: a healthy stream may run for minutes (a slow local model, a
-        // long answer); silence is what is timed, per chunk (`Sse::next`). Redirects are
-        // not followed: the key must never travel to another address.
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("bg-agent-worker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let http = http_client(&endpoint.url)?;
         let secrets = Secrets::of(&endpoint.url, api_key.as_deref());
         Ok(Client {
             http,
@@ -318,13 +351,7 @@ impl Client {
         } else {
             format!("connection to {url} (model `{model}`) failed")
         };
-        // reqwest's Display includes the URL, never headers, so the key cannot leak here.
-        let mut chain = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            chain.push_str(&format!(": {s}"));
-            src = s.source();
-        }
+        let chain = error_chain(&e);
         match cannot_succeed(e.is_builder(), &chain) {
             Some(why) => ProviderError::Fatal(format!(
                 "{why}: {url} (model `{model}`): {chain}; not retried: fix {check}"
