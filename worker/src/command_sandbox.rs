@@ -107,7 +107,9 @@ struct Janitor {
 
 /// The janitor's script: it makes the scratch directory (0700) in `$1` and prints its
 /// path; each stdin line is then the group of the command running now (0: none).
-const JANITOR_SCRIPT: &str = r#"d=$(mktemp -d "$1/bg-agent-scratch-XXXXXX") || exit 1; echo "$d"; exec >/dev/null; g=0; while read -r l; do g=$l; done; [ "$g" -gt 0 ] 2>/dev/null && kill -9 "-$g" 2>/dev/null; exec rm -rf -- "$d""#;
+/// SIGPIPE is ignored: a worker killed before it read the path must not take the janitor
+/// with it (the directory would be left behind); the janitor then sees its stdin end.
+const JANITOR_SCRIPT: &str = r#"trap '' PIPE; d=$(mktemp -d "$1/bg-agent-scratch-XXXXXX") || exit 1; echo "$d"; exec >/dev/null; g=0; while read -r l; do g=$l; done; [ "$g" -gt 0 ] 2>/dev/null && kill -9 "-$g" 2>/dev/null; exec rm -rf -- "$d""#;
 
 #[derive(Debug)]
 enum Confinement {
@@ -557,3 +559,32 @@ fn network_filter() -> Result<BpfProgram, String> {
 
 /// x86_64's marker of x32 system calls.
 const X32_SYSCALL_BIT: i64 = 0x4000_0000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// The worker was killed before it read the janitor's line: the janitor still
+    /// removes the scratch directory (it died of SIGPIPE and left it, before).
+    #[test]
+    fn a_worker_gone_before_reading_the_path_leaves_no_scratch_directory() {
+        let base = tempfile::tempdir().unwrap();
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        drop(reader);
+        let status = std::process::Command::new("/bin/sh")
+            .args(["-c", JANITOR_SCRIPT, "bg-agent-janitor"])
+            .arg(base.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(
+                writer.as_fd().try_clone_to_owned().unwrap(),
+            ))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        drop(writer);
+        let left: Vec<_> = std::fs::read_dir(base.path()).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?} ({status})");
+        assert!(status.success(), "{status}");
+    }
+}
