@@ -73,26 +73,45 @@ impl Manager {
         let mut rx = self.inner.changed.subscribe();
         // While this wait is pending its agents are not evicted (retained_agents), so
         // an end it is about to report cannot turn into "unknown agent".
-        self.inner.lock().watch(ids);
+        {
+            let mut reg = self.inner.lock();
+            for id in ids {
+                self.inner.get(&reg, id)?;
+            }
+            reg.watch(ids);
+        }
         let _unwatch = Unwatch {
             inner: &self.inner,
             ids,
         };
+        // The ids not yet seen ended. A wait on many agents wakes at each change of any
+        // agent: views are built for the reply only, and `All` looks at its open ids from
+        // the back only until one still runs, so a wake costs O(1), not O(N).
+        let mut open: Vec<&String> = ids.iter().collect();
         loop {
             rx.borrow_and_update();
             {
                 let reg = self.inner.lock();
-                // Views are built for the reply only: a wait on many agents wakes at each
-                // change of any of them, and a view per agent each time cost O(N²).
-                let mut ended = 0;
-                for id in ids {
-                    if self.inner.get(&reg, id)?.status().is_terminal() {
-                        ended += 1;
-                    }
-                }
+                let ended = |id: &str| -> Result<bool, ManagerError> {
+                    Ok(self.inner.get(&reg, id)?.status().is_terminal())
+                };
                 let done = match mode {
-                    WaitMode::Any => ended > 0,
-                    WaitMode::All => ended == ids.len(),
+                    WaitMode::Any => {
+                        let mut any = false;
+                        for id in ids {
+                            any |= ended(id)?;
+                        }
+                        any
+                    }
+                    WaitMode::All => {
+                        while let Some(id) = open.last() {
+                            if !ended(id)? {
+                                break;
+                            }
+                            open.pop();
+                        }
+                        open.is_empty()
+                    }
                 };
                 if done || tokio::time::Instant::now() >= deadline {
                     return self.wait_view(&reg, ids, done, started);
