@@ -129,11 +129,12 @@ struct Janitor {
 /// path; each stdin line is then the group of the command running now (0: none).
 const JANITOR_SCRIPT: &str = r#"d=$(mktemp -d "$1/bg-agent-scratch-XXXXXX") || exit 1; echo "$d"; exec >/dev/null; g=0; while read -r l; do g=$l; done; [ "$g" -gt 0 ] 2>/dev/null && kill -9 "-$g" 2>/dev/null; exec rm -rf -- "$d""#;
 
-/// The confinement as `prepare` checked it: all but the scratch directory's rule.
+/// The confinement as `prepare` checked it. The Landlock ruleset (some thirty paths
+/// opened and added) is built by `start`, with the scratch directory.
 #[derive(Debug)]
 enum Plan {
     Kernel {
-        ruleset: RulesetCreated,
+        workspace: PathBuf,
         seccomp: BpfProgram,
     },
     Off,
@@ -322,7 +323,7 @@ impl Commands {
 
     /// What commands run in, started at the first call: the janitor (outside the
     /// worker's process group, before any command runs) makes the scratch directory, and
-    /// the commands' ruleset gets its rule. Err says why no command can run.
+    /// the commands' Landlock ruleset is built with it. Err says why no command can run.
     pub fn start(&self) -> Result<&Live, String> {
         if let Some(live) = self.live.get() {
             return Ok(live);
@@ -341,13 +342,15 @@ impl Commands {
         // nobody would remove it (a worker killed right after making it itself).
         let (janitor, scratch) = start_janitor(&self.base)?;
         let confinement = match plan.take() {
-            Some(Plan::Kernel { ruleset, seccomp }) => match with_scratch(ruleset, &scratch) {
-                Ok(landlock) => Confinement::Kernel { landlock, seccomp },
-                Err(why) => {
-                    janitor.finish();
-                    return Err(why);
+            Some(Plan::Kernel { workspace, seccomp }) => {
+                match landlock_ruleset(&workspace, &scratch) {
+                    Ok(landlock) => Confinement::Kernel { landlock, seccomp },
+                    Err(why) => {
+                        janitor.finish();
+                        return Err(why);
+                    }
                 }
-            },
+            }
             Some(Plan::Off) | None => Confinement::Off,
         };
         match self.janitor.lock() {
@@ -545,35 +548,21 @@ fn environment(scratch: &Path) -> Vec<(&'static str, OsString)> {
     env
 }
 
-/// The Landlock ruleset (all but the scratch directory's rule) and the seccomp program,
-/// or why this kernel cannot have them.
+/// Whether this kernel can confine commands (Landlock, seccomp filters), with their
+/// seccomp program; the Landlock ruleset waits for the scratch directory (`start`).
 fn kernel_plan(workspace: &Path) -> Result<Plan, String> {
-    let ruleset = landlock_ruleset(workspace)?;
+    if landlock_abi() < 1 {
+        return Err("this kernel has no Landlock (or it is not enabled)".to_string());
+    }
     let seccomp = network_filter()?;
     // SAFETY: PR_GET_SECCOMP only reads this thread's mode; EINVAL means no seccomp.
     if unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } < 0 {
         return Err("this kernel has no seccomp filters (CONFIG_SECCOMP_FILTER)".into());
     }
-    Ok(Plan::Kernel { ruleset, seccomp })
-}
-
-/// Builds (does not enforce) the commands' ruleset but for the scratch directory, with
-/// what this kernel supports (signals and abstract sockets are scoped from ABI 6 on).
-fn landlock_ruleset(workspace: &Path) -> Result<RulesetCreated, String> {
-    let read = AccessFs::ReadFile | AccessFs::ReadDir;
-    let created = Ruleset::default()
-        .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(AccessFs::from_all(TARGET_ABI))
-        .and_then(|r| r.handle_access(AccessNet::from_all(TARGET_ABI)))
-        .and_then(|r| r.scope(Scope::from_all(TARGET_ABI)))
-        .and_then(|r| r.create())
-        .and_then(|r| r.add_rules(path_beneath_rules([workspace], read)))
-        .and_then(add_system_rules)
-        .map_err(|e| format!("cannot build the Landlock ruleset of commands: {e}"))?;
-    if landlock_abi() < 1 {
-        return Err("this kernel has no Landlock (or it is not enabled)".to_string());
-    }
-    Ok(created)
+    Ok(Plan::Kernel {
+        workspace: workspace.to_path_buf(),
+        seccomp,
+    })
 }
 
 /// The Landlock ABI this kernel has (below 1: none, or not enabled), as the crate learns
@@ -593,10 +582,19 @@ fn landlock_abi() -> libc::c_long {
 /// The flag of `landlock_create_ruleset` that asks for the ABI version.
 const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
 
-/// The commands' ruleset with their scratch directory's rule, as the descriptor each
-/// command's child enforces.
-fn with_scratch(ruleset: RulesetCreated, scratch: &Path) -> Result<OwnedFd, String> {
-    let created = add_scratch_rule(ruleset, scratch)
+/// Builds (does not enforce) the commands' ruleset, with what this kernel supports
+/// (signals and abstract sockets are scoped from ABI 6 on).
+fn landlock_ruleset(workspace: &Path, scratch: &Path) -> Result<OwnedFd, String> {
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    let created = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(TARGET_ABI))
+        .and_then(|r| r.handle_access(AccessNet::from_all(TARGET_ABI)))
+        .and_then(|r| r.scope(Scope::from_all(TARGET_ABI)))
+        .and_then(|r| r.create())
+        .and_then(|r| r.add_rules(path_beneath_rules([workspace], read)))
+        .and_then(add_system_rules)
+        .and_then(|r| add_scratch_rule(r, scratch))
         .map_err(|e| format!("cannot build the Landlock ruleset of commands: {e}"))?;
     Option::<OwnedFd>::from(created)
         .ok_or_else(|| "this kernel has no Landlock (or it is not enabled)".to_string())
