@@ -171,8 +171,9 @@ pub fn confine(
     let said = match (&state, commands) {
         // The worker keeps what its commands' stricter sandbox grants them.
         (InForce::Landlock { .. }, CommandsState::Ready(c)) => format!(
-            "{}; for its commands it may also run system programs and write their scratch directory; {}",
+            "{}; for its commands it may also run system programs and write in {}, where their scratch directory is made; {}",
             state.describe(),
+            c.scratch_base().display(),
             c.describe()
         ),
         _ => match commands.describe() {
