@@ -335,23 +335,27 @@ impl Commands {
         if let Some(live) = self.live.get() {
             return Ok(live);
         }
-        if plan.is_none() {
+        let Some(taken) = plan.take() else {
             return Err("the command sandbox could not be completed earlier".into());
-        }
+        };
         // The janitor makes the directory, so no moment exists where it is there and
         // nobody would remove it (a worker killed right after making it itself).
-        let (janitor, scratch) = start_janitor(&self.base)?;
-        let confinement = match plan.take() {
-            Some(Plan::Kernel { workspace, seccomp }) => {
-                match landlock_ruleset(&workspace, &scratch) {
-                    Ok(landlock) => Confinement::Kernel { landlock, seccomp },
-                    Err(why) => {
-                        janitor.finish();
-                        return Err(why);
-                    }
-                }
+        let (janitor, scratch) = match start_janitor(&self.base) {
+            Ok(started) => started,
+            Err(why) => {
+                *plan = Some(taken);
+                return Err(why);
             }
-            Some(Plan::Off) | None => Confinement::Off,
+        };
+        let confinement = match taken {
+            Plan::Kernel { workspace, seccomp } => match landlock_ruleset(&workspace, &scratch) {
+                Ok(landlock) => Confinement::Kernel { landlock, seccomp },
+                Err(why) => {
+                    janitor.finish();
+                    return Err(why);
+                }
+            },
+            Plan::Off => Confinement::Off,
         };
         match self.janitor.lock() {
             Ok(mut j) => *j = Some(janitor),
