@@ -15,7 +15,7 @@
 //!   VmRSS idle (after the handshake), ÷ N; also VmRSS once all have ended;
 //! - worker CPU: the server's cutime + cstime (its waited-for children, the workers)
 //!   over that span, ÷ N: each worker from exec to exit, with the processes it waits
-//!   for (its command sandbox's janitor shell, `mktemp`, `rm`);
+//!   for (none here: the command sandbox's janitor starts at an agent's first command);
 //! - worker peak RSS: the VmHWM of one more worker run by this bench beside the N, the
 //!   same binary, spec and 5 s stream, read every 20 ms until it exits; for context the
 //!   highest VmHWM among the N workers at 4 s (their peak so far) and the highest

@@ -1,6 +1,7 @@
 //! The sandbox of every command the `bash` tool runs, stricter than the worker's own.
-//! Prepared once per agent (before the worker confines itself), applied in each command's
-//! child between fork and exec:
+//! Checked once per agent (before the worker confines itself: can the kernel confine
+//! commands?), started at the agent's first command (the janitor and the scratch
+//! directory), applied in each command's child between fork and exec:
 //!
 //! - files (Landlock): read the workspace, the system directories programs run from and
 //!   the parts of /etc that tools read; execute only from the system directories; write
@@ -19,6 +20,11 @@
 //! offer `bash`; with `[server] sandbox = "off"` (an explicit choice) commands run with
 //! only their process group, environment and limits.
 //!
+//! Scratch directories are made in one directory per user, `$TMPDIR/bg-agent-commands-UID` (0700,
+//! made by `prepare` when missing, kept): it exists when the worker confines itself, so
+//! the worker's ruleset can leave its commands that directory; an agent that runs no
+//! command starts no process and makes no scratch directory.
+//!
 //! Not here: running a command and reading its output (`tools::bash`), the worker's own
 //! sandbox (`sandbox`).
 
@@ -26,6 +32,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufRead as _, Write as _};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -86,19 +93,32 @@ const PATH: &str = "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin
 /// kernel exempts uid 0; there the timeout and the sealed group end a fork bomb).
 const MAX_PROCESSES: u64 = 4096;
 
-/// An agent's command sandbox, prepared once and shared by its commands.
+/// An agent's command sandbox: checked by `prepare`, started by `start` at the first
+/// command, then shared by its commands.
 #[derive(Debug)]
 pub struct Commands {
-    scratch: PathBuf,
-    confinement: Confinement,
-    env: Vec<(&'static str, OsString)>,
+    /// This user's directory of scratch directories (see the module doc).
+    base: PathBuf,
+    /// Whether commands are confined by the kernel (else `sandbox = "off"`).
+    confined: bool,
+    /// The confinement without the scratch directory, until `start` takes it.
+    plan: Mutex<Option<Plan>>,
+    live: OnceLock<Live>,
     janitor: Mutex<Option<Janitor>>,
 }
 
-/// A small shell started before the worker confines itself, outside its process group:
-/// it learns each running command's group on its stdin, and when that ends (the worker
-/// exited, or was killed with SIGKILL and could not clean up) it kills the last group
-/// still running and removes the scratch directory, which the confined worker cannot.
+/// What commands run in once the scratch directory exists.
+#[derive(Debug)]
+pub struct Live {
+    scratch: PathBuf,
+    confinement: Confinement,
+    env: Vec<(&'static str, OsString)>,
+}
+
+/// A small shell started at the agent's first command, before the command, outside the
+/// worker's process group: it learns each running command's group on its stdin, and when
+/// that ends (the worker exited, or was killed with SIGKILL and could not clean up) it
+/// kills the last group still running and removes the scratch directory.
 #[derive(Debug)]
 struct Janitor {
     child: std::process::Child,
@@ -110,6 +130,17 @@ struct Janitor {
 /// SIGPIPE is ignored: a worker killed before it read the path must not take the janitor
 /// with it (the directory would be left behind); the janitor then sees its stdin end.
 const JANITOR_SCRIPT: &str = r#"trap '' PIPE; d=$(mktemp -d "$1/bg-agent-scratch-XXXXXX") || exit 1; echo "$d"; exec >/dev/null; g=0; while read -r l; do g=$l; done; [ "$g" -gt 0 ] 2>/dev/null && kill -9 "-$g" 2>/dev/null; exec rm -rf -- "$d""#;
+
+/// The confinement as `prepare` checked it. The Landlock ruleset (some thirty paths
+/// opened and added) is built by `start`, with the scratch directory.
+#[derive(Debug)]
+enum Plan {
+    Kernel {
+        workspace: PathBuf,
+        seccomp: BpfProgram,
+    },
+    Off,
+}
 
 #[derive(Debug)]
 enum Confinement {
@@ -132,29 +163,22 @@ pub fn get() -> Option<&'static Commands> {
     COMMANDS.get()
 }
 
-/// Creates the agent's scratch directory and the confinement of its commands, for a
-/// worker in `workspace` under `mode`. Err says why commands cannot be confined here
-/// (then `bash` is not offered). Runs before the worker confines itself.
+/// Checks that commands can be confined here, for a worker in `workspace` under `mode`,
+/// and makes sure this user's directory of scratch directories exists. Err says why
+/// commands cannot be confined (then `bash` is not offered). Runs before the worker
+/// confines itself; starts no process (`Commands::start` does, at the first command).
 pub fn prepare(workspace: &Path, mode: SandboxMode) -> Result<&'static Commands, String> {
-    // The janitor makes the directory, so no moment exists where it is there and nobody
-    // would remove it (a worker killed right after making it itself).
-    let (janitor, scratch) = start_janitor()?;
-    let confinement = match mode {
-        SandboxMode::Off => Ok(Confinement::Off),
-        SandboxMode::Auto | SandboxMode::Require => kernel_confinement(workspace, &scratch),
-    };
-    let confinement = match confinement {
-        Ok(c) => c,
-        Err(why) => {
-            janitor.finish();
-            return Err(why);
-        }
+    let base = scratch_base()?;
+    let plan = match mode {
+        SandboxMode::Off => Plan::Off,
+        SandboxMode::Auto | SandboxMode::Require => kernel_plan(workspace)?,
     };
     let commands = Commands {
-        env: environment(&scratch),
-        scratch,
-        confinement,
-        janitor: Mutex::new(Some(janitor)),
+        base,
+        confined: matches!(plan, Plan::Kernel { .. }),
+        plan: Mutex::new(Some(plan)),
+        live: OnceLock::new(),
+        janitor: Mutex::new(None),
     };
     COMMANDS
         .set(commands)
@@ -162,6 +186,37 @@ pub fn prepare(workspace: &Path, mode: SandboxMode) -> Result<&'static Commands,
     COMMANDS
         .get()
         .ok_or_else(|| "the command sandbox is missing".to_string())
+}
+
+/// `$TMPDIR/bg-agent-commands-UID` (else under /tmp), made 0700 when missing; refused when it is
+/// not a directory of this user that only this user can enter.
+fn scratch_base() -> Result<PathBuf, String> {
+    let tmp = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let cannot = |why: String| {
+        format!(
+            "cannot create a scratch directory in {}: {why}",
+            tmp.display()
+        )
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    let base = tmp.join(format!("bg-agent-commands-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&base) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(cannot(format!("{}: {e}", base.display()))),
+    }
+    let meta =
+        std::fs::symlink_metadata(&base).map_err(|e| cannot(format!("{}: {e}", base.display())))?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(cannot(format!(
+            "{} is not a directory of this user with mode 0700",
+            base.display()
+        )));
+    }
+    Ok(base)
 }
 
 /// Kills the running command's group and has the janitor remove the scratch directory,
@@ -178,13 +233,9 @@ pub fn end() {
     }
 }
 
-/// Starts the janitor (see `Janitor`), which makes the scratch directory and says its
-/// path.
-fn start_janitor() -> Result<(Janitor, PathBuf), String> {
-    let base = std::env::var_os("TMPDIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
+/// Starts the janitor (see `Janitor`), which makes the scratch directory in `base` and
+/// says its path.
+fn start_janitor(base: &Path) -> Result<(Janitor, PathBuf), String> {
     let cannot = |why: String| {
         format!(
             "cannot create a scratch directory in {}: {why}",
@@ -193,7 +244,7 @@ fn start_janitor() -> Result<(Janitor, PathBuf), String> {
     };
     let mut child = std::process::Command::new("/bin/sh")
         .args(["-c", JANITOR_SCRIPT, "bg-agent-janitor"])
-        .arg(&base)
+        .arg(base)
         .env_clear()
         .env("PATH", PATH)
         .stdin(std::process::Stdio::piped())
@@ -257,19 +308,74 @@ pub fn kill_group(group: i32) {
 }
 
 impl Commands {
-    /// The private directory commands may write (their HOME and TMPDIR).
-    pub fn scratch(&self) -> &Path {
-        &self.scratch
+    /// This user's directory of scratch directories: the worker's ruleset leaves its
+    /// commands this (each command's own ruleset narrows it to its scratch directory).
+    pub fn scratch_base(&self) -> &Path {
+        &self.base
     }
 
     /// One phrase for the `started` event.
     pub fn describe(&self) -> &'static str {
-        match self.confinement {
-            Confinement::Kernel { .. } => {
-                "commands (bash): read-only workspace, writes only to a scratch directory, no network, no secrets"
-            }
-            Confinement::Off => "commands (bash): unconfined (sandbox = \"off\")",
+        if self.confined {
+            "commands (bash): read-only workspace, writes only to a scratch directory, no network, no secrets"
+        } else {
+            "commands (bash): unconfined (sandbox = \"off\")"
         }
+    }
+
+    /// What commands run in, started at the first call: the janitor (outside the
+    /// worker's process group, before any command runs) makes the scratch directory, and
+    /// the commands' Landlock ruleset is built with it. Err says why no command can run.
+    pub fn start(&self) -> Result<&Live, String> {
+        if let Some(live) = self.live.get() {
+            return Ok(live);
+        }
+        let mut plan = match self.plan.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(live) = self.live.get() {
+            return Ok(live);
+        }
+        let Some(taken) = plan.take() else {
+            return Err("the command sandbox could not be completed earlier".into());
+        };
+        // The janitor makes the directory, so no moment exists where it is there and
+        // nobody would remove it (a worker killed right after making it itself).
+        let (janitor, scratch) = match start_janitor(&self.base) {
+            Ok(started) => started,
+            Err(why) => {
+                *plan = Some(taken);
+                return Err(why);
+            }
+        };
+        let confinement = match taken {
+            Plan::Kernel { workspace, seccomp } => match landlock_ruleset(&workspace, &scratch) {
+                Ok(landlock) => Confinement::Kernel { landlock, seccomp },
+                Err(why) => {
+                    janitor.finish();
+                    return Err(why);
+                }
+            },
+            Plan::Off => Confinement::Off,
+        };
+        match self.janitor.lock() {
+            Ok(mut j) => *j = Some(janitor),
+            Err(poisoned) => *poisoned.into_inner() = Some(janitor),
+        }
+        let live = Live {
+            env: environment(&scratch),
+            scratch,
+            confinement,
+        };
+        Ok(self.live.get_or_init(|| live))
+    }
+}
+
+impl Live {
+    /// The private directory commands may write (their HOME and TMPDIR).
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
     }
 
     /// A `bash -c command` (or `sh -c`) ready to spawn in `cwd`, in a process group of
@@ -448,16 +554,39 @@ fn environment(scratch: &Path) -> Vec<(&'static str, OsString)> {
     env
 }
 
-/// The Landlock ruleset and the seccomp program, or why this kernel cannot have them.
-fn kernel_confinement(workspace: &Path, scratch: &Path) -> Result<Confinement, String> {
-    let landlock = landlock_ruleset(workspace, scratch)?;
+/// Whether this kernel can confine commands (Landlock, seccomp filters), with their
+/// seccomp program; the Landlock ruleset waits for the scratch directory (`start`).
+fn kernel_plan(workspace: &Path) -> Result<Plan, String> {
+    if landlock_abi() < 1 {
+        return Err("this kernel has no Landlock (or it is not enabled)".to_string());
+    }
     let seccomp = network_filter()?;
     // SAFETY: PR_GET_SECCOMP only reads this thread's mode; EINVAL means no seccomp.
     if unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } < 0 {
         return Err("this kernel has no seccomp filters (CONFIG_SECCOMP_FILTER)".into());
     }
-    Ok(Confinement::Kernel { landlock, seccomp })
+    Ok(Plan::Kernel {
+        workspace: workspace.to_path_buf(),
+        seccomp,
+    })
 }
+
+/// The Landlock ABI this kernel has (below 1: none, or not enabled), as the crate learns
+/// it when it creates a ruleset.
+fn landlock_abi() -> libc::c_long {
+    // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns a number.
+    unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    }
+}
+
+/// The flag of `landlock_create_ruleset` that asks for the ABI version.
+const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
 
 /// Builds (does not enforce) the commands' ruleset, with what this kernel supports
 /// (signals and abstract sockets are scoped from ABI 6 on).
@@ -470,30 +599,36 @@ fn landlock_ruleset(workspace: &Path, scratch: &Path) -> Result<OwnedFd, String>
         .and_then(|r| r.scope(Scope::from_all(TARGET_ABI)))
         .and_then(|r| r.create())
         .and_then(|r| r.add_rules(path_beneath_rules([workspace], read)))
-        .and_then(|r| add_system_rules(r, scratch))
+        .and_then(add_system_rules)
+        .and_then(|r| add_scratch_rule(r, scratch))
         .map_err(|e| format!("cannot build the Landlock ruleset of commands: {e}"))?;
     Option::<OwnedFd>::from(created)
         .ok_or_else(|| "this kernel has no Landlock (or it is not enabled)".to_string())
 }
 
 /// Adds the rights commands need beyond the workspace: read and execute the system
-/// directories, read the parts of /etc that tools read, use the usual devices, and do
-/// anything but execute in `scratch`. The worker adds them to its own ruleset too (a
-/// command's ruleset is layered on the worker's, and can only narrow it).
-pub fn add_system_rules(
-    ruleset: RulesetCreated,
-    scratch: &Path,
-) -> Result<RulesetCreated, RulesetError> {
+/// directories, read the parts of /etc that tools read, use the usual devices. The
+/// worker adds them to its own ruleset too, with `add_scratch_rule` for this user's
+/// scratch base (a command's ruleset is layered on the worker's, and can only narrow it).
+pub fn add_system_rules(ruleset: RulesetCreated) -> Result<RulesetCreated, RulesetError> {
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
-    let scratch_rights = AccessFs::from_all(TARGET_ABI) & !AccessFs::Execute;
     ruleset
         .add_rules(path_beneath_rules(EXEC_DIRS, read | AccessFs::Execute))?
         .add_rules(path_beneath_rules(ETC_READ, read))?
         .add_rules(path_beneath_rules(
             DEVICES,
             AccessFs::ReadFile | AccessFs::WriteFile,
-        ))?
-        .add_rules(path_beneath_rules([scratch], scratch_rights))
+        ))
+}
+
+/// Adds anything but execute beneath `dir` (a scratch directory, or the worker's scratch
+/// base).
+pub fn add_scratch_rule(
+    ruleset: RulesetCreated,
+    dir: &Path,
+) -> Result<RulesetCreated, RulesetError> {
+    let scratch_rights = AccessFs::from_all(TARGET_ABI) & !AccessFs::Execute;
+    ruleset.add_rules(path_beneath_rules([dir], scratch_rights))
 }
 
 /// The newest Landlock ABI whose rights we ask for; older kernels get what they support.

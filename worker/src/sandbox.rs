@@ -12,8 +12,9 @@
 //! runs while the worker has a single thread (before any blocking-pool thread exists).
 //!
 //! When the agent may run commands (`bash`), the worker also keeps what their stricter
-//! sandbox grants them (`command_sandbox::add_system_rules`: execute system programs,
-//! write the scratch directory), since a command's ruleset can only narrow the worker's.
+//! sandbox grants them (`command_sandbox::add_system_rules`: execute system programs;
+//! `add_scratch_rule`: write this user's scratch base, which holds their scratch
+//! directory), since a command's ruleset can only narrow the worker's.
 //!
 //! Not here: the per-open confinement of tool paths (`tools::sandbox`), the sandbox of
 //! commands (`command_sandbox`).
@@ -128,9 +129,9 @@ impl CommandsState {
         }
     }
 
-    fn scratch(&self) -> Option<&Path> {
+    fn scratch_base(&self) -> Option<&Path> {
         match self {
-            CommandsState::Ready(c) => Some(c.scratch()),
+            CommandsState::Ready(c) => Some(c.scratch_base()),
             _ => None,
         }
     }
@@ -154,8 +155,11 @@ pub fn confine(
     let state = match spec.sandbox {
         SandboxMode::Off => InForce::Off,
         mode => {
-            let status =
-                restrict_current_thread(&spec.cwd, &connect_ports(base_url), commands.scratch())?;
+            let status = restrict_current_thread(
+                &spec.cwd,
+                &connect_ports(base_url),
+                commands.scratch_base(),
+            )?;
             match (status_in_force(&status), mode) {
                 (InForce::Unavailable { why }, SandboxMode::Require) => {
                     return Err(SandboxError::Required(why));
@@ -167,8 +171,9 @@ pub fn confine(
     let said = match (&state, commands) {
         // The worker keeps what its commands' stricter sandbox grants them.
         (InForce::Landlock { .. }, CommandsState::Ready(c)) => format!(
-            "{}; for its commands it may also run system programs and write their scratch directory; {}",
+            "{}; for its commands it may also run system programs and write in {}, where their scratch directory is made; {}",
             state.describe(),
+            c.scratch_base().display(),
             c.describe()
         ),
         _ => match commands.describe() {
@@ -184,7 +189,7 @@ pub fn confine(
 fn restrict_current_thread(
     workspace: &Path,
     ports: &[u16],
-    scratch: Option<&Path>,
+    scratch_base: Option<&Path>,
 ) -> Result<RestrictionStatus, RulesetError> {
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
     let ruleset = Ruleset::default()
@@ -200,8 +205,10 @@ fn restrict_current_thread(
                 .iter()
                 .map(|&p| Ok::<_, RulesetError>(NetPort::new(p, AccessNet::ConnectTcp))),
         )?;
-    let ruleset = match scratch {
-        Some(scratch) => command_sandbox::add_system_rules(ruleset, scratch)?,
+    let ruleset = match scratch_base {
+        Some(base) => {
+            command_sandbox::add_scratch_rule(command_sandbox::add_system_rules(ruleset)?, base)?
+        }
         None => ruleset,
     };
     ruleset.restrict_self()

@@ -58,6 +58,23 @@ fn git_repo(h: &Harness) {
     git(&["commit", "-q", "-m", "Add the first line 3f9a"]);
 }
 
+/// The scratch directories in the workers' TMPDIR: they are made in this user's scratch
+/// base, `$TMPDIR/bg-agent-commands-UID`.
+fn scratch_dirs(h: &Harness) -> Vec<String> {
+    let base = h.tmp().join(format!(
+        "bg-agent-commands-{}",
+        nix::unistd::geteuid().as_raw()
+    ));
+    std::fs::read_dir(base).map_or_else(
+        |_| Vec::new(),
+        |d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        },
+    )
+}
+
 /// The `started` event's sandbox description.
 fn started_sandbox(r: &Run) -> String {
     match r.events().first() {
@@ -425,7 +442,7 @@ async fn a_worker_killed_with_sigkill_leaves_no_command_and_no_scratch() {
     let mut live = h.start_spec(&spec).await;
     live.wait_for(|e| matches!(e, Event::ToolCall { .. })).await;
     let worker = live.pid().as_raw() as u32;
-    let scratches = || std::fs::read_dir(h.tmp()).map_or(0, |d| d.count());
+    let scratches = || scratch_dirs(&h).len();
     let group = command_group(worker, 3).await;
     assert_eq!(
         scratches(),
@@ -448,6 +465,43 @@ async fn a_worker_killed_with_sigkill_leaves_no_command_and_no_scratch() {
         "group {group}: {:?}; scratch directories left: {}",
         group_members(group),
         scratches()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_runs_no_command_starts_no_process_and_makes_no_scratch() {
+    let h = Harness::start().await;
+    let chunks = (0..10).map(|i| format!("part {i} ")).collect();
+    h.fake.script(
+        "answer without commands",
+        vec![Step::Text {
+            chunks,
+            delay_ms: 50,
+        }],
+    );
+    let mut spec = h.spec("answer without commands");
+    spec.role = "general".into();
+    let mut live = h.start_spec(&spec).await;
+    live.wait_for(|e| matches!(e, Event::Text { .. })).await;
+    let worker = live.pid().as_raw() as u32;
+
+    // Mid-answer, with `bash` offered: no janitor, no command, no scratch directory.
+    let children = support::process::children_of(worker);
+    let scratch_mid_run = scratch_dirs(&h);
+    let r = live.finish().await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let said = started_sandbox(&r);
+    assert!(said.contains("commands (bash): "), "{said}");
+    assert!(!said.contains("bash not offered"), "{said}");
+    let requests = h.fake.requests_for("answer without commands");
+    assert!(requests[0].tools.iter().any(|t| t == "bash"));
+    assert_eq!(children, [], "the worker's children mid-run");
+    assert_eq!(scratch_mid_run, Vec::<String>::new(), "scratch mid-run");
+    assert_eq!(
+        scratch_dirs(&h),
+        Vec::<String>::new(),
+        "scratch after the run"
     );
 }
 

@@ -19,7 +19,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::Value;
 
 use super::{str_arg, uint_arg};
-use crate::command_sandbox::{self, Commands};
+use crate::command_sandbox::{self, Live};
 
 /// Per-command timeout when the model gives none.
 pub const DEFAULT_TIMEOUT_S: u64 = 60;
@@ -44,6 +44,10 @@ pub(super) fn run(input: &Value, root: &Path, deadline: Instant) -> Result<Strin
     let Some(commands) = command_sandbox::get() else {
         return Err("commands cannot run in this agent (no command sandbox)".into());
     };
+    // The first command starts the sandbox's janitor and scratch directory.
+    let commands = commands
+        .start()
+        .map_err(|e| format!("the command could not start: {e}"))?;
     let timeout = Duration::from_secs(asked).min(left);
     let run = start_and_wait(commands, command, root, timeout)?;
     let report = run.report(asked, timeout);
@@ -62,7 +66,7 @@ struct Finished {
 }
 
 fn start_and_wait(
-    commands: &Commands,
+    commands: &Live,
     command: &str,
     root: &Path,
     timeout: Duration,
