@@ -16,24 +16,21 @@
 
 use support::provider;
 
+mod common;
+use common::{KEY, call, mcp_session, wait_all, worker_run};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bg_agent_worker::config::{Config, ConfigSource};
-use bg_agent_worker::resolve::{SpawnRequest, resolve};
+use bg_agent_worker::resolve::SpawnRequest;
 use bg_agents::supervisor::Manager;
 use bg_agents::supervisor::output::{OutputBuffer, ReadRequest, compile_filter};
 use bg_agents::supervisor::request::SpawnAgent;
 use futures_util::future::join_all;
 use provider::{FakeProvider, Step};
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
-use rmcp::transport::TokioChildProcess;
-use rmcp::{RoleClient, ServiceExt};
-use serde_json::{Value, json};
-
-const KEY: &str = "sk-bench";
+use serde_json::json;
 
 struct Row {
     what: &'static str,
@@ -98,80 +95,13 @@ fn config_text(dir: &Path, extra: &str) -> String {
 /// Peak RSS of one simple worker run, from the kernel's accounting of waited children.
 /// Runs before any other child exists, so the maximum is the worker's.
 fn worker_peak_rss(fake_url: &str, dir: &Path) -> u64 {
-    let spec = {
-        let cfg = Config::builtin().expect("config");
-        let mut r = resolve(
-            &cfg,
-            &SpawnRequest {
-                task: "peak rss".into(),
-                cwd: Some(dir.to_path_buf()),
-                ..Default::default()
-            },
-        )
-        .expect("resolve")
-        .spec;
-        r.provider.base_url = fake_url.to_string();
-        serde_json::to_string(&r).expect("spec")
-    };
-    let path = dir.join("spec.json");
-    std::fs::write(&path, spec).expect("write spec");
-    let status = std::process::Command::new(worker_exe())
-        .arg("--spec")
-        .arg(&path)
-        .env_clear()
-        .env("ANTHROPIC_API_KEY", KEY)
-        .env("MALLOC_ARENA_MAX", "2")
-        .stdout(std::process::Stdio::null())
+    let status = worker_run(&worker_exe(), "peak rss", fake_url, dir)
         .status()
         .expect("run worker");
     assert!(status.success(), "worker run failed: {status}");
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
         .expect("getrusage");
     usage.max_rss() as u64
-}
-
-async fn mcp_session(fake: &FakeProvider, dir: &Path) -> (RunningService<RoleClient, ()>, u32) {
-    let config = dir.join("limits.toml");
-    std::fs::write(&config, config_text(dir, "")).expect("config");
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bg-agents"));
-    cmd.arg("--config")
-        .arg(&config)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("RUST_LOG", "warn")
-        .env("ANTHROPIC_API_KEY", KEY)
-        .env("ANTHROPIC_BASE_URL", fake.base_url());
-    let transport = TokioChildProcess::new(cmd).expect("spawn server");
-    let pid = transport.id().expect("pid");
-    let client = ().serve(transport).await.expect("handshake");
-    (client, pid)
-}
-
-async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> Value {
-    let Value::Object(map) = args else {
-        unreachable!()
-    };
-    let r = client
-        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(map))
-        .await
-        .expect("call");
-    assert_ne!(r.is_error, Some(true), "{tool} failed: {:?}", r.content);
-    r.structured_content.expect("structured")
-}
-
-async fn wait_all(client: &RunningService<RoleClient, ()>, ids: &[String]) {
-    loop {
-        let v = call(
-            client,
-            "agent_wait",
-            json!({ "agent_ids": ids, "wait_seconds": 50 }),
-        )
-        .await;
-        if v["done"] == json!(true) {
-            return;
-        }
-    }
 }
 
 fn main() {
@@ -306,7 +236,9 @@ async fn run() -> Vec<Row> {
     });
 
     // Over MCP: the release server as Claude Code runs it.
-    let (client, server_pid) = mcp_session(&fake, dir.path()).await;
+    let server = PathBuf::from(env!("CARGO_BIN_EXE_bg-agents"));
+    let (client, server_pid) =
+        mcp_session(&server, &config_text(dir.path(), ""), dir.path(), &fake).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = vm_rss_kib(server_pid);
     rows.push(Row {

@@ -38,20 +38,16 @@
 
 use support::provider;
 
+mod common;
+use common::{call, mcp_session, wait_all, worker_run};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bg_agent_worker::config::Config;
-use bg_agent_worker::resolve::{SpawnRequest, resolve};
 use futures_util::future::join_all;
 use provider::{FakeProvider, Step};
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
-use rmcp::transport::TokioChildProcess;
-use rmcp::{RoleClient, ServiceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 
-const KEY: &str = "sk-bench";
 /// Every task contains this, so the double's one rule answers every agent.
 const NEEDLE: &str = "scale agent";
 const DELTAS: usize = 50;
@@ -154,85 +150,19 @@ fn stream() -> Step {
     }
 }
 
-async fn mcp_session(
-    fake: &FakeProvider,
-    dir: &Path,
-    agents: usize,
-) -> (RunningService<RoleClient, ()>, u32) {
-    let config = dir.join("limits.toml");
-    std::fs::write(&config, config_text(dir, agents)).expect("config");
-    let mut cmd = tokio::process::Command::new(server_exe());
-    cmd.arg("--config")
-        .arg(&config)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("RUST_LOG", "warn")
-        .env("ANTHROPIC_API_KEY", KEY)
-        .env("ANTHROPIC_BASE_URL", fake.base_url());
-    let transport = TokioChildProcess::new(cmd).expect("spawn server");
-    let pid = transport.id().expect("pid");
-    let client = ().serve(transport).await.expect("handshake");
-    (client, pid)
-}
-
-async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> Value {
-    let Value::Object(map) = args else {
-        unreachable!()
-    };
-    let r = client
-        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(map))
-        .await
-        .expect("call");
-    assert_ne!(r.is_error, Some(true), "{tool} failed: {:?}", r.content);
-    r.structured_content.expect("structured")
-}
-
-async fn wait_all(client: &RunningService<RoleClient, ()>, ids: &[String]) {
-    loop {
-        let v = call(
-            client,
-            "agent_wait",
-            json!({ "agent_ids": ids, "wait_seconds": 50 }),
-        )
-        .await;
-        if v["done"] == json!(true) {
-            return;
-        }
-    }
-}
-
 /// One worker like the server's, run from here, and its VmHWM (/proc/PID/status) read
 /// every 20 ms until it exits: the last reading is its peak (but for its last 20 ms).
 /// Not `ru_maxrss`: a child started by vfork (as std and tokio start one) is charged
 /// with this whole process's RSS at its exec.
 async fn standalone_worker_peak_rss_kib(fake_url: &str, dir: &Path) -> u64 {
-    let spec = {
-        let cfg = Config::builtin().expect("config");
-        let mut r = resolve(
-            &cfg,
-            &SpawnRequest {
-                task: format!("{NEEDLE} standalone"),
-                cwd: Some(dir.to_path_buf()),
-                ..Default::default()
-            },
-        )
-        .expect("resolve")
-        .spec;
-        r.provider.base_url = fake_url.to_string();
-        serde_json::to_string(&r).expect("spec")
-    };
-    let path = dir.join("spec.json");
-    std::fs::write(&path, spec).expect("write spec");
-    let mut child = tokio::process::Command::new(worker_exe())
-        .arg("--spec")
-        .arg(&path)
-        .env_clear()
-        .env("ANTHROPIC_API_KEY", KEY)
-        .env("MALLOC_ARENA_MAX", "2")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("run worker");
+    let mut child = tokio::process::Command::from(worker_run(
+        &worker_exe(),
+        &format!("{NEEDLE} standalone"),
+        fake_url,
+        dir,
+    ))
+    .spawn()
+    .expect("run worker");
     let pid = child.id().expect("worker pid");
     let mut peak = 0;
     loop {
@@ -280,7 +210,13 @@ async fn run(agents: usize) -> Measured {
     let fake = FakeProvider::start().await;
     fake.script(NEEDLE, (0..=agents).map(|_| stream()).collect());
     let dir = tempfile::tempdir().expect("tempdir");
-    let (client, pid) = mcp_session(&fake, dir.path(), agents).await;
+    let (client, pid) = mcp_session(
+        &server_exe(),
+        &config_text(dir.path(), agents),
+        dir.path(),
+        &fake,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_kib = status_kib(pid, "VmRSS:");
 
