@@ -110,8 +110,6 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    // As in the server: this thread runs the spawning code and outlives every worker.
-    bg_agents::supervisor::process::declare_thread_outlives_workers();
     let rows = runtime.block_on(run());
     println!("\n| measurement | result | target |\n| --- | --- | --- |");
     for r in rows {

@@ -49,8 +49,6 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    // As in the server: this thread runs the spawning code and outlives every worker.
-    bg_agents::supervisor::process::declare_thread_outlives_workers();
     let mut rows = runtime.block_on(processes());
     rows.extend(filters());
     println!("\n| measurement | result | target |\n| --- | --- | --- |");

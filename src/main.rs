@@ -70,9 +70,8 @@ fn main() -> ExitCode {
             }
         }
     };
-    // One thread runs every task: the server is I/O-bound, and this thread lives as
-    // long as the server, so workers are cloned right on it (PR_SET_PDEATHSIG follows
-    // the thread that cloned them) with no hand-off to another thread.
+    // One thread runs every task: the server is I/O-bound. Workers are cloned on a
+    // spawner thread of their own (`supervisor::process::Spawner`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -83,7 +82,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    bg_agents::supervisor::process::declare_thread_outlives_workers();
     // Each running agent holds about five descriptors; a desktop's soft limit is often
     // 1,024 while the hard one is far higher.
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -929,6 +929,50 @@ async fn two_hundred_spawn_kill_cycles_leave_no_zombie_and_no_open_fd() {
     assert_eq!(h.manager.list(Some(Status::Killed), None).agents.len(), 201);
 }
 
+/// Descriptors in the table of each of this process's spawner threads
+/// (`/proc/self/task/TID/fd` lists the table of that thread).
+fn spawner_tables() -> Vec<usize> {
+    let mut sizes = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        // The kernel keeps 15 bytes of a thread's name.
+        if comm.trim() == "bg-agents-spawn" {
+            let fds = std::fs::read_dir(task.path().join("fd")).unwrap().count();
+            sizes.push(fds);
+        }
+    }
+    sizes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_cloned_from_a_descriptor_table_that_does_not_grow_with_the_server() {
+    let _procs = exclusive().await;
+    let h = Harness::new("");
+    // 500 descriptors opened by the server after its spawner thread started, as 100
+    // running agents would hold: a clone from the server's table would copy them all.
+    let held: Vec<std::fs::File> = (0..500)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let id = h.spawn("sleep").await;
+    let server = open_fds().values().sum::<usize>();
+    let spawners = spawner_tables();
+    eprintln!("server's table: {server} descriptors; spawner threads' tables: {spawners:?}");
+    assert!(
+        server >= 500,
+        "the test holds 500 descriptors, saw {server}"
+    );
+    assert!(!spawners.is_empty(), "no thread named bg-agents-spawner");
+    for size in &spawners {
+        assert!(
+            *size <= 16,
+            "a spawner thread's table holds {size} descriptors (the server's: {server})"
+        );
+    }
+    let st = h.manager.kill_agent(&id, None).await.unwrap();
+    assert_eq!(st.status, Status::Killed, "{st:?}");
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_twenty_running_agents_and_leaves_none_alive() {
     let _procs = exclusive().await;

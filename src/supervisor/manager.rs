@@ -185,7 +185,7 @@ impl Manager {
                 config,
                 registry: Mutex::new(Registry::default()),
                 changed: watch::channel(0).0,
-                spawner: Spawner::new(tokio::runtime::Handle::current())?,
+                spawner: Spawner::new()?,
                 shutting_down: AtomicBool::new(false),
                 ended: Mutex::new(None),
                 release_scheduled: AtomicBool::new(false),

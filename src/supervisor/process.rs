@@ -8,14 +8,17 @@
 //! Not here: what the worker prints means (`manager` parses it), records (`registry`).
 
 mod clone_exec;
+mod handoff;
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use bg_agent_worker::protocol::ProviderSpec;
@@ -24,7 +27,8 @@ use nix::libc;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use self::clone_exec::{Started, clone_exec, reap_blocking, reap_now};
+use self::clone_exec::{Started, clone_exec};
+use self::handoff::{Outbox, Waiting};
 
 /// Seconds between the soft CPU limit (SIGXCPU) and the hard one (SIGKILL).
 pub const CPU_HARD_MARGIN_SECS: u64 = 5;
@@ -335,90 +339,85 @@ pub fn first_above_hard_limits(limits: &Limits) -> Option<(&'static str, u64, u6
 
 impl Drop for Worker {
     /// Kills the group and reaps the worker without blocking the caller (a runtime
-    /// thread): a process that does not die at once (stuck in the kernel on a slow
-    /// disk) is reaped by a thread of its own.
+    /// thread): a process that does not die at once is reaped by a thread of its own.
     fn drop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        signal_group(self.pid, Signal::SIGKILL);
-        let pid = self.pid as libc::pid_t;
-        if reap_now(pid) {
-            return;
-        }
-        let handed_off = std::thread::Builder::new()
-            .name(format!("reap-{pid}"))
-            .spawn(move || reap_blocking(pid))
-            .is_ok();
-        if !handed_off {
-            // No thread to be had: block rather than leave a zombie.
-            reap_blocking(pid);
+        if !self.reaped {
+            handoff::kill_and_reap(self.pid as libc::pid_t);
         }
     }
 }
 
 /// A request to start a worker from the spawner thread.
 struct Job {
+    id: u64,
     plan: Plan,
-    reply: tokio::sync::oneshot::Sender<std::io::Result<Worker>>,
 }
 
-thread_local! {
-    static OUTLIVES_WORKERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Declares that the calling thread lives as long as every worker started from it: the
-/// server's main thread, which runs its current-thread runtime. Workers started from
-/// such a thread are cloned right there; from any other thread they go through the
-/// spawner thread. PR_SET_PDEATHSIG fires when the thread that cloned a worker exits,
-/// so a wrong declaration would kill healthy workers: make it only on a thread that
-/// ends with the server.
-pub fn declare_thread_outlives_workers() {
-    OUTLIVES_WORKERS.with(|f| f.set(true));
-}
-
-/// Starts workers on a thread that lives as long as the server. PR_SET_PDEATHSIG fires
-/// when the *thread* that cloned the worker exits, and tokio's blocking threads retire
-/// after idling, so starting from one of them would kill healthy workers. The caller's
-/// own thread is used when it was declared long-lived (`declare_thread_outlives_workers`),
-/// which saves two cross-thread wake-ups per spawn (measured: 10–160 µs on 2 cores);
-/// otherwise a dedicated spawner thread does it.
+/// Starts workers on a thread that lives as long as the server's workers, with a
+/// descriptor table of its own (`handoff`): each clone copies, and each exec closes, a
+/// handful of descriptors rather than every one the server holds (about five per running
+/// agent), and the server's thread is not held in the vfork window. PR_SET_PDEATHSIG
+/// fires when the *thread* that cloned the worker exits; this one ends only when the
+/// `Spawner` is dropped, with the manager, after its workers.
 pub struct Spawner {
     jobs: mpsc::Sender<Job>,
+    waiting: Waiting<Worker>,
+    next_id: AtomicU64,
 }
 
 impl Spawner {
-    pub fn new(runtime: tokio::runtime::Handle) -> std::io::Result<Spawner> {
-        let (tx, rx) = mpsc::channel::<Job>();
+    /// Starts the spawner thread, and the task on the current tokio runtime that
+    /// receives the workers it starts.
+    pub fn new() -> std::io::Result<Spawner> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (outbox, socket) = handoff::channel()?;
+        let waiting: Waiting<Worker> = Arc::new(Mutex::new(Some(HashMap::new())));
+        handoff::receive(socket, waiting.clone(), Worker::from_started)?;
         std::thread::Builder::new()
             .name("bg-agents-spawner".into())
-            .spawn(move || {
-                // The pipes and the pidfd register with the runtime's I/O driver.
-                let _guard = runtime.enter();
-                while let Ok(job) = rx.recv() {
-                    let started = clone_exec(&job.plan).and_then(Worker::from_started);
-                    let _ = job.reply.send(started);
-                }
-            })?;
-        Ok(Spawner { jobs: tx })
+            .spawn(move || spawner_thread(rx, outbox))?;
+        Ok(Spawner {
+            jobs,
+            waiting,
+            next_id: AtomicU64::new(0),
+        })
     }
 
-    /// Starts `plan`: right here on a declared long-lived thread, else on the spawner
-    /// thread. Must be called within the tokio runtime.
+    /// Starts `plan` on the spawner thread. Cancelled before it returns, the worker it
+    /// started is killed (dropped where it arrives).
     pub async fn start(&self, plan: Plan, exe: &Path) -> Result<Worker, SpawnError> {
-        let started = if OUTLIVES_WORKERS.with(|f| f.get()) {
-            clone_exec(&plan).and_then(Worker::from_started)
-        } else {
-            let (reply, rx) = tokio::sync::oneshot::channel();
-            self.jobs
-                .send(Job { plan, reply })
-                .map_err(|_| SpawnError::SpawnerGone)?;
-            rx.await.map_err(|_| SpawnError::SpawnerGone)?
-        };
-        started.map_err(|source| SpawnError::Exec {
-            path: exe.to_path_buf(),
-            source,
-        })
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, started) = tokio::sync::oneshot::channel();
+        handoff::lock(&self.waiting)
+            .as_mut()
+            .ok_or(SpawnError::SpawnerGone)?
+            .insert(id, reply);
+        if self.jobs.send(Job { id, plan }).is_err() {
+            handoff::lock(&self.waiting).as_mut().map(|w| w.remove(&id));
+            return Err(SpawnError::SpawnerGone);
+        }
+        started
+            .await
+            .map_err(|_| SpawnError::SpawnerGone)?
+            .map_err(|source| SpawnError::Exec {
+                path: exe.to_path_buf(),
+                source,
+            })
+    }
+}
+
+/// The spawner thread: its own descriptor table, then one clone per job, whose outcome
+/// goes to the runtime over the socket. It must not log or wake the runtime (see
+/// `handoff`).
+fn spawner_thread(jobs: mpsc::Receiver<Job>, outbox: Outbox) {
+    if let Err(e) = handoff::own_descriptor_table(&outbox) {
+        // Still sharing the server's table, so logging is safe here.
+        tracing::warn!(
+            "the spawner thread shares the server's descriptor table ({e}): each spawn copies it"
+        );
+    }
+    while let Ok(job) = jobs.recv() {
+        outbox.send(job.id, clone_exec(&job.plan));
     }
 }
 
