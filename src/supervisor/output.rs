@@ -19,6 +19,7 @@
 use std::io;
 use std::path::PathBuf;
 
+mod batching;
 mod filter;
 mod ring;
 mod stderr_tail;

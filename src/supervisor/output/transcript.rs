@@ -4,8 +4,9 @@
 //! files in a 0700 directory owned by this user, never through a symlink).
 //!
 //! Every transcript of the server is written by one shared writer thread, started on
-//! first use and fed by one channel of (transcript id, line | flush | close) messages;
-//! it owns the open files. Callers (the runtime thread, under the registry lock) only
+//! first use and fed by one channel of (transcript id, line | flush | close) messages,
+//! which wakes it for a line only every `GATHER_LINES` (`batching`); it owns the open
+//! files. Callers (the runtime thread, under the registry lock) only
 //! hand bytes over, so a slow or full disk never stalls them. Bytes waiting for the
 //! writer are bounded (per transcript and in all); past the bound lines are left out,
 //! counted as dropped and told as the transcript's error.
@@ -18,7 +19,6 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +26,7 @@ use bg_agent_worker::protocol::TranscriptLine;
 use tokio::sync::oneshot;
 
 use super::OutputError;
+use super::batching::{self, Receiver, Sender};
 use crate::private_fs::create_private_file;
 pub use crate::private_fs::ensure_private_dir;
 
@@ -106,7 +107,7 @@ enum Msg {
     Close(u64),
     /// Flush, then answer: the writer has caught up.
     #[cfg(test)]
-    Settle(u64, Sender<()>),
+    Settle(u64, std::sync::mpsc::Sender<()>),
 }
 
 /// Taken by the writer thread before each message: a test holds it to stand for a disk
@@ -124,18 +125,18 @@ pub fn hold_transcript_writes() -> std::sync::MutexGuard<'static, ()> {
 fn open_in_writer(open: Msg) -> io::Result<Sender<Msg>> {
     let mut slot = WRITER.lock().unwrap_or_else(|p| p.into_inner());
     let open = match slot.as_ref() {
-        Some(tx) => match tx.send(open) {
+        Some(tx) => match tx.send(open, true) {
             Ok(()) => return Ok(tx.clone()),
             // Its thread is gone (it panicked): start another.
-            Err(std::sync::mpsc::SendError(open)) => open,
+            Err(open) => open,
         },
         None => open,
     };
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = batching::channel(GATHER_LINES);
     std::thread::Builder::new()
         .name("transcripts".into())
         .spawn(move || write_transcripts(&rx))?;
-    tx.send(open)
+    tx.send(open, true)
         .map_err(|_| io::Error::other("the transcript writer thread exited at once"))?;
     *slot = Some(tx.clone());
     Ok(tx)
@@ -276,7 +277,7 @@ impl Transcript {
         };
         self.shared.queued.fetch_add(len, Ordering::AcqRel);
         QUEUED_TOTAL.fetch_add(len, Ordering::AcqRel);
-        if writer.send(Msg::Line(self.id, bytes)).is_ok() {
+        if writer.send(Msg::Line(self.id, bytes), false).is_ok() {
             self.accepted += len;
         } else {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
@@ -293,7 +294,7 @@ impl Transcript {
     /// a write failure.
     pub fn flush(&mut self) {
         if let Some(writer) = self.writer.as_ref() {
-            let _ = writer.send(Msg::Flush(self.id));
+            let _ = writer.send(Msg::Flush(self.id), true);
         }
     }
 
@@ -303,7 +304,7 @@ impl Transcript {
     /// then (also when the writer is gone).
     pub fn close(&mut self) -> Option<oneshot::Receiver<()>> {
         if let Some(writer) = self.writer.take() {
-            let _ = writer.send(Msg::Close(self.id));
+            let _ = writer.send(Msg::Close(self.id), true);
         }
         self.done.take()
     }
@@ -313,7 +314,7 @@ impl Transcript {
     fn settle(&self) {
         let (tx, rx) = std::sync::mpsc::channel();
         if let Some(writer) = self.writer.as_ref()
-            && writer.send(Msg::Settle(self.id, tx)).is_ok()
+            && writer.send(Msg::Settle(self.id, tx), true).is_ok()
         {
             let _ = rx.recv();
         }
@@ -407,6 +408,14 @@ impl Open {
 /// reports of a streaming turn is on disk too within about this.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// How long lines handed over wait for others before the writer takes them (opening,
+/// flushing and closing a transcript are taken at once): one wake-up of the writer per
+/// batch, not per line. Well within `FLUSH_EVERY`.
+const GATHER_LINES: Duration = Duration::from_millis(20);
+
+/// How long the writer sleeps when no transcript has lines to flush.
+const IDLE: Duration = Duration::from_secs(3600);
+
 /// The shared writer thread: writes each transcript's lines in order, flushes when
 /// asked and at least every `FLUSH_EVERY` while lines come, closes a file when its
 /// transcript is closed. Runs as long as the server.
@@ -416,12 +425,12 @@ fn write_transcripts(messages: &Receiver<Msg>) {
     let mut dirty: HashSet<u64> = HashSet::new();
     let mut flushed_at = Instant::now();
     loop {
-        let wait = FLUSH_EVERY.saturating_sub(flushed_at.elapsed());
-        let msg = match messages.recv_timeout(wait) {
-            Ok(msg) => Some(msg),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
+        let wait = if dirty.is_empty() {
+            IDLE
+        } else {
+            FLUSH_EVERY.saturating_sub(flushed_at.elapsed())
         };
+        let batch = messages.recv_batch(wait);
         if flushed_at.elapsed() >= FLUSH_EVERY {
             drop(hold_transcript_writes());
             for id in dirty.drain() {
@@ -431,51 +440,55 @@ fn write_transcripts(messages: &Receiver<Msg>) {
             }
             flushed_at = Instant::now();
         }
-        let Some(msg) = msg else {
-            continue;
-        };
-        drop(hold_transcript_writes());
-        match msg {
-            Msg::Open {
+        for msg in batch {
+            drop(hold_transcript_writes());
+            handle(msg, &mut open, &mut dirty);
+        }
+    }
+}
+
+/// One message to the writer: what it does to the open files.
+fn handle(msg: Msg, open: &mut HashMap<u64, Open>, dirty: &mut HashSet<u64>) {
+    match msg {
+        Msg::Open {
+            id,
+            path,
+            file,
+            state,
+            done,
+        } => {
+            open.insert(
                 id,
-                path,
-                file,
-                state,
-                done,
-            } => {
-                open.insert(
-                    id,
-                    Open {
-                        path,
-                        file: Some(BufWriter::new(file)),
-                        state,
-                        _done: done,
-                    },
-                );
+                Open {
+                    path,
+                    file: Some(BufWriter::new(file)),
+                    state,
+                    _done: done,
+                },
+            );
+        }
+        Msg::Line(id, bytes) => {
+            if let Some(t) = open.get_mut(&id) {
+                t.write(&bytes);
+                dirty.insert(id);
             }
-            Msg::Line(id, bytes) => {
-                if let Some(t) = open.get_mut(&id) {
-                    t.write(&bytes);
-                    dirty.insert(id);
-                }
+        }
+        Msg::Flush(id) => {
+            if let Some(t) = open.get_mut(&id) {
+                t.flush();
             }
-            Msg::Flush(id) => {
-                if let Some(t) = open.get_mut(&id) {
-                    t.flush();
-                }
+        }
+        Msg::Close(id) => {
+            if let Some(mut t) = open.remove(&id) {
+                t.flush();
             }
-            Msg::Close(id) => {
-                if let Some(mut t) = open.remove(&id) {
-                    t.flush();
-                }
+        }
+        #[cfg(test)]
+        Msg::Settle(id, answer) => {
+            if let Some(t) = open.get_mut(&id) {
+                t.flush();
             }
-            #[cfg(test)]
-            Msg::Settle(id, answer) => {
-                if let Some(t) = open.get_mut(&id) {
-                    t.flush();
-                }
-                let _ = answer.send(());
-            }
+            let _ = answer.send(());
         }
     }
 }
