@@ -7,6 +7,7 @@ mod params;
 pub mod reply;
 pub mod resources;
 mod schema;
+pub mod stdio;
 mod tasks;
 mod text;
 mod tools;

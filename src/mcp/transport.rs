@@ -39,10 +39,10 @@ pub struct LineTransport<R> {
     eof: CancellationToken,
 }
 
-impl LineTransport<tokio::io::Stdin> {
-    /// The transport over this process's stdin and stdout.
+impl LineTransport<super::stdio::Input> {
+    /// The transport over this process's stdin and stdout (`stdio`).
     pub fn stdio(eof: CancellationToken) -> Self {
-        Self::new(tokio::io::stdin(), tokio::io::stdout(), eof)
+        Self::new(super::stdio::input(), super::stdio::output(), eof)
     }
 }
 
