@@ -1,5 +1,8 @@
 //! Anthropic Messages API, streamed over SSE (`POST {base}/v1/messages`).
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::structured::{FINAL_TOOL, FINAL_TOOL_DESCRIPTION, final_tool_schema};
@@ -18,13 +21,14 @@ pub(super) async fn turn(
 ) -> Result<TurnOutput, ProviderError> {
     let url = format!("{}/v1/messages", client.base_url);
     let body = body(req, client.prompt_caching).to_string();
+    let sent_bytes = body.len();
     let mut http = client
         .http
         .post(&url)
         .header("anthropic-version", API_VERSION)
         .header("accept", "text/event-stream")
         .header("content-type", "application/json")
-        .body(body.clone());
+        .body(body);
     if let Some(key) = &client.api_key {
         http = http.header("x-api-key", key);
     }
@@ -33,21 +37,14 @@ pub(super) async fn turn(
     let mut acc = Accumulator::default();
     let cut = stream_cut_tokens(req.max_tokens);
     while let Some(ev) = events.next().await? {
-        let data: Value = match serde_json::from_str(&ev.data) {
-            Ok(v) => v,
-            Err(_) if ev.event == "ping" => continue,
-            Err(e) => {
-                return Err(ProviderError::Retryable {
-                    reason: format!("unparsable `{}` event: {e}", ev.event),
-                    retry_after: None,
-                });
-            }
+        let Some(event) = StreamEvent::parse(&ev)? else {
+            continue;
         };
-        if acc.apply(&data, on_text)? {
-            return acc.finish(body.len());
+        if acc.apply(event, on_text)? {
+            return acc.finish(sent_bytes);
         }
         if estimate_tokens(acc.metered.out_bytes) > cut {
-            return acc.cut(body.len());
+            return acc.cut(sent_bytes);
         }
     }
     Err(events.ended_early("message_stop"))
@@ -161,6 +158,113 @@ enum Partial {
     Opaque(Value),
 }
 
+/// One event of the stream, typed: deltas borrow their text from the event's data
+/// (unless it has escapes), so a text delta costs no allocation of its own.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamEvent<'a> {
+    MessageStart {
+        #[serde(default)]
+        message: MessageHead,
+    },
+    /// The block stays a `Value`: any type but text and tool_use is passed back as sent.
+    ContentBlockStart {
+        #[serde(default)]
+        index: usize,
+        #[serde(default)]
+        content_block: Value,
+    },
+    ContentBlockDelta {
+        #[serde(default)]
+        index: usize,
+        #[serde(borrow)]
+        delta: BlockDelta<'a>,
+    },
+    ContentBlockStop {
+        #[serde(default)]
+        index: usize,
+    },
+    MessageDelta {
+        #[serde(default, borrow)]
+        delta: MessageDeltaBody<'a>,
+        usage: Option<Usage>,
+    },
+    MessageStop,
+    Error {
+        #[serde(default, borrow)]
+        error: StreamError<'a>,
+    },
+    /// `ping`, and event types added after this client: ignored, as the API asks.
+    #[serde(other)]
+    Other,
+}
+
+impl StreamEvent<'_> {
+    /// The event an SSE event carries; None for a `ping` whose data is not JSON.
+    fn parse(ev: &eventsource_stream::Event) -> Result<Option<StreamEvent<'_>>, ProviderError> {
+        match serde_json::from_str(&ev.data) {
+            Ok(event) => Ok(Some(event)),
+            Err(_) if ev.event == "ping" => Ok(None),
+            Err(e) => Err(ProviderError::Retryable {
+                reason: format!("unparsable `{}` event: {e}", ev.event),
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MessageHead {
+    usage: Option<Usage>,
+}
+
+/// Token counts as the API sends them; a count it leaves out is None.
+#[derive(Debug, Default, Deserialize)]
+struct Usage {
+    input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta<'a> {
+    TextDelta {
+        #[serde(default, borrow)]
+        text: Cow<'a, str>,
+    },
+    InputJsonDelta {
+        #[serde(default, borrow)]
+        partial_json: Cow<'a, str>,
+    },
+    ThinkingDelta {
+        #[serde(default, borrow)]
+        thinking: Cow<'a, str>,
+    },
+    SignatureDelta {
+        #[serde(default, borrow)]
+        signature: Cow<'a, str>,
+    },
+    /// Delta types added after this client: ignored, as the API asks.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MessageDeltaBody<'a> {
+    #[serde(borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamError<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
 #[derive(Default)]
 struct Accumulator {
     blocks: Vec<Option<Partial>>,
@@ -174,119 +278,105 @@ impl Accumulator {
     /// Applies one event; true when the message is complete.
     fn apply(
         &mut self,
-        data: &Value,
+        event: StreamEvent<'_>,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<bool, ProviderError> {
-        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-        match data.get("type").and_then(Value::as_str).unwrap_or("") {
-            "message_start" => {
-                if let Some(u) = data.pointer("/message/usage") {
+        match event {
+            StreamEvent::MessageStart { message } => {
+                if let Some(u) = message.usage {
                     self.metered.usage_seen = true;
                     self.usage = TokenUsage {
-                        input: tokens(u, "input_tokens"),
-                        cache_write: tokens(u, "cache_creation_input_tokens"),
-                        cache_read: tokens(u, "cache_read_input_tokens"),
-                        output: tokens(u, "output_tokens"),
+                        input: u.input_tokens.unwrap_or(0),
+                        cache_write: u.cache_creation_input_tokens.unwrap_or(0),
+                        cache_read: u.cache_read_input_tokens.unwrap_or(0),
+                        output: u.output_tokens.unwrap_or(0),
                     };
                 }
             }
-            "content_block_start" => {
-                let block = data.get("content_block").cloned().unwrap_or(Value::Null);
-                let partial = match block.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        let t = str_field(&block, "text");
-                        self.metered.out_bytes += t.len();
-                        if !t.is_empty() {
-                            on_text(&t);
-                        }
-                        Partial::Text(t)
-                    }
-                    Some("tool_use") => Partial::ToolUse {
-                        id: str_field(&block, "id"),
-                        name: str_field(&block, "name"),
-                        json: String::new(),
-                    },
-                    _ => Partial::Opaque(block),
-                };
-                if self.blocks.len() <= index {
-                    self.blocks.resize_with(index + 1, || None);
-                }
-                self.blocks[index] = Some(partial);
+            StreamEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => self.start_block(index, content_block, on_text),
+            StreamEvent::ContentBlockDelta { index, delta } => {
+                self.apply_delta(index, delta, on_text)
             }
-            "content_block_delta" => {
-                let delta = data.get("delta").unwrap_or(&Value::Null);
-                match (
-                    self.blocks.get_mut(index).and_then(Option::as_mut),
-                    delta.get("type").and_then(Value::as_str),
-                ) {
-                    (Some(Partial::Text(t)), Some("text_delta")) => {
-                        let d = str_field(delta, "text");
-                        self.metered.out_bytes += d.len();
-                        on_text(&d);
-                        t.push_str(&d);
-                    }
-                    (Some(Partial::ToolUse { json, .. }), Some("input_json_delta")) => {
-                        let d = str_field(delta, "partial_json");
-                        self.metered.out_bytes += d.len();
-                        json.push_str(&d);
-                    }
-                    (Some(Partial::Opaque(v)), Some("thinking_delta")) => {
-                        let d = str_field(delta, "thinking");
-                        self.metered.out_bytes += d.len();
-                        append_field(v, "thinking", &d);
-                    }
-                    (Some(Partial::Opaque(v)), Some("signature_delta")) => {
-                        append_field(v, "signature", &str_field(delta, "signature"));
-                    }
-                    _ => {} // Unknown delta types are ignored, as the API asks.
-                }
-            }
-            "content_block_stop" => {
+            StreamEvent::ContentBlockStop { index } => {
                 if let Some(p) = self.blocks.get_mut(index).and_then(Option::take) {
                     self.done.push(finish_block(p));
                 }
             }
-            "message_delta" => {
-                if let Some(r) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    self.stop_reason = Some(r.to_string());
+            StreamEvent::MessageDelta { delta, usage } => {
+                if let Some(r) = delta.stop_reason {
+                    self.stop_reason = Some(r.into_owned());
                 }
-                if let Some(u) = data.get("usage") {
+                if let Some(u) = usage {
                     self.metered.usage_seen = true;
                     // Cumulative for the message.
-                    if u.get("output_tokens").is_some() {
-                        self.usage.output = tokens(u, "output_tokens");
+                    if let Some(output) = u.output_tokens {
+                        self.usage.output = output;
                     }
-                    if u.get("input_tokens").is_some_and(|v| !v.is_null()) {
-                        self.usage.input = tokens(u, "input_tokens");
-                        self.usage.cache_write = tokens(u, "cache_creation_input_tokens");
-                        self.usage.cache_read = tokens(u, "cache_read_input_tokens");
+                    if let Some(input) = u.input_tokens {
+                        self.usage.input = input;
+                        self.usage.cache_write = u.cache_creation_input_tokens.unwrap_or(0);
+                        self.usage.cache_read = u.cache_read_input_tokens.unwrap_or(0);
                     }
                 }
             }
-            "message_stop" => return Ok(true),
-            "error" => {
-                let kind = data
-                    .pointer("/error/type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("error");
-                let msg = data
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let text = format!("{kind}: {msg}");
-                return Err(match kind {
-                    "overloaded_error" | "api_error" | "rate_limit_error" | "timeout_error" => {
-                        ProviderError::Retryable {
-                            reason: format!("mid-stream {text}"),
-                            retry_after: None,
-                        }
-                    }
-                    _ => ProviderError::Fatal(text),
-                });
-            }
-            _ => {} // ping and future event types.
+            StreamEvent::MessageStop => return Ok(true),
+            StreamEvent::Error { error } => return Err(stream_error(error)),
+            StreamEvent::Other => {}
         }
         Ok(false)
+    }
+
+    fn start_block(&mut self, index: usize, block: Value, on_text: &mut dyn FnMut(&str)) {
+        let partial = match block.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                let t = str_field(&block, "text");
+                self.metered.out_bytes += t.len();
+                if !t.is_empty() {
+                    on_text(&t);
+                }
+                Partial::Text(t)
+            }
+            Some("tool_use") => Partial::ToolUse {
+                id: str_field(&block, "id"),
+                name: str_field(&block, "name"),
+                json: String::new(),
+            },
+            _ => Partial::Opaque(block),
+        };
+        if self.blocks.len() <= index {
+            self.blocks.resize_with(index + 1, || None);
+        }
+        self.blocks[index] = Some(partial);
+    }
+
+    /// A delta for the block at `index`; one of a type the block cannot take (or for no
+    /// open block) is ignored.
+    fn apply_delta(&mut self, index: usize, delta: BlockDelta<'_>, on_text: &mut dyn FnMut(&str)) {
+        let Some(block) = self.blocks.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        match (block, delta) {
+            (Partial::Text(t), BlockDelta::TextDelta { text }) => {
+                self.metered.out_bytes += text.len();
+                on_text(&text);
+                t.push_str(&text);
+            }
+            (Partial::ToolUse { json, .. }, BlockDelta::InputJsonDelta { partial_json }) => {
+                self.metered.out_bytes += partial_json.len();
+                json.push_str(&partial_json);
+            }
+            (Partial::Opaque(v), BlockDelta::ThinkingDelta { thinking }) => {
+                self.metered.out_bytes += thinking.len();
+                append_field(v, "thinking", &thinking);
+            }
+            (Partial::Opaque(v), BlockDelta::SignatureDelta { signature }) => {
+                append_field(v, "signature", &signature);
+            }
+            _ => {}
+        }
     }
 
     /// The finished message; `sent_bytes` (the request body) estimates the input when the
@@ -334,6 +424,22 @@ impl Accumulator {
     }
 }
 
+/// An `error` event: retryable for the kinds that pass (overload, rate limit, the API's
+/// own trouble), fatal for any other.
+fn stream_error(error: StreamError<'_>) -> ProviderError {
+    let kind = error.kind.as_deref().unwrap_or("error");
+    let text = format!("{kind}: {}", error.message.as_deref().unwrap_or(""));
+    match kind {
+        "overloaded_error" | "api_error" | "rate_limit_error" | "timeout_error" => {
+            ProviderError::Retryable {
+                reason: format!("mid-stream {text}"),
+                retry_after: None,
+            }
+        }
+        _ => ProviderError::Fatal(text),
+    }
+}
+
 fn finish_block(p: Partial) -> Block {
     match p {
         Partial::Text(text) => Block::Text { text },
@@ -351,28 +457,54 @@ fn finish_block(p: Partial) -> Block {
     }
 }
 
-fn tokens(v: &Value, key: &str) -> u64 {
-    v.get(key).and_then(Value::as_u64).unwrap_or(0)
-}
-
 fn str_field(v: &Value, key: &str) -> String {
     v.get(key).and_then(Value::as_str).unwrap_or("").to_string()
 }
 
+/// Appends `add` to the string field `key` of an opaque block, in place (a field that
+/// is missing or not a string becomes `add`).
 fn append_field(v: &mut Value, key: &str, add: &str) {
     if let Some(obj) = v.as_object_mut() {
-        let cur = obj
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        obj.insert(key.to_string(), Value::String(cur + add));
+        match obj.get_mut(key) {
+            Some(Value::String(cur)) => cur.push_str(add),
+            _ => {
+                obj.insert(key.to_string(), Value::String(add.to_string()));
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds `data` to `acc` as the stream would: in an SSE event named `name`.
+    fn feed_raw(
+        acc: &mut Accumulator,
+        name: &str,
+        data: &str,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<bool, ProviderError> {
+        let ev = eventsource_stream::Event {
+            event: name.into(),
+            data: data.into(),
+            ..Default::default()
+        };
+        match StreamEvent::parse(&ev)? {
+            Some(event) => acc.apply(event, on_text),
+            None => Ok(false),
+        }
+    }
+
+    /// Feeds `data` in an SSE event named after its type, as the API sends it.
+    fn feed(
+        acc: &mut Accumulator,
+        data: &Value,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<bool, ProviderError> {
+        let name = data["type"].as_str().unwrap_or("message");
+        feed_raw(acc, name, &data.to_string(), on_text)
+    }
 
     #[test]
     fn input_that_was_not_json_goes_back_as_an_empty_object() {
@@ -401,7 +533,7 @@ mod tests {
             json!({"type":"content_block_stop","index":0}),
             json!({"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":7}}),
         ] {
-            assert!(!acc.apply(&ev, &mut sink).unwrap());
+            assert!(!feed(&mut acc, &ev, &mut sink).unwrap());
         }
         let out = acc.finish(0).unwrap();
         assert_eq!(
@@ -480,12 +612,128 @@ mod tests {
     #[test]
     fn non_retryable_stream_error_is_fatal() {
         let mut acc = Accumulator::default();
-        let e = acc
-            .apply(
-                &json!({"type":"error","error":{"type":"invalid_request_error","message":"bad"}}),
-                &mut |_| {},
-            )
-            .unwrap_err();
+        let e = feed(
+            &mut acc,
+            &json!({"type":"error","error":{"type":"invalid_request_error","message":"bad"}}),
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert_eq!(e, ProviderError::Fatal("invalid_request_error: bad".into()));
+        let e = feed(&mut acc, &json!({"type":"error"}), &mut |_| {}).unwrap_err();
+        assert_eq!(e, ProviderError::Fatal("error: ".into()));
+    }
+
+    /// An accumulator with a text block open at index 0 that started with `first`.
+    fn text_started(first: &str, seen: &mut String) -> Accumulator {
+        let mut acc = Accumulator::default();
+        let start = json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":first}});
+        assert!(!feed(&mut acc, &start, &mut |t| seen.push_str(t)).unwrap());
+        acc
+    }
+
+    #[test]
+    fn an_overload_mid_stream_is_retryable_after_text() {
+        let mut seen = String::new();
+        let mut acc = text_started("", &mut seen);
+        let delta = json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"par"}});
+        feed(&mut acc, &delta, &mut |t| seen.push_str(t)).unwrap();
+        let error = r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#;
+        let e = feed_raw(&mut acc, "error", error, &mut |_| {}).unwrap_err();
+        assert_eq!(
+            e,
+            ProviderError::Retryable {
+                reason: "mid-stream overloaded_error: Overloaded".into(),
+                retry_after: None
+            }
+        );
+        assert_eq!(seen, "par");
+    }
+
+    #[test]
+    fn text_deltas_with_escapes_and_unicode_arrive_decoded() {
+        let mut seen = String::new();
+        let mut acc = text_started("a\\u00e9 ", &mut seen);
+        let raw = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"line\n\"q\"\t\u00e9 \ud83d\ude00 ü"}}"#;
+        feed_raw(&mut acc, "content_block_delta", raw, &mut |t| seen.push_str(t)).unwrap();
+        let plain = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" end"}}"#;
+        feed_raw(&mut acc, "content_block_delta", plain, &mut |t| seen.push_str(t)).unwrap();
+        assert!(feed(&mut acc, &json!({"type":"message_stop"}), &mut |_| {}).unwrap());
+        let want = "a\\u00e9 line\n\"q\"\té 😀 ü end";
+        assert_eq!(seen, want);
+        let out = acc.finish(0).unwrap();
+        assert_eq!(out.content, vec![Block::Text { text: want.into() }]);
+        assert_eq!(out.stop_reason, "end_turn");
+    }
+
+    #[test]
+    fn a_text_delta_without_escapes_borrows_from_the_event() {
+        let data = r#"{"type":"content_block_delta","index":2,"delta":{"type":"text_delta","text":"plain"}}"#;
+        let event: StreamEvent<'_> = serde_json::from_str(data).unwrap();
+        assert!(
+            matches!(
+                event,
+                StreamEvent::ContentBlockDelta {
+                    index: 2,
+                    delta: BlockDelta::TextDelta { text: Cow::Borrowed("plain") }
+                }
+            ),
+            "{event:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_events_and_delta_types_are_ignored() {
+        let mut seen = String::new();
+        let mut acc = text_started("hi", &mut seen);
+        for ev in [
+            json!({"type":"ping"}),
+            json!({"type":"content_block_future","index":0,"stuff":[1, {"a": null}]}),
+            json!({"type":"content_block_delta","index":0,"delta":{"type":"citations_delta","citation":{"x":1}}}),
+            json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}}),
+            json!({"type":"content_block_delta","index":3,"delta":{"type":"text_delta","text":"nowhere"}}),
+            json!({"type":"content_block_stop","index":0}),
+        ] {
+            assert!(!feed(&mut acc, &ev, &mut |t| seen.push_str(t)).unwrap(), "{ev}");
+        }
+        // A ping whose data is not JSON is skipped; any other such event is an error.
+        assert!(!feed_raw(&mut acc, "ping", "", &mut |_| {}).unwrap());
+        let e = feed_raw(&mut acc, "message_delta", "{oops", &mut |_| {}).unwrap_err();
+        assert!(
+            matches!(&e, ProviderError::Retryable { reason, .. }
+                if reason.starts_with("unparsable `message_delta` event: ")),
+            "{e:?}"
+        );
+        assert_eq!(seen, "hi");
+        let out = acc.finish(0).unwrap();
+        assert_eq!(out.content, vec![Block::Text { text: "hi".into() }]);
+    }
+
+    #[test]
+    fn usage_comes_from_message_start_and_the_cumulative_message_delta() {
+        let mut acc = Accumulator::default();
+        let start = json!({"type":"message_start","message":{"id":"m","usage":{"input_tokens":10,"cache_creation_input_tokens":5,"cache_read_input_tokens":7,"output_tokens":1}}});
+        feed(&mut acc, &start, &mut |_| {}).unwrap();
+        let delta = json!({"type":"message_delta","delta":{"stop_reason":"max_tokens","stop_sequence":null},"usage":{"output_tokens":42}});
+        feed(&mut acc, &delta, &mut |_| {}).unwrap();
+        let out = acc.finish(100).unwrap();
+        let want = TokenUsage {
+            input: 10,
+            cache_write: 5,
+            cache_read: 7,
+            output: 42,
+        };
+        assert_eq!((out.usage, out.usage_estimated), (want, false));
+        assert_eq!(out.stop_reason, "max_tokens");
+
+        let mut acc = Accumulator::default();
+        let delta = json!({"type":"message_delta","delta":{},"usage":{"input_tokens":3,"output_tokens":4}});
+        feed(&mut acc, &delta, &mut |_| {}).unwrap();
+        let out = acc.finish(100).unwrap();
+        let want = TokenUsage {
+            input: 3,
+            output: 4,
+            ..Default::default()
+        };
+        assert_eq!((out.usage, out.usage_estimated), (want, false));
     }
 }
