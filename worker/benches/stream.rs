@@ -84,9 +84,8 @@ fn write_spec(task: &str, fake: &FakeProvider, openai: bool, dir: &Path) -> Path
 
 fn cpu_of_children() -> Duration {
     let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
-    let tv = |t: nix::sys::time::TimeVal| {
-        Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
-    };
+    let tv =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
     tv(u.user_time()) + tv(u.system_time())
 }
 

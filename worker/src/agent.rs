@@ -22,6 +22,14 @@ use answer::{Judged, Wanted};
 /// Where events go: stdout as JSONL, a terminal, a test.
 pub trait Emit {
     fn emit(&self, event: &Event);
+
+    /// `Event::Text` with `text`: a delta as it streams, the most frequent event. A
+    /// printer that can write it without a copy of `text` says so here.
+    fn emit_text(&self, text: &str) {
+        self.emit(&Event::Text {
+            text: text.to_string(),
+        });
+    }
 }
 
 /// A follow-up from the server (an `Input::FollowUp` line on stdin): its text, and its
@@ -614,9 +622,7 @@ async fn turn_with_retries(
         let result = client
             .turn(req, &mut |t| {
                 streamed = true;
-                out.emit(&Event::Text {
-                    text: t.to_string(),
-                });
+                out.emit_text(t);
             })
             .await;
         match result {

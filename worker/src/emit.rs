@@ -4,23 +4,63 @@
 //! Not here: what the events are (`protocol`), the readable form of one event
 //! (`Event::render_human`, shared with the server's output buffer).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 
 use bg_agent_worker::agent::Emit;
 use bg_agent_worker::protocol::{Event, STOP_MAX_TOKENS, UsageReport, exit};
+use serde::Serialize;
 
-/// JSONL on stdout, flushed per event so the server sees each at once.
-pub struct JsonOut;
+/// JSONL on stdout, flushed per event so the server sees each at once. Each line is
+/// serialized into one buffer kept for the next and written whole, with one write.
+#[derive(Default)]
+pub struct JsonOut {
+    line: RefCell<Vec<u8>>,
+}
 
-impl Emit for JsonOut {
-    fn emit(&self, event: &Event) {
+/// `Event::Text` with its text borrowed: the same line, without a copy of the delta.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "text")]
+struct TextLine<'a> {
+    text: &'a str,
+}
+
+impl JsonOut {
+    /// Writes `value` as one line; `or_else` is the line (`Event::to_json_line`'s) for
+    /// a value that cannot be serialized.
+    fn write_line(&self, value: &impl Serialize, or_else: impl FnOnce() -> String) {
+        let mut line = self.line.borrow_mut();
+        line.clear();
+        if serde_json::to_writer(&mut *line, value).is_err() {
+            line.clear();
+            line.extend_from_slice(or_else().as_bytes());
+        }
+        line.push(b'\n');
         let mut stdout = std::io::stdout().lock();
-        let ok = writeln!(stdout, "{}", event.to_json_line()).and_then(|_| stdout.flush());
-        if ok.is_err() {
+        if stdout
+            .write_all(&line)
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
             // Nobody is reading any more: the server is gone.
             crate::end_process(exit::INTERRUPTED_TERM);
         }
+    }
+}
+
+impl Emit for JsonOut {
+    fn emit(&self, event: &Event) {
+        self.write_line(event, || event.to_json_line());
+    }
+
+    fn emit_text(&self, text: &str) {
+        let event = || {
+            Event::Text {
+                text: text.to_string(),
+            }
+            .to_json_line()
+        };
+        self.write_line(&TextLine { text }, event);
     }
 }
 
@@ -123,5 +163,19 @@ impl Emit for HumanOut {
                 .write_all(text.as_bytes())
                 .and_then(|_| stdout.flush())
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_borrowed_text_line_is_the_text_event_line() {
+        for text in ["", "delta 01 ", "a\"b\\c\nd\te\u{1}é 😀"] {
+            let line = serde_json::to_string(&TextLine { text }).unwrap();
+            let event = Event::Text { text: text.into() };
+            assert_eq!(line, event.to_json_line());
+        }
     }
 }

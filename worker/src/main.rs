@@ -200,7 +200,7 @@ async fn run(cli: Cli) -> i32 {
     let from_server = cli.spec.as_deref() == Some("-");
     let spec = load_spec(&cli);
     let out: Box<dyn Emit> = if cli.json || cli.spec.is_some() {
-        Box::new(JsonOut)
+        Box::new(JsonOut::default())
     } else {
         Box::new(HumanOut::new(
             spec.as_ref().is_ok_and(|s| s.output_schema.is_some()),

@@ -9,7 +9,7 @@ use crate::structured::{FINAL_TOOL, FINAL_TOOL_DESCRIPTION, final_tool_schema};
 
 use super::{
     Block, Client, Delivery, Message, Metered, ProviderError, TokenUsage, TurnOutput, TurnRequest,
-    estimate_tokens, stream_cut_tokens,
+    estimate_tokens, optional_str, stream_cut_tokens,
 };
 
 pub const API_VERSION: &str = "2023-06-01";
@@ -253,15 +253,15 @@ enum BlockDelta<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 struct MessageDeltaBody<'a> {
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "optional_str")]
     stop_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct StreamError<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", default, borrow, deserialize_with = "optional_str")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "optional_str")]
     message: Option<Cow<'a, str>>,
 }
 
@@ -637,7 +637,8 @@ mod tests {
         let mut acc = text_started("", &mut seen);
         let delta = json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"par"}});
         feed(&mut acc, &delta, &mut |t| seen.push_str(t)).unwrap();
-        let error = r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#;
+        let error =
+            r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#;
         let e = feed_raw(&mut acc, "error", error, &mut |_| {}).unwrap_err();
         assert_eq!(
             e,
@@ -654,9 +655,15 @@ mod tests {
         let mut seen = String::new();
         let mut acc = text_started("a\\u00e9 ", &mut seen);
         let raw = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"line\n\"q\"\t\u00e9 \ud83d\ude00 ü"}}"#;
-        feed_raw(&mut acc, "content_block_delta", raw, &mut |t| seen.push_str(t)).unwrap();
+        feed_raw(&mut acc, "content_block_delta", raw, &mut |t| {
+            seen.push_str(t)
+        })
+        .unwrap();
         let plain = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" end"}}"#;
-        feed_raw(&mut acc, "content_block_delta", plain, &mut |t| seen.push_str(t)).unwrap();
+        feed_raw(&mut acc, "content_block_delta", plain, &mut |t| {
+            seen.push_str(t)
+        })
+        .unwrap();
         assert!(feed(&mut acc, &json!({"type":"message_stop"}), &mut |_| {}).unwrap());
         let want = "a\\u00e9 line\n\"q\"\té 😀 ü end";
         assert_eq!(seen, want);
@@ -674,7 +681,9 @@ mod tests {
                 event,
                 StreamEvent::ContentBlockDelta {
                     index: 2,
-                    delta: BlockDelta::TextDelta { text: Cow::Borrowed("plain") }
+                    delta: BlockDelta::TextDelta {
+                        text: Cow::Borrowed("plain")
+                    }
                 }
             ),
             "{event:?}"
@@ -693,7 +702,10 @@ mod tests {
             json!({"type":"content_block_delta","index":3,"delta":{"type":"text_delta","text":"nowhere"}}),
             json!({"type":"content_block_stop","index":0}),
         ] {
-            assert!(!feed(&mut acc, &ev, &mut |t| seen.push_str(t)).unwrap(), "{ev}");
+            assert!(
+                !feed(&mut acc, &ev, &mut |t| seen.push_str(t)).unwrap(),
+                "{ev}"
+            );
         }
         // A ping whose data is not JSON is skipped; any other such event is an error.
         assert!(!feed_raw(&mut acc, "ping", "", &mut |_| {}).unwrap());
@@ -726,7 +738,8 @@ mod tests {
         assert_eq!(out.stop_reason, "max_tokens");
 
         let mut acc = Accumulator::default();
-        let delta = json!({"type":"message_delta","delta":{},"usage":{"input_tokens":3,"output_tokens":4}});
+        let delta =
+            json!({"type":"message_delta","delta":{},"usage":{"input_tokens":3,"output_tokens":4}});
         feed(&mut acc, &delta, &mut |_| {}).unwrap();
         let out = acc.finish(100).unwrap();
         let want = TokenUsage {

@@ -7,11 +7,13 @@
 mod anthropic;
 mod openai;
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Deserializer};
 
 use crate::config::{BaseUrlError, UrlSource, effective_base_url};
 use crate::protocol::ProviderSpec;
@@ -76,6 +78,16 @@ fn stream_cut_tokens(max_tokens: u32) -> u64 {
 struct Metered {
     out_bytes: usize,
     usage_seen: bool,
+}
+
+/// An optional string of a stream event that borrows from the event's data where it has
+/// no escapes, for a field `#[serde(default, borrow, deserialize_with = "optional_str")]`.
+/// serde's own `Option<Cow<str>>` always copies; only a `Cow` that is a field (here of
+/// `Borrowed`) borrows.
+fn optional_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed>::deserialize(d)?.map(|b| b.0))
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]

@@ -1,15 +1,17 @@
 //! OpenAI-compatible chat completions, streamed (`POST {base}/chat/completions`): OpenAI,
 //! Ollama, vLLM, LM Studio, OpenRouter.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use crate::structured::{FINAL_TOOL, FINAL_TOOL_DESCRIPTION, final_tool_schema};
 
 use super::{
     Block, Client, Delivery, Message, Metered, ProviderError, Role, TokenUsage, TurnOutput,
-    TurnRequest, estimate_tokens, stream_cut_tokens,
+    TurnRequest, estimate_tokens, optional_str, stream_cut_tokens,
 };
 
 pub(super) async fn turn(
@@ -19,12 +21,13 @@ pub(super) async fn turn(
 ) -> Result<TurnOutput, ProviderError> {
     let url = format!("{}/chat/completions", client.base_url);
     let body = body(req, client.prompt_cache_key).to_string();
+    let sent_bytes = body.len();
     let mut http = client
         .http
         .post(&url)
         .header("accept", "text/event-stream")
         .header("content-type", "application/json")
-        .body(body.clone());
+        .body(body);
     if let Some(key) = &client.api_key {
         http = http.bearer_auth(key);
     }
@@ -34,20 +37,16 @@ pub(super) async fn turn(
     let cut = stream_cut_tokens(req.max_tokens);
     while let Some(ev) = events.next().await? {
         if ev.data.trim() == "[DONE]" {
-            return Ok(acc.finish(body.len()));
+            return Ok(acc.finish(sent_bytes));
         }
-        let data: Value = serde_json::from_str(&ev.data).map_err(|e| ProviderError::Retryable {
-            reason: format!("unparsable chunk: {e}"),
-            retry_after: None,
-        })?;
-        acc.apply(&data, on_text)?;
+        acc.apply(Chunk::parse(&ev.data)?, on_text)?;
         if estimate_tokens(acc.metered.out_bytes) > cut {
-            return Ok(acc.cut(body.len()));
+            return Ok(acc.cut(sent_bytes));
         }
     }
     // Some servers end the stream without [DONE]; a finish_reason means it was complete.
     if acc.finish_reason.is_some() {
-        return Ok(acc.finish(body.len()));
+        return Ok(acc.finish(sent_bytes));
     }
     Err(events.ended_early("the completion finished"))
 }
@@ -171,6 +170,105 @@ fn arguments_text(input: &Value) -> String {
     }
 }
 
+/// One `chat.completion.chunk`, typed: text and argument pieces borrow from the chunk's
+/// data (unless they have escapes). Only the first choice is read (`n` is never sent).
+#[derive(Debug, Deserialize)]
+struct Chunk<'a> {
+    /// Any `error` member, even `null`, ends the stream as an error.
+    #[serde(default, deserialize_with = "present")]
+    error: Option<Value>,
+    usage: Option<ChunkUsage>,
+    #[serde(rename = "choices", default, borrow, deserialize_with = "first")]
+    choice: Option<Choice<'a>>,
+}
+
+impl Chunk<'_> {
+    fn parse(data: &str) -> Result<Chunk<'_>, ProviderError> {
+        serde_json::from_str(data).map_err(|e| ProviderError::Retryable {
+            reason: format!("unparsable chunk: {e}"),
+            retry_after: None,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ChunkUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Delta<'a>,
+    #[serde(default, borrow, deserialize_with = "optional_str")]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow, deserialize_with = "optional_str")]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<CallDelta<'a>>>,
+}
+
+/// A piece of one tool call; `index` says which.
+#[derive(Debug, Deserialize)]
+struct CallDelta<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(default, borrow, deserialize_with = "optional_str")]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(default, borrow, deserialize_with = "optional_str")]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "optional_str")]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// A member that is there, whatever its value (`null` included).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// The first element of `choices`; the others are skipped unread.
+fn first<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Choice<'de>>, D::Error> {
+    struct First;
+    impl<'de> serde::de::Visitor<'de> for First {
+        type Value = Option<Choice<'de>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of choices")
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let first = seq.next_element()?;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(first)
+        }
+    }
+    d.deserialize_any(First)
+}
+
 #[derive(Default)]
 struct Call {
     id: String,
@@ -188,8 +286,12 @@ struct Accumulator {
 }
 
 impl Accumulator {
-    fn apply(&mut self, data: &Value, on_text: &mut dyn FnMut(&str)) -> Result<(), ProviderError> {
-        if let Some(err) = data.get("error") {
+    fn apply(
+        &mut self,
+        chunk: Chunk<'_>,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<(), ProviderError> {
+        if let Some(err) = chunk.error {
             let msg = err
                 .get("message")
                 .and_then(Value::as_str)
@@ -199,65 +301,63 @@ impl Accumulator {
                 retry_after: None,
             });
         }
-        if let Some(u) = data.get("usage").filter(|u| !u.is_null()) {
+        if let Some(u) = chunk.usage {
             self.metered.usage_seen = true;
-            let prompt = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
+            let prompt = u.prompt_tokens.unwrap_or(0);
             // Cached prompt tokens are part of prompt_tokens, billed at their own rate.
             let cached = u
-                .pointer("/prompt_tokens_details/cached_tokens")
-                .and_then(Value::as_u64)
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
                 .unwrap_or(0)
                 .min(prompt);
             self.usage = TokenUsage {
                 input: prompt - cached,
                 cache_read: cached,
                 cache_write: 0,
-                output: u
-                    .get("completion_tokens")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
+                output: u.completion_tokens.unwrap_or(0),
             };
         }
-        let Some(choice) = data.get("choices").and_then(|c| c.get(0)) else {
+        let Some(choice) = chunk.choice else {
             return Ok(());
         };
-        let delta = choice.get("delta").unwrap_or(&Value::Null);
-        if let Some(t) = delta.get("content").and_then(Value::as_str)
+        if let Some(t) = choice.delta.content
             && !t.is_empty()
         {
-            on_text(t);
+            on_text(&t);
             self.metered.out_bytes += t.len();
-            self.text.push_str(t);
+            self.text.push_str(&t);
         }
-        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-            for c in calls {
-                let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let call = self.calls.entry(idx).or_default();
-                // The id and the name are taken once per call index: llama-cpp-python
-                // repeats the whole name in every chunk of a call.
-                if let Some(id) = c.get("id").and_then(Value::as_str)
-                    && call.id.is_empty()
-                {
-                    call.id = id.to_string();
-                }
-                if let Some(f) = c.get("function") {
-                    if let Some(n) = f.get("name").and_then(Value::as_str)
-                        && call.name.is_empty()
-                    {
-                        call.name = n.to_string();
-                        self.metered.out_bytes += n.len();
-                    }
-                    if let Some(a) = f.get("arguments").and_then(Value::as_str) {
-                        self.metered.out_bytes += a.len();
-                        call.arguments.push_str(a);
-                    }
-                }
-            }
+        for c in choice.delta.tool_calls.into_iter().flatten() {
+            self.add_call_piece(c);
         }
-        if let Some(r) = choice.get("finish_reason").and_then(Value::as_str) {
-            self.finish_reason = Some(r.to_string());
+        if let Some(r) = choice.finish_reason {
+            self.finish_reason = Some(r.into_owned());
         }
         Ok(())
+    }
+
+    fn add_call_piece(&mut self, c: CallDelta<'_>) {
+        let call = self.calls.entry(c.index).or_default();
+        // The id and the name are taken once per call index: llama-cpp-python repeats the
+        // whole name in every chunk of a call.
+        if let Some(id) = c.id
+            && call.id.is_empty()
+        {
+            call.id = id.into_owned();
+        }
+        let Some(f) = c.function else {
+            return;
+        };
+        if let Some(n) = f.name
+            && call.name.is_empty()
+        {
+            self.metered.out_bytes += n.len();
+            call.name = n.into_owned();
+        }
+        if let Some(a) = f.arguments {
+            self.metered.out_bytes += a.len();
+            call.arguments.push_str(&a);
+        }
     }
 
     /// The completion as far as it came, for a stream stopped because it ran far past
@@ -340,6 +440,15 @@ mod tests {
     use super::super::ToolDef;
     use super::*;
 
+    /// Feeds `data` to `acc` as the stream would: as the text of one SSE event.
+    fn feed(
+        acc: &mut Accumulator,
+        data: &Value,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<(), ProviderError> {
+        acc.apply(Chunk::parse(&data.to_string())?, on_text)
+    }
+
     #[test]
     fn tool_results_become_tool_messages() {
         let m = Message {
@@ -384,7 +493,8 @@ mod tests {
     #[test]
     fn a_call_cut_by_length_is_a_max_tokens_stop_not_an_error() {
         let mut acc = Accumulator::default();
-        acc.apply(
+        feed(
+            &mut acc,
             &call_chunk("{\"path\": \"src/ma", Some("length")),
             &mut |_| {},
         )
@@ -400,8 +510,12 @@ mod tests {
     #[test]
     fn arguments_that_are_not_json_are_kept_as_written_and_sent_back_so() {
         let mut acc = Accumulator::default();
-        acc.apply(&call_chunk("{path: x}", Some("tool_calls")), &mut |_| {})
-            .unwrap();
+        feed(
+            &mut acc,
+            &call_chunk("{path: x}", Some("tool_calls")),
+            &mut |_| {},
+        )
+        .unwrap();
         let out = acc.finish(0);
         assert_eq!(out.stop_reason, "tool_use");
         let m = Message {
@@ -418,8 +532,8 @@ mod tests {
     fn streamed_tool_call_pieces_are_joined() {
         let mut acc = Accumulator::default();
         let mut sink = |_: &str| {};
-        acc.apply(&json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"glob","arguments":"{\"pat"}}]}}]}), &mut sink).unwrap();
-        acc.apply(&json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"tern\":\"*\"}"}}]},"finish_reason":"tool_calls"}]}), &mut sink).unwrap();
+        feed(&mut acc, &json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"glob","arguments":"{\"pat"}}]}}]}), &mut sink).unwrap();
+        feed(&mut acc, &json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"tern\":\"*\"}"}}]},"finish_reason":"tool_calls"}]}), &mut sink).unwrap();
         let out = acc.finish(0);
         assert_eq!(out.stop_reason, "tool_use");
         assert_eq!(
@@ -429,6 +543,78 @@ mod tests {
                 name: "glob".into(),
                 input: json!({"pattern":"*"})
             }]
+        );
+    }
+
+    #[test]
+    fn text_with_escapes_and_unicode_arrives_decoded_and_usage_counts_cached_tokens() {
+        let mut acc = Accumulator::default();
+        let mut seen = String::new();
+        for raw in [
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a\n\"b\"\t\u00e9 \ud83d\ude00 ü"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":null}},{"index":1,"delta":{"content":"second choice"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4}}}"#,
+        ] {
+            acc.apply(Chunk::parse(raw).unwrap(), &mut |t| seen.push_str(t))
+                .unwrap();
+        }
+        let want = "a\n\"b\"\té 😀 ü";
+        assert_eq!(seen, want);
+        let out = acc.finish(0);
+        assert_eq!(out.content, vec![Block::Text { text: want.into() }]);
+        assert_eq!(out.stop_reason, "end_turn");
+        let usage = TokenUsage {
+            input: 6,
+            cache_read: 4,
+            cache_write: 0,
+            output: 3,
+        };
+        assert_eq!((out.usage, out.usage_estimated), (usage, false));
+    }
+
+    #[test]
+    fn a_text_piece_without_escapes_borrows_from_the_chunk() {
+        let chunk = Chunk::parse(r#"{"choices":[{"delta":{"content":"plain"}}]}"#).unwrap();
+        let content = chunk.choice.and_then(|c| c.delta.content);
+        assert!(
+            matches!(content, Some(Cow::Borrowed("plain"))),
+            "{content:?}"
+        );
+    }
+
+    #[test]
+    fn an_error_mid_stream_is_retryable_and_an_unparsable_chunk_too() {
+        let mut acc = Accumulator::default();
+        let mut seen = String::new();
+        feed(
+            &mut acc,
+            &json!({"choices":[{"delta":{"content":"par"}}]}),
+            &mut |t| seen.push_str(t),
+        )
+        .unwrap();
+        let e = feed(
+            &mut acc,
+            &json!({"error":{"message":"model overloaded","type":"server_error"}}),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        let retryable = |reason: &str| ProviderError::Retryable {
+            reason: reason.into(),
+            retry_after: None,
+        };
+        assert_eq!(e, retryable("mid-stream error: model overloaded"));
+        // Any `error` member ends the stream, whatever it holds.
+        for error in [json!({"error": null}), json!({"error": "boom"})] {
+            let e = feed(&mut acc, &error, &mut |_| {}).unwrap_err();
+            assert_eq!(e, retryable("mid-stream error: stream error"), "{error}");
+        }
+        assert_eq!(seen, "par");
+        let e = Chunk::parse("{\"choices\": [").unwrap_err();
+        assert!(
+            matches!(&e, ProviderError::Retryable { reason, .. } if reason.starts_with("unparsable chunk: ")),
+            "{e:?}"
         );
     }
 }
