@@ -1,15 +1,15 @@
 //! Anthropic Messages API, streamed over SSE (`POST {base}/v1/messages`).
 
-use std::borrow::Cow;
+mod events;
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::structured::{FINAL_TOOL, FINAL_TOOL_DESCRIPTION, final_tool_schema};
+use events::{BlockDelta, StreamError, StreamEvent};
 
 use super::{
     Block, Client, Delivery, Message, Metered, ProviderError, TokenUsage, TurnOutput, TurnRequest,
-    estimate_tokens, optional_str, stream_cut_tokens,
+    estimate_tokens, stream_cut_tokens,
 };
 
 pub const API_VERSION: &str = "2023-06-01";
@@ -158,113 +158,6 @@ enum Partial {
     Opaque(Value),
 }
 
-/// One event of the stream, typed: deltas borrow their text from the event's data
-/// (unless it has escapes), so a text delta costs no allocation of its own.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum StreamEvent<'a> {
-    MessageStart {
-        #[serde(default)]
-        message: MessageHead,
-    },
-    /// The block stays a `Value`: any type but text and tool_use is passed back as sent.
-    ContentBlockStart {
-        #[serde(default)]
-        index: usize,
-        #[serde(default)]
-        content_block: Value,
-    },
-    ContentBlockDelta {
-        #[serde(default)]
-        index: usize,
-        #[serde(borrow)]
-        delta: BlockDelta<'a>,
-    },
-    ContentBlockStop {
-        #[serde(default)]
-        index: usize,
-    },
-    MessageDelta {
-        #[serde(default, borrow)]
-        delta: MessageDeltaBody<'a>,
-        usage: Option<Usage>,
-    },
-    MessageStop,
-    Error {
-        #[serde(default, borrow)]
-        error: StreamError<'a>,
-    },
-    /// `ping`, and event types added after this client: ignored, as the API asks.
-    #[serde(other)]
-    Other,
-}
-
-impl StreamEvent<'_> {
-    /// The event an SSE event carries; None for a `ping` whose data is not JSON.
-    fn parse(ev: &eventsource_stream::Event) -> Result<Option<StreamEvent<'_>>, ProviderError> {
-        match serde_json::from_str(&ev.data) {
-            Ok(event) => Ok(Some(event)),
-            Err(_) if ev.event == "ping" => Ok(None),
-            Err(e) => Err(ProviderError::Retryable {
-                reason: format!("unparsable `{}` event: {e}", ev.event),
-                retry_after: None,
-            }),
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct MessageHead {
-    usage: Option<Usage>,
-}
-
-/// Token counts as the API sends them; a count it leaves out is None.
-#[derive(Debug, Default, Deserialize)]
-struct Usage {
-    input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum BlockDelta<'a> {
-    TextDelta {
-        #[serde(default, borrow)]
-        text: Cow<'a, str>,
-    },
-    InputJsonDelta {
-        #[serde(default, borrow)]
-        partial_json: Cow<'a, str>,
-    },
-    ThinkingDelta {
-        #[serde(default, borrow)]
-        thinking: Cow<'a, str>,
-    },
-    SignatureDelta {
-        #[serde(default, borrow)]
-        signature: Cow<'a, str>,
-    },
-    /// Delta types added after this client: ignored, as the API asks.
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct MessageDeltaBody<'a> {
-    #[serde(default, borrow, deserialize_with = "optional_str")]
-    stop_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct StreamError<'a> {
-    #[serde(rename = "type", default, borrow, deserialize_with = "optional_str")]
-    kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "optional_str")]
-    message: Option<Cow<'a, str>>,
-}
-
 #[derive(Default)]
 struct Accumulator {
     blocks: Vec<Option<Partial>>,
@@ -282,8 +175,8 @@ impl Accumulator {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<bool, ProviderError> {
         match event {
-            StreamEvent::MessageStart { message } => {
-                if let Some(u) = message.usage {
+            StreamEvent::MessageStart { usage } => {
+                if let Some(u) = usage {
                     self.metered.usage_seen = true;
                     self.usage = TokenUsage {
                         input: u.input_tokens.unwrap_or(0),
@@ -293,10 +186,9 @@ impl Accumulator {
                     };
                 }
             }
-            StreamEvent::ContentBlockStart {
-                index,
-                content_block,
-            } => self.start_block(index, content_block, on_text),
+            StreamEvent::ContentBlockStart { index, block } => {
+                self.start_block(index, block, on_text)
+            }
             StreamEvent::ContentBlockDelta { index, delta } => {
                 self.apply_delta(index, delta, on_text)
             }
@@ -305,8 +197,8 @@ impl Accumulator {
                     self.done.push(finish_block(p));
                 }
             }
-            StreamEvent::MessageDelta { delta, usage } => {
-                if let Some(r) = delta.stop_reason {
+            StreamEvent::MessageDelta { stop_reason, usage } => {
+                if let Some(r) = stop_reason {
                     self.stop_reason = Some(r.into_owned());
                 }
                 if let Some(u) = usage {
@@ -323,7 +215,7 @@ impl Accumulator {
                 }
             }
             StreamEvent::MessageStop => return Ok(true),
-            StreamEvent::Error { error } => return Err(stream_error(error)),
+            StreamEvent::Error(error) => return Err(stream_error(error)),
             StreamEvent::Other => {}
         }
         Ok(false)
@@ -359,20 +251,20 @@ impl Accumulator {
             return;
         };
         match (block, delta) {
-            (Partial::Text(t), BlockDelta::TextDelta { text }) => {
+            (Partial::Text(t), BlockDelta::Text(text)) => {
                 self.metered.out_bytes += text.len();
                 on_text(&text);
                 t.push_str(&text);
             }
-            (Partial::ToolUse { json, .. }, BlockDelta::InputJsonDelta { partial_json }) => {
+            (Partial::ToolUse { json, .. }, BlockDelta::InputJson(partial_json)) => {
                 self.metered.out_bytes += partial_json.len();
                 json.push_str(&partial_json);
             }
-            (Partial::Opaque(v), BlockDelta::ThinkingDelta { thinking }) => {
+            (Partial::Opaque(v), BlockDelta::Thinking(thinking)) => {
                 self.metered.out_bytes += thinking.len();
                 append_field(v, "thinking", &thinking);
             }
-            (Partial::Opaque(v), BlockDelta::SignatureDelta { signature }) => {
+            (Partial::Opaque(v), BlockDelta::Signature(signature)) => {
                 append_field(v, "signature", &signature);
             }
             _ => {}
@@ -485,7 +377,7 @@ mod tests {
         data: &str,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<bool, ProviderError> {
-        let ev = eventsource_stream::Event {
+        let ev = super::super::sse::Event {
             event: name.into(),
             data: data.into(),
             ..Default::default()
@@ -670,24 +562,6 @@ mod tests {
         let out = acc.finish(0).unwrap();
         assert_eq!(out.content, vec![Block::Text { text: want.into() }]);
         assert_eq!(out.stop_reason, "end_turn");
-    }
-
-    #[test]
-    fn a_text_delta_without_escapes_borrows_from_the_event() {
-        let data = r#"{"type":"content_block_delta","index":2,"delta":{"type":"text_delta","text":"plain"}}"#;
-        let event: StreamEvent<'_> = serde_json::from_str(data).unwrap();
-        assert!(
-            matches!(
-                event,
-                StreamEvent::ContentBlockDelta {
-                    index: 2,
-                    delta: BlockDelta::TextDelta {
-                        text: Cow::Borrowed("plain")
-                    }
-                }
-            ),
-            "{event:?}"
-        );
     }
 
     #[test]
