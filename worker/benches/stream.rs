@@ -1,7 +1,7 @@
 //! What one streamed answer costs a worker: the release worker run by hand (`--spec`)
 //! against the provider double, which streams it 50 text deltas 102 ms apart (the scale
-//! bench's agent, alone). Prints the workers' CPU time per run (getrusage of the
-//! children); asserts nothing.
+//! bench's agent, alone). Prints the workers' CPU time per run, user and system
+//! (getrusage of the children); asserts nothing.
 //!
 //!     cargo build --release --locked -p bg-agent-worker
 //!     cargo bench -p bg-agent-worker --bench stream
@@ -82,11 +82,12 @@ fn write_spec(task: &str, fake: &FakeProvider, openai: bool, dir: &Path) -> Path
     path
 }
 
-fn cpu_of_children() -> Duration {
+/// The user and system CPU time of this process's waited-for children.
+fn cpu_of_children() -> (Duration, Duration) {
     let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
     let tv =
         |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
-    tv(u.user_time()) + tv(u.system_time())
+    (tv(u.user_time()), tv(u.system_time()))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -140,11 +141,13 @@ async fn main() {
         let status = child.wait().await.expect("wait for the worker");
         assert!(status.success(), "worker run failed: {status}");
     }
-    let cpu = cpu_of_children() - cpu0;
+    let (user1, sys1) = cpu_of_children();
+    let per_run = |d: Duration| d.as_secs_f64() * 1000.0 / runs as f64;
+    let (user, sys) = (per_run(user1 - cpu0.0), per_run(sys1 - cpu0.1));
     println!(
-        "{runs} worker run(s) ({}), {DELTAS} deltas each: {:.2} ms CPU per run, {:.2} s wall per run",
+        "{runs} worker run(s) ({}), {DELTAS} deltas each: {:.2} ms CPU per run ({user:.2} user + {sys:.2} system), {:.2} s wall per run",
         if openai { "openai" } else { "anthropic" },
-        cpu.as_secs_f64() * 1000.0 / runs as f64,
+        user + sys,
         t.elapsed().as_secs_f64() / runs as f64,
     );
 }
