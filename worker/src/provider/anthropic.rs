@@ -377,10 +377,11 @@ mod tests {
         data: &str,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<bool, ProviderError> {
-        let ev = super::super::sse::Event {
+        let ev = eventsource_stream::Event {
             event: name.into(),
             data: data.into(),
-            ..Default::default()
+            id: String::new(),
+            retry: None,
         };
         match StreamEvent::parse(&ev)? {
             Some(event) => acc.apply(event, on_text),

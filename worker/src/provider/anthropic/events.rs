@@ -69,7 +69,9 @@ pub(super) struct StreamError<'a> {
 
 impl StreamEvent<'_> {
     /// The event an SSE event carries; None for a `ping` whose data is not JSON.
-    pub(super) fn parse(ev: &eventsource_stream::Event) -> Result<Option<StreamEvent<'_>>, ProviderError> {
+    pub(super) fn parse(
+        ev: &eventsource_stream::Event,
+    ) -> Result<Option<StreamEvent<'_>>, ProviderError> {
         match serde_json::from_str::<Fields>(&ev.data) {
             Ok(fields) => Ok(Some(fields.into())),
             Err(_) if ev.event == "ping" => Ok(None),
