@@ -16,9 +16,16 @@ use support::process::eventually;
 use support::provider::Step;
 
 /// Where a test server (no CLAUDE_CODE_SESSION_ID, HOME in its temp dir, no
-/// XDG_RUNTIME_DIR) keeps its notices.
+/// XDG_RUNTIME_DIR) keeps its notices: in shared memory (`/dev/shm/bg-agents-UID`) where
+/// that is a tmpfs of this user's, else under its state directory. Whichever it is, the
+/// server made it at its start.
 fn board_dir<H: ClientHandler>(s: &Session<H>) -> PathBuf {
     let pid = s.server_pid;
+    let uid = nix::unistd::geteuid();
+    let shm = PathBuf::from(format!("/dev/shm/bg-agents-{uid}/server-{pid}/{pid}"));
+    if shm.is_dir() {
+        return shm;
+    }
     s.dir
         .path()
         .join(format!(".local/state/bg-agents/run/server-{pid}/{pid}"))

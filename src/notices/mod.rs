@@ -10,8 +10,9 @@
 //! *task claim* on it: no notice is posted for that end, and the `Stop` hook is not told
 //! it runs (the client already tracks it). Later rounds (agent_send) are told as notices.
 //!
-//! Layout under the base directory (`$XDG_RUNTIME_DIR/bg-agents`, else a private `run`
-//! directory under the state directory), keyed by Claude Code's session id (the
+//! Layout under the base directory (`$XDG_RUNTIME_DIR/bg-agents`, else
+//! `/dev/shm/bg-agents-UID`, else a private `run` directory under the state directory;
+//! `base_dir`), keyed by Claude Code's session id (the
 //! server's `CLAUDE_CODE_SESSION_ID`, the hook's `session_id`):
 //!
 //! ```text
@@ -156,20 +157,35 @@ pub struct ServerState {
 }
 
 /// The directory under which every session's notices live: under `$XDG_RUNTIME_DIR`, else
-/// the state directory, else the temp dir; each only when no other user can swap a
-/// directory on its path (a swapped board would let them put notices before the model).
+/// in shared memory (`/dev/shm/bg-agents-UID`, `shared_memory_dir`), else the state
+/// directory, else the temp dir; each only when no other user can swap a directory on
+/// its path (a swapped board would let them put notices before the model).
+///
+/// Notices are small files made and removed at every agent's end: on a tmpfs that costs
+/// no disk. Where `XDG_RUNTIME_DIR` is unset (containers, CI, `su` sessions), /dev/shm
+/// is the tmpfs at hand; on ext4 each notice allocated an inode, and with many agents
+/// ending (inodes freed and reallocated) that was a third of the server's CPU time.
 pub fn base_dir() -> PathBuf {
-    base_dir_from(|name| std::env::var_os(name), path_is_ours)
+    base_dir_from(
+        |name| std::env::var_os(name),
+        path_is_ours,
+        shared_memory_dir,
+    )
 }
 
-/// `base_dir` with the environment and the ownership check given.
+/// `base_dir` with the environment, the ownership check and the shared-memory
+/// candidate given.
 fn base_dir_from(
     env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ours: impl Fn(&Path) -> bool,
+    shared_memory: impl Fn() -> Option<PathBuf>,
 ) -> PathBuf {
     let env_dir = |name: &str| env(name).map(PathBuf::from).filter(|p| p.is_absolute());
     if let Some(run) = env_dir("XDG_RUNTIME_DIR").filter(|r| ours(r)) {
         return run.join("bg-agents");
+    }
+    if let Some(shm) = shared_memory().filter(|d| d.parent().is_some_and(&ours)) {
+        return shm;
     }
     let state = match env_dir("XDG_STATE_HOME") {
         Some(s) => Some(s).filter(|s| nearest_existing(s).is_some_and(&ours)),
@@ -180,6 +196,25 @@ fn base_dir_from(
     match state {
         Some(s) => s.join("bg-agents").join("run"),
         None => std::env::temp_dir().join(format!("bg-agents-{}", nix::unistd::geteuid())),
+    }
+}
+
+/// `/dev/shm/bg-agents-UID` when /dev/shm is a tmpfs and that name is free or already a
+/// directory of this user (one another user made first is passed over, not fought for).
+fn shared_memory_dir() -> Option<PathBuf> {
+    use nix::sys::statfs::{TMPFS_MAGIC, statfs};
+    use std::os::unix::fs::MetadataExt;
+    let shm = Path::new("/dev/shm");
+    let on_tmpfs = statfs(shm).is_ok_and(|fs| fs.filesystem_type() == TMPFS_MAGIC);
+    if !on_tmpfs {
+        return None;
+    }
+    let me = nix::unistd::geteuid();
+    let dir = shm.join(format!("bg-agents-{me}"));
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(dir),
+        Ok(m) if m.is_dir() && m.uid() == me.as_raw() => Some(dir),
+        _ => None,
     }
 }
 

@@ -1,5 +1,6 @@
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
@@ -379,16 +380,61 @@ fn a_runtime_dir_on_a_path_another_user_controls_is_not_used() {
         "HOME" => Some("/home/me".into()),
         _ => None,
     };
-    let all_ours = base_dir_from(env, |_| true);
+    let no_shm = || None;
+    let all_ours = base_dir_from(env, |_| true, no_shm);
     assert_eq!(all_ours, Path::new("/run/user/1000/bg-agents"));
-    let swapped = base_dir_from(env, |p| !p.starts_with("/run"));
+    let swapped = base_dir_from(env, |p| !p.starts_with("/run"), no_shm);
     assert_eq!(swapped, Path::new("/home/me/.local/state/bg-agents/run"));
-    let nothing_ours = base_dir_from(env, |_| false);
+    let nothing_ours = base_dir_from(env, |_| false, no_shm);
     assert!(
         nothing_ours.starts_with(std::env::temp_dir()),
         "{}",
         nothing_ours.display()
     );
+}
+
+#[test]
+fn without_a_runtime_dir_shared_memory_comes_before_the_state_dir() {
+    let env = |name: &str| match name {
+        "HOME" => Some("/home/me".into()),
+        _ => None,
+    };
+    let shm = || Some(PathBuf::from("/dev/shm/bg-agents-1000"));
+    assert_eq!(
+        base_dir_from(env, |_| true, shm),
+        Path::new("/dev/shm/bg-agents-1000")
+    );
+    // A runtime dir of ours still comes first.
+    let with_run = |name: &str| match name {
+        "XDG_RUNTIME_DIR" => Some("/run/user/1000".into()),
+        other => env(other),
+    };
+    assert_eq!(
+        base_dir_from(with_run, |_| true, shm),
+        Path::new("/run/user/1000/bg-agents")
+    );
+    // Shared memory on a path another user controls is passed over.
+    assert_eq!(
+        base_dir_from(env, |p| !p.starts_with("/dev/shm"), shm),
+        Path::new("/home/me/.local/state/bg-agents/run")
+    );
+}
+
+#[test]
+fn the_shared_memory_dir_is_on_a_tmpfs_and_ours_when_offered() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = shared_memory_dir() else {
+        support::skip(
+            "/dev/shm is not a tmpfs here, or its bg-agents directory is another user's",
+            "run on Linux with /dev/shm mounted as tmpfs",
+        );
+        return;
+    };
+    let uid = nix::unistd::geteuid();
+    assert_eq!(dir, Path::new(&format!("/dev/shm/bg-agents-{uid}")));
+    if let Ok(m) = std::fs::symlink_metadata(&dir) {
+        assert!(m.is_dir() && m.uid() == uid.as_raw(), "{}", dir.display());
+    }
 }
 
 #[test]
