@@ -265,11 +265,16 @@ async fn the_key_is_in_no_environment_a_command_can_read() {
     );
 }
 
-/// The pids a command printed as `pid=N` lines.
+/// The pids a command printed as `pid=N`, wherever they are in a line: a background
+/// program writing its stderr at the same moment can put its words before one (seen:
+/// `setsid: pid=4906`, setsid's refusal and the echo interleaved).
 fn printed_pids(out: &str) -> Vec<u32> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("pid="))
-        .filter_map(|p| p.trim().parse().ok())
+    out.split("pid=")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
         .collect()
 }
 
