@@ -946,6 +946,22 @@ fn spawner_tables() -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_are_cloned_from_a_descriptor_table_that_does_not_grow_with_the_server() {
+    // Docker's default seccomp profile refuses unshare(2) without CAP_SYS_ADMIN: the
+    // spawner then shares the server's table (and says so in the log).
+    let refused = std::thread::spawn(|| {
+        // SAFETY: unshare(CLONE_FILES) only gives this short-lived thread its own table.
+        let r = unsafe { nix::libc::unshare(nix::libc::CLONE_FILES) };
+        (r != 0).then(std::io::Error::last_os_error)
+    })
+    .join()
+    .unwrap();
+    if let Some(e) = refused {
+        support::skip(
+            &format!("unshare(CLONE_FILES) is refused here ({e})"),
+            "run outside a seccomp profile that blocks unshare (e.g. docker run --security-opt seccomp=unconfined)",
+        );
+        return;
+    }
     let _procs = exclusive().await;
     let h = Harness::new("");
     // 500 descriptors opened by the server after its spawner thread started, as 100

@@ -10,8 +10,8 @@
 //!
 //! The descriptions behind fd 0 and 1 become non-blocking (O_NONBLOCK belongs to the
 //! open file, not the descriptor): nothing else in the server reads stdin or writes
-//! stdout. Stderr (the log) stays blocking unless it was opened as the same file as
-//! stdout (`2>&1`); a log line that would block is then dropped, not the server.
+//! stdout. A stdout that is also the server's stderr (`2>&1`) keeps tokio's `Stdout`, so
+//! the log never writes to a non-blocking file.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -66,16 +66,22 @@ pub fn input() -> Input {
         Kind::Other => Box::new(tokio::io::stdin()),
         _ => own().unwrap_or_else(|e| {
             tracing::debug!("stdin stays on tokio's blocking reader: {e}");
+            back_to_blocking(&stdin);
             Box::new(tokio::io::stdin())
         }),
     }
 }
 
 /// The server's stdout, written by the runtime itself when it is a pipe or a stream
-/// socket.
+/// socket, and not also the server's stderr (`2>&1`): the log's writes would then meet a
+/// non-blocking file, and a log line cut short would run into the next reply.
 pub fn output() -> Output {
     let stdout = std::io::stdout();
-    let kind = kind_of(&stdout);
+    let kind = if same_file(&stdout, std::io::stderr()) {
+        Kind::Other
+    } else {
+        kind_of(&stdout)
+    };
     let own = || -> std::io::Result<Output> {
         let fd = stdout.as_fd().try_clone_to_owned()?;
         Ok(match kind {
@@ -87,8 +93,28 @@ pub fn output() -> Output {
         Kind::Other => Box::new(tokio::io::stdout()),
         _ => own().unwrap_or_else(|e| {
             tracing::debug!("stdout stays on tokio's blocking writer: {e}");
+            back_to_blocking(&stdout);
             Box::new(tokio::io::stdout())
         }),
+    }
+}
+
+/// Whether `a` and `b` are the same open file (the same device and inode).
+fn same_file(a: impl AsFd, b: impl AsFd) -> bool {
+    match (fstat(a.as_fd()), fstat(b.as_fd())) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
+}
+
+/// Puts `fd`'s open file back in blocking mode, for tokio's blocking reader or writer
+/// when taking it over failed after O_NONBLOCK was set.
+fn back_to_blocking(fd: impl AsFd) {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let raw = fd.as_fd();
+    if let Ok(flags) = fcntl(raw, FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(flags).difference(OFlag::O_NONBLOCK);
+        let _ = fcntl(raw, FcntlArg::F_SETFL(flags));
     }
 }
 
@@ -113,5 +139,14 @@ mod tests {
         assert_eq!(kind_of(&d), Kind::Other);
         let null = std::fs::File::open("/dev/null").unwrap();
         assert_eq!(kind_of(&null), Kind::Other);
+    }
+
+    #[test]
+    fn a_copy_of_a_descriptor_is_the_same_file_and_another_pipe_is_not() {
+        let (_r, w) = nix::unistd::pipe().unwrap();
+        let copy = w.try_clone().unwrap();
+        assert!(same_file(&w, &copy));
+        let (_r2, w2) = nix::unistd::pipe().unwrap();
+        assert!(!same_file(&w, &w2));
     }
 }

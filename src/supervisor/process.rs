@@ -406,10 +406,15 @@ impl Spawner {
     }
 }
 
-/// The spawner thread: its own descriptor table, then one clone per job, whose outcome
-/// goes to the runtime over the socket. It must not log or wake the runtime (see
-/// `handoff`).
+/// The spawner thread: every signal blocked, its own descriptor table, then one clone
+/// per job, whose outcome goes to the runtime over the socket. It must not log, handle
+/// a signal or wake the runtime (see `handoff`).
 fn spawner_thread(jobs: mpsc::Receiver<Job>, outbox: Outbox) {
+    // No signal is ever handled on this thread: a handler (tokio's writes a byte to a
+    // socket of the server's table) would use a descriptor number that means something
+    // else here, and the runtime would never hear of the signal. The reaping threads it
+    // may start inherit the mask; each child unblocks everything before exec.
+    clone_exec::block_all_signals_in_this_thread();
     if let Err(e) = handoff::own_descriptor_table(&outbox) {
         // Still sharing the server's table, so logging is safe here.
         tracing::warn!(

@@ -150,7 +150,7 @@ fn clone_vfork_on_thread_stack(args: &ChildArgs) -> std::io::Result<libc::pid_t>
 }
 
 /// pthread_sigmask(3): blocks every signal in the calling thread; returns the old mask.
-fn block_all_signals_in_this_thread() -> libc::sigset_t {
+pub(super) fn block_all_signals_in_this_thread() -> libc::sigset_t {
     // SAFETY: zeroed sigsets are valid values for sigfillset and pthread_sigmask to fill.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();

@@ -13,9 +13,10 @@
 //! The rule that keeps this sound: a descriptor number means one thing in the server's
 //! table and another (or nothing) in the spawner's. The spawner thread touches only its
 //! own: its socket end, its pipes, its children. It never logs (the subscriber may write
-//! to a descriptor of the server's table) and never wakes the runtime (tokio's waker is
-//! an eventfd of the server's table): its message arriving on the socket is what wakes
-//! the runtime, through epoll, in the kernel.
+//! to a descriptor of the server's table), never runs a signal handler (every signal is
+//! blocked there: tokio's handler writes to a socket of the server's table) and never
+//! wakes the runtime (tokio's waker is an eventfd of the server's table): its message
+//! arriving on the socket is what wakes the runtime, through epoll, in the kernel.
 //!
 //! Not here: the clone itself (`clone_exec`), the thread's loop (`process::Spawner`).
 
@@ -173,7 +174,32 @@ pub(super) fn receive<W: Send + 'static>(
     let socket = unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
     tokio::spawn(async move {
-        while let Ok(Some((id, started))) = next_message(&socket).await {
+        // However this task ends (the spawner thread gone, its runtime shut down, a
+        // panic), those still waiting are told that no answer will come.
+        let _tell_the_waiting = CloseOnDrop(Arc::clone(&waiting));
+        loop {
+            let (id, started) = match next_message(&socket).await {
+                Ok(Some(message)) => message,
+                // The spawner thread closed its end: every message before it was read.
+                Ok(None) => break,
+                // Short of kernel memory: the message stays in the socket; try again.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::ENOBUFS)) => {
+                    tracing::warn!("reading from the spawner thread failed: {e}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+                // A message of the wrong size was read and dropped: go on with the next.
+                Err(e) if e.raw_os_error().is_none() => {
+                    tracing::error!("{e}");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "reading from the spawner thread failed: {e}; no more agents can start"
+                    );
+                    break;
+                }
+            };
             let outcome = started.and_then(|s| {
                 let pid = s.pid;
                 adopt(s).inspect_err(|_| kill_and_reap(pid))
@@ -184,10 +210,18 @@ pub(super) fn receive<W: Send + 'static>(
                 let _ = waiter.send(outcome);
             }
         }
-        // The spawner thread is gone (or the socket broke): no answer will come.
-        lock(&waiting).take();
     });
     Ok(())
+}
+
+/// Empties the waiting map, for good, when dropped: each waiter's `start` then says the
+/// spawner is gone instead of waiting forever.
+struct CloseOnDrop<W>(Waiting<W>);
+
+impl<W> Drop for CloseOnDrop<W> {
+    fn drop(&mut self) {
+        lock(&self.0).take();
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -303,6 +337,10 @@ fn recv_with_fds(
 /// Kills the group of our child `pid` and reaps it, on a thread of its own if it does
 /// not die at once (stuck in the kernel on a slow disk).
 pub(super) fn kill_and_reap(pid: libc::pid_t) {
+    // 0 or less would name our own process group (or every process we may signal).
+    if pid <= 0 {
+        return;
+    }
     signal_group(pid as u32, nix::sys::signal::Signal::SIGKILL);
     if reap_now(pid) {
         return;

@@ -205,7 +205,7 @@ struct PromptDetails {
 
 #[derive(Debug, Default, Deserialize)]
 struct Choice<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "null_as_default")]
     delta: Delta<'a>,
     #[serde(default, borrow, deserialize_with = "optional_str")]
     finish_reason: Option<Cow<'a, str>>,
@@ -222,7 +222,7 @@ struct Delta<'a> {
 /// A piece of one tool call; `index` says which.
 #[derive(Debug, Deserialize)]
 struct CallDelta<'a> {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     index: u64,
     #[serde(default, borrow, deserialize_with = "optional_str")]
     id: Option<Cow<'a, str>>,
@@ -243,6 +243,16 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
+/// `null` read as the type's default, as a missing member is: servers differ in which
+/// of the two they send (`"delta": null` in a last chunk).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The first element of `choices`; the others are skipped unread.
 fn first<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Choice<'de>>, D::Error> {
     struct First;
@@ -261,7 +271,8 @@ fn first<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Choice<'de>>, D::Erro
             self,
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
-            let first = seq.next_element()?;
+            // A `null` choice reads as no choice, as it did before the typed chunk.
+            let first = seq.next_element::<Option<Choice<'de>>>()?.flatten();
             while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
             Ok(first)
         }
@@ -463,6 +474,35 @@ mod tests {
             message_json(&m),
             vec![json!({"role":"tool","tool_call_id":"c1","content":"Error: nope"})]
         );
+    }
+
+    #[test]
+    fn null_where_a_member_may_be_missing_reads_as_missing() {
+        let mut acc = Accumulator::default();
+        let mut seen = String::new();
+        let mut on_text = |t: &str| seen.push_str(t);
+        feed(
+            &mut acc,
+            &json!({"choices":[{"index":0,"delta":{"content":"hi"}}]}),
+            &mut on_text,
+        )
+        .unwrap();
+        feed(
+            &mut acc,
+            &json!({"choices":[{"index":0,"delta":null,"finish_reason":null}]}),
+            &mut on_text,
+        )
+        .unwrap();
+        feed(&mut acc, &json!({"choices":[null]}), &mut on_text).unwrap();
+        feed(
+            &mut acc,
+            &json!({"choices":[{"delta":{"tool_calls":[{"index":null,"id":"c1","function":{"name":"glob","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}),
+            &mut on_text,
+        )
+        .unwrap();
+        assert_eq!(seen, "hi");
+        assert_eq!(acc.calls.get(&0).map(|c| c.name.as_str()), Some("glob"));
+        assert_eq!(acc.finish_reason.as_deref(), Some("tool_calls"));
     }
 
     fn call_chunk(arguments: &str, finish_reason: Option<&str>) -> Value {
