@@ -73,9 +73,7 @@ pub(super) fn own_descriptor_table(outbox: &Outbox) -> std::io::Result<()> {
     if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let keep = outbox.0.as_raw_fd() as libc::c_uint;
-    close_range(3, keep.saturating_sub(1));
-    close_range(keep.saturating_add(1), libc::c_uint::MAX);
+    close_all_but(outbox.0.as_raw_fd());
     // SAFETY: open(2) of a constant path; the descriptor is ours until closed below.
     let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if null >= 0 {
@@ -90,14 +88,41 @@ pub(super) fn own_descriptor_table(outbox: &Outbox) -> std::io::Result<()> {
     Ok(())
 }
 
-/// close_range(2) of `first..=last` in this thread's table (nothing when first > last).
-/// Kernels before 5.9 lack it: the copies then stay open, which costs only speed.
-fn close_range(first: libc::c_uint, last: libc::c_uint) {
-    if first <= last {
-        // SAFETY: close_range(2) on this thread's private table, whose descriptors in
-        // that range no Rust object of this thread owns (the thread has just begun).
-        unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+/// Closes every descriptor of this thread's private table from 3 up but `keep`: with
+/// close_range(2), or where that is missing (kernels before 5.9, some seccomp profiles)
+/// one by one as `/proc/thread-self/fd` lists them. A copy left open would keep the
+/// server's end of the socket alive here, so the spawner would never learn that the
+/// runtime stopped reading.
+fn close_all_but(keep: RawFd) {
+    let keep = keep as libc::c_uint;
+    if close_range(3, keep.saturating_sub(1))
+        && close_range(keep.saturating_add(1), libc::c_uint::MAX)
+    {
+        return;
     }
+    let Ok(listing) = std::fs::read_dir("/proc/thread-self/fd") else {
+        return;
+    };
+    let open: Vec<libc::c_int> = listing
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd: &libc::c_int| fd > 2 && fd as libc::c_uint != keep)
+        .collect();
+    for fd in open {
+        // SAFETY: close(2) on this thread's private table, whose descriptors no Rust
+        // object of this thread owns (the listing's own is closed already: EBADF).
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// close_range(2) of `first..=last` in this thread's table (nothing to do when first >
+/// last); false when the kernel refused it.
+fn close_range(first: libc::c_uint, last: libc::c_uint) -> bool {
+    if first > last {
+        return true;
+    }
+    // SAFETY: close_range(2) on this thread's private table, whose descriptors in that
+    // range no Rust object of this thread owns (the thread has just begun).
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) == 0 }
 }
 
 impl Outbox {
