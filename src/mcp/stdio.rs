@@ -13,7 +13,7 @@
 //! stdout. A stdout that is also the server's stderr (`2>&1`) keeps tokio's `Stdout`, so
 //! the log never writes to a non-blocking file.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::stat::{SFlag, fstat};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -53,23 +53,17 @@ fn is_stream_socket(fd: impl AsFd) -> bool {
 /// The server's stdin, read by the runtime itself when it is a pipe or a stream socket.
 pub fn input() -> Input {
     let stdin = std::io::stdin();
-    let kind = kind_of(&stdin);
-    let own = || -> std::io::Result<Input> {
-        // A copy that closes on exec; fd 0 itself stays open.
-        let fd = stdin.as_fd().try_clone_to_owned()?;
-        Ok(match kind {
-            Kind::Fifo => Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?),
-            _ => Box::new(stream(fd)?),
-        })
-    };
-    match kind {
-        Kind::Other => Box::new(tokio::io::stdin()),
-        _ => own().unwrap_or_else(|e| {
-            tracing::debug!("stdin stays on tokio's blocking reader: {e}");
-            back_to_blocking(&stdin);
-            Box::new(tokio::io::stdin())
-        }),
-    }
+    take_over(
+        stdin.as_fd(),
+        kind_of(&stdin),
+        |fd, kind| -> std::io::Result<Input> {
+            Ok(match kind {
+                Kind::Fifo => Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?),
+                _ => Box::new(stream(fd)?),
+            })
+        },
+        || Box::new(tokio::io::stdin()),
+    )
 }
 
 /// The server's stdout, written by the runtime itself when it is a pipe or a stream
@@ -82,20 +76,42 @@ pub fn output() -> Output {
     } else {
         kind_of(&stdout)
     };
-    let own = || -> std::io::Result<Output> {
-        let fd = stdout.as_fd().try_clone_to_owned()?;
-        Ok(match kind {
-            Kind::Fifo => Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?),
-            _ => Box::new(stream(fd)?),
-        })
-    };
-    match kind {
-        Kind::Other => Box::new(tokio::io::stdout()),
-        _ => own().unwrap_or_else(|e| {
-            tracing::debug!("stdout stays on tokio's blocking writer: {e}");
-            back_to_blocking(&stdout);
-            Box::new(tokio::io::stdout())
-        }),
+    take_over(
+        stdout.as_fd(),
+        kind,
+        |fd, kind| -> std::io::Result<Output> {
+            Ok(match kind {
+                Kind::Fifo => Box::new(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?),
+                _ => Box::new(stream(fd)?),
+            })
+        },
+        || Box::new(tokio::io::stdout()),
+    )
+}
+
+/// Standard descriptor `std_fd` (of `kind`) as the runtime's own I/O, made by `own` from
+/// a copy that closes on exec (the descriptor itself stays open); tokio's blocking one
+/// (`blocking`) for any other kind of file, or when taking it over fails, with the file
+/// put back in blocking mode.
+fn take_over<T>(
+    std_fd: BorrowedFd<'_>,
+    kind: Kind,
+    own: impl FnOnce(OwnedFd, Kind) -> std::io::Result<T>,
+    blocking: impl FnOnce() -> T,
+) -> T {
+    if kind == Kind::Other {
+        return blocking();
+    }
+    match std_fd.try_clone_to_owned().and_then(|fd| own(fd, kind)) {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::debug!(
+                "fd {} stays on tokio's blocking I/O: {e}",
+                std_fd.as_raw_fd()
+            );
+            back_to_blocking(std_fd);
+            blocking()
+        }
     }
 }
 
