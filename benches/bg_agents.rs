@@ -17,7 +17,7 @@
 use support::provider;
 
 mod common;
-use common::{KEY, call, mcp_session, wait_all, worker_run};
+use common::{KEY, call, mcp_session, spawn_all, wait_all, worker_run};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +28,6 @@ use bg_agent_worker::resolve::SpawnRequest;
 use bg_agents::supervisor::Manager;
 use bg_agents::supervisor::output::{OutputBuffer, ReadRequest, compile_filter};
 use bg_agents::supervisor::request::SpawnAgent;
-use futures_util::future::join_all;
 use provider::{FakeProvider, Step};
 use serde_json::json;
 
@@ -293,16 +292,7 @@ async fn run() -> Vec<Row> {
     // 200-agent burst: concurrent spawns (64 run, the rest queue), then wait for all.
     let t = Instant::now();
     let tasks: Vec<String> = (0..200).map(|i| format!("burst {i}")).collect();
-    let spawned = join_all(
-        tasks
-            .iter()
-            .map(|task| call(&client, "agent_spawn", json!({ "task": task }))),
-    )
-    .await;
-    let burst_ids: Vec<String> = spawned
-        .iter()
-        .map(|v| v["agent_id"].as_str().expect("id").to_string())
-        .collect();
+    let burst_ids = spawn_all(&client, &tasks).await;
     wait_all(&client, &burst_ids).await;
     rows.push(Row {
         what: "200-agent burst, spawn → all completed",

@@ -39,14 +39,12 @@
 use support::provider;
 
 mod common;
-use common::{call, mcp_session, wait_all, worker_run};
+use common::{mcp_session, spawn_all, wait_all, worker_run};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use provider::{FakeProvider, Step};
-use serde_json::json;
 
 /// Every task contains this, so the double's one rule answers every agent.
 const NEEDLE: &str = "scale agent";
@@ -229,16 +227,7 @@ async fn run(agents: usize) -> Measured {
     let standalone = standalone_worker_peak_rss_kib(&fake_url, dir.path());
     let swarm = async {
         let tasks: Vec<String> = (0..agents).map(|i| format!("{NEEDLE} {i}")).collect();
-        let spawned = join_all(
-            tasks
-                .iter()
-                .map(|task| call(&client, "agent_spawn", json!({ "task": task }))),
-        )
-        .await;
-        let ids: Vec<String> = spawned
-            .iter()
-            .map(|v| v["agent_id"].as_str().expect("id").to_string())
-            .collect();
+        let ids = spawn_all(&client, &tasks).await;
         let hwm = async {
             tokio::time::sleep(Duration::from_secs(4).saturating_sub(t.elapsed())).await;
             let workers = children(pid);

@@ -54,6 +54,20 @@ pub async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Val
     r.structured_content.expect("structured")
 }
 
+/// Spawns one agent per task, all at once (the calls concurrent); their ids, in order.
+pub async fn spawn_all(client: &RunningService<RoleClient, ()>, tasks: &[String]) -> Vec<String> {
+    let spawned = futures_util::future::join_all(
+        tasks
+            .iter()
+            .map(|task| call(client, "agent_spawn", json!({ "task": task }))),
+    )
+    .await;
+    spawned
+        .iter()
+        .map(|v| v["agent_id"].as_str().expect("id").to_string())
+        .collect()
+}
+
 /// `agent_wait` on `ids` until all have ended.
 pub async fn wait_all(client: &RunningService<RoleClient, ()>, ids: &[String]) {
     loop {
