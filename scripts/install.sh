@@ -3,7 +3,7 @@
 # directory on PATH (the server finds the worker next to itself; Claude Code finds the
 # server, and the plugin's hooks find `bg-agents hook`, on the PATH it was started with).
 #
-#   scripts/install.sh            release build (about 4 minutes on an idle 2-core machine)
+#   scripts/install.sh            release build (about 5 minutes on an idle 2-core machine)
 #   scripts/install.sh --debug    unoptimized build (faster to build; for trying and CI)
 #
 # Where: $BG_AGENTS_BIN_DIR if set; else the first of ~/.local/bin and ~/.cargo/bin (or
