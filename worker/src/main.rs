@@ -1,14 +1,13 @@
 //! bg-agent-worker: runs one agent. Started by the bg-agents server with `--spec -` (a
 //! TaskSpec on stdin, JSONL events on stdout), or by hand with a task on the command line.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use bg_agent_worker::agent::{self, Emit};
 use bg_agent_worker::config::Config;
-use bg_agent_worker::protocol::{ErrorKind, Event, Input, TaskSpec, exit};
+use bg_agent_worker::protocol::{ErrorKind, Event, TaskSpec, exit};
 use bg_agent_worker::provider::Client;
 use bg_agent_worker::resolve::{SpawnRequest, resolve};
 use bg_agent_worker::resume::Earlier;
@@ -18,7 +17,9 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 mod emit;
+mod server_input;
 use emit::{HumanOut, JsonOut};
+use server_input::ServerInput;
 
 /// Run one background agent: a model with read-only tools (read_file, glob, grep, and
 /// bash for commands in a sandbox: the workspace read-only, no network) working
@@ -197,8 +198,16 @@ async fn run(cli: Cli) -> i32 {
         eprintln!("bg-agent-worker: cannot install signal handlers");
         return exit::PROVIDER;
     };
-    let from_server = cli.spec.as_deref() == Some("-");
-    let spec = load_spec(&cli);
+    // `--spec -`: the server is on the other end of stdin, and follow-ups come that way.
+    let mut from_server = None;
+    let spec = if cli.spec.as_deref() == Some("-") {
+        server_input::read_spec().map(|(spec, input)| {
+            from_server = Some(input);
+            spec
+        })
+    } else {
+        load_spec(&cli)
+    };
     let out: Box<dyn Emit> = if cli.json || cli.spec.is_some() {
         Box::new(JsonOut::default())
     } else {
@@ -255,12 +264,13 @@ fn prepare(mut spec: TaskSpec) -> Result<(TaskSpec, Client), String> {
 /// The follow-ups, and a future that resolves when stdin ends (the server is gone), when
 /// the server is on the other end of stdin; else an empty inbox and an end that never
 /// comes.
-fn inputs(from_server: bool) -> (agent::Inbox, impl Future<Output = ()>) {
-    let (inbox, closed) = if from_server {
-        let (inbox, closed) = read_inputs();
-        (inbox, Some(closed))
-    } else {
-        (agent::Inbox::default(), None)
+fn inputs(from_server: Option<ServerInput>) -> (agent::Inbox, impl Future<Output = ()>) {
+    let (inbox, closed) = match from_server {
+        Some(input) => {
+            let (inbox, closed) = input.listen();
+            (inbox, Some(closed))
+        }
+        None => (agent::Inbox::default(), None),
     };
     let closed = async {
         match closed {
@@ -273,17 +283,10 @@ fn inputs(from_server: bool) -> (agent::Inbox, impl Future<Output = ()>) {
     (inbox, closed)
 }
 
-/// The spec: from `--spec FILE|-`, else from the options (`from_options`).
+/// The spec: from `--spec FILE`, else from the options (`from_options`); `--spec -` is
+/// `server_input::read_spec`.
 fn load_spec(cli: &Cli) -> anyhow::Result<TaskSpec> {
     match cli.spec.as_deref() {
-        Some("-") => {
-            let mut line = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut line)
-                .context("cannot read the TaskSpec from stdin")?;
-            serde_json::from_str(&line).context("stdin does not hold a valid TaskSpec line")
-        }
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the TaskSpec file {path}"))?;
@@ -350,31 +353,4 @@ fn read_schema(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| {
         format!("--output-schema {shown} is not JSON; give a JSON Schema written as JSON")
     })
-}
-
-/// Reads the server's lines after the spec from stdin on a thread of its own (the same
-/// buffered stdin the spec line came from): follow-ups go to the inbox; the receiver
-/// resolves at end of file (the server is gone). A line that is not an `Input` is said on
-/// stderr and skipped.
-fn read_inputs() -> (agent::Inbox, tokio::sync::oneshot::Receiver<()>) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match stdin.lock().read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => match serde_json::from_str::<Input>(&line) {
-                    Ok(Input::FollowUp { message, id }) => {
-                        let _ = tx.send(agent::FollowUp { id, message });
-                    }
-                    Err(e) => eprintln!("bg-agent-worker: ignored a stdin line: {e}"),
-                },
-            }
-        }
-        let _ = closed_tx.send(());
-    });
-    (agent::Inbox::new(rx), closed_rx)
 }

@@ -164,6 +164,28 @@ async fn unusable_spec_exits_2_with_a_config_error() {
     assert!(h.fake.requests().is_empty());
 }
 
+/// `--spec -` from a file, not the server's pipe: stdin is read on a thread (the runtime
+/// takes only pipes), and its end right after the spec means the server is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_on_stdin_from_a_file_ends_as_a_server_gone() {
+    let h = Harness::start().await;
+    h.fake.script("a file spec", vec![Step::text("never sent")]);
+    let path = h.root().join("spec.jsonl");
+    let line = serde_json::to_string(&h.spec("a file spec")).expect("spec json") + "\n";
+    std::fs::write(&path, line).expect("write spec file");
+    let mut cmd = h.worker(&["--spec", "-"]);
+    cmd.stdin(std::fs::File::open(&path).expect("open spec file"));
+
+    let r = run(cmd).await;
+
+    assert_eq!(r.code, Some(exit::INTERRUPTED_TERM), "{}", r.dump());
+    assert!(
+        r.stderr.contains("stdin closed, the server is gone"),
+        "{}",
+        r.dump()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_that_is_not_a_number_is_refused() {
     let h = Harness::start().await;

@@ -3,9 +3,10 @@
 
 use crate::common;
 
-use bg_agent_worker::protocol::{Block, Event, Message, Role, exit};
-use common::{Harness, Step, tool_use};
+use bg_agent_worker::protocol::{Block, Event, Input, Message, Role, exit};
+use common::{Harness, Live, Step, tool_use};
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 
 fn messages(events: &[Event]) -> Vec<Message> {
     events
@@ -15,6 +16,64 @@ fn messages(events: &[Event]) -> Vec<Message> {
             _ => None,
         })
         .collect()
+}
+
+/// The server may write a follow-up right behind the spec: in one write here, so the
+/// worker's first read of stdin takes both lines. The follow-up is not lost with the
+/// read-ahead; it joins the conversation at the first turn boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_written_in_the_same_write_as_the_spec_is_taken_in() {
+    let h = Harness::start().await;
+    h.write("workspace/notes.txt", "the port is 8080\n");
+    h.fake.script(
+        "where is the port",
+        vec![
+            tool_use("toolu_1", "read_file", json!({"path": "notes.txt"})),
+            Step::text("8080; the tests do not set one."),
+        ],
+    );
+    let mut cmd = h.worker(&["--spec", "-"]);
+    cmd.stdin(std::process::Stdio::piped());
+    let mut live = Live::spawn(cmd);
+    let spec = serde_json::to_string(&h.spec("where is the port")).expect("spec json");
+    let follow_up = serde_json::to_string(&Input::FollowUp {
+        message: "and in the tests?".into(),
+        id: Some(7),
+    })
+    .expect("input json");
+    let stdin = live.stdin.as_mut().expect("piped stdin");
+    stdin
+        .write_all(format!("{spec}\n{follow_up}\n").as_bytes())
+        .await
+        .expect("write spec and follow-up");
+    stdin.flush().await.expect("flush");
+
+    let r = live.finish().await;
+
+    assert_eq!(r.code, Some(exit::DONE), "{}", r.dump());
+    let took_in: Vec<(Vec<u64>, Message)> = r
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message {
+                message,
+                follow_ups,
+            } if !follow_ups.is_empty() => Some((follow_ups, message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(took_in.len(), 1, "{}", r.dump());
+    assert_eq!(took_in[0].0, vec![7]);
+    let said = serde_json::to_string(&took_in[0].1).expect("message json");
+    assert!(said.contains("and in the tests?"), "{said}");
+    let requests = h.fake.requests_for("where is the port");
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests[1].body["messages"]
+            .to_string()
+            .contains("and in the tests?"),
+        "the second request carries the follow-up"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
