@@ -3,6 +3,7 @@
 //!
 //! Not here: the stores themselves (`output`), session spending (`session`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,7 +43,9 @@ impl Inner {
         // Each chunk is read into the thread's one buffer (`read_pipe`), not one of this
         // agent's own.
         let mut take = |chunk: &[u8]| {
-            let mut lines = Vec::new();
+            // A line whole in this chunk is borrowed from it; one begun in an earlier
+            // chunk is the bytes gathered in `pending`.
+            let mut lines: Vec<Cow<'_, [u8]>> = Vec::new();
             // Bytes of lines too long to keep, and whether one began here.
             let mut dropped = 0u64;
             let mut too_long = false;
@@ -51,6 +54,10 @@ impl Inner {
                     Some(b) => (b, true),
                     None => (piece, false),
                 };
+                if complete && !in_long_line && pending.is_empty() && body.len() <= max_line {
+                    lines.push(Cow::Borrowed(body));
+                    continue;
+                }
                 if in_long_line {
                     dropped += piece.len() as u64;
                 } else if pending.len() + body.len() > max_line {
@@ -66,7 +73,7 @@ impl Inner {
                     if in_long_line {
                         in_long_line = false;
                     } else {
-                        lines.push(std::mem::take(&mut pending));
+                        lines.push(Cow::Owned(std::mem::take(&mut pending)));
                     }
                 }
             }
@@ -79,7 +86,7 @@ impl Inner {
         };
         while let Ok(Some(())) = process::read_pipe(&stdout, &mut take).await {}
         if !pending.is_empty() {
-            self.apply_lines(&id, &[pending], 0, 0, false, max_line);
+            self.apply_lines(&id, &[Cow::Owned(pending)], 0, 0, false, max_line);
         }
     }
 
@@ -100,7 +107,7 @@ impl Inner {
     pub(super) fn apply_lines(
         &self,
         id: &str,
-        lines: &[Vec<u8>],
+        lines: &[Cow<'_, [u8]>],
         bytes: u64,
         dropped: u64,
         too_long: bool,
@@ -229,8 +236,14 @@ fn apply_event(rec: &mut AgentRecord, event: Event) {
         }
         _ => {}
     }
-    if let Some(text) = event.render_human(!rec.io.mid_line) {
-        rec.io.push_text(&text);
+    match &event {
+        // Most events: borrowed, not copied into a rendering first.
+        Event::Text { text } => rec.io.push_text(text),
+        _ => {
+            if let Some(text) = event.render_human(!rec.io.mid_line) {
+                rec.io.push_text(&text);
+            }
+        }
     }
 }
 
