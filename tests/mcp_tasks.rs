@@ -467,7 +467,7 @@ async fn a_task_cancelled_by_a_spent_session_budget_fails_in_a_sentence_and_late
     )
     .await;
     s.fake
-        .script("Write it all", vec![Step::fills_max_tokens()]);
+        .script("Write it all", vec![Step::fills_max_tokens_over(1000)]);
     s.fake.script("Hang on", vec![Step::text("never asked")]);
     let writer =
         task_of(call_spawn(&s, json!({"task": "Write it all", "model": PRICED_MODEL})).await);

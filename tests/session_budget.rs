@@ -305,7 +305,7 @@ async fn a_follow_up_obeys_the_task_size_cap_and_the_agents_remaining_budget() {
 async fn a_spent_session_budget_cancels_queued_agents_and_refuses_spawns_and_follow_ups() {
     let s = Session::launch((), "session_budget_usd = 0.002\nmax_concurrent = 1", "").await;
     s.fake
-        .script("Write it all", vec![Step::fills_max_tokens()]);
+        .script("Write it all", vec![Step::fills_max_tokens_over(1000)]);
     s.fake.script("Hang on", vec![Step::text("never asked")]);
     let writer = s
         .ok(

@@ -111,6 +111,19 @@ impl Step {
         })))
     }
 
+    /// As much text as `fills_max_tokens`, in two halves `delay_ms` apart, ending the turn:
+    /// an agent that spends its budget but is still running for `delay_ms`, so a spawn
+    /// made right after it finds it running (and queues behind `max_concurrent = 1`).
+    pub fn fills_max_tokens_over(delay_ms: u64) -> Step {
+        Step::FromRequest(StepFn(Arc::new(move |r: &RecordedRequest| {
+            let half = "word".repeat(r.max_tokens.unwrap_or(2) as usize / 2);
+            Step::Text {
+                chunks: vec![half.clone(), half],
+                delay_ms,
+            }
+        })))
+    }
+
     /// An error response with the error type the Anthropic API uses for `code`,
     /// and no `retry-after` header.
     pub fn status(code: u16) -> Step {
