@@ -4,7 +4,10 @@
 //!
 //! After the spec, stdin is read on the runtime when it is a pipe, as the server gives it:
 //! no thread per agent. Anything else (a file, a terminal: `--spec -` by hand) is read on
-//! a thread of its own.
+//! a thread of its own. Taking the pipe makes its open file description non-blocking,
+//! and it stays so: the server gives each worker a pipe of its own, and nothing the
+//! worker starts inherits it (the janitor's stdin is its own pipe, commands get
+//! /dev/null); a pipe shared with another reader by hand would see EAGAIN there.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Cursor, Read};
@@ -65,8 +68,12 @@ impl ServerInput {
                     loop {
                         line.clear();
                         match lines.read_until(b'\n', &mut line).await {
-                            Ok(0) | Err(_) => break,
+                            Ok(0) => break,
                             Ok(_) => deliver(&line, &tx),
+                            Err(e) => {
+                                say_read_error(&e);
+                                break;
+                            }
                         }
                     }
                     let _ = closed_tx.send(());
@@ -79,8 +86,12 @@ impl ServerInput {
                     loop {
                         line.clear();
                         match lines.read_until(b'\n', &mut line) {
-                            Ok(0) | Err(_) => break,
+                            Ok(0) => break,
                             Ok(_) => deliver(&line, &tx),
+                            Err(e) => {
+                                say_read_error(&e);
+                                break;
+                            }
                         }
                     }
                     let _ = closed_tx.send(());
@@ -99,6 +110,11 @@ fn deliver(line: &[u8], inbox: &mpsc::UnboundedSender<FollowUp>) {
         }
         Err(e) => eprintln!("bg-agent-worker: ignored a stdin line: {e}"),
     }
+}
+
+/// A read error ends the server's input as its end would; said first, so it is not lost.
+fn say_read_error(e: &io::Error) {
+    eprintln!("bg-agent-worker: cannot read stdin: {e}");
 }
 
 /// Stdin read by a thread: waits where the descriptor is non-blocking (a pipe the

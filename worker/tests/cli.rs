@@ -169,7 +169,13 @@ async fn unusable_spec_exits_2_with_a_config_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_on_stdin_from_a_file_ends_as_a_server_gone() {
     let h = Harness::start().await;
-    h.fake.script("a file spec", vec![Step::text("never sent")]);
+    // No answer ever comes, so only stdin's end can end the run.
+    h.fake.script(
+        "a file spec",
+        vec![Step::Hang {
+            after_chunks: vec![],
+        }],
+    );
     let path = h.root().join("spec.jsonl");
     let line = serde_json::to_string(&h.spec("a file spec")).expect("spec json") + "\n";
     std::fs::write(&path, line).expect("write spec file");
