@@ -42,13 +42,6 @@ struct Cli {
     check_config: bool,
 }
 
-/// The most threads the runtime's blocking pool starts: each spawn checks the transcript
-/// directory, and each start creates a transcript, on it (one create at a time, under a
-/// lock), so a burst of spawns would otherwise start a thread for nearly every agent (62
-/// for 100 at once), each with its stack, only to wait on that lock. tokio's own `Stdin`
-/// and `Stdout` (a terminal or file on stdio, `mcp::stdio`) hold at most two.
-const BLOCKING_THREADS: usize = 16;
-
 fn main() -> ExitCode {
     // The hook runs after every tool call: answer before parsing anything else.
     let mut args = std::env::args();
@@ -81,7 +74,6 @@ fn main() -> ExitCode {
     // spawner thread of their own (`supervisor::process::Spawner`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

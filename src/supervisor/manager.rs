@@ -287,6 +287,25 @@ impl Inner {
     }
 }
 
+/// How many transcript file-system jobs (a spawn's directory check, a start's create) run
+/// at once on the runtime's blocking pool. A burst of spawns otherwise started a pool
+/// thread for nearly every agent (350 for 1,000 at once), most of them only to wait on
+/// the create lock (`output::transcript`); and a hung file system could hold as many
+/// threads as there were spawns. Capping the pool itself instead would let these jobs
+/// queue ahead of tokio's `Stdin` and `Stdout` (a terminal or file on stdio,
+/// `mcp::stdio`), which need a pool thread to keep MCP answering.
+static FILE_JOBS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Runs `job` on the blocking pool, at most `FILE_JOBS` at a time.
+async fn file_job<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let _permit = FILE_JOBS.acquire().await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// `configured`, else $XDG_STATE_HOME/bg-agents/transcripts, else
 /// ~/.local/state/bg-agents/transcripts, else the temp dir.
 pub fn transcript_base(configured: &str) -> PathBuf {

@@ -89,12 +89,12 @@ impl Inner {
     /// `check_transcript_dir` on a blocking thread: the file system may be slow.
     async fn check_transcript_dir_off_thread(self: &Arc<Self>) -> Result<(), ManagerError> {
         let checker = Arc::clone(self);
-        tokio::task::spawn_blocking(move || checker.check_transcript_dir())
+        super::file_job(move || checker.check_transcript_dir())
             .await
             .map_err(|e| {
                 ManagerError::Transcript(OutputError::TranscriptDir {
                     path: self.transcript_dir.clone(),
-                    source: std::io::Error::other(e.to_string()),
+                    source: std::io::Error::other(e),
                 })
             })?
     }

@@ -38,12 +38,12 @@ impl Inner {
         }
         let inner = Arc::clone(self);
         let owned = id.to_string();
-        let made = tokio::task::spawn_blocking(move || inner.create_transcript(&owned))
+        let made = super::file_job(move || inner.create_transcript(&owned))
             .await
             .map_err(|e| {
                 ManagerError::Transcript(OutputError::TranscriptFile {
                     path: self.transcript_dir.clone(),
-                    source: std::io::Error::other(e.to_string()),
+                    source: std::io::Error::other(e),
                 })
             })??;
         if let Some(rec) = self.lock().get_mut(id) {

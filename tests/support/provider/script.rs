@@ -112,13 +112,17 @@ impl Step {
     }
 
     /// As much text as `fills_max_tokens`, in two halves `delay_ms` apart, ending the turn:
-    /// an agent that spends its budget but is still running for `delay_ms`, so a spawn
-    /// made right after it finds it running (and queues behind `max_concurrent = 1`).
+    /// an agent that stays running for `delay_ms` before its usage arrives and spends the
+    /// budget, so a spawn made right after it finds it running (and queues behind
+    /// `max_concurrent = 1`).
     pub fn fills_max_tokens_over(delay_ms: u64) -> Step {
         Step::FromRequest(StepFn(Arc::new(move |r: &RecordedRequest| {
-            let half = "word".repeat(r.max_tokens.unwrap_or(2) as usize / 2);
+            let tokens = r.max_tokens.unwrap_or(1) as usize;
             Step::Text {
-                chunks: vec![half.clone(), half],
+                chunks: vec![
+                    "word".repeat(tokens / 2),
+                    "word".repeat(tokens - tokens / 2),
+                ],
                 delay_ms,
             }
         })))
