@@ -67,13 +67,8 @@ impl ServerInput {
                     let mut line = Vec::new();
                     loop {
                         line.clear();
-                        match lines.read_until(b'\n', &mut line).await {
-                            Ok(0) => break,
-                            Ok(_) => deliver(&line, &tx),
-                            Err(e) => {
-                                say_read_error(&e);
-                                break;
-                            }
+                        if !took(lines.read_until(b'\n', &mut line).await, &line, &tx) {
+                            break;
                         }
                     }
                     let _ = closed_tx.send(());
@@ -85,13 +80,8 @@ impl ServerInput {
                     let mut line = Vec::new();
                     loop {
                         line.clear();
-                        match lines.read_until(b'\n', &mut line) {
-                            Ok(0) => break,
-                            Ok(_) => deliver(&line, &tx),
-                            Err(e) => {
-                                say_read_error(&e);
-                                break;
-                            }
+                        if !took(lines.read_until(b'\n', &mut line), &line, &tx) {
+                            break;
                         }
                     }
                     let _ = closed_tx.send(());
@@ -99,6 +89,23 @@ impl ServerInput {
             }
         }
         (Inbox::new(rx), closed_rx)
+    }
+}
+
+/// What one read of a line means, read on the runtime or on a thread: false at the end of
+/// stdin, and at a read error, which ends the server's input as its end would (said
+/// first, so it is not lost); else the line goes to the inbox.
+fn took(read: io::Result<usize>, line: &[u8], inbox: &mpsc::UnboundedSender<FollowUp>) -> bool {
+    match read {
+        Ok(0) => false,
+        Ok(_) => {
+            deliver(line, inbox);
+            true
+        }
+        Err(e) => {
+            eprintln!("bg-agent-worker: cannot read stdin: {e}");
+            false
+        }
     }
 }
 
@@ -110,11 +117,6 @@ fn deliver(line: &[u8], inbox: &mpsc::UnboundedSender<FollowUp>) {
         }
         Err(e) => eprintln!("bg-agent-worker: ignored a stdin line: {e}"),
     }
-}
-
-/// A read error ends the server's input as its end would; said first, so it is not lost.
-fn say_read_error(e: &io::Error) {
-    eprintln!("bg-agent-worker: cannot read stdin: {e}");
 }
 
 /// Stdin read by a thread: waits where the descriptor is non-blocking (a pipe the
