@@ -1,7 +1,7 @@
 //! The cost per agent at scale: N agents (1,000 unless `BG_SCALE_AGENTS=N`) spawned at
 //! once over MCP, each streaming 50 text deltas over 5 s, printed as one table.
 //!
-//!     cargo build --release --locked -p bg-agents -p bg-agent-worker
+//!     cargo build --release --locked --workspace --bins   # as scripts/install.sh builds
 //!     cargo bench --bench scale                     # 1,000 agents
 //!     BG_SCALE_AGENTS=100 cargo bench --bench scale
 //!     BG_SCALE_BIN_DIR=/tmp/before cargo bench --bench scale   # another build's binaries
@@ -73,7 +73,7 @@ fn worker_exe() -> PathBuf {
     let w = bin_dir().join("bg-agent-worker");
     assert!(
         w.exists(),
-        "{} is missing; run `cargo build --release --locked -p bg-agents -p bg-agent-worker` first",
+        "{} is missing; run `cargo build --release --locked --workspace --bins` first",
         w.display()
     );
     w
@@ -332,11 +332,47 @@ fn print(m: &Measured) {
             mib(m.swarm_private_kib),
             "(context)",
         ),
+        (
+            "  … start-up code placed together (worker/startup.order)".into(),
+            startup_order_found(&worker_exe()),
+            "(context)",
+        ),
     ];
     println!("\n| measurement | result | target |\n| --- | --- | --- |");
     for (what, value, target) in rows {
         println!("| {what} | {value} | {target} |");
     }
+}
+
+/// How many of the functions `worker/startup.order` lists the measured worker has (`nm`):
+/// the list names them with hashes that change with the compiler and the dependencies, so
+/// a stale list shows here before it shows as a worker's resident code
+/// (scripts/worker-order.sh makes it again).
+fn startup_order_found(worker: &Path) -> String {
+    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker/startup.order");
+    let Ok(list) = std::fs::read_to_string(&list) else {
+        return format!("no list at {}", list.display());
+    };
+    let nm = std::process::Command::new("nm")
+        .arg("--defined-only")
+        .arg(worker)
+        .output();
+    let symbols = match nm {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => return format!("unknown: nm {}", out.status),
+        Err(e) => return format!("unknown: cannot run nm ({e})"),
+    };
+    let have: std::collections::HashSet<&str> = symbols
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let listed: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let found = listed.iter().filter(|name| have.contains(*name)).count();
+    format!("{found} of {} listed functions found", listed.len())
 }
 
 fn main() {
