@@ -344,17 +344,18 @@ fn print(m: &Measured) {
     }
 }
 
-/// How many of the functions `worker/startup.order` lists the measured worker has (`nm`):
-/// the list names them with hashes that change with the compiler and the dependencies, so
-/// a stale list shows here before it shows as a worker's resident code
-/// (scripts/worker-order.sh makes it again).
+/// How many of the functions `worker/startup.order` lists the measured worker has, and
+/// where they lie in its code (`nm`): the list names them with hashes that change with the
+/// compiler and the dependencies, and only lld takes it, so a stale list or a linker that
+/// ignored it shows here (found names spread over the code) before it shows as a worker's
+/// resident code. scripts/worker-order.sh makes the list again.
 fn startup_order_found(worker: &Path) -> String {
     let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker/startup.order");
     let Ok(list) = std::fs::read_to_string(&list) else {
         return format!("no list at {}", list.display());
     };
     let nm = std::process::Command::new("nm")
-        .arg("--defined-only")
+        .args(["--defined-only", "--print-size"])
         .arg(worker)
         .output();
     let symbols = match nm {
@@ -362,17 +363,44 @@ fn startup_order_found(worker: &Path) -> String {
         Ok(out) => return format!("unknown: nm {}", out.status),
         Err(e) => return format!("unknown: cannot run nm ({e})"),
     };
-    let have: std::collections::HashSet<&str> = symbols
+    // "address size type name" for the functions (types t, T, w, W with a size).
+    let code: std::collections::HashMap<&str, (u64, u64)> = symbols
         .lines()
-        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (addr, size, kind, name) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            let addr = u64::from_str_radix(addr, 16).ok()?;
+            let size = u64::from_str_radix(size, 16).ok()?;
+            matches!(kind, "t" | "T" | "w" | "W").then_some((name, (addr, addr + size)))
+        })
         .collect();
+    let (Some(code_start), Some(code_end)) = (
+        code.values().map(|r| r.0).min(),
+        code.values().map(|r| r.1).max(),
+    ) else {
+        return "unknown: the worker has no symbols".into();
+    };
     let listed: Vec<&str> = list
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    let found = listed.iter().filter(|name| have.contains(*name)).count();
-    format!("{found} of {} listed functions found", listed.len())
+    let found: Vec<(u64, u64)> = listed.iter().filter_map(|n| code.get(n).copied()).collect();
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    match (
+        found.iter().map(|r| r.0).min(),
+        found.iter().map(|r| r.1).max(),
+    ) {
+        (Some(lo), Some(hi)) => format!(
+            "{} of {} listed functions found, in {:.1} MB from {:.1} MB into {:.1} MB of code",
+            found.len(),
+            listed.len(),
+            mb(hi - lo),
+            mb(lo - code_start),
+            mb(code_end - code_start)
+        ),
+        _ => format!("none of {} listed functions found", listed.len()),
+    }
 }
 
 fn main() {

@@ -10,19 +10,20 @@
 //! - **The start-up code placed together** (`startup.order`, lld's
 //!   `--symbol-ordering-file`). The functions a worker runs from exec to exit are spread
 //!   over 8 MB of code; the kernel maps code 64 KiB around each page fault, so a worker's
-//!   resident code was 4 MiB for the 1.3 MB it runs. Listed first, they are mapped by a
-//!   third as many faults. `scripts/worker-order.sh` makes the list from real runs. Its
-//!   names carry hashes that change with the compiler and with the features each
-//!   dependency is built with, so it matches the build `scripts/install.sh` makes
-//!   (`cargo build --release --workspace --bins`) with this Cargo.lock and compiler; a
-//!   name the binary lacks is skipped without a word, so a stale list costs memory, never
-//!   correctness (`cargo bench --bench scale` says how many names it found).
+//!   resident code was 4 MiB for the 1.3 MB it runs. Listed first, they are mapped by
+//!   fewer than half as many faults (about 30 against 66 in a manual run).
+//!   `scripts/worker-order.sh` makes the list from real runs. Its names carry hashes that
+//!   change with the compiler and with the features each dependency is built with, so it
+//!   matches the build `scripts/install.sh` makes (`cargo build --release --workspace
+//!   --bins`) with this Cargo.lock and compiler. A name the binary lacks is skipped
+//!   without a word: a stale list costs memory, never correctness (`cargo bench --bench
+//!   scale` says how many names it found and where they lie).
 //!
 //! A probe builds a small program with rustc exactly as the worker is linked (target,
 //! linker, RUSTFLAGS), the option added and linker warnings made errors (an older GNU ld
-//! ignores `-z pack-relative-relocs` with a warning; GNU ld has no
-//! `--symbol-ordering-file`), and runs it (the loader refuses a DT_RELR program it cannot
-//! load). Without it, the worker is linked without that option.
+//! ignores `-z pack-relative-relocs` with a warning; GNU ld, gold and mold have no
+//! `--symbol-ordering-file`); for DT_RELR it also runs it (the loader refuses a DT_RELR
+//! program it cannot load). Without it, the worker is linked without that option.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -33,39 +34,55 @@ const ORDER: &str = "startup.order";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed={ORDER}");
     let Some(out) = env::var_os("OUT_DIR").map(PathBuf::from) else {
         return;
     };
-    let order = env::var_os("CARGO_MANIFEST_DIR").map(|dir| PathBuf::from(dir).join(ORDER));
-    let mut options = vec![vec![RELR.to_string()]];
-    // `-Wl,` splits its argument at commas.
-    if let Some(order) = order.filter(|o| o.is_file() && !o.to_string_lossy().contains(',')) {
-        options.push(vec![
-            format!("-Wl,--symbol-ordering-file={}", order.display()),
-            // The list names symbols of the release build; a dev build has none of them.
-            "-Wl,--no-warn-symbol-ordering".to_string(),
-        ]);
+    let (Ok(target), Ok(host)) = (env::var("TARGET"), env::var("HOST")) else {
+        return;
+    };
+    // DT_RELR: only for a native glibc build, whose probe can run here (a cross build's
+    // program cannot).
+    if target == host && target.ends_with("-linux-gnu") {
+        let relr = [RELR.to_string()];
+        if probe(&out, &target, &relr, Run::Yes) {
+            link_with(&relr);
+        }
     }
-    for args in options {
-        if probe(&out, &args) {
-            for arg in args {
-                println!("cargo:rustc-link-arg-bin=bg-agent-worker={arg}");
-            }
+    let order = env::var_os("CARGO_MANIFEST_DIR").map(|dir| PathBuf::from(dir).join(ORDER));
+    // `-Wl,` splits its argument at commas. A list that does not exist is not watched
+    // (cargo would run this script at every build); adding one needs `touch build.rs`.
+    if let Some(order) = order.filter(|o| o.is_file() && !o.to_string_lossy().contains(',')) {
+        println!("cargo:rerun-if-changed={ORDER}");
+        let args = [
+            format!("-Wl,--symbol-ordering-file={}", order.display()),
+            // The list names the release build's symbols; a dev build has few of them
+            // (the standard library's), and any stale name is skipped, not an error.
+            "-Wl,--no-warn-symbol-ordering".to_string(),
+        ];
+        // Only a layout: linking is the whole test.
+        if probe(&out, &target, &args, Run::No) {
+            link_with(&args);
         }
     }
 }
 
-/// Whether a program rustc links as it links the worker, with `args`, builds without a
-/// linker warning and runs here. Only for a native glibc build: a cross build's program
-/// cannot run on the build machine.
-fn probe(out: &Path, args: &[String]) -> bool {
-    let (Ok(target), Ok(host)) = (env::var("TARGET"), env::var("HOST")) else {
-        return false;
-    };
-    if target != host || !target.ends_with("-linux-gnu") {
-        return false;
+fn link_with(args: &[String]) {
+    for arg in args {
+        println!("cargo:rustc-link-arg-bin=bg-agent-worker={arg}");
     }
+}
+
+/// Whether a probe program must also run for an option to be taken.
+#[derive(PartialEq)]
+enum Run {
+    Yes,
+    No,
+}
+
+/// Whether a program rustc links for `target` as it links the worker, with `args`, builds
+/// without a linker warning (and with `run`, runs here). Flags given only to the worker's
+/// own rustc (`cargo rustc -- -C link-arg=…`) are not seen here.
+fn probe(out: &Path, target: &str, args: &[String], run: Run) -> bool {
     let source = out.join("link_probe.rs");
     let program = out.join("link_probe");
     if std::fs::write(&source, "fn main() {}\n").is_err() {
@@ -75,7 +92,7 @@ fn probe(out: &Path, args: &[String]) -> bool {
     let mut build = Command::new(rustc);
     build
         .arg("--target")
-        .arg(&target)
+        .arg(target)
         .arg("--edition=2024")
         .arg("-o")
         .arg(&program)
@@ -101,9 +118,10 @@ fn probe(out: &Path, args: &[String]) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     built
-        && Command::new(&program)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        && (run == Run::No
+            || Command::new(&program)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()))
 }

@@ -3,7 +3,7 @@
 //! bench's agent, alone). Prints the workers' CPU time per run, user and system
 //! (getrusage of the children); asserts nothing.
 //!
-//!     cargo build --release --locked -p bg-agent-worker
+//!     cargo build --release --locked --workspace --bins   # as scripts/install.sh builds
 //!     cargo bench -p bg-agent-worker --bench stream
 //!     BG_STREAM_RUNS=20 BG_STREAM_API=openai cargo bench -p bg-agent-worker --bench stream
 //!     BG_STREAM_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out" \
@@ -12,6 +12,11 @@
 //! `BG_STREAM_WRAPPER` runs the worker under a tool (its words split at spaces) for a
 //! repeatable figure: instructions per run, from callgrind. `BG_STREAM_WORKER` names
 //! another build's worker binary.
+//!
+//! `cargo bench -p bg-agent-worker` links `target/release/bg-agent-worker` again, with
+//! this package's dev-dependencies' features: a build whose names mostly miss
+//! `worker/startup.order` (its start-up code not placed together). Build as above again
+//! before measuring that binary's memory (`cargo bench --bench scale`).
 
 // Measurement harness, not shipped code: a setup step that fails ends the run with its
 // message, as a test would.
@@ -56,7 +61,7 @@ fn worker_exe() -> PathBuf {
     };
     assert!(
         w.exists(),
-        "{} is missing; run `cargo build --release --locked -p bg-agent-worker` first",
+        "{} is missing; run `cargo build --release --locked --workspace --bins` first",
         w.display()
     );
     w
