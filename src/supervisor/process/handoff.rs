@@ -100,6 +100,12 @@ fn close_all_but(keep: RawFd) {
     {
         return;
     }
+    close_listed_but(keep);
+}
+
+/// `close_all_but` without close_range(2): every descriptor from 3 up but `keep` that
+/// `/proc/thread-self/fd` lists, closed one by one.
+fn close_listed_but(keep: libc::c_uint) {
     let Ok(listing) = std::fs::read_dir("/proc/thread-self/fd") else {
         return;
     };
@@ -377,5 +383,57 @@ pub(super) fn kill_and_reap(pid: libc::pid_t) {
     if !handed_off {
         // No thread to be had: block rather than leave a zombie.
         reap_blocking(pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    /// Whether `fd` is open in this thread's table.
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+    }
+
+    /// In a thread with a private table (as the spawner has): opens four descriptors,
+    /// runs `close` keeping the third, and returns which of them, and of 0..=2, are open.
+    fn after_closing(close: fn(RawFd)) -> (Vec<bool>, Vec<bool>) {
+        std::thread::spawn(move || {
+            // SAFETY: unshare(2) with CLONE_FILES gives this test thread a private copy
+            // of the table; what it closes there, no other thread sees.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_FILES) }, 0, "unshare");
+            // Owned by no Rust object: the private table is dropped with the thread.
+            let fds: Vec<RawFd> = (0..4)
+                .map(|_| {
+                    std::fs::File::open("/dev/null")
+                        .expect("open")
+                        .into_raw_fd()
+                })
+                .collect();
+            close(fds[2]);
+            let ours = fds.iter().map(|&fd| is_open(fd)).collect();
+            let std = (0..=2).map(is_open).collect();
+            (ours, std)
+        })
+        .join()
+        .expect("test thread")
+    }
+
+    #[test]
+    fn close_all_but_leaves_the_kept_descriptor_and_stdio() {
+        let (ours, std) = after_closing(close_all_but);
+        assert_eq!(ours, [false, false, true, false]);
+        assert_eq!(std, [true, true, true]);
+    }
+
+    /// The path for kernels without close_range(2) (before 5.9) or a seccomp profile that
+    /// refuses it.
+    #[test]
+    fn the_listing_fallback_leaves_the_kept_descriptor_and_stdio() {
+        let (ours, std) = after_closing(|keep| close_listed_but(keep as libc::c_uint));
+        assert_eq!(ours, [false, false, true, false]);
+        assert_eq!(std, [true, true, true]);
     }
 }
