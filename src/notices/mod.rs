@@ -340,9 +340,28 @@ impl NoticeBoard {
         ensure_private_dir(base)?;
         sweep_dead_servers(base);
         let session_dir = base.join(session);
-        ensure_private_dir(&session_dir)?;
         let dir = session_dir.join(std::process::id().to_string());
-        ensure_private_dir(&dir)?;
+        // Another server's sweep removes every empty session directory, so this one may
+        // vanish while it is made and checked, or before this server's directory is made
+        // in it (a board lost, and every notice of the session with it); once that
+        // exists, the session's is not empty and stays. So the two are made again when
+        // one vanished underneath (not found, or "exists" from a make that then finds
+        // no directory).
+        let mut tries = 0;
+        loop {
+            let made = ensure_private_dir(&session_dir).and_then(|()| ensure_private_dir(&dir));
+            match made {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
+                    ) && tries < 20 =>
+                {
+                    tries += 1
+                }
+                made => break made?,
+            }
+        }
         Ok(NoticeBoard {
             session_dir,
             dir,

@@ -460,3 +460,31 @@ fn the_hook_does_not_follow_a_server_directory_that_is_a_symlink() {
     assert_eq!(notice_files(planted.dir()).len(), 1, "nothing claimed");
     drop(real);
 }
+
+/// Servers starting together each sweep the base, and a sweep removes every empty session
+/// directory, so one may vanish between another server's making it and making its own
+/// directory inside: that server must still get its board (it used to lose it, and with
+/// it every notice of its session).
+#[test]
+fn boards_opened_while_others_sweep_all_open() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path().join("board");
+    let failures: usize = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let base = &base;
+                scope.spawn(move || {
+                    (0..300)
+                        .filter(|i| {
+                            let opened = NoticeBoard::open(base, &format!("s{t}-{i}"));
+                            // Empty again, as a server's leaves it when it exits.
+                            opened.map(|b| b.remove()).is_err()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("thread")).sum()
+    });
+    assert_eq!(failures, 0, "boards that could not be opened");
+}
