@@ -59,9 +59,9 @@ runs=("$tmp"/runs/cg.*)
 [ -e "$tmp/manual.cg" ] || { echo "the manual run wrote no profile:" >&2; cat "$tmp/manual.log" >&2; exit 1; }
 # Each profile names a function once in full ("fn=(7) name") and by number after; keep
 # the worker's own functions (ob= ends in bg-agent-worker), without callgrind's recursion
-# marks ('2) and its unnamed entries, one name a line, sorted (so that a run made again
-# changes the list only where the set of functions changed).
-named() {
+# marks ('2) and its unnamed entries, one a line: "CALLS NAME", CALLS what the profiles'
+# calls= lines add up to for it.
+counted() {
   awk '
     FNR == 1 { ob = ""; delete objects; delete functions }
     function named(spec, table,    id) {
@@ -70,20 +70,31 @@ named() {
       if (length(spec) > RLENGTH + 1) table[id] = substr(spec, RLENGTH + 2)
       return table[id]
     }
+    function bare(f) { sub(/\047[0-9]+$/, "", f); return f }
     /^ob=/  { ob = named(substr($0, 4), objects) }
     /^cob=/ { named(substr($0, 5), objects) }
-    /^cfn=/ { named(substr($0, 5), functions) }
+    /^cfn=/ { callee = bare(named(substr($0, 5), functions)) }
+    /^calls=/ { split(substr($0, 7), n, " "); calls[callee] += n[1] }
     /^fn=/ {
-      f = named(substr($0, 4), functions)
-      sub(/\047[0-9]+$/, "", f)
-      if (ob ~ /\/bg-agent-worker$/ && f !~ /^(0x|\()/ && f != "") print f
+      f = bare(named(substr($0, 4), functions))
+      if (ob ~ /\/bg-agent-worker$/ && f !~ /^(0x|\()/ && f != "") seen[f] = 1
     }
-  ' "$@" | LC_ALL=C sort -u
+    END { for (f in seen) print calls[f] + 0, f }
+  ' "$@"
 }
 # The server's workers' functions first, then those only the manual run adds: a server's
-# worker then finds all it runs at the front.
-named "${runs[@]}" >"$tmp/server"
-named "$tmp/manual.cg" | LC_ALL=C comm -23 - "$tmp/server" >"$tmp/manual"
+# worker then finds all it runs at the front. Of the first, those called for every event
+# of a stream (on average at least 40 times a worker, each worker streaming 50 deltas)
+# come first of all: a worker woken for a chunk then runs code from a few pages, not
+# from pages all over its 1.4 MB of start-up code. Each group is sorted by name, so a list
+# made again changes only where a group's set changed.
+counted "${runs[@]}" >"$tmp/counts"
+hot=$((40 * ${#runs[@]}))
+awk -v hot="$hot" '$1 >= hot { print $2 }' "$tmp/counts" | LC_ALL=C sort -u >"$tmp/hot"
+awk -v hot="$hot" '$1 < hot { print $2 }' "$tmp/counts" | LC_ALL=C sort -u >"$tmp/cold"
+cat "$tmp/hot" "$tmp/cold" >"$tmp/server"
+counted "$tmp/manual.cg" | cut -d ' ' -f 2 | LC_ALL=C sort -u |
+  LC_ALL=C comm -23 - <(LC_ALL=C sort "$tmp/server") >"$tmp/manual"
 cat "$tmp/server" "$tmp/manual" >"$tmp/seen"
 # A worker runs some 800 of its own functions; far fewer means the profiles did not name
 # them (a stripped binary, another path in ob=), and a list of them would order nothing.
@@ -105,5 +116,5 @@ paste -d ' ' <(nm -p --defined-only "$tmp/real/bg-agent-worker" | awk '{ print $
   cat "$tmp/seen" "$tmp/landlock" | awk '!seen[$0]++'
 } >"$tmp/startup.order"
 mv "$tmp/startup.order" worker/startup.order
-echo "worker/startup.order: $(grep -vc '^#' worker/startup.order) functions ($seen named by callgrind in $((${#runs[@]} + 1)) worker runs, $(wc -l <"$tmp/landlock") of the Landlock path by name);"
+echo "worker/startup.order: $(grep -vc '^#' worker/startup.order) functions, $(wc -l <"$tmp/hot") of them run for each event first ($seen named by callgrind in $((${#runs[@]} + 1)) worker runs, $(wc -l <"$tmp/landlock") of the Landlock path by name);"
 echo "build again (cargo build --release --locked --workspace --bins) to link the worker with it"

@@ -19,6 +19,13 @@
 //!   without a word: a stale list costs memory, never correctness (`cargo bench --bench
 //!   scale` says how many names it found and where they lie).
 //!
+//! - **The unwinder linked in** (`libgcc_eh.a`, as `gcc -static-libgcc` links it). Rust's
+//!   standard library otherwise loads `libgcc_s.so.1` into every worker for its unwinder
+//!   alone: one more library to map and relocate, whose constructor also runs eight
+//!   CPUID instructions, each a trip to the hypervisor on a virtual machine (together
+//!   about 1% of a worker's CPU at 1,000 agents, BENCHMARKS.md, "The fifth pass on #24").
+//!   The worker's `main.rs` links it when this script sets `static_unwinder`.
+//!
 //! A probe builds a small program with rustc exactly as the worker is linked (target,
 //! linker, RUSTFLAGS), the option added and linker warnings made errors (an older GNU ld
 //! ignores `-z pack-relative-relocs` with a warning; GNU ld, gold and mold have no
@@ -32,8 +39,12 @@ use std::process::{Command, Stdio};
 const RELR: &str = "-Wl,-z,pack-relative-relocs";
 const ORDER: &str = "startup.order";
 
+/// A program that takes the unwinder from libgcc_eh.a, as `main.rs` does with the cfg.
+const STATIC_UNWINDER_PROBE: &str = "#[link(name = \"gcc_eh\", kind = \"static\")]\nunsafe extern \"C\" {}\nfn main() {\n    let _ = std::panic::catch_unwind(|| panic!(\"probe\"));\n}\n";
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo::rustc-check-cfg=cfg(static_unwinder)");
     let Some(out) = env::var_os("OUT_DIR").map(PathBuf::from) else {
         return;
     };
@@ -46,6 +57,10 @@ fn main() {
         let relr = [RELR.to_string()];
         if probe(&out, &target, &relr, Run::Yes) {
             link_with(&relr);
+        }
+        // It must unwind, so it runs (a panic caught).
+        if probe_source(&out, &target, STATIC_UNWINDER_PROBE, &[], Run::Yes) {
+            println!("cargo:rustc-cfg=static_unwinder");
         }
     }
     let order = env::var_os("CARGO_MANIFEST_DIR").map(|dir| PathBuf::from(dir).join(ORDER));
@@ -83,9 +98,14 @@ enum Run {
 /// without a linker warning (and with `run`, runs here). Flags given only to the worker's
 /// own rustc (`cargo rustc -- -C link-arg=…`) are not seen here.
 fn probe(out: &Path, target: &str, args: &[String], run: Run) -> bool {
+    probe_source(out, target, "fn main() {}\n", args, run)
+}
+
+/// `probe` with the program's source.
+fn probe_source(out: &Path, target: &str, code: &str, args: &[String], run: Run) -> bool {
     let source = out.join("link_probe.rs");
     let program = out.join("link_probe");
-    if std::fs::write(&source, "fn main() {}\n").is_err() {
+    if std::fs::write(&source, code).is_err() {
         return false;
     }
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());

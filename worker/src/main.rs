@@ -16,6 +16,12 @@ use bg_agent_worker::{command_sandbox, sandbox};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
+// The unwinder from libgcc_eh.a, where build.rs found it links and unwinds: without it
+// the standard library loads libgcc_s.so.1 into every worker for its unwinder alone.
+#[cfg(static_unwinder)]
+#[link(name = "gcc_eh", kind = "static")]
+unsafe extern "C" {}
+
 mod emit;
 mod server_input;
 use emit::{HumanOut, JsonOut};
@@ -234,15 +240,36 @@ async fn run(cli: Cli) -> i32 {
         code
     };
     let (mut inbox, stdin_closed) = inputs(from_server);
-    tokio::select! {
-        code = agent::run(&spec, &client, out.as_ref(), &mut inbox) => code,
-        _ = term.recv() => interrupted("received SIGTERM", exit::INTERRUPTED_TERM),
-        _ = int.recv() => interrupted("received SIGINT", exit::INTERRUPTED_INT),
-        _ = stdin_closed => {
-            eprintln!("bg-agent-worker: stdin closed, the server is gone; exiting");
-            exit::INTERRUPTED_TERM
+    // The reasons to stop wait in a task of their own: the agent's future is woken for
+    // every chunk of the stream, and a `select!` over all four would poll the two signal
+    // streams (a lock each) and the end of stdin on every wake.
+    let mut stop = tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => Stop::Term,
+            _ = int.recv() => Stop::Int,
+            () = stdin_closed => Stop::ServerGone,
         }
+    });
+    tokio::select! {
+        biased;
+        code = agent::run(&spec, &client, out.as_ref(), &mut inbox) => code,
+        Ok(stop) = &mut stop => match stop {
+            Stop::Term => interrupted("received SIGTERM", exit::INTERRUPTED_TERM),
+            Stop::Int => interrupted("received SIGINT", exit::INTERRUPTED_INT),
+            Stop::ServerGone => {
+                eprintln!("bg-agent-worker: stdin closed, the server is gone; exiting");
+                exit::INTERRUPTED_TERM
+            }
+        },
     }
+}
+
+/// Why a run stops before its agent ends.
+enum Stop {
+    Term,
+    Int,
+    /// Stdin from the server ended.
+    ServerGone,
 }
 
 /// What the run needs before its first turn and may fail for the spec's sake: the
@@ -264,7 +291,9 @@ fn prepare(mut spec: TaskSpec) -> Result<(TaskSpec, Client), String> {
 /// The follow-ups, and a future that resolves when stdin ends (the server is gone), when
 /// the server is on the other end of stdin; else an empty inbox and an end that never
 /// comes.
-fn inputs(from_server: Option<ServerInput>) -> (agent::Inbox, impl Future<Output = ()>) {
+fn inputs(
+    from_server: Option<ServerInput>,
+) -> (agent::Inbox, impl Future<Output = ()> + Send + 'static) {
     let (inbox, closed) = match from_server {
         Some(input) => {
             let (inbox, closed) = input.listen();

@@ -192,6 +192,11 @@ fn restrict_current_thread(
     scratch_base: Option<&Path>,
 ) -> Result<RestrictionStatus, RulesetError> {
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    // With commands, their system rules (added below) cover most of the worker's own:
+    // each rule costs an open, two stats, the rule and a close.
+    let system_read = system_read_paths()
+        .into_iter()
+        .filter(|p| scratch_base.is_none() || !command_sandbox::system_rules_read(p));
     let ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(TARGET_ABI))?
@@ -199,7 +204,7 @@ fn restrict_current_thread(
         .scope(Scope::from_all(TARGET_ABI))?
         .create()?
         .add_rules(path_beneath_rules([workspace], read))?
-        .add_rules(path_beneath_rules(system_read_paths(), read))?
+        .add_rules(path_beneath_rules(system_read, read))?
         .add_rules(
             ports
                 .iter()
@@ -267,6 +272,38 @@ fn url_port(url: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_rules_cover_the_system_paths_they_name_and_what_lies_beneath() {
+        let covered: Vec<&str> = SYSTEM_READ_PATHS
+            .iter()
+            .copied()
+            .filter(|p| command_sandbox::system_rules_read(Path::new(p)))
+            .collect();
+        assert_eq!(
+            covered,
+            [
+                "/etc/ssl",
+                "/etc/ca-certificates",
+                "/usr/share/ca-certificates",
+                "/usr/local/share/ca-certificates",
+                "/etc/nsswitch.conf",
+                "/lib",
+                "/lib64",
+                "/usr/lib",
+                "/usr/lib64",
+                "/dev/null",
+                "/dev/urandom",
+            ]
+        );
+        // Beneath, by whole components only.
+        assert!(command_sandbox::system_rules_read(Path::new(
+            "/usr/bin/git"
+        )));
+        assert!(!command_sandbox::system_rules_read(Path::new("/usrx/lib")));
+        assert!(!command_sandbox::system_rules_read(Path::new("/etc/ssl-x")));
+        assert!(!command_sandbox::system_rules_read(Path::new("/etc")));
+    }
 
     #[test]
     fn ports_come_from_the_url_or_its_scheme() {

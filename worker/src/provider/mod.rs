@@ -14,6 +14,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Deserializer};
+use tokio::time::Instant;
 
 use crate::config::{BaseUrlError, UrlSource, effective_base_url};
 use crate::protocol::ProviderSpec;
@@ -188,6 +189,13 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 type EventResult =
     Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>;
 
+/// When a stream silent since `from` has waited too long; a timeout too large for the
+/// clock (a hand-written spec's) is a year.
+fn idle_deadline(from: Instant, idle: Duration) -> Instant {
+    from.checked_add(idle)
+        .unwrap_or_else(|| from + Duration::from_secs(365 * 24 * 3600))
+}
+
 /// A response's SSE events, each awaited at most the idle timeout.
 struct Sse<'a> {
     client: &'a Client,
@@ -196,22 +204,41 @@ struct Sse<'a> {
     events: Pin<Box<dyn Stream<Item = EventResult> + Send>>,
     /// Whether any event arrived: an empty 200 stream is told apart from one cut short.
     seen: bool,
+    /// When the last event came (or the headers, before the first).
+    last_event: Instant,
+    /// Fires no sooner than the idle timeout after `last_event`. An event only notes its
+    /// time, and a timer that fires early is moved on, so a stream of hundreds of events
+    /// does not put a timer into the wheel and take it out again for each one.
+    idle: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Sse<'_> {
     async fn next(&mut self) -> Result<Option<eventsource_stream::Event>, ProviderError> {
-        match tokio::time::timeout(self.client.idle_timeout, self.events.next()).await {
-            Err(_) => Err(self.client.timeout_error(
-                self.url,
-                self.model,
-                "the stream went silent: no chunk",
-            )),
-            Ok(None) => Ok(None),
-            Ok(Some(Err(e))) => Err(ProviderError::Retryable {
+        let got = loop {
+            tokio::select! {
+                biased;
+                got = self.events.next() => break got,
+                () = &mut self.idle => {
+                    let due = idle_deadline(self.last_event, self.client.idle_timeout);
+                    if due <= Instant::now() {
+                        return Err(self.client.timeout_error(
+                            self.url,
+                            self.model,
+                            "the stream went silent: no chunk",
+                        ));
+                    }
+                    self.idle.as_mut().reset(due);
+                }
+            }
+        };
+        self.last_event = Instant::now();
+        match got {
+            None => Ok(None),
+            Some(Err(e)) => Err(ProviderError::Retryable {
                 reason: format!("stream from {} broke off: {e}", self.url),
                 retry_after: None,
             }),
-            Ok(Some(Ok(ev))) => {
+            Some(Ok(ev)) => {
                 self.seen = true;
                 Ok(Some(ev))
             }
@@ -329,12 +356,18 @@ impl Client {
 
     /// The SSE events of a successful response.
     fn events<'a>(&'a self, resp: reqwest::Response, url: &'a str, model: &'a str) -> Sse<'a> {
+        let now = Instant::now();
         Sse {
             client: self,
             url,
             model,
             events: Box::pin(resp.bytes_stream().eventsource()),
             seen: false,
+            last_event: now,
+            idle: Box::pin(tokio::time::sleep_until(idle_deadline(
+                now,
+                self.idle_timeout,
+            ))),
         }
     }
 
