@@ -621,13 +621,16 @@ pub fn add_system_rules(ruleset: RulesetCreated) -> Result<RulesetCreated, Rules
         ))
 }
 
-/// Whether `add_system_rules` already lets a process read `path` (a file or a directory
-/// tree): it is one of the paths named there, or lies beneath a system directory.
-/// Compared as written: Landlock follows a link when it opens either path, and the
-/// worker's system paths beneath /usr are its own directories, not links out of it.
-pub fn system_rules_read(path: &Path) -> bool {
-    EXEC_DIRS.iter().any(|dir| path.starts_with(dir))
-        || ETC_READ.iter().chain(DEVICES).any(|p| path == Path::new(p))
+/// Whether `add_system_rules` names `path` itself, with at least read rights (a file or
+/// a directory tree): a second rule for it would change nothing, since Landlock follows
+/// a link the same way when it opens either. Paths beneath those named are not counted:
+/// a link there may lead out of the tree.
+pub fn system_rules_name(path: &Path) -> bool {
+    EXEC_DIRS
+        .iter()
+        .chain(ETC_READ)
+        .chain(DEVICES)
+        .any(|p| path == Path::new(p))
 }
 
 /// Adds anything but execute beneath `dir` (a scratch directory, or the worker's scratch

@@ -117,6 +117,37 @@ async fn sigterm_mid_stream_ends_with_interrupted_and_exit_143() {
     }
 }
 
+/// Where build.rs links the unwinder in (`static_unwinder`), a worker never loads
+/// libgcc_s, whose constructor runs CPUID instructions at every start.
+#[cfg_attr(
+    not(static_unwinder),
+    ignore = "build.rs could not link the unwinder from libgcc_eh.a here"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_has_not_loaded_libgcc_s() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "stay a while",
+        vec![Step::Hang {
+            after_chunks: vec!["Working".into()],
+        }],
+    );
+    let mut live = Live::spawn(h.worker(&["--json", "stay a while"]));
+    live.wait_for(|e| matches!(e, Event::Text { .. })).await;
+
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", live.pid()));
+    kill(live.pid(), Signal::SIGTERM).expect("send SIGTERM");
+    let r = live.finish().await;
+
+    let maps = maps.expect("read the running worker's /proc/PID/maps");
+    assert!(maps.contains("/libc.so"), "not the worker's maps:\n{maps}");
+    assert!(
+        !maps.contains("libgcc_s"),
+        "the worker loaded libgcc_s:\n{maps}"
+    );
+    assert_eq!(r.code, Some(exit::INTERRUPTED_TERM), "{}", r.dump());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_mid_stream_ends_with_interrupted_and_exit_130() {
     let h = Harness::start().await;

@@ -204,22 +204,25 @@ struct Sse<'a> {
     events: Pin<Box<dyn Stream<Item = EventResult> + Send>>,
     /// Whether any event arrived: an empty 200 stream is told apart from one cut short.
     seen: bool,
-    /// When the last event came (or the headers, before the first).
-    last_event: Instant,
-    /// Fires no sooner than the idle timeout after `last_event`. An event only notes its
-    /// time, and a timer that fires early is moved on, so a stream of hundreds of events
-    /// does not put a timer into the wheel and take it out again for each one.
+    /// When the current wait for an event began.
+    waiting_since: Instant,
+    /// Fires no sooner than the idle timeout after `waiting_since`. A wait only notes
+    /// when it began, and a timer that fires early is moved on, so a stream of hundreds
+    /// of events does not put a timer into the wheel and take it out again for each one.
     idle: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Sse<'_> {
     async fn next(&mut self) -> Result<Option<eventsource_stream::Event>, ProviderError> {
+        // From here, not from the last event: time the caller spent on that one (a
+        // stdout the server is slow to read) is not silence.
+        self.waiting_since = Instant::now();
         let got = loop {
             tokio::select! {
                 biased;
                 got = self.events.next() => break got,
                 () = &mut self.idle => {
-                    let due = idle_deadline(self.last_event, self.client.idle_timeout);
+                    let due = idle_deadline(self.waiting_since, self.client.idle_timeout);
                     if due <= Instant::now() {
                         return Err(self.client.timeout_error(
                             self.url,
@@ -231,7 +234,6 @@ impl Sse<'_> {
                 }
             }
         };
-        self.last_event = Instant::now();
         match got {
             None => Ok(None),
             Some(Err(e)) => Err(ProviderError::Retryable {
@@ -363,7 +365,7 @@ impl Client {
             model,
             events: Box::pin(resp.bytes_stream().eventsource()),
             seen: false,
-            last_event: now,
+            waiting_since: now,
             idle: Box::pin(tokio::time::sleep_until(idle_deadline(
                 now,
                 self.idle_timeout,
