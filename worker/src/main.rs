@@ -1,8 +1,15 @@
 //! bg-agent-worker: runs one agent. Started by the bg-agents server with `--spec -` (a
 //! TaskSpec on stdin, JSONL events on stdout), or by hand with a task on the command line.
+//!
+//! `c_main` below, the C `main`, replaces the standard library's start-up wrapper: one
+//! worker starts per agent, and that wrapper costs 24 system calls a start, most of them
+//! to read /proc/self/maps for the main thread's stack guard (BENCHMARKS.md, "The fifth
+//! pass on #24"). What of it the worker needs, `main` does itself.
+
+// The unit tests below run under the test harness's own `main`.
+#![cfg_attr(not(test), no_main)]
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context;
 use bg_agent_worker::agent::{self, Emit};
@@ -122,7 +129,76 @@ fn parse_task_type(s: &str) -> Result<TaskType, String> {
     })
 }
 
-fn main() -> ExitCode {
+/// The process's entry, called by the C runtime, in place of the standard library's
+/// (which first finds the main thread's stack in /proc/self/maps and installs a
+/// stack-overflow handler on an alternate signal stack, then calls a Rust `main`). It
+/// keeps what of that the worker relies on: SIGPIPE ignored, so a write to a server that
+/// is gone fails and the worker ends as `end_process` says, and the standard descriptors
+/// open. A panic ends it with 101, as the wrapper does; a stack overflow is a SIGSEGV
+/// without the wrapper's message. Arguments come from `std::env` (glibc hands them to the
+/// standard library at load).
+#[cfg_attr(not(test), unsafe(export_name = "main"))]
+#[cfg_attr(test, allow(dead_code, reason = "the test harness has its own main"))]
+extern "C" fn c_main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    ignore_sigpipe();
+    if !standard_fds_open() {
+        return exit::PROVIDER;
+    }
+    match std::panic::catch_unwind(run_process) {
+        Ok(never) => match never {},
+        Err(_) => end_process(PANICKED),
+    }
+}
+
+/// The exit code of a Rust program whose `main` panicked.
+const PANICKED: i32 = 101;
+
+/// As the standard library does before `main`: a write to a closed pipe then fails with
+/// EPIPE instead of killing the process (programs it starts get SIGPIPE back, as std's
+/// `Command` resets it in the child).
+fn ignore_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_IGN runs no code of ours in a signal handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+}
+
+/// As the standard library does before `main`: a standard descriptor the worker was
+/// started without is opened on /dev/null, so no file or socket opened later becomes
+/// stdout. False when that fails.
+fn standard_fds_open() -> bool {
+    let mut fds = [0, 1, 2].map(|fd| nix::libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: poll reads and writes only the three entries of `fds`.
+    let polled = unsafe { nix::libc::poll(fds.as_mut_ptr(), 3, 0) };
+    if polled < 0 {
+        // Where poll cannot tell (std falls back to fcntl the same way).
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        for f in &mut fds {
+            if unsafe { nix::libc::fcntl(f.fd, nix::libc::F_GETFD) } < 0 {
+                f.revents = nix::libc::POLLNVAL;
+            }
+        }
+    }
+    fds.iter()
+        .filter(|f| f.revents & nix::libc::POLLNVAL != 0)
+        .all(|_| {
+            // Opened in order, so each takes the lowest free descriptor: the closed one.
+            // SAFETY: a constant path; the descriptor is kept for the process's life.
+            let fd = unsafe { nix::libc::open(c"/dev/null".as_ptr(), nix::libc::O_RDWR) };
+            fd >= 0
+        })
+}
+
+/// The run, from the command line to the end of the process. It ends the process
+/// itself, with its runtime still alive: dropping the runtime would wait for the tools'
+/// threads, and a command's may never end.
+fn run_process() -> std::convert::Infallible {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -131,7 +207,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bg-agent-worker: cannot start the runtime: {e}");
-            return ExitCode::from(exit::PROVIDER as u8);
+            end_process(exit::PROVIDER)
         }
     };
     // The provider key may be in this process's environment (a manual run, or the

@@ -173,6 +173,35 @@ async fn sigint_mid_stream_ends_with_interrupted_and_exit_130() {
     ));
 }
 
+/// A worker whose stdout nobody reads any more (the server is gone) gets EPIPE, not
+/// SIGPIPE, and ends as it says: with 143, its commands' group killed and its scratch
+/// directory removed, which death by SIGPIPE would skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_worker_with_143_not_sigpipe() {
+    let h = Harness::start().await;
+    h.fake.script(
+        "nobody reads",
+        vec![Step::Text {
+            chunks: (0..20).map(|i| format!("part {i} ")).collect(),
+            delay_ms: 20,
+        }],
+    );
+    let mut child = h
+        .worker(&["--json", "nobody reads"])
+        .spawn()
+        .expect("spawn bg-agent-worker");
+    drop(child.stdout.take());
+
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .expect("the worker did not end")
+        .expect("wait for the worker");
+
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), None, "killed by a signal: {status:?}");
+    assert_eq!(status.code(), Some(exit::INTERRUPTED_TERM), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_eof_in_spec_mode_exits_at_once() {
     let h = Harness::start().await;
