@@ -192,7 +192,7 @@ async fn a_closed_stdout_ends_the_worker_with_143_not_sigpipe() {
         .expect("spawn bg-agent-worker");
     drop(child.stdout.take());
 
-    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+    let status = tokio::time::timeout(common::RUN_TIMEOUT, child.wait())
         .await
         .expect("the worker did not end")
         .expect("wait for the worker");

@@ -20,7 +20,7 @@ pub use support::provider::{FakeProvider, RecordedRequest, Step};
 /// The OpenAI-compatible provider's key; like `API_KEY`, it must never appear in output.
 pub const OPENAI_KEY: &str = "sk-openai-test-5b8e1a-never-print-me-77c0";
 /// A run that takes longer than this is hung: fail rather than block the suite.
-const RUN_TIMEOUT: Duration = Duration::from_secs(20);
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One test's world: the fake provider, and under one temporary root a workspace (the
 /// agent's cwd), a home directory (so no developer config is found), the workers' TMPDIR
